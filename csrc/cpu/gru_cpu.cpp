@@ -1,0 +1,98 @@
+// GRU on the CPU: one layer, one direction, a whole (packed) sequence. Same plan as lstm_cpu.cpp; the
+// h-side pre-activations stay separate from the x side up to the pointwise pass because the reset gate
+// multiplies W_hn h + b_hn alone (torch.nn's formulation).
+#include <torch/library.h>
+
+#include "step_loop.h"
+
+namespace fastrnn::cpu {
+namespace {
+
+constexpr const char* kFwd = "fastrnn::gru_forward";
+constexpr const char* kBwd = "fastrnn::gru_backward";
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
+    const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
+    const at::Tensor& w_ih, const at::Tensor& w_hh_, const std::optional<at::Tensor>& b_ih,
+    const std::optional<at::Tensor>& b_hh, bool reverse, bool train) {
+  const CellShape s = check_forward_args(kFwd, 3, input, batch_sizes, hx, nullptr, w_ih, w_hh_, b_ih, b_hh, {});
+  const SeqLayout L = make_layout(input, batch_sizes);
+  const int64_t H = s.hidden_size;
+  const at::Tensor w_hh = w_hh_.contiguous();
+  const auto acc_opts = input.options().dtype(acc_dtype(input.scalar_type()));
+
+  auto out_sizes = input.sizes().vec();
+  out_sizes.back() = H;
+  at::Tensor output = at::empty(out_sizes, input.options());
+  const at::Tensor out = rows2d(output);
+  at::Tensor h_state = hx.contiguous().clone();
+  at::Tensor ws = at::empty({train ? L.N : 0, train ? 4 * H : 0}, acc_opts);
+  const at::Tensor gx = input_gates(rows2d(input.contiguous()), w_ih, b_ih);
+  const at::Tensor gh = at::empty({L.B, 3 * H}, input.options());
+
+  FASTRNN_CPU_DISPATCH(input.scalar_type(), kFwd, [&] {
+    const auto& K = pointwise_kernels<scalar_t>(active_isa());
+    for (int64_t k = 0; k < L.T; ++k) {
+      const int64_t t = L.step(k, reverse), bs = L.batch_sizes[t], off = L.offsets[t];
+      mm_into(gh.narrow(0, 0, bs), h_state.narrow(0, 0, bs), w_hh.t());
+      // h_prev and h_out2 are both h_state: each element is read before it is overwritten.
+      GruFwdArgs<scalar_t> a{gx.data_ptr<scalar_t>() + off * 3 * H,
+                             gh.data_ptr<scalar_t>(),
+                             ptr_or_null<scalar_t>(b_hh),
+                             h_state.data_ptr<scalar_t>(),
+                             out.data_ptr<scalar_t>() + off * H,
+                             H,
+                             h_state.data_ptr<scalar_t>(),
+                             train ? ws.data_ptr<acc_t<scalar_t>>() + off * 4 * H : nullptr,
+                             H};
+      for_rows(bs, 3 * H, [&](int64_t b0, int64_t b1) { K.gru_fwd(a, b0, b1); });
+    }
+  });
+  return {output, h_state, ws};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_backward(
+    const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& input,
+    const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx, const at::Tensor& w_ih,
+    const at::Tensor& w_hh_, const at::Tensor& output, const at::Tensor& workspace, bool reverse, bool has_bias) {
+  const CellShape s = check_forward_args(kBwd, 3, input, batch_sizes, hx, nullptr, w_ih, w_hh_, {}, {}, {});
+  const SeqLayout L = make_layout(input, batch_sizes);
+  const int64_t H = s.hidden_size;
+  check_backward_args(kBwd, grad_output, output, grad_hy, hx, &workspace, {L.N, 4 * H});
+  const at::Tensor w_hh = w_hh_.contiguous();
+  const at::Tensor ws = workspace.contiguous();
+  const at::Tensor go = rows2d(grad_output.contiguous());
+  const at::Tensor h_prev = gather_prev(rows2d(output.contiguous()), hx, L, reverse);
+  at::Tensor dh_state = grad_hy.contiguous().clone();
+  at::Tensor dgx = at::empty({L.N, 3 * H}, input.options());
+  at::Tensor dgh = at::empty({L.N, 3 * H}, input.options());
+
+  FASTRNN_CPU_DISPATCH(input.scalar_type(), kBwd, [&] {
+    const auto& K = pointwise_kernels<scalar_t>(active_isa());
+    for (int64_t k = 0; k < L.T; ++k) {
+      const int64_t t = L.step(k, !reverse), bs = L.batch_sizes[t], off = L.offsets[t];
+      GruBwdArgs<scalar_t> a{ws.data_ptr<acc_t<scalar_t>>() + off * 4 * H,
+                             h_prev.data_ptr<scalar_t>() + off * H,
+                             dh_state.data_ptr<scalar_t>(),
+                             go.data_ptr<scalar_t>() + off * H,
+                             dgx.data_ptr<scalar_t>() + off * 3 * H,
+                             dgh.data_ptr<scalar_t>() + off * 3 * H,
+                             dh_state.data_ptr<scalar_t>(),
+                             H};
+      for_rows(bs, 3 * H, [&](int64_t b0, int64_t b1) { K.gru_bwd(a, b0, b1); });
+      dh_state.narrow(0, 0, bs).addmm_(dgh.narrow(0, off, bs), w_hh);
+    }
+  });
+
+  SequenceGrads g = sequence_grads(dgx, dgh, rows2d(input.contiguous()), h_prev, w_ih, has_bias, input.sizes());
+  return {g.grad_input, dh_state, g.grad_w_ih, g.grad_w_hh, g.grad_b_ih, g.grad_b_hh};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastrnn, CPU, m) {
+  m.impl("gru_forward", &gru_forward);
+  m.impl("gru_backward", &gru_backward);
+}
+
+}  // namespace fastrnn::cpu

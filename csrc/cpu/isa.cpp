@@ -1,0 +1,54 @@
+// Run-time choice of the pointwise kernels' instruction set.
+#include <c10/util/Exception.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "pointwise.h"
+
+namespace fastrnn::cpu {
+
+static Isa detected_isa() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    return Isa::kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
+#endif
+  return Isa::kDefault;
+}
+
+Isa active_isa() {
+  static const Isa best = detected_isa();
+  const char* env = std::getenv("FASTRNN_CPU_CAPABILITY");
+  if (env == nullptr || *env == '\0') return best;
+  Isa asked;
+  if (std::strcmp(env, "default") == 0) asked = Isa::kDefault;
+  else if (std::strcmp(env, "avx2") == 0) asked = Isa::kAvx2;
+  else if (std::strcmp(env, "avx512") == 0) asked = Isa::kAvx512;
+  else TORCH_CHECK_VALUE(false, "FASTRNN_CPU_CAPABILITY must be default, avx2 or avx512, got '", env, "'");
+  // Never above what the processor runs: asking for more than it has falls back to the best it has.
+  return static_cast<int>(asked) < static_cast<int>(best) ? asked : best;
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "default";
+  }
+}
+
+template <typename scalar_t>
+const PointwiseKernels<scalar_t>& pointwise_kernels(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512: return isa_avx512::kernels<scalar_t>();
+    case Isa::kAvx2: return isa_avx2::kernels<scalar_t>();
+    default: return isa_default::kernels<scalar_t>();
+  }
+}
+template const PointwiseKernels<float>& pointwise_kernels<float>(Isa);
+template const PointwiseKernels<double>& pointwise_kernels<double>(Isa);
+template const PointwiseKernels<c10::BFloat16>& pointwise_kernels<c10::BFloat16>(Isa);
+
+}  // namespace fastrnn::cpu

@@ -1,0 +1,139 @@
+// The fused per-timestep pointwise passes of the CPU kernels, for one block of rows [b0, b1) of a step.
+//
+// They are compiled once per instruction set (pointwise_{default,avx2,avx512}.cpp, each with at::vec of
+// that width) and picked at run time by pointwise_kernels<scalar_t>(). All pointers are row-major with the
+// row strides given; scalar_t is the tensor dtype, acc_t the dtype gates and cell states are computed in.
+#pragma once
+
+#include <ATen/OpMathType.h>
+#include <c10/util/BFloat16.h>
+
+#include <cstdint>
+
+namespace fastrnn::cpu {
+
+template <typename scalar_t>
+using acc_t = at::opmath_type<scalar_t>;
+
+// LSTM step: gates = gx + gh + b_hh (rows of 4H), c_state updated in place, h = o*tanh(c) written to
+// h_out (row stride ld_h_out) and, if h_out2 is set, to h_out2 (stride H). ws (train only, stride 5H)
+// receives i, f, g, o, c.
+template <typename scalar_t>
+struct LstmFwdArgs {
+  const scalar_t* gx;
+  const scalar_t* gh;
+  const scalar_t* b_hh;  // nullable
+  acc_t<scalar_t>* c_state;
+  scalar_t* h_out;
+  int64_t ld_h_out;
+  scalar_t* h_out2;        // nullable
+  acc_t<scalar_t>* ws;     // nullable
+  int64_t H;
+};
+
+// LSTM backward step: dh = dh_a (+ dh_b), reading ws (stride 5H) and c_prev (stride H); dc_state in place
+// (in: gradient reaching c from later steps; out: gradient reaching c_prev); dgates (stride 4H) written;
+// r_out (nullable, stride H) receives o*tanh(c), the projection's input.
+template <typename scalar_t>
+struct LstmBwdArgs {
+  const acc_t<scalar_t>* ws;
+  const acc_t<scalar_t>* c_prev;
+  const scalar_t* dh_a;
+  const scalar_t* dh_b;  // nullable
+  acc_t<scalar_t>* dc_state;
+  scalar_t* dgates;
+  scalar_t* r_out;  // nullable
+  int64_t H;
+};
+
+// GRU step: gx, gh rows of 3H, h_prev rows (stride H); h written to h_out / h_out2 as for the LSTM;
+// ws (train only, stride 4H) receives r, z, n, W_hn h + b_hn.
+template <typename scalar_t>
+struct GruFwdArgs {
+  const scalar_t* gx;
+  const scalar_t* gh;
+  const scalar_t* b_hh;  // nullable
+  const scalar_t* h_prev;
+  scalar_t* h_out;
+  int64_t ld_h_out;
+  scalar_t* h_out2;     // nullable
+  acc_t<scalar_t>* ws;  // nullable
+  int64_t H;
+};
+
+// GRU backward step: dh = dh_a + dh_b (dh_b nullable). Writes dgx and dgh (stride 3H: the gradients of
+// the x-side and h-side pre-activations) and dh_direct = dh * z (stride H), the part of dh_prev that does
+// not pass through W_hh. dh_direct may alias dh_a.
+template <typename scalar_t>
+struct GruBwdArgs {
+  const acc_t<scalar_t>* ws;
+  const scalar_t* h_prev;
+  const scalar_t* dh_a;
+  const scalar_t* dh_b;  // nullable
+  scalar_t* dgx;
+  scalar_t* dgh;
+  scalar_t* dh_direct;
+  int64_t H;
+};
+
+// RNN step: h = act(gx + gh + b_hh) to h_out / h_out2.
+template <typename scalar_t>
+struct RnnFwdArgs {
+  const scalar_t* gx;
+  const scalar_t* gh;
+  const scalar_t* b_hh;  // nullable
+  scalar_t* h_out;
+  int64_t ld_h_out;
+  scalar_t* h_out2;  // nullable
+  int64_t H;
+  bool relu;
+};
+
+// RNN backward step: dgates = (dh_a + dh_b) * act'(h), h being the step's output (stride ld_h).
+template <typename scalar_t>
+struct RnnBwdArgs {
+  const scalar_t* h;
+  int64_t ld_h;
+  const scalar_t* dh_a;
+  const scalar_t* dh_b;  // nullable
+  scalar_t* dgates;
+  int64_t H;
+  bool relu;
+};
+
+template <typename scalar_t>
+struct PointwiseKernels {
+  void (*lstm_fwd)(const LstmFwdArgs<scalar_t>&, int64_t b0, int64_t b1);
+  void (*lstm_bwd)(const LstmBwdArgs<scalar_t>&, int64_t b0, int64_t b1);
+  void (*gru_fwd)(const GruFwdArgs<scalar_t>&, int64_t b0, int64_t b1);
+  void (*gru_bwd)(const GruBwdArgs<scalar_t>&, int64_t b0, int64_t b1);
+  void (*rnn_fwd)(const RnnFwdArgs<scalar_t>&, int64_t b0, int64_t b1);
+  void (*rnn_bwd)(const RnnBwdArgs<scalar_t>&, int64_t b0, int64_t b1);
+};
+
+// The instruction sets the kernels are built for, best last.
+enum class Isa { kDefault = 0, kAvx2 = 1, kAvx512 = 2 };
+
+// The best instruction set this processor runs, lowered by FASTRNN_CPU_CAPABILITY=default|avx2|avx512
+// (read on every call, so tests can run every variant in one process).
+Isa active_isa();
+const char* isa_name(Isa isa);
+
+template <typename scalar_t>
+const PointwiseKernels<scalar_t>& pointwise_kernels(Isa isa);
+
+// Defined once per instruction set in pointwise_<isa>.cpp.
+#define FASTRNN_DECLARE_ISA(NS)                                                        \
+  namespace NS {                                                                       \
+  template <typename scalar_t>                                                         \
+  const PointwiseKernels<scalar_t>& kernels();                                         \
+  extern template const PointwiseKernels<float>& kernels<float>();                     \
+  extern template const PointwiseKernels<double>& kernels<double>();                   \
+  extern template const PointwiseKernels<c10::BFloat16>& kernels<c10::BFloat16>();     \
+  }
+FASTRNN_DECLARE_ISA(isa_default)
+FASTRNN_DECLARE_ISA(isa_avx2)
+FASTRNN_DECLARE_ISA(isa_avx512)
+#undef FASTRNN_DECLARE_ISA
+
+}  // namespace fastrnn::cpu

@@ -1,0 +1,21 @@
+// Pointwise step kernels for AVX-512 (F, BW, VL, DQ) processors; chosen at run time by active_isa().
+#include "isa_target.h"
+#if defined(FASTRNN_X86)
+FASTRNN_TARGET_ISA("sse3,ssse3,sse4.1,sse4.2,avx,avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt")
+#define __AVX512F__ 1
+#define __AVX512BW__ 1
+#define __AVX512VL__ 1
+#define __AVX512DQ__ 1
+#define __SSE3__ 1
+#define __SSSE3__ 1
+#define __SSE4_1__ 1
+#define __SSE4_2__ 1
+#define __AVX__ 1
+#define __AVX2__ 1
+#define __FMA__ 1
+#define __F16C__ 1
+#define CPU_CAPABILITY AVX512
+#define CPU_CAPABILITY_AVX512
+#endif
+#define FASTRNN_ISA_NS isa_avx512
+#include "pointwise_impl.h"

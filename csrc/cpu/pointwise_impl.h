@@ -1,0 +1,202 @@
+// Body of the CPU pointwise step kernels. Included once per instruction set by pointwise_<isa>.cpp with
+// FASTRNN_ISA_NS naming the namespace; at::vec::Vectorized then has that instruction set's width.
+// Each function walks rows [b0, b1) and, inside a row, hidden units a vector at a time, feeding
+// cell_math.h the pre-activations and storing what it returns: the gates never leave registers between
+// the bias add and the state/output write.
+#ifndef FASTRNN_ISA_NS
+#error "define FASTRNN_ISA_NS before including pointwise_impl.h"
+#endif
+
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+
+#include "../cell_math.h"
+#include "pointwise.h"
+
+namespace fastrnn {
+
+// Math<> for vectors of this instruction set (Sleef-backed exp/tanh for AVX2/AVX-512).
+template <typename A>
+struct Math<at::vec::Vectorized<A>> {
+  using V = at::vec::Vectorized<A>;
+  static V exp(const V& x) { return x.exp(); }
+  static V tanh(const V& x) { return x.tanh(); }
+  static V relu(const V& x) { return V::blendv(x, V(A(0)), x < V(A(0))); }  // NaN < 0 is false: NaN kept
+  static V relu_grad(const V& y) { return y.gt(V(A(0))); }
+};
+
+namespace cpu::FASTRNN_ISA_NS {
+namespace {
+
+using at::vec::Vectorized;
+
+// Loads n <= V::size() elements as the accumulation type; stores likewise, rounding where needed.
+template <typename A>
+inline Vectorized<A> load(const A* p, int64_t n) {
+  return n == Vectorized<A>::size() ? Vectorized<A>::loadu(p) : Vectorized<A>::loadu(p, n);
+}
+inline Vectorized<float> load(const c10::BFloat16* p, int64_t n) {
+  return std::get<0>(at::vec::convert_to_float<c10::BFloat16>(Vectorized<c10::BFloat16>::loadu(p, n)));
+}
+template <typename A>
+inline void store(const Vectorized<A>& v, A* p, int64_t n) {
+  if (n == Vectorized<A>::size()) v.store(p); else v.store(p, n);
+}
+inline void store(const Vectorized<float>& v, c10::BFloat16* p, int64_t n) {
+  at::vec::convert_from_float<c10::BFloat16>(v, v).store(p, n);
+}
+// Loads the sum of two rows, the second optional (a bias, or the gradient from the output).
+template <typename S>
+inline auto load_sum(const S* a, const S* b, int64_t n) {
+  auto v = load(a, n);
+  return b != nullptr ? v + load(b, n) : v;
+}
+
+template <typename S>
+void lstm_fwd(const LstmFwdArgs<S>& a, int64_t b0, int64_t b1) {
+  using V = Vectorized<acc_t<S>>;
+  const int64_t H = a.H;
+  for (int64_t b = b0; b < b1; ++b) {
+    const S* gx = a.gx + b * 4 * H;
+    const S* gh = a.gh + b * 4 * H;
+    acc_t<S>* c = a.c_state + b * H;
+    for (int64_t j = 0; j < H; j += V::size()) {
+      const int64_t n = std::min<int64_t>(V::size(), H - j);
+      auto pre = [&](int64_t k) {
+        const int64_t o = k * H + j;
+        return load(gx + o, n) + load_sum(gh + o, a.b_hh ? a.b_hh + o : nullptr, n);
+      };
+      const auto s = lstm_forward<V>(pre(0), pre(1), pre(2), pre(3), load(c + j, n));
+      store(s.c, c + j, n);
+      store(s.h, a.h_out + b * a.ld_h_out + j, n);
+      if (a.h_out2) store(s.h, a.h_out2 + b * H + j, n);
+      if (a.ws) {
+        acc_t<S>* w = a.ws + b * 5 * H + j;
+        store(s.i, w, n);
+        store(s.f, w + H, n);
+        store(s.g, w + 2 * H, n);
+        store(s.o, w + 3 * H, n);
+        store(s.c, w + 4 * H, n);
+      }
+    }
+  }
+}
+
+template <typename S>
+void lstm_bwd(const LstmBwdArgs<S>& a, int64_t b0, int64_t b1) {
+  using V = Vectorized<acc_t<S>>;
+  const int64_t H = a.H;
+  for (int64_t b = b0; b < b1; ++b) {
+    const acc_t<S>* w = a.ws + b * 5 * H;
+    acc_t<S>* dc = a.dc_state + b * H;
+    S* dg = a.dgates + b * 4 * H;
+    for (int64_t j = 0; j < H; j += V::size()) {
+      const int64_t n = std::min<int64_t>(V::size(), H - j);
+      const V i = load(w + j, n), f = load(w + H + j, n), g = load(w + 2 * H + j, n), o = load(w + 3 * H + j, n);
+      const V c = load(w + 4 * H + j, n);
+      const V dh = load_sum(a.dh_a + b * H + j, a.dh_b ? a.dh_b + b * H + j : nullptr, n);
+      const auto d = lstm_backward<V>(i, f, g, o, c, load(a.c_prev + b * H + j, n), dh, load(dc + j, n));
+      store(d.dc_prev, dc + j, n);
+      store(d.di, dg + j, n);
+      store(d.df, dg + H + j, n);
+      store(d.dg, dg + 2 * H + j, n);
+      store(d.do_, dg + 3 * H + j, n);
+      if (a.r_out) store(o * Math<V>::tanh(c), a.r_out + b * H + j, n);
+    }
+  }
+}
+
+template <typename S>
+void gru_fwd(const GruFwdArgs<S>& a, int64_t b0, int64_t b1) {
+  using V = Vectorized<acc_t<S>>;
+  const int64_t H = a.H;
+  for (int64_t b = b0; b < b1; ++b) {
+    const S* gx = a.gx + b * 3 * H;
+    const S* gh = a.gh + b * 3 * H;
+    for (int64_t j = 0; j < H; j += V::size()) {
+      const int64_t n = std::min<int64_t>(V::size(), H - j);
+      auto hside = [&](int64_t k) { return load_sum(gh + k * H + j, a.b_hh ? a.b_hh + k * H + j : nullptr, n); };
+      const auto s = gru_forward<V>(load(gx + j, n), load(gx + H + j, n), load(gx + 2 * H + j, n), hside(0),
+                                    hside(1), hside(2), load(a.h_prev + b * H + j, n));
+      store(s.h, a.h_out + b * a.ld_h_out + j, n);
+      if (a.h_out2) store(s.h, a.h_out2 + b * H + j, n);
+      if (a.ws) {
+        acc_t<S>* w = a.ws + b * 4 * H + j;
+        store(s.r, w, n);
+        store(s.z, w + H, n);
+        store(s.n, w + 2 * H, n);
+        store(s.hn, w + 3 * H, n);
+      }
+    }
+  }
+}
+
+template <typename S>
+void gru_bwd(const GruBwdArgs<S>& a, int64_t b0, int64_t b1) {
+  using V = Vectorized<acc_t<S>>;
+  const int64_t H = a.H;
+  for (int64_t b = b0; b < b1; ++b) {
+    const acc_t<S>* w = a.ws + b * 4 * H;
+    S* dgx = a.dgx + b * 3 * H;
+    S* dgh = a.dgh + b * 3 * H;
+    for (int64_t j = 0; j < H; j += V::size()) {
+      const int64_t n = std::min<int64_t>(V::size(), H - j);
+      const V dh = load_sum(a.dh_a + b * H + j, a.dh_b ? a.dh_b + b * H + j : nullptr, n);
+      const auto d = gru_backward<V>(load(w + j, n), load(w + H + j, n), load(w + 2 * H + j, n),
+                                     load(w + 3 * H + j, n), load(a.h_prev + b * H + j, n), dh);
+      store(d.dr, dgx + j, n);
+      store(d.dz, dgx + H + j, n);
+      store(d.dpx_n, dgx + 2 * H + j, n);
+      store(d.dr, dgh + j, n);
+      store(d.dz, dgh + H + j, n);
+      store(d.dph_n, dgh + 2 * H + j, n);
+      store(d.dh_prev, a.dh_direct + b * H + j, n);
+    }
+  }
+}
+
+template <typename S>
+void rnn_fwd(const RnnFwdArgs<S>& a, int64_t b0, int64_t b1) {
+  using V = Vectorized<acc_t<S>>;
+  const int64_t H = a.H;
+  for (int64_t b = b0; b < b1; ++b) {
+    for (int64_t j = 0; j < H; j += V::size()) {
+      const int64_t n = std::min<int64_t>(V::size(), H - j);
+      const int64_t o = b * H + j;
+      const V h = rnn_forward<V>(load(a.gx + o, n), load_sum(a.gh + o, a.b_hh ? a.b_hh + j : nullptr, n), a.relu);
+      store(h, a.h_out + b * a.ld_h_out + j, n);
+      if (a.h_out2) store(h, a.h_out2 + o, n);
+    }
+  }
+}
+
+template <typename S>
+void rnn_bwd(const RnnBwdArgs<S>& a, int64_t b0, int64_t b1) {
+  using V = Vectorized<acc_t<S>>;
+  const int64_t H = a.H;
+  for (int64_t b = b0; b < b1; ++b) {
+    for (int64_t j = 0; j < H; j += V::size()) {
+      const int64_t n = std::min<int64_t>(V::size(), H - j);
+      const int64_t o = b * H + j;
+      const V dh = load_sum(a.dh_a + o, a.dh_b ? a.dh_b + o : nullptr, n);
+      store(rnn_backward<V>(load(a.h + b * a.ld_h + j, n), dh, a.relu), a.dgates + o, n);
+    }
+  }
+}
+
+}  // namespace
+
+template <typename scalar_t>
+const PointwiseKernels<scalar_t>& kernels() {
+  static const PointwiseKernels<scalar_t> table{&lstm_fwd<scalar_t>, &lstm_bwd<scalar_t>, &gru_fwd<scalar_t>,
+                                                &gru_bwd<scalar_t>,  &rnn_fwd<scalar_t>,  &rnn_bwd<scalar_t>};
+  return table;
+}
+template const PointwiseKernels<float>& kernels<float>();
+template const PointwiseKernels<double>& kernels<double>();
+template const PointwiseKernels<c10::BFloat16>& kernels<c10::BFloat16>();
+
+}  // namespace cpu::FASTRNN_ISA_NS
+}  // namespace fastrnn

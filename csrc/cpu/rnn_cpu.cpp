@@ -1,0 +1,81 @@
+// Elman RNN (tanh or relu) on the CPU: one layer, one direction, a whole (packed) sequence. Same plan as
+// lstm_cpu.cpp; the backward needs only the outputs, so the forward saves nothing.
+#include <torch/library.h>
+
+#include "step_loop.h"
+
+namespace fastrnn::cpu {
+namespace {
+
+constexpr const char* kFwd = "fastrnn::rnn_forward";
+constexpr const char* kBwd = "fastrnn::rnn_backward";
+
+std::tuple<at::Tensor, at::Tensor> rnn_forward(const at::Tensor& input,
+                                               const std::optional<at::Tensor>& batch_sizes,
+                                               const at::Tensor& hx, const at::Tensor& w_ih,
+                                               const at::Tensor& w_hh_, const std::optional<at::Tensor>& b_ih,
+                                               const std::optional<at::Tensor>& b_hh, bool relu, bool reverse) {
+  const CellShape s = check_forward_args(kFwd, 1, input, batch_sizes, hx, nullptr, w_ih, w_hh_, b_ih, b_hh, {});
+  const SeqLayout L = make_layout(input, batch_sizes);
+  const int64_t H = s.hidden_size;
+  const at::Tensor w_hh = w_hh_.contiguous();
+  auto out_sizes = input.sizes().vec();
+  out_sizes.back() = H;
+  at::Tensor output = at::empty(out_sizes, input.options());
+  const at::Tensor out = rows2d(output);
+  at::Tensor h_state = hx.contiguous().clone();
+  const at::Tensor gx = input_gates(rows2d(input.contiguous()), w_ih, b_ih);
+  const at::Tensor gh = at::empty({L.B, H}, input.options());
+
+  FASTRNN_CPU_DISPATCH(input.scalar_type(), kFwd, [&] {
+    const auto& K = pointwise_kernels<scalar_t>(active_isa());
+    for (int64_t k = 0; k < L.T; ++k) {
+      const int64_t t = L.step(k, reverse), bs = L.batch_sizes[t], off = L.offsets[t];
+      mm_into(gh.narrow(0, 0, bs), h_state.narrow(0, 0, bs), w_hh.t());
+      RnnFwdArgs<scalar_t> a{gx.data_ptr<scalar_t>() + off * H, gh.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(b_hh),
+                             out.data_ptr<scalar_t>() + off * H, H, h_state.data_ptr<scalar_t>(), H, relu};
+      for_rows(bs, H, [&](int64_t b0, int64_t b1) { K.rnn_fwd(a, b0, b1); });
+    }
+  });
+  return {output, h_state};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_backward(
+    const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& input,
+    const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx, const at::Tensor& w_ih,
+    const at::Tensor& w_hh_, const at::Tensor& output, bool relu, bool reverse, bool has_bias) {
+  const CellShape s = check_forward_args(kBwd, 1, input, batch_sizes, hx, nullptr, w_ih, w_hh_, {}, {}, {});
+  const SeqLayout L = make_layout(input, batch_sizes);
+  const int64_t H = s.hidden_size;
+  check_backward_args(kBwd, grad_output, output, grad_hy, hx, nullptr, {});
+  const at::Tensor w_hh = w_hh_.contiguous();
+  const at::Tensor out = rows2d(output.contiguous());
+  const at::Tensor go = rows2d(grad_output.contiguous());
+  at::Tensor dh_state = grad_hy.contiguous().clone();
+  at::Tensor dgates = at::empty({L.N, H}, input.options());
+
+  FASTRNN_CPU_DISPATCH(input.scalar_type(), kBwd, [&] {
+    const auto& K = pointwise_kernels<scalar_t>(active_isa());
+    for (int64_t k = 0; k < L.T; ++k) {
+      const int64_t t = L.step(k, !reverse), bs = L.batch_sizes[t], off = L.offsets[t];
+      RnnBwdArgs<scalar_t> a{out.data_ptr<scalar_t>() + off * H, H, dh_state.data_ptr<scalar_t>(),
+                             go.data_ptr<scalar_t>() + off * H, dgates.data_ptr<scalar_t>() + off * H, H, relu};
+      for_rows(bs, H, [&](int64_t b0, int64_t b1) { K.rnn_bwd(a, b0, b1); });
+      mm_into(dh_state.narrow(0, 0, bs), dgates.narrow(0, off, bs), w_hh);
+    }
+  });
+
+  const at::Tensor h_prev = gather_prev(out, hx, L, reverse);
+  SequenceGrads g = sequence_grads(dgates, dgates, rows2d(input.contiguous()), h_prev, w_ih, has_bias,
+                                   input.sizes());
+  return {g.grad_input, dh_state, g.grad_w_ih, g.grad_w_hh, g.grad_b_ih, g.grad_b_hh};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastrnn, CPU, m) {
+  m.impl("rnn_forward", &rnn_forward);
+  m.impl("rnn_backward", &rnn_backward);
+}
+
+}  // namespace fastrnn::cpu

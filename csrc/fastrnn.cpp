@@ -1,0 +1,58 @@
+// Operator schemas of the fastrnn library and the Python module stub that loads them.
+//
+// One forward op per cell type runs a whole sequence of one layer in one direction; its backward is an op
+// of its own so that autograd (fastrnn/ops.py) and torch.compile see both through the dispatcher.
+// Implementations are registered per dispatch key in cpu/ and cuda/.
+//
+// Sequence layout, shared by every op:
+//   batch_sizes None:  input [T, B, I], output [T, B, D] (time-major, contiguous).
+//   batch_sizes given: input [N, I] packed as PackedSequence.data, batch_sizes an int64 CPU tensor [T],
+//                      non-increasing, summing to N; output [N, D] in the same packing.
+//   hx/cx hold the state of every sequence: [B, *] with B = batch_sizes[0] (or input.size(1)).
+//   reverse=True runs the sequence from its last step to its first (the backward half of a
+//   bidirectional layer): sequence b starts at its own last step, len_b - 1, from hx[b].
+//   train=True makes the forward write the activations its backward needs into `workspace`;
+//   train=False (inference) returns an empty workspace and stores nothing per step.
+#include <Python.h>
+#include <torch/library.h>
+
+// `import fastrnn._C` loads this shared library, which runs the TORCH_LIBRARY registrations below.
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+
+TORCH_LIBRARY(fastrnn, m) {
+  // LSTM, optionally with projection (w_hr [P, H]; the recurrent state h then has size P).
+  // workspace (train): [N, 5H] in the accumulation dtype: gates i, f, g, o after activation, then c.
+  m.def(
+      "lstm_forward(Tensor input, Tensor? batch_sizes, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, "
+      "Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse, bool train) "
+      "-> (Tensor output, Tensor hy, Tensor cy, Tensor workspace)");
+  m.def(
+      "lstm_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_cy, Tensor input, Tensor? batch_sizes, "
+      "Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? w_hr, Tensor output, Tensor workspace, "
+      "bool reverse, bool has_bias) "
+      "-> (Tensor grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, "
+      "Tensor grad_b_ih, Tensor grad_b_hh, Tensor grad_w_hr)");
+
+  // GRU. workspace (train): [N, 4H] in the accumulation dtype: r, z, n after activation, then W_hn h + b_hn.
+  m.def(
+      "gru_forward(Tensor input, Tensor? batch_sizes, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh, bool reverse, bool train) -> (Tensor output, Tensor hy, Tensor workspace)");
+  m.def(
+      "gru_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor? batch_sizes, Tensor hx, "
+      "Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool reverse, bool has_bias) "
+      "-> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
+      "Tensor grad_b_hh)");
+
+  // Elman RNN with tanh or relu. Its backward needs only the outputs, so there is no workspace.
+  m.def(
+      "rnn_forward(Tensor input, Tensor? batch_sizes, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh, bool relu, bool reverse) -> (Tensor output, Tensor hy)");
+  m.def(
+      "rnn_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor? batch_sizes, Tensor hx, "
+      "Tensor w_ih, Tensor w_hh, Tensor output, bool relu, bool reverse, bool has_bias) "
+      "-> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
+      "Tensor grad_b_hh)");
+}

@@ -1,0 +1,402 @@
+"""Drop-in replacements for torch.nn.LSTM/GRU/RNN and their cells, running on fastrnn's fused kernels.
+
+The modules hold exactly torch.nn's parameters (names, shapes, initialisation, order), so state_dicts move
+between torch.nn and fastrnn with load_state_dict(strict=True) either way. Their forward takes and returns
+what torch.nn's does. They do not derive from torch.nn.RNNBase: TorchDynamo deliberately graph-breaks on
+that class, and fastrnn's ops trace whole under torch.compile(fullgraph=True).
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from . import ops  # noqa: F401  (registers autograd and fake kernels)
+
+_ops = torch.ops.fastrnn
+_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+
+
+def _check_input_dtype(input: Tensor, weight: Tensor, module: str) -> None:
+    if not input.is_floating_point():
+        raise TypeError(f"{module}: input must be a floating-point tensor, got {input.dtype}")
+    if input.dtype != weight.dtype:
+        raise TypeError(f"{module}: input dtype {input.dtype} does not match the parameters' dtype "
+                        f"{weight.dtype}; convert one of them (e.g. module.to({input.dtype}))")
+    if input.device != weight.device:
+        raise RuntimeError(f"{module}: input is on {input.device} but the parameters are on {weight.device}")
+
+
+def _check_hidden(name: str, h: Tensor, expected: Tuple[int, ...], input: Tensor, module: str) -> None:
+    if not isinstance(h, Tensor):
+        raise TypeError(f"{module}: {name} must be a Tensor, got {type(h).__name__}")
+    if tuple(h.shape) != tuple(expected):
+        raise RuntimeError(f"{module}: Expected hidden size {tuple(expected)} for {name}, got {tuple(h.shape)}")
+    if h.dtype != input.dtype:
+        raise TypeError(f"{module}: {name} dtype {h.dtype} does not match the input's {input.dtype}")
+    if h.device != input.device:
+        raise RuntimeError(f"{module}: {name} is on {h.device} but the input is on {input.device}")
+
+
+class _RNNBase(nn.Module):
+    """Parameters and forward shared by LSTM, GRU and RNN, mirroring torch.nn.RNNBase."""
+
+    def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0, device=None, dtype=None) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        name = type(self).__name__
+        if not isinstance(hidden_size, int) or isinstance(hidden_size, bool) or hidden_size <= 0:
+            raise ValueError(f"{name}: hidden_size must be a positive integer, got {hidden_size!r}")
+        if not isinstance(input_size, int) or isinstance(input_size, bool) or input_size <= 0:
+            raise ValueError(f"{name}: input_size must be a positive integer, got {input_size!r}")
+        if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers <= 0:
+            raise ValueError(f"{name}: num_layers must be a positive integer, got {num_layers!r}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
+            raise ValueError(f"{name}: dropout should be a number in range [0, 1] representing the "
+                             f"probability of an element being zeroed, got {dropout!r}")
+        if not isinstance(proj_size, int) or proj_size < 0:
+            raise ValueError(f"{name}: proj_size should be a non-negative integer, got {proj_size!r}")
+        if proj_size and mode != "LSTM":
+            raise ValueError(f"{name}: proj_size argument is only supported for LSTM, not RNN or GRU")
+        if proj_size >= hidden_size:
+            raise ValueError(f"{name}: proj_size ({proj_size}) has to be smaller than hidden_size ({hidden_size})")
+        self.mode = mode
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
+        self.bidirectional, self.proj_size = bidirectional, proj_size
+        num_directions = 2 if bidirectional else 1
+        gate_size = _GATES[mode] * hidden_size
+        real_hidden = proj_size if proj_size > 0 else hidden_size
+        self._flat_weights_names: List[str] = []
+        self._all_weights: List[List[str]] = []
+        for layer in range(num_layers):
+            for direction in range(num_directions):
+                layer_input = input_size if layer == 0 else real_hidden * num_directions
+                suffix = "_reverse" if direction == 1 else ""
+                params = [("weight_ih", (gate_size, layer_input)), ("weight_hh", (gate_size, real_hidden))]
+                if bias:
+                    params += [("bias_ih", (gate_size,)), ("bias_hh", (gate_size,))]
+                if proj_size > 0:
+                    params += [("weight_hr", (proj_size, hidden_size))]
+                names = []
+                for base, shape in params:
+                    pname = f"{base}_l{layer}{suffix}"
+                    setattr(self, pname, nn.Parameter(torch.empty(shape, **factory)))
+                    names.append(pname)
+                self._flat_weights_names.extend(names)
+                self._all_weights.append(names)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -stdv, stdv)
+
+    def flatten_parameters(self) -> None:
+        """Kept for drop-in compatibility. fastrnn's kernels read each parameter where it lives, so there is
+        nothing to compact (torch.nn's version packs the weights into one buffer for cuDNN)."""
+
+    @property
+    def all_weights(self) -> List[List[nn.Parameter]]:
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    @property
+    def _flat_weights(self) -> List[Tensor]:
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    def extra_repr(self) -> str:
+        s = "{input_size}, {hidden_size}"
+        if self.proj_size != 0:
+            s += ", proj_size={proj_size}"
+        if self.num_layers != 1:
+            s += ", num_layers={num_layers}"
+        if self.bias is not True:
+            s += ", bias={bias}"
+        if self.batch_first is not False:
+            s += ", batch_first={batch_first}"
+        if self.dropout != 0:
+            s += ", dropout={dropout}"
+        if self.bidirectional is not False:
+            s += ", bidirectional={bidirectional}"
+        return s.format(**self.__dict__)
+
+    # ----------------------------------------------------------------------------------------- forward
+    def _layer_params(self, layer: int, direction: int):
+        suffix = "_reverse" if direction == 1 else ""
+        get = lambda base: getattr(self, f"{base}_l{layer}{suffix}")  # noqa: E731
+        w_ih, w_hh = get("weight_ih"), get("weight_hh")
+        b_ih, b_hh = (get("bias_ih"), get("bias_hh")) if self.bias else (None, None)
+        w_hr = get("weight_hr") if self.proj_size > 0 else None
+        return w_ih, w_hh, b_ih, b_hh, w_hr
+
+    def _run_layer(self, x, batch_sizes, h0, c0, params, reverse, train):
+        """One layer in one direction; returns (output, h_n, c_n or None)."""
+        w_ih, w_hh, b_ih, b_hh, w_hr = params
+        if self.mode == "LSTM":
+            out, hy, cy, _ = _ops.lstm_forward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, train)
+            return out, hy, cy
+        if self.mode == "GRU":
+            out, hy, _ = _ops.gru_forward(x, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse, train)
+            return out, hy, None
+        out, hy = _ops.rnn_forward(x, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, self.mode == "RNN_RELU", reverse)
+        return out, hy, None
+
+    def _forward(self, input, hx):
+        name = type(self).__name__
+        is_lstm = self.mode == "LSTM"
+        num_directions = 2 if self.bidirectional else 1
+        real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
+        w0 = self.weight_ih_l0
+        is_packed = isinstance(input, PackedSequence)
+        if is_packed:
+            x, batch_sizes, sorted_indices, unsorted_indices = input
+            if batch_sizes.dim() != 1 or batch_sizes.numel() == 0:
+                raise ValueError(f"{name}: PackedSequence has no steps (batch_sizes {tuple(batch_sizes.shape)})")
+            batch = int(batch_sizes[0])
+            batched = True
+        else:
+            if not isinstance(input, Tensor):
+                raise TypeError(f"{name}: input must be a Tensor or a PackedSequence, got {type(input).__name__}")
+            if input.dim() not in (2, 3):
+                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D tensor")
+            batched = input.dim() == 3
+            batch_sizes, sorted_indices, unsorted_indices = None, None, None
+            x = input if batched else input.unsqueeze(1)
+            if batched and self.batch_first:
+                x = x.transpose(0, 1)
+            if x.shape[0] == 0:
+                raise ValueError(f"{name}: Expected sequence length to be larger than 0 in RNN, got input of "
+                                 f"shape {tuple(input.shape)}")
+            batch = x.shape[1]
+        _check_input_dtype(x, w0, name)
+        if x.shape[-1] != self.input_size:
+            raise RuntimeError(f"{name}: input.size(-1) must be equal to input_size. Expected {self.input_size}, "
+                               f"got {x.shape[-1]}")
+
+        h_shape = (self.num_layers * num_directions, batch, real_hidden)
+        c_shape = (self.num_layers * num_directions, batch, self.hidden_size)
+        if hx is None:
+            h0 = torch.zeros(h_shape, dtype=x.dtype, device=x.device)
+            c0 = torch.zeros(c_shape, dtype=x.dtype, device=x.device) if is_lstm else None
+        else:
+            if is_lstm:
+                if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                    raise TypeError(f"{name}: hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
+                h0, c0 = hx
+            else:
+                if not isinstance(hx, Tensor):
+                    raise TypeError(f"{name}: hx must be a Tensor, got {type(hx).__name__}")
+                h0, c0 = hx, None
+            states = [("h_0" if is_lstm else "hx", h0)] + ([("c_0", c0)] if is_lstm else [])
+            for sname, s in states:
+                if not isinstance(s, Tensor):
+                    raise TypeError(f"{name}: {sname} must be a Tensor, got {type(s).__name__}")
+                if not batched and s.dim() != 2:
+                    raise RuntimeError(f"{name}: For unbatched 2-D input, {sname} should also be 2-D but got "
+                                       f"{s.dim()}-D tensor")
+                if batched and s.dim() != 3:
+                    raise RuntimeError(f"{name}: For batched 3-D input, {sname} should also be 3-D but got "
+                                       f"{s.dim()}-D tensor")
+            if not batched:
+                h0 = h0.unsqueeze(1)
+                c0 = c0.unsqueeze(1) if is_lstm else None
+            if sorted_indices is not None:
+                h0 = h0.index_select(1, sorted_indices)
+                c0 = c0.index_select(1, sorted_indices) if is_lstm else None
+            _check_hidden("h_0" if is_lstm else "hx", h0, h_shape, x, name)
+            if is_lstm:
+                _check_hidden("c_0", c0, c_shape, x, name)
+
+        needs_grad = torch.is_grad_enabled() and (
+            x.requires_grad or h0.requires_grad or (c0 is not None and c0.requires_grad)
+            or any(p.requires_grad for p in self._flat_weights))
+        h_n, c_n = [], []
+        layer_input = x
+        for layer in range(self.num_layers):
+            outs = []
+            for direction in range(num_directions):
+                idx = layer * num_directions + direction
+                out, hy, cy = self._run_layer(layer_input, batch_sizes, h0[idx], c0[idx] if is_lstm else None,
+                                              self._layer_params(layer, direction), direction == 1, needs_grad)
+                outs.append(out)
+                h_n.append(hy)
+                c_n.append(cy)
+            layer_input = outs[0] if num_directions == 1 else torch.cat(outs, dim=-1)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                layer_input = F.dropout(layer_input, p=self.dropout, training=True)
+        output = layer_input
+        hy = torch.stack(h_n, 0)
+        cy = torch.stack(c_n, 0) if is_lstm else None
+
+        if is_packed:
+            output = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
+            if unsorted_indices is not None:
+                hy = hy.index_select(1, unsorted_indices)
+                cy = cy.index_select(1, unsorted_indices) if is_lstm else None
+        else:
+            if not batched:
+                output = output.squeeze(1)
+                hy = hy.squeeze(1)
+                cy = cy.squeeze(1) if is_lstm else None
+            elif self.batch_first:
+                output = output.transpose(0, 1)
+        return output, ((hy, cy) if is_lstm else hy)
+
+    def forward(self, input, hx=None):
+        return self._forward(input, hx)
+
+
+class LSTM(_RNNBase):
+    """Drop-in torch.nn.LSTM: same constructor, parameters and outputs (output, (h_n, c_n))."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0, device=None, dtype=None) -> None:
+        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         proj_size, device, dtype)
+
+
+class GRU(_RNNBase):
+    """Drop-in torch.nn.GRU: same constructor, parameters and outputs (output, h_n)."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device=None, dtype=None) -> None:
+        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         0, device, dtype)
+
+
+class RNN(_RNNBase):
+    """Drop-in torch.nn.RNN (nonlinearity 'tanh' or 'relu'): same constructor, parameters and outputs."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device=None, dtype=None) -> None:
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"RNN: Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+        self.nonlinearity = nonlinearity
+        super().__init__("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", input_size, hidden_size,
+                         num_layers, bias, batch_first, dropout, bidirectional, 0, device, dtype)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s + (", nonlinearity='relu'" if self.nonlinearity != "tanh" else "")
+
+
+# ------------------------------------------------------------------------------------------------ cells
+class _CellBase(nn.Module):
+    """Parameters and forward shared by the single-step cells: one step of the sequence op (T=1)."""
+
+    def __init__(self, mode: str, input_size: int, hidden_size: int, bias: bool, device, dtype) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.mode = mode
+        self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
+        gate_size = _GATES[mode] * hidden_size
+        self.weight_ih = nn.Parameter(torch.empty((gate_size, input_size), **factory))
+        self.weight_hh = nn.Parameter(torch.empty((gate_size, hidden_size), **factory))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(gate_size, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(gate_size, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -stdv, stdv)
+
+    def extra_repr(self) -> str:
+        s = "{input_size}, {hidden_size}"
+        if "bias" in self.__dict__ and self.bias is not True:
+            s += ", bias={bias}"
+        if "nonlinearity" in self.__dict__ and self.nonlinearity != "tanh":
+            s += ", nonlinearity={nonlinearity}"
+        return s.format(**self.__dict__)
+
+    def _step(self, input: Tensor, hx):
+        name = type(self).__name__
+        is_lstm = self.mode == "LSTM"
+        if not isinstance(input, Tensor):
+            raise TypeError(f"{name}: input must be a Tensor, got {type(input).__name__}")
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        _check_input_dtype(input, self.weight_ih, name)
+        if input.shape[-1] != self.input_size:
+            raise RuntimeError(f"{name}: input has inconsistent input_size: got {input.shape[-1]} expected "
+                               f"{self.input_size}")
+        batched = input.dim() == 2
+        x = input if batched else input.unsqueeze(0)
+        batch = x.shape[0]
+        if hx is None:
+            h0 = torch.zeros(batch, self.hidden_size, dtype=x.dtype, device=x.device)
+            c0 = torch.zeros_like(h0) if is_lstm else None
+        else:
+            if is_lstm:
+                if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                    raise TypeError(f"{name}: hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
+                h0, c0 = hx
+            else:
+                h0, c0 = hx, None
+            for sname, s in [("h_0" if is_lstm else "hx", h0)] + ([("c_0", c0)] if is_lstm else []):
+                if not isinstance(s, Tensor):
+                    raise TypeError(f"{name}: {sname} must be a Tensor, got {type(s).__name__}")
+                if s.dim() != input.dim():
+                    raise RuntimeError(f"{name}: Expected {sname} to be {input.dim()}D like the input, got "
+                                       f"{s.dim()}D")
+            if not batched:
+                h0 = h0.unsqueeze(0)
+                c0 = c0.unsqueeze(0) if is_lstm else None
+            _check_hidden("h_0" if is_lstm else "hx", h0, (batch, self.hidden_size), x, name)
+            if is_lstm:
+                _check_hidden("c_0", c0, (batch, self.hidden_size), x, name)
+        needs_grad = torch.is_grad_enabled() and (
+            x.requires_grad or h0.requires_grad or (c0 is not None and c0.requires_grad)
+            or any(p.requires_grad for p in self.parameters()))
+        seq = x.unsqueeze(0)  # one step: [1, B, I]
+        args = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        if is_lstm:
+            _, hy, cy, _ = _ops.lstm_forward(seq, None, h0, c0, *args, None, False, needs_grad)
+            return (hy, cy) if batched else (hy.squeeze(0), cy.squeeze(0))
+        if self.mode == "GRU":
+            _, hy, _ = _ops.gru_forward(seq, None, h0, *args, False, needs_grad)
+        else:
+            _, hy = _ops.rnn_forward(seq, None, h0, *args, self.mode == "RNN_RELU", False)
+        return hy if batched else hy.squeeze(0)
+
+    def forward(self, input: Tensor, hx=None):
+        return self._step(input, hx)
+
+
+class LSTMCell(_CellBase):
+    """Drop-in torch.nn.LSTMCell: returns (h_1, c_1)."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__("LSTM", input_size, hidden_size, bias, device, dtype)
+
+
+class GRUCell(_CellBase):
+    """Drop-in torch.nn.GRUCell: returns h_1."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__("GRU", input_size, hidden_size, bias, device, dtype)
+
+
+class RNNCell(_CellBase):
+    """Drop-in torch.nn.RNNCell (nonlinearity 'tanh' or 'relu'): returns h_1."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
+                 device=None, dtype=None) -> None:
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"RNNCell: Unknown nonlinearity: {nonlinearity}")
+        self.nonlinearity = nonlinearity
+        super().__init__("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", input_size, hidden_size, bias,
+                         device, dtype)

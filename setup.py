@@ -1,0 +1,97 @@
+"""Builds fastrnn and its one extension module, fastrnn._C.
+
+Environment switches:
+  FASTRNN_SKIP_CUDA=1   build the CPU kernels only, even where a CUDA toolkit is found.
+  FASTRNN_FORCE_CUDA=1  build the CUDA kernels; fail if no toolkit is found.
+  (neither)             build the CUDA kernels whenever a toolkit is found (CUDA_HOME or nvcc on PATH),
+                        whether or not a GPU is visible: the build never asks torch.cuda.is_available().
+  TORCH_CUDA_ARCH_LIST  GPU architectures; defaults to "8.0;9.0" (sm_80, sm_90) when unset.
+  FASTRNN_WERROR=1      treat compiler warnings in our sources as errors (CI's compile gate).
+  MAX_JOBS              parallel compile jobs (ninja), as for every torch extension.
+"""
+import glob
+import os
+import sys
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ARCH_LIST = "8.0;9.0"
+
+
+def _flag(name):
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def _sources(pattern):
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+def _nvidia_wheel_includes():
+    """Include dirs of the nvidia-* wheels torch installs: ATen's CUDA headers include cuBLAS, cuSPARSE and
+    cuSOLVER headers that a bare toolkit (CUDA_HOME) does not ship."""
+    dirs = []
+    for entry in sys.path:
+        for sub in ("nvidia/cu13/include", "nvidia/cu12/include", "nvidia/*/include"):
+            dirs.extend(sorted(glob.glob(os.path.join(entry, sub))))
+    seen, out = set(), []
+    for d in dirs:
+        if d not in seen and os.path.isdir(d):
+            seen.add(d)
+            out.append(d)
+    return out
+
+
+def _extension():
+    from torch.utils import cpp_extension
+
+    cuda_home = cpp_extension.CUDA_HOME
+    use_cuda = not _flag("FASTRNN_SKIP_CUDA") and (cuda_home is not None or _flag("FASTRNN_FORCE_CUDA"))
+    if _flag("FASTRNN_FORCE_CUDA") and cuda_home is None:
+        raise RuntimeError("FASTRNN_FORCE_CUDA=1 but no CUDA toolkit was found: set CUDA_HOME")
+    if use_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        # With no GPU visible torch cannot detect the architecture; build for Ampere and Hopper.
+        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
+
+    werror = ["-Werror"] if _flag("FASTRNN_WERROR") else []
+    cxx = ["-O3", "-std=c++20", "-fvisibility=hidden", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-unknown-pragmas"] + werror
+    # The per-instruction-set kernel files come last: see csrc/cpu/isa_target.h.
+    isa_sources = _sources("csrc/cpu/pointwise_*.cpp")
+    sources = (_sources("csrc/*.cpp") + [s for s in _sources("csrc/cpu/*.cpp") if s not in isa_sources])
+    define_macros = []
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    extra = {"cxx": cxx}
+    if use_cuda:
+        sources += _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
+        include_dirs += _nvidia_wheel_includes()
+        define_macros.append(("FASTRNN_WITH_CUDA", None))
+        extra["nvcc"] = [
+            "-O3",
+            "-std=c++20",
+            "--use_fast_math" if _flag("FASTRNN_FAST_MATH") else "-prec-div=true",
+            "-Xptxas=-v",  # the resource report (registers, spills) the ptxas gate reads from the build log
+            "-Xcompiler=-fvisibility=hidden",
+            "--expt-relaxed-constexpr",
+        ] + (["-Werror=all-warnings", "-Xcompiler=-Wall,-Werror"] if werror else [])
+        ext_cls = cpp_extension.CUDAExtension
+    else:
+        ext_cls = cpp_extension.CppExtension
+    sources += isa_sources
+    return ext_cls(
+        name="fastrnn._C",
+        sources=sources,
+        include_dirs=include_dirs,
+        define_macros=define_macros,
+        extra_compile_args=extra,
+        py_limited_api=False,
+    )
+
+
+def _cmdclass():
+    from torch.utils.cpp_extension import BuildExtension
+
+    return {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+# Metadata, dependencies and the fastrnn-bench script are declared in pyproject.toml.
+setup(ext_modules=[_extension()], cmdclass=_cmdclass())
