@@ -55,9 +55,7 @@ def _extension():
 
     werror = ["-Werror"] if _flag("FASTRNN_WERROR") else []
     cxx = ["-O3", "-std=c++20", "-fvisibility=hidden", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-unknown-pragmas"] + werror
-    # The per-instruction-set kernel files come last: see csrc/cpu/isa_target.h.
-    isa_sources = _sources("csrc/cpu/pointwise_*.cpp")
-    sources = (_sources("csrc/*.cpp") + [s for s in _sources("csrc/cpu/*.cpp") if s not in isa_sources])
+    sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
     define_macros = []
     include_dirs = [os.path.join(ROOT, "csrc")]
     extra = {"cxx": cxx}
@@ -76,7 +74,6 @@ def _extension():
         ext_cls = cpp_extension.CUDAExtension
     else:
         ext_cls = cpp_extension.CppExtension
-    sources += isa_sources
     return ext_cls(
         name="fastrnn._C",
         sources=sources,

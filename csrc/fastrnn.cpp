@@ -13,14 +13,17 @@
 //   bidirectional layer): sequence b starts at its own last step, len_b - 1, from hx[b].
 //   train=True makes the forward write the activations its backward needs into `workspace`;
 //   train=False (inference) returns an empty workspace and stores nothing per step.
-#include <Python.h>
 #include <torch/library.h>
 
-// `import fastrnn._C` loads this shared library, which runs the TORCH_LIBRARY registrations below.
+#ifdef TORCH_EXTENSION_NAME
+// Built as the Python extension fastrnn._C (setup.py): `import fastrnn._C` loads this shared library, which
+// runs the TORCH_LIBRARY registrations below. The CMake build (a plain C++ library, no Python) omits it.
+#include <Python.h>
 PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   return PyModule_Create(&module_def);
 }
+#endif
 
 TORCH_LIBRARY(fastrnn, m) {
   // LSTM, optionally with projection (w_hr [P, H]; the recurrent state h then has size P).

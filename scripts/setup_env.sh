@@ -1,0 +1,36 @@
+# Sourced by scripts/test.sh and scripts/bench.sh: creates (once) the virtual environment .venv with the
+# CUDA build of torch, and builds fastrnn's extension in place. Idempotent; safe to source repeatedly.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+VENV="${FASTRNN_VENV:-$ROOT/.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "== creating $VENV" >&2
+  python3 -m venv "$VENV"
+fi
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+# torch 2.14.1 is the CUDA 13.0 build: with it the CUDA sources compile and link even without a GPU.
+if ! python -c "import torch, pytest, pytest_benchmark, numpy, expecttest, ninja" 2>/dev/null; then
+  echo "== installing Python dependencies" >&2
+  python -m pip install -q --disable-pip-version-check torch==2.14.1 numpy pytest pytest-benchmark \
+    expecttest ninja setuptools wheel
+fi
+
+# The CUDA toolkit: CUDA_HOME must name its root explicitly (torch guesses wrong from a wrapper nvcc).
+if [ -z "${CUDA_HOME:-}" ] && [ "${FASTRNN_SKIP_CUDA:-0}" != "1" ]; then
+  for d in /usr/local/cuda /usr/local/cuda-*; do
+    if [ -x "$d/bin/nvcc" ]; then export CUDA_HOME="$(cd "$d" && pwd -P)"; break; fi
+  done
+fi
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0}"
+export MAX_JOBS="${MAX_JOBS:-2}"
+
+echo "== building fastrnn (CUDA_HOME=${CUDA_HOME:-none}, arch ${TORCH_CUDA_ARCH_LIST})" >&2
+mkdir -p build
+if ! python setup.py build_ext --inplace > build/setup.log 2>&1; then
+  tail -n 80 build/setup.log >&2
+  echo "build failed: full log in build/setup.log" >&2
+  exit 1
+fi
