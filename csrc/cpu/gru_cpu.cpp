@@ -30,11 +30,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
   const at::Tensor gx = input_gates(rows2d(input.contiguous()), w_ih, b_ih);
   const at::Tensor gh = at::empty({L.B, 3 * H}, input.options());
 
+  const StepGemm gemm_hh(w_hh, /*transpose_w=*/true, L.B);
   FASTRNN_CPU_DISPATCH(input.scalar_type(), kFwd, [&] {
     const auto& K = pointwise_kernels<scalar_t>(active_isa());
     for (int64_t k = 0; k < L.T; ++k) {
       const int64_t t = L.step(k, reverse), bs = L.batch_sizes[t], off = L.offsets[t];
-      mm_into(gh.narrow(0, 0, bs), h_state.narrow(0, 0, bs), w_hh.t());
+      gemm_hh.run(h_state.narrow(0, 0, bs), gh.narrow(0, 0, bs));
       // h_prev and h_out2 are both h_state: each element is read before it is overwritten.
       GruFwdArgs<scalar_t> a{gx.data_ptr<scalar_t>() + off * 3 * H,
                              gh.data_ptr<scalar_t>(),
@@ -67,6 +68,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor dgx = at::empty({L.N, 3 * H}, input.options());
   at::Tensor dgh = at::empty({L.N, 3 * H}, input.options());
 
+  const StepGemm gemm_hh(w_hh, /*transpose_w=*/false, L.B);
   FASTRNN_CPU_DISPATCH(input.scalar_type(), kBwd, [&] {
     const auto& K = pointwise_kernels<scalar_t>(active_isa());
     for (int64_t k = 0; k < L.T; ++k) {
@@ -80,7 +82,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                              dh_state.data_ptr<scalar_t>(),
                              H};
       for_rows(bs, 3 * H, [&](int64_t b0, int64_t b1) { K.gru_bwd(a, b0, b1); });
-      dh_state.narrow(0, 0, bs).addmm_(dgh.narrow(0, off, bs), w_hh);
+      gemm_hh.run(dgh.narrow(0, off, bs), dh_state.narrow(0, 0, bs), /*accumulate=*/true);
     }
   });
 

@@ -40,11 +40,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
   const at::Tensor gh = at::empty({L.B, 4 * H}, input.options());
   const at::Tensor r = proj ? at::empty({L.B, H}, input.options()) : at::Tensor();
 
+  const StepGemm gemm_hh(w_hh, /*transpose_w=*/true, L.B);
+  const StepGemm gemm_hr = proj ? StepGemm(w_hr, /*transpose_w=*/true, L.B) : StepGemm(w_hh, true, 0);
   FASTRNN_CPU_DISPATCH(input.scalar_type(), kFwd, [&] {
     const auto& K = pointwise_kernels<scalar_t>(active_isa());
     for (int64_t k = 0; k < L.T; ++k) {
       const int64_t t = L.step(k, reverse), bs = L.batch_sizes[t], off = L.offsets[t];
-      mm_into(gh.narrow(0, 0, bs), h_state.narrow(0, 0, bs), w_hh.t());
+      gemm_hh.run(h_state.narrow(0, 0, bs), gh.narrow(0, 0, bs));
       LstmFwdArgs<scalar_t> a{gx.data_ptr<scalar_t>() + off * 4 * H,
                               gh.data_ptr<scalar_t>(),
                               ptr_or_null<scalar_t>(b_hh),
@@ -57,7 +59,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
       for_rows(bs, 4 * H, [&](int64_t b0, int64_t b1) { K.lstm_fwd(a, b0, b1); });
       if (proj) {
         at::Tensor out_t = out.narrow(0, off, bs);
-        mm_into(out_t, r.narrow(0, 0, bs), w_hr.t());
+        gemm_hr.run(r.narrow(0, 0, bs), out_t);
         h_state.narrow(0, 0, bs).copy_(out_t);
       }
     }
@@ -92,6 +94,8 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at
   at::Tensor r_all = proj ? at::empty({L.N, H}, input.options()) : at::Tensor();
   at::Tensor dr = proj ? at::empty({L.B, H}, input.options()) : at::Tensor();
 
+  const StepGemm gemm_hh(w_hh, /*transpose_w=*/false, L.B);
+  const StepGemm gemm_hr = proj ? StepGemm(w_hr, /*transpose_w=*/false, L.B) : StepGemm(w_hh, false, 0);
   FASTRNN_CPU_DISPATCH(input.scalar_type(), kBwd, [&] {
     const auto& K = pointwise_kernels<scalar_t>(active_isa());
     for (int64_t k = 0; k < L.T; ++k) {
@@ -101,7 +105,7 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at
       if (proj) {
         at::Tensor dh_t = dh_all.narrow(0, off, bs);
         at::add_out(dh_t, dh_state.narrow(0, 0, bs), go.narrow(0, off, bs));  // dh_t: a named lvalue view
-        mm_into(dr.narrow(0, 0, bs), dh_t, w_hr);
+        gemm_hr.run(dh_t, dr.narrow(0, 0, bs));
         dh_a = dr.data_ptr<scalar_t>();
         dh_b = nullptr;
       }
@@ -114,7 +118,7 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at
                               proj ? r_all.data_ptr<scalar_t>() + off * H : nullptr,
                               H};
       for_rows(bs, 4 * H, [&](int64_t b0, int64_t b1) { K.lstm_bwd(a, b0, b1); });
-      mm_into(dh_state.narrow(0, 0, bs), dgates.narrow(0, off, bs), w_hh);
+      gemm_hh.run(dgates.narrow(0, off, bs), dh_state.narrow(0, 0, bs));
     }
   });
 

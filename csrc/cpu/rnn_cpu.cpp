@@ -27,11 +27,12 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(const at::Tensor& input,
   const at::Tensor gx = input_gates(rows2d(input.contiguous()), w_ih, b_ih);
   const at::Tensor gh = at::empty({L.B, H}, input.options());
 
+  const StepGemm gemm_hh(w_hh, /*transpose_w=*/true, L.B);
   FASTRNN_CPU_DISPATCH(input.scalar_type(), kFwd, [&] {
     const auto& K = pointwise_kernels<scalar_t>(active_isa());
     for (int64_t k = 0; k < L.T; ++k) {
       const int64_t t = L.step(k, reverse), bs = L.batch_sizes[t], off = L.offsets[t];
-      mm_into(gh.narrow(0, 0, bs), h_state.narrow(0, 0, bs), w_hh.t());
+      gemm_hh.run(h_state.narrow(0, 0, bs), gh.narrow(0, 0, bs));
       RnnFwdArgs<scalar_t> a{gx.data_ptr<scalar_t>() + off * H, gh.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(b_hh),
                              out.data_ptr<scalar_t>() + off * H, H, h_state.data_ptr<scalar_t>(), H, relu};
       for_rows(bs, H, [&](int64_t b0, int64_t b1) { K.rnn_fwd(a, b0, b1); });
@@ -54,6 +55,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor dh_state = grad_hy.contiguous().clone();
   at::Tensor dgates = at::empty({L.N, H}, input.options());
 
+  const StepGemm gemm_hh(w_hh, /*transpose_w=*/false, L.B);
   FASTRNN_CPU_DISPATCH(input.scalar_type(), kBwd, [&] {
     const auto& K = pointwise_kernels<scalar_t>(active_isa());
     for (int64_t k = 0; k < L.T; ++k) {
@@ -61,7 +63,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       RnnBwdArgs<scalar_t> a{out.data_ptr<scalar_t>() + off * H, H, dh_state.data_ptr<scalar_t>(),
                              go.data_ptr<scalar_t>() + off * H, dgates.data_ptr<scalar_t>() + off * H, H, relu};
       for_rows(bs, H, [&](int64_t b0, int64_t b1) { K.rnn_bwd(a, b0, b1); });
-      mm_into(dh_state.narrow(0, 0, bs), dgates.narrow(0, off, bs), w_hh);
+      gemm_hh.run(dgates.narrow(0, off, bs), dh_state.narrow(0, 0, bs));
     }
   });
 

@@ -7,6 +7,7 @@
 
 #include "../sequence.h"
 #include "pointwise.h"
+#include "step_gemm.h"
 
 namespace fastrnn::cpu {
 

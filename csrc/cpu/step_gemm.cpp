@@ -1,0 +1,57 @@
+#include "step_gemm.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#include "../sequence.h"
+
+// MKL's packed GEMM (LP64 interface). Declared weak: resolved from libtorch_cpu where it exports them,
+// null where it does not, in which case StepGemm never packs.
+extern "C" {
+__attribute__((weak)) size_t cblas_sgemm_pack_get_size(int identifier, int m, int n, int k);
+__attribute__((weak)) void cblas_sgemm_pack(int layout, int identifier, int trans, int m, int n, int k, float alpha,
+                                            const float* src, int ld, float* dest);
+__attribute__((weak)) void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k,
+                                               const float* a, int lda, const float* b, int ldb, float beta,
+                                               float* c, int ldc);
+}
+
+namespace fastrnn::cpu {
+namespace {
+// CBLAS enumerators (mkl_cblas.h).
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162;
+}  // namespace
+
+bool packed_gemm_enabled() {
+  if (cblas_sgemm_pack_get_size == nullptr || cblas_sgemm_pack == nullptr || cblas_sgemm_compute == nullptr)
+    return false;
+  const char* env = std::getenv("FASTRNN_CPU_PACKED_GEMM");
+  return env == nullptr || std::strcmp(env, "0") != 0;
+}
+
+StepGemm::StepGemm(const at::Tensor& w, bool transpose_w, int64_t rows)
+    : w_(transpose_w ? w.t() : w), rows_(rows), k_(w_.size(0)), n_(w_.size(1)) {
+  const bool fits_int = rows < INT32_MAX && k_ < INT32_MAX && n_ < INT32_MAX;
+  if (w.scalar_type() != at::kFloat || !packed_gemm_enabled() || !fits_int || rows == 0 || k_ == 0 || n_ == 0)
+    return;
+  const at::Tensor wc = w.contiguous();
+  const size_t bytes = cblas_sgemm_pack_get_size(kBMatrix, rows, n_, k_);
+  packed_ = at::empty({static_cast<int64_t>((bytes + sizeof(float) - 1) / sizeof(float))}, w.options());
+  cblas_sgemm_pack(kRowMajor, kBMatrix, transpose_w ? kTrans : kNoTrans, rows, n_, k_, 1.0f,
+                   wc.data_ptr<float>(), wc.size(1), packed_.data_ptr<float>());
+}
+
+void StepGemm::run(const at::Tensor& a, at::Tensor c, bool accumulate) const {
+  const int64_t r = a.size(0);
+  if (r == 0) return;
+  if (packed_.defined() && r == rows_ && a.stride(1) == 1 && c.stride(1) == 1) {
+    cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, r, n_, k_, a.data_ptr<float>(), a.stride(0),
+                        packed_.data_ptr<float>(), n_, accumulate ? 1.0f : 0.0f, c.data_ptr<float>(), c.stride(0));
+  } else if (accumulate) {
+    c.addmm_(a, w_);
+  } else {
+    mm_into(c, a, w_);
+  }
+}
+
+}  // namespace fastrnn::cpu

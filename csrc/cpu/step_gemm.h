@@ -1,0 +1,37 @@
+// The per-step GEMM of the CPU recurrences: C[rows, n] (=|+=) A[rows, k] @ op(W), with W the same for
+// every step of a sequence.
+//
+// A GEMM library repacks its B operand into its blocked panel format on every call. For the recurrent
+// GEMM that repacking (|W| = 4H x P floats) is paid T times for a product whose FLOPs are only B times
+// |W|: at B = 64 it costs as much as a tenth of the step, at B <= 8 more than the arithmetic. So for float32
+// the weight is packed ONCE per sequence with MKL's packed-GEMM API (cblas_sgemm_pack/_compute, which the
+// x86 builds of libtorch_cpu export) and every step computes against the packed panels. Where those
+// symbols are absent (other builds), or for other dtypes, or for steps whose row count differs from the one
+// the panels were packed for (packed sequences' shorter steps), it falls back to at::mm.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace fastrnn::cpu {
+
+class StepGemm {
+ public:
+  // transpose_w: op(W) = W^T with W [n, k] (e.g. h @ W_hh^T); otherwise op(W) = W with W [k, n].
+  // rows: the row count most steps have (the batch); packing is done for that count.
+  StepGemm(const at::Tensor& w, bool transpose_w, int64_t rows);
+  // c = a @ op(W) (accumulate=false) or c += a @ op(W); a [r, k] and c [r, n] row-major with unit column
+  // stride (row strides may exceed the width).
+  void run(const at::Tensor& a, at::Tensor c, bool accumulate = false) const;
+  bool packed() const { return packed_.defined(); }
+
+ private:
+  at::Tensor w_;       // op(W) as a [k, n] view, for the fallback
+  at::Tensor packed_;  // MKL's packed panels (float32 storage), undefined when not packing
+  int64_t rows_, k_, n_;
+};
+
+// Whether the packed path is available and enabled (FASTRNN_CPU_PACKED_GEMM=0 turns it off, for A/B
+// measurements and tests of the fallback).
+bool packed_gemm_enabled();
+
+}  // namespace fastrnn::cpu
