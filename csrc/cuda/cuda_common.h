@@ -23,6 +23,7 @@ inline DType dtype_of(const char* op, at::ScalarType t) {
     default: break;
   }
   TORCH_CHECK_TYPE(false, op, ": input must be float32, float64, float16 or bfloat16 on CUDA, got ", t);
+  return DType::kFloat;
 }
 
 #define FASTRNN_DTYPE_SWITCH(D, F, ...)                             \

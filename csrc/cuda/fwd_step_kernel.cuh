@@ -94,20 +94,27 @@ __device__ __forceinline__ void fwd_step(const FwdStepParams& p) {
     for (int i = 0; i < R; ++i) acc[g][i] = A(0);
 
   // ---- recurrent matmul: acc[g][i] = sum_k h_{t-1}[b_i, k] * W_hh[g*H + j, k]
+  // Tile loads: thread tid loads column k = tid % kTileK of rows tid / kTileK + m * (kThreads / kTileK).
+  constexpr int kRowStep = Tr::kThreads / Tr::kTileK;
+  static_assert(Tr::kThreads % Tr::kTileK == 0 && Tr::kGateRows % kRowStep == 0 && Tr::kBatchRows % kRowStep == 0,
+                "tile loads cover the tiles exactly");
+  const int lk = tid % Tr::kTileK, lr = tid / Tr::kTileK;
   for (int64_t k0 = 0; k0 < K; k0 += Tr::kTileK) {
-    for (int e = tid; e < Tr::kGateRows * Tr::kTileK; e += Tr::kThreads) {
-      const int r = e / Tr::kTileK, k = e % Tr::kTileK;
-      const int64_t j = j0 + r % Tr::kUnits, kk = k0 + k;
+    const int64_t kk = k0 + lk;
+    const bool k_ok = kk < K;
+#pragma unroll 4
+    for (int r = lr; r < Tr::kGateRows; r += kRowStep) {
+      const int64_t j = j0 + r % Tr::kUnits;
       A v = A(0);
-      if (j < H && kk < K) v = to_float(w[(int64_t(r / Tr::kUnits) * H + j) * K + kk]);
-      Ws[k * Tr::kWStride + r] = v;
+      if (j < H && k_ok) v = to_float(w[(int64_t(r / Tr::kUnits) * H + j) * K + kk]);
+      Ws[lk * Tr::kWStride + r] = v;
     }
-    for (int e = tid; e < Tr::kBatchRows * Tr::kTileK; e += Tr::kThreads) {
-      const int rb = e / Tr::kTileK, k = e % Tr::kTileK;
-      const int64_t b = b0 + rb, kk = k0 + k;
+#pragma unroll
+    for (int rb = lr; rb < Tr::kBatchRows; rb += kRowStep) {
+      const int64_t b = b0 + rb;
       A v = A(0);
-      if (b < bs && kk < K) v = to_float(b < n_prev ? hp[b * K + kk] : h0[b * K + kk]);
-      Hs[rb * Tr::kHStride + k] = v;
+      if (b < bs && k_ok) v = to_float(b < n_prev ? hp[b * K + kk] : h0[b * K + kk]);
+      Hs[rb * Tr::kHStride + lk] = v;
     }
     __syncthreads();
 #pragma unroll 4
