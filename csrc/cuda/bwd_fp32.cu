@@ -1,0 +1,6 @@
+// bwd step kernels (LSTM, GRU, RNN) for fp32 tensors: one instantiation set per file, so the build is parallel.
+#include "launcher.cuh"
+
+namespace fastrnn::cuda {
+FASTRNN_INSTANTIATE_BWD(DType::kFloat);
+}  // namespace fastrnn::cuda

@@ -1,0 +1,32 @@
+// Host interface of the step-kernel launchers: what the ATen drivers (*_cuda.cpp, compiled by the host
+// compiler, which never sees the device code or the half types) call. The launchers live in the .cu files,
+// one storage dtype and one pass per file, so that nvcc compiles the instantiations in parallel.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "params.h"
+
+namespace fastrnn::cuda {
+
+enum class DType : int { kFloat = 0, kDouble = 1, kHalf = 2, kBFloat16 = 3 };
+
+// Grid (x: hidden-unit tiles, y: batch-row tiles), threads per block and dynamic shared memory in bytes.
+struct LaunchConfig {
+  int64_t grid_x = 0, grid_y = 0, threads = 0, smem_bytes = 0;
+};
+
+// The launch configuration of one step of `bs` rows, and the launch itself on `stream` (a no-op when
+// p.bs == 0 or p.H == 0). Instantiated for every DType in fwd_<dtype>.cu / bwd_<dtype>.cu.
+template <DType D>
+LaunchConfig fwd_launch_config(Cell cell, int64_t H, int64_t bs);
+template <DType D>
+void launch_fwd_step(Cell cell, const FwdStepParams& p, cudaStream_t stream);
+template <DType D>
+LaunchConfig bwd_launch_config(Cell cell, int64_t H, int64_t bs);
+template <DType D>
+void launch_bwd_step(Cell cell, const BwdStepParams& p, cudaStream_t stream);
+
+}  // namespace fastrnn::cuda

@@ -1,0 +1,65 @@
+// Arguments of the per-timestep kernels: plain structs of raw pointers and integers, shared by the device
+// code (*_kernel.cuh), the host launchers (*.cu), the ATen drivers (*_cuda.cpp) and the CUDA-emulation
+// tests. Pointers are untyped here; a kernel instantiated for storage type S reads the tensors marked S as
+// S and those marked A as acc_t<S> (float for float16/bfloat16, else S). Every matrix is row-major with
+// the row stride given. Sizes are int64_t so that row * stride never overflows.
+#pragma once
+
+#include <cstdint>
+
+namespace fastrnn::cuda {
+
+enum class Cell : int { kLstm = 0, kGru = 1, kRnn = 2 };
+
+// Gates per hidden unit: 4 (i, f, g, o), 3 (r, z, n), 1.
+constexpr int gates_of(Cell c) { return c == Cell::kLstm ? 4 : c == Cell::kGru ? 3 : 1; }
+
+// One forward step of one direction: rows b in [0, bs) of timestep t.
+//   gates = gx[b] + h_prev[b] @ w_hh^T + b_hh, then the cell's pointwise math (cell_math.h).
+// The state the step starts from is row b of the previous step's output (b < n_prev) or of the initial
+// state h_init (n_prev <= b < bs): the previous step's output rows are never written by this step, which
+// is what makes the step race-free (see fwd_step_kernel.cuh).
+struct FwdStepParams {
+  const void* gx = nullptr;      // S [bs, G*H]: x-side pre-activations x W_ih^T + b_ih of the step's rows
+  const void* b_hh = nullptr;    // S [G*H] or nullptr
+  const void* w_hh = nullptr;    // S [G*H, K]
+  const void* h_prev = nullptr;  // S rows b < n_prev, row stride K; nullptr when n_prev == 0
+  const void* h_init = nullptr;  // S [>= bs, K]: the initial state hx
+  void* c_state = nullptr;       // A [>= bs, H] (LSTM): c_{t-1} in, c_t out, rows < bs; untouched beyond
+  void* h_out = nullptr;         // S rows b < bs, row stride ld_out: h_t (LSTM with projection: o*tanh(c))
+  void* ws = nullptr;            // A [bs, ws_width] (train) or nullptr: LSTM i,f,g,o,c (5H); GRU r,z,n,hn (4H)
+  int64_t n_prev = 0;            // rows of the step that continue the previous step
+  int64_t bs = 0;                // rows of the step
+  int64_t H = 0;                 // hidden size
+  int64_t K = 0;                 // size of the recurrent state (H, or proj_size with an LSTM projection)
+  int64_t ld_out = 0;            // row stride of h_out
+  int relu = 0;                  // RNN: relu instead of tanh
+};
+
+// One backward step: rows b in [0, bs) of timestep t, visited in the opposite order of the forward.
+//   dh[b] = carry[b] + grad_out[b] + dh_ext[b] + (b < n_next ? dg_next[b] @ w_hh : 0)   (each term optional)
+// where dg_next are the h-side gate gradients of the step that continued step t in the forward (written
+// by the previous launch), then the cell's pointwise backward from the saved workspace.
+// `carry` is the part of dL/dh_{t-1} that does not go through W_hh: it enters as grad_hy for rows that
+// end at this step, and leaves as 0 (LSTM, RNN) or dh*z (GRU).
+struct BwdStepParams {
+  const void* dg_next = nullptr;  // S rows b < n_next, row stride G*H; nullptr when n_next == 0
+  const void* w_hh = nullptr;     // S [G*H, H]
+  const void* grad_out = nullptr; // S [bs, H] or nullptr: the step's rows of grad_output
+  const void* dh_ext = nullptr;   // S [bs, H] or nullptr: a dh computed outside (LSTM with projection)
+  void* carry = nullptr;          // A [>= bs, H] or nullptr, read and replaced for rows < bs
+  const void* ws = nullptr;       // A [bs, ws_width]: the forward's workspace rows (LSTM 5H, GRU 4H)
+  const void* c_prev = nullptr;   // A [bs, H] (LSTM): the cell state each row started from
+  void* dc_state = nullptr;       // A [>= bs, H] (LSTM): dL/dc_t in, dL/dc_{t-1} out
+  const void* h_prev = nullptr;   // S [bs, H] (GRU): the hidden state each row started from
+  const void* h_cur = nullptr;    // S [bs, H] (RNN): the step's outputs
+  void* dg = nullptr;             // S [bs, G*H]: gate gradients (GRU: of the x-side pre-activations)
+  void* dgh = nullptr;            // S [bs, 3H] (GRU): gradients of the h-side pre-activations
+  void* r_out = nullptr;          // S [bs, H] or nullptr (LSTM with projection): o*tanh(c)
+  int64_t n_next = 0;
+  int64_t bs = 0;
+  int64_t H = 0;
+  int relu = 0;
+};
+
+}  // namespace fastrnn::cuda

@@ -1,0 +1,115 @@
+// Elman RNN (tanh or relu) on CUDA: one layer, one direction, a whole (packed) sequence. Same plan as
+// lstm_cuda.cpp; the backward needs only the outputs, so the forward saves nothing.
+#include <torch/library.h>
+
+#include "cuda_common.h"
+
+namespace fastrnn::cuda {
+namespace {
+
+constexpr const char* kFwd = "fastrnn::rnn_forward";
+constexpr const char* kBwd = "fastrnn::rnn_backward";
+
+std::tuple<at::Tensor, at::Tensor> rnn_forward(const at::Tensor& input,
+                                               const std::optional<at::Tensor>& batch_sizes,
+                                               const at::Tensor& hx, const at::Tensor& w_ih,
+                                               const at::Tensor& w_hh_, const std::optional<at::Tensor>& b_ih,
+                                               const std::optional<at::Tensor>& b_hh_, bool relu, bool reverse) {
+  check_cuda(kFwd, "input", input);
+  const CellShape s = check_forward_args(kFwd, 1, input, batch_sizes, hx, nullptr, w_ih, w_hh_, b_ih, b_hh_, {});
+  const c10::cuda::CUDAGuard guard(input.device());
+  const SeqLayout L = make_layout(input, batch_sizes);
+  const int64_t H = s.hidden_size;
+  const at::Tensor w_hh = w_hh_.contiguous();
+  const std::optional<at::Tensor> b_hh =
+      b_hh_.has_value() ? std::optional<at::Tensor>(b_hh_->contiguous()) : std::nullopt;
+  const DType dt = dtype_of(kFwd, input.scalar_type());
+  auto out_sizes = input.sizes().vec();
+  out_sizes.back() = H;
+  at::Tensor output = at::empty(out_sizes, input.options());
+  const at::Tensor out = rows2d(output);
+  const at::Tensor h0 = hx.contiguous();
+  // x-side pre-activations of every step in one GEMM (no sequential dependency).
+  const at::Tensor gx = input_gates(rows2d(input.contiguous()), w_ih, b_ih).contiguous();
+  if (L.T == 0) return {output, h0.clone()};
+
+  if (L.B > 0 && H > 0) check_launch(kFwd, "rnn_fwd_step_kernel", fwd_launch_config(dt, Cell::kRnn, H, L.B));
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  for (int64_t k = 0; k < L.T; ++k) {
+    const int64_t t = L.step(k, reverse), bs = L.batch_sizes[t], off = L.offsets[t];
+    const int64_t prev = L.prev_step(t, reverse), n_prev = L.rows_with_prev(t, reverse);
+    FwdStepParams p;
+    p.gx = row_ptr(gx, off);
+    p.b_hh = ptr_or_null(b_hh);
+    p.w_hh = w_hh.data_ptr();
+    p.h_prev = n_prev > 0 ? row_ptr(out, L.offsets[prev]) : nullptr;
+    p.h_init = h0.data_ptr();
+    p.h_out = row_ptr(out, off);
+    p.n_prev = n_prev;
+    p.bs = bs;
+    p.H = H;
+    p.K = H;
+    p.ld_out = H;
+    p.relu = relu ? 1 : 0;
+    launch_fwd_step(dt, Cell::kRnn, p, stream);
+  }
+  const at::Tensor hy = out.index_select(0, sequence_rows(L, /*last=*/!reverse, input.device()));
+  return {output, hy};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_backward(
+    const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& input,
+    const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx, const at::Tensor& w_ih,
+    const at::Tensor& w_hh_, const at::Tensor& output, bool relu, bool reverse, bool has_bias) {
+  check_cuda(kBwd, "input", input);
+  const CellShape s = check_forward_args(kBwd, 1, input, batch_sizes, hx, nullptr, w_ih, w_hh_, {}, {}, {});
+  const c10::cuda::CUDAGuard guard(input.device());
+  const SeqLayout L = make_layout(input, batch_sizes);
+  const int64_t H = s.hidden_size;
+  check_backward_args(kBwd, grad_output, output, grad_hy, hx, nullptr, {});
+  const at::Tensor w_hh = w_hh_.contiguous();
+  const auto acc_opts = input.options().dtype(acc_dtype(input.scalar_type()));
+  const DType dt = dtype_of(kBwd, input.scalar_type());
+  const at::Tensor out = rows2d(output.contiguous());
+  const at::Tensor go = rows2d(grad_output.contiguous());
+  at::Tensor carry = grad_hy.to(acc_opts, false, /*copy=*/true).contiguous();
+  at::Tensor dgates = at::empty({L.N, H}, input.options());
+
+  if (L.B > 0 && H > 0) check_launch(kBwd, "rnn_bwd_step_kernel", bwd_launch_config(dt, Cell::kRnn, H, L.B));
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  for (int64_t k = 0; k < L.T; ++k) {
+    const int64_t t = L.step(k, !reverse), bs = L.batch_sizes[t], off = L.offsets[t];
+    const int64_t nxt = next_step(L, t, reverse);
+    const int64_t n_next = nxt < 0 ? 0 : L.rows_with_prev(nxt, reverse);
+    BwdStepParams p;
+    p.dg_next = n_next > 0 ? row_ptr(dgates, L.offsets[nxt]) : nullptr;
+    p.w_hh = w_hh.data_ptr();
+    p.grad_out = row_ptr(go, off);
+    p.carry = carry.data_ptr();
+    p.h_cur = row_ptr(out, off);
+    p.dg = row_ptr(dgates, off);
+    p.n_next = n_next;
+    p.bs = bs;
+    p.H = H;
+    p.relu = relu ? 1 : 0;
+    launch_bwd_step(dt, Cell::kRnn, p, stream);
+  }
+  // The gradient reaching hx[b] through W_hh, from the step that started from it (carry is 0 by now).
+  at::Tensor grad_hx =
+      L.T == 0 ? grad_hy.contiguous().clone()
+               : at::mm(dgates.index_select(0, sequence_rows(L, /*last=*/reverse, input.device())), w_hh);
+
+  const at::Tensor h_prev = gather_prev(out, hx, L, reverse);
+  SequenceGrads g = sequence_grads(dgates, dgates, rows2d(input.contiguous()), h_prev, w_ih, has_bias,
+                                   input.sizes());
+  return {g.grad_input, grad_hx, g.grad_w_ih, g.grad_w_hh, g.grad_b_ih, g.grad_b_hh};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastrnn, CUDA, m) {
+  m.impl("rnn_forward", &rnn_forward);
+  m.impl("rnn_backward", &rnn_backward);
+}
+
+}  // namespace fastrnn::cuda
