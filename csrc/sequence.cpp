@@ -104,10 +104,13 @@ at::Tensor input_gates(const at::Tensor& x, const at::Tensor& w_ih, const std::o
   return b_ih.has_value() ? at::addmm(*b_ih, x, w_ih.t()) : at::mm(x, w_ih.t());
 }
 
-void check_backward_args(const char* op, const at::Tensor& grad_output, const at::Tensor& output,
+void check_backward_args(const char* op, const at::Tensor& input, int64_t state_size,
+                         const at::Tensor& grad_output, const at::Tensor& output,
                          const at::Tensor& grad_hy, const at::Tensor& hx, const at::Tensor* workspace,
                          at::IntArrayRef workspace_sizes) {
-  check_like(op, "output", output, output.sizes(), hx);
+  std::vector<int64_t> out_sizes = input.sizes().vec();
+  out_sizes.back() = state_size;
+  check_like(op, "output", output, out_sizes, hx);
   check_like(op, "grad_output", grad_output, output.sizes(), output);
   check_like(op, "grad_hy", grad_hy, hx.sizes(), hx);
   if (workspace != nullptr) {

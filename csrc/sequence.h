@@ -61,7 +61,9 @@ at::Tensor gather_prev(const at::Tensor& seq, const at::Tensor& init, const SeqL
 at::Tensor input_gates(const at::Tensor& x, const at::Tensor& w_ih, const std::optional<at::Tensor>& b_ih);
 
 // Checks the tensors a backward op receives besides the forward's arguments.
-void check_backward_args(const char* op, const at::Tensor& grad_output, const at::Tensor& output,
+// `output` must have the input's shape with state_size features.
+void check_backward_args(const char* op, const at::Tensor& input, int64_t state_size,
+                         const at::Tensor& grad_output, const at::Tensor& output,
                          const at::Tensor& grad_hy, const at::Tensor& hx, const at::Tensor* workspace,
                          at::IntArrayRef workspace_sizes);
 

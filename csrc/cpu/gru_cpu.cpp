@@ -59,7 +59,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const CellShape s = check_forward_args(kBwd, 3, input, batch_sizes, hx, nullptr, w_ih, w_hh_, {}, {}, {});
   const SeqLayout L = make_layout(input, batch_sizes);
   const int64_t H = s.hidden_size;
-  check_backward_args(kBwd, grad_output, output, grad_hy, hx, &workspace, {L.N, 4 * H});
+  check_backward_args(kBwd, input, s.state_size, grad_output, output, grad_hy, hx, &workspace, {L.N, 4 * H});
   const at::Tensor w_hh = w_hh_.contiguous();
   const at::Tensor ws = workspace.contiguous();
   const at::Tensor go = rows2d(grad_output.contiguous());

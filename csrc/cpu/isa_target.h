@@ -13,8 +13,6 @@
 #define FASTRNN_X86 1
 #define FASTRNN_PRAGMA(x) _Pragma(#x)
 #define FASTRNN_TARGET_ISA(isa) FASTRNN_PRAGMA(GCC target(isa))
-// GCC 12 warns "__Y may be used uninitialized" inside its own avx512fintrin.h (the _mm512_undefined_*
-// idiom), and notes the vector-argument ABI of functions that only these files call; neither is ours.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// GCC notes the changed vector-argument ABI of functions that only these files call; not ours to fix.
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif

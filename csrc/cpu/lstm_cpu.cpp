@@ -76,7 +76,7 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at
   const CellShape s = check_forward_args(kBwd, 4, input, batch_sizes, hx, &cx, w_ih, w_hh_, {}, {}, w_hr_);
   const SeqLayout L = make_layout(input, batch_sizes);
   const int64_t H = s.hidden_size, P = s.state_size;
-  check_backward_args(kBwd, grad_output, output, grad_hy, hx, &workspace, {L.N, 5 * H});
+  check_backward_args(kBwd, input, s.state_size, grad_output, output, grad_hy, hx, &workspace, {L.N, 5 * H});
   check_like(kBwd, "grad_cy", grad_cy, cx.sizes(), cx);
   const bool proj = w_hr_.has_value();
   const at::Tensor w_hh = w_hh_.contiguous();

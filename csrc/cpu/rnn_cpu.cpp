@@ -48,7 +48,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const CellShape s = check_forward_args(kBwd, 1, input, batch_sizes, hx, nullptr, w_ih, w_hh_, {}, {}, {});
   const SeqLayout L = make_layout(input, batch_sizes);
   const int64_t H = s.hidden_size;
-  check_backward_args(kBwd, grad_output, output, grad_hy, hx, nullptr, {});
+  check_backward_args(kBwd, input, s.state_size, grad_output, output, grad_hy, hx, nullptr, {});
   const at::Tensor w_hh = w_hh_.contiguous();
   const at::Tensor out = rows2d(output.contiguous());
   const at::Tensor go = rows2d(grad_output.contiguous());

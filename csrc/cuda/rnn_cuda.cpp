@@ -66,7 +66,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const c10::cuda::CUDAGuard guard(input.device());
   const SeqLayout L = make_layout(input, batch_sizes);
   const int64_t H = s.hidden_size;
-  check_backward_args(kBwd, grad_output, output, grad_hy, hx, nullptr, {});
+  check_backward_args(kBwd, input, s.state_size, grad_output, output, grad_hy, hx, nullptr, {});
   const at::Tensor w_hh = w_hh_.contiguous();
   const auto acc_opts = input.options().dtype(acc_dtype(input.scalar_type()));
   const DType dt = dtype_of(kBwd, input.scalar_type());
