@@ -70,7 +70,7 @@ def _to_numpy(value) -> np.ndarray:
         arr = arr.astype(np.int32)
     elif arr.dtype.kind in "iu" and arr.dtype not in (np.dtype(np.int32), np.dtype(np.int64)):
         arr = arr.astype(np.int64)
-    return np.ascontiguousarray(arr)
+    return arr if arr.flags.c_contiguous else arr.copy(order="C")  # (ascontiguousarray makes 0-d 1-d)
 
 
 def write_arrays(path: str | os.PathLike, arrays: Mapping[str, object]) -> None:
@@ -164,7 +164,9 @@ def compile_driver(source: str | os.PathLike, variant: str = "plain", defines: I
     source = Path(source).resolve()
     flags = [*flags_for(variant, defines), *extra_flags]
     key = _key(source, flags)
-    exe = BUILD_DIR / f"{source.stem}-{variant}-{key}"
+    # <stem>-<variant>-<flags hash>-<content hash>: older builds of the same prefix are pruned after a rebuild
+    prefix = f"{source.stem}-{variant}-{hashlib.sha256(' '.join(flags).encode()).hexdigest()[:8]}-"
+    exe = BUILD_DIR / f"{prefix}{key}"
     if exe.exists():
         return exe
     BUILD_DIR.mkdir(parents=True, exist_ok=True)
@@ -176,6 +178,9 @@ def compile_driver(source: str | os.PathLike, variant: str = "plain", defines: I
         os.unlink(tmp)
         raise BuildError(f"compile failed ({variant}): {' '.join(cmd)}\n{proc.stderr[-8000:]}")
     os.replace(tmp, exe)  # atomic: concurrent builders of the same key are harmless
+    for stale in BUILD_DIR.glob(f"{prefix}*"):
+        if stale != exe and not stale.name.endswith(".tmp"):
+            stale.unlink(missing_ok=True)
     return exe
 
 
@@ -187,8 +192,9 @@ def compile_many(jobs: Iterable[tuple], max_workers: int | None = None) -> list[
         return list(ex.map(lambda j: compile_driver(*j), jobs))
 
 
-def clean_cache(keep_latest: bool = True) -> None:
-    if BUILD_DIR.exists() and not keep_latest:
+def clean_cache() -> None:
+    """Delete every cached binary."""
+    if BUILD_DIR.exists():
         shutil.rmtree(BUILD_DIR)
 
 
