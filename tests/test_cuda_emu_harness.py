@@ -199,6 +199,21 @@ def test_divergent_barrier_is_reported(binaries, case, where):
     assert where in proc.stderr and "in __syncthreads" in proc.stderr, proc.stderr
 
 
+def test_barrier_timeout_is_reported(binaries):
+    exe = _need(binaries, "plain")
+    proc, outputs = emu.run_raw(exe, "spin_forever", {}, "plain", env={"CUDA_EMU_BARRIER_TIMEOUT_S": "1"}, timeout=60)
+    assert proc.returncode != 0 and outputs is None
+    assert "barrier timeout after 1" in proc.stderr and "linear threads 0..0: running" in proc.stderr, proc.stderr
+    assert "linear threads 1..31: in __syncthreads" in proc.stderr, proc.stderr
+
+
+def test_shuffle_from_missing_lane_is_poison(variant):
+    """Full-mask shuffles in a partial warp read lanes that do not exist (undefined in CUDA): the result is NaN."""
+    x = np.ones(160, dtype=np.float32)
+    sums = run(variant, "partial_warp_sum", {"x": x})["sums"]
+    assert sums.shape == (2,) and np.isnan(sums).all()
+
+
 def test_missing_syncthreads_is_a_tsan_race(binaries):
     exe = _need(binaries, "tsan")
     x = np.random.default_rng(7).standard_normal(128).astype(np.float32)

@@ -12,6 +12,7 @@ tests/cuda_emu/, so editing a kernel rebuilds.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -233,6 +234,16 @@ def run_driver(source: str | os.PathLike, case: str, inputs: Mapping[str, object
     return outputs
 
 
+def require_variant(variant: str) -> None:
+    """pytest.skip() with the reason when `variant` cannot be built or run on this machine."""
+    ok, why = sanitizer_support(variant)
+    if not ok:
+        import pytest
+
+        pytest.skip(f"cuda_emu variant {variant!r} unavailable: {why}")
+
+
+@functools.lru_cache(maxsize=None)
 def sanitizer_support(variant: str) -> tuple[bool, str]:
     """Whether `variant` can compile and run a threaded hello world here; reason if not."""
     if variant == "plain":

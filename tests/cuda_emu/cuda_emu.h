@@ -500,7 +500,11 @@ void launch(dim3 grid, dim3 block, size_t dynamic_smem_bytes, Kernel kernel, Arg
 #define blockIdx (::cuda_emu::tls().block_idx)
 #define blockDim (::cuda_emu::tls().block_dim)
 #define gridDim (::cuda_emu::tls().grid_dim)
-constexpr int warpSize = 32;
+// A run-time value in CUDA (not usable in constant expressions), so not constexpr here either.
+namespace cuda_emu {
+inline int warp_size_value() { return static_cast<int>(kWarpSize); }
+}  // namespace cuda_emu
+#define warpSize (::cuda_emu::warp_size_value())
 
 inline void __syncthreads() { ::cuda_emu::block_barrier(0); }
 inline int __syncthreads_count(int pred) { return ::cuda_emu::block_barrier(pred); }

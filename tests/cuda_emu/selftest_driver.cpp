@@ -166,6 +166,22 @@ void deadlock_mixed_barriers(const Arrays&, Arrays& out) {
   out.put("o", o);
 }
 
+void spin_forever(const Arrays&, Arrays& out) {
+  std::vector<int> flag(1, 0);
+  ::cuda_emu::launch(dim3(1), dim3(32), 0, selftest::spin_forever_kernel, flag.data());
+  out.put("flag", flag);
+}
+
+// Two-level shuffle reduction with a partial last warp (80 threads): the full-mask __shfl_down_sync reads lanes that
+// do not exist, which is undefined in CUDA; the emulator returns the poison value, so the sums come out NaN.
+void partial_warp_sum(const Arrays& in, Arrays& out) {
+  const auto x = in.get<float>("x");
+  std::vector<float> sums((x.size() + 79) / 80);
+  ::cuda_emu::launch(dim3(static_cast<unsigned>(sums.size())), dim3(80), 0, selftest::block_sum_shfl_kernel<float>,
+                     x.data(), static_cast<std::int64_t>(x.size()), sums.data());
+  out.put("sums", sums);
+}
+
 #ifdef EMU_RACE_DEMO
 void race_missing_sync(const Arrays& in, Arrays& out) {
   const auto x = in.get<float>("x");
@@ -211,6 +227,8 @@ int main(int argc, char** argv) {
                                {"limits", limits},
                                {"deadlock_early_return", deadlock_early_return},
                                {"deadlock_mixed_barriers", deadlock_mixed_barriers},
+                               {"spin_forever", spin_forever},
+                               {"partial_warp_sum", partial_warp_sum},
 #ifdef EMU_RACE_DEMO
                                {"race_missing_sync", race_missing_sync},
 #endif

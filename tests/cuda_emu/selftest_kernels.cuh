@@ -221,6 +221,15 @@ __global__ void deadlock_mixed_barriers_kernel(int* out) {
     __syncthreads();
 }
 
+// Thread 0 waits for a flag nobody sets (like waiting for another block) while the others wait in __syncthreads:
+// no barrier is complete-able yet not every thread is in one, so only the barrier timeout can report it.
+__global__ void spin_forever_kernel(int* flag) {
+  if (threadIdx.x == 0)
+    while (atomicAdd(flag, 0) == 0) {
+    }
+  __syncthreads();
+}
+
 #ifdef EMU_RACE_DEMO
 // BUG ON PURPOSE: the barrier between filling s[] and the tree reduction is missing. TSan must report a race.
 template <typename T, int BLOCK>
