@@ -214,13 +214,30 @@ def test_shuffle_from_missing_lane_is_poison(variant):
     assert sums.shape == (2,) and np.isnan(sums).all()
 
 
-def test_missing_syncthreads_is_a_tsan_race(binaries):
+@pytest.mark.parametrize(
+    "case, kernel",
+    [
+        ("race_missing_sync", "block_reduce_missing_sync_kernel"),
+        ("race_warp_synchronous", "warp_synchronous_reduce_kernel"),  # lockstep assumed without __syncwarp
+        ("race_cross_warp", "block_sum_shfl_missing_sync_kernel"),  # shuffles order only their own warp
+    ],
+)
+def test_missing_barrier_is_a_tsan_race(binaries, case, kernel):
     exe = _need(binaries, "tsan")
     x = np.random.default_rng(7).standard_normal(128).astype(np.float32)
-    proc, _ = emu.run_raw(exe, "race_missing_sync", {"x": x}, "tsan")
+    proc, _ = emu.run_raw(exe, case, {"x": x}, "tsan")
     assert proc.returncode == 66, proc.stderr[-4000:]
     assert "WARNING: ThreadSanitizer: data race" in proc.stderr
-    assert "block_reduce_missing_sync_kernel" in proc.stderr  # the report points at the kernel
+    assert kernel in proc.stderr  # the report points at the kernel
+
+
+def test_run_driver_raises_on_a_sanitizer_report(binaries):
+    _need(binaries, "tsan")
+    x = np.ones(128, dtype=np.float32)
+    with pytest.raises(emu.EmuRunError, match="ThreadSanitizer: data race"):
+        run("tsan", "race_missing_sync", {"x": x})
+    # the same buggy kernel "works" without TSan: the plain build alone would not have caught it
+    assert run("plain", "race_missing_sync", {"x": x})["partial"].shape == (2,)
 
 
 @pytest.mark.parametrize(

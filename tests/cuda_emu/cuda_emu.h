@@ -8,9 +8,13 @@
 // Execution model
 //   * Blocks run one after another, in blockIdx order (x fastest). A launch is serialised with every other launch.
 //   * The threads of a block run concurrently as real host threads (one std::thread per CUDA thread, from a pool
-//     kept for the process and reused by every block and launch), so ThreadSanitizer sees the accesses of different CUDA threads as different
-//     threads, and __syncthreads()/__syncwarp()/shuffles as synchronisation (they are built on std::mutex and
-//     std::condition_variable, which TSan models exactly).
+//     kept for the process and reused by every block and launch), so ThreadSanitizer sees the accesses of different
+//     CUDA threads as different threads, and __syncthreads()/__syncwarp()/shuffles as synchronisation (they are
+//     built on std::mutex and std::condition_variable, which TSan models exactly). The harness adds no other
+//     ordering between the threads of a block: __syncthreads orders the whole block, a warp intrinsic only the lanes
+//     of its warp (each warp has its own mutex), and the bookkeeping shared between them is relaxed atomics. So a
+//     missing __syncthreads between warps is a TSan race even when the warps shuffle. Note that shuffles and votes
+//     order memory among their lanes like __syncwarp does; CUDA only promises that for __syncwarp.
 //   * `__shared__` is `static`: valid because only one block exists at a time; the block-end barrier orders the
 //     last accesses of block b before the first ones of block b+1.
 //   * Dynamic shared memory (::cuda_emu::dynamic_smem(), FASTRNN_DYNAMIC_SMEM) is malloc'ed afresh for every block
@@ -32,6 +36,8 @@
 //     lanes of a warp executing together without __syncwarp (pre-Volta style "warp-synchronous" reductions) is a
 //     data race here (TSan will report it, which is the correct verdict for sm_70+), but code that is merely
 //     divergent runs fine here.
+//   * Shared-memory ordering that relies on a __shfl_sync/__ballot_sync alone (without __syncwarp) is accepted here
+//     (they synchronise the warp's lanes for TSan); CUDA does not guarantee it.
 //   * Divergence and its cost, bank conflicts, coalescing, occupancy, timing of any kind.
 //   * Memory ordering and visibility bugs between blocks: blocks are sequential, so every block sees all writes of
 //     earlier blocks and none of later ones. A kernel that waits for another block (spin on a flag, grid-wide sync,
@@ -121,29 +127,34 @@ inline double barrier_timeout_s() {
 
 struct BlockCtx;
 
-// What a thread of the block is doing, for deadlock detection and reports. Guarded by BlockCtx::m.
+// What a thread of the block is doing, for deadlock detection and reports.
 enum class Where : unsigned char { Running, SyncThreads, Warp, Exited };
 
+// Synchronisation inside the harness must not create happens-before edges that CUDA does not have, or TSan would
+// miss real races: __syncthreads and the block end use the block's mutex (they order the whole block anyway), each
+// warp's intrinsics use that warp's own mutex (they order only its lanes), and the deadlock bookkeeping shared by
+// both is relaxed atomics (no happens-before for TSan).
 struct WarpState {
   unsigned lanes = 0;     // lanes that exist in this warp
-  unsigned arrived = 0;   // lanes waiting in the current warp barrier
+  std::mutex m;
+  std::condition_variable cv;
+  unsigned arrived = 0;   // lanes waiting in the current warp barrier (guarded by m)
   unsigned long long gen = 0;
   std::uint64_t slots[2][kWarpSize] = {};  // exchange buffer, double-buffered by the lanes' operation parity
-  const char* op = nullptr;                // name of the intrinsic the first arriving lane is in
-  std::condition_variable cv;
+  std::atomic<const char*> op{nullptr};    // name of the intrinsic the first arriving lane is in (for reports)
 };
 
 struct BlockCtx {
-  // launch configuration
+  // launch configuration (written before the threads start)
   dim3 grid, block;
   size_t dyn_bytes = 0;
   unsigned nthreads = 0, nwarps = 0;
   unsigned long long nblocks = 0;
 
-  std::mutex m;
-  // current block
-  unsigned long long block_linear = 0;  // guarded by m
-  void* dyn = nullptr;                  // guarded by m (written between blocks only)
+  std::mutex m;  // block barrier, block end, block setup
+  // current block: written by the thread that completes the block end, read by every thread after it
+  unsigned long long block_linear = 0;
+  void* dyn = nullptr;
   // block barrier (__syncthreads*)
   std::condition_variable cv_block;
   unsigned sync_arrived = 0;
@@ -154,31 +165,32 @@ struct BlockCtx {
   std::condition_variable cv_end;
   unsigned exited = 0;
   unsigned long long end_gen = 0;
-  // threads currently blocked in some barrier, plus those that returned
-  unsigned blocked = 0;
-  std::vector<Where> where;
-  std::vector<unsigned long long> where_seq;  // how many barriers of that kind the thread passed before
-  std::vector<unsigned long long> passed_sync;
+  // deadlock bookkeeping: threads waiting in a barrier that has not released them (returned threads included)
+  std::atomic<unsigned> blocked{0};
+  std::unique_ptr<std::atomic<Where>[]> where;
+  std::unique_ptr<std::atomic<unsigned long long>[]> where_seq;  // barriers of that kind the thread passed before
   std::unique_ptr<WarpState[]> warps;
 
-  std::string describe_locked() const {
+  void set_where(unsigned t, Where w) { where[t].store(w, std::memory_order_relaxed); }
+
+  std::string describe(unsigned long long blk) const {
     std::string s;
     char buf[256];
-    unsigned long long bx = block_linear % grid.x, by = (block_linear / grid.x) % grid.y,
-                       bz = block_linear / (static_cast<unsigned long long>(grid.x) * grid.y);
+    unsigned long long bx = blk % grid.x, by = (blk / grid.x) % grid.y,
+                       bz = blk / (static_cast<unsigned long long>(grid.x) * grid.y);
     std::snprintf(buf, sizeof buf, "block (%llu,%llu,%llu) of grid (%u,%u,%u), blockDim (%u,%u,%u):\n", bx, by, bz,
                   grid.x, grid.y, grid.z, block.x, block.y, block.z);
     s += buf;
     auto label = [&](unsigned t) {
-      switch (where[t]) {
+      const unsigned long long seq = where_seq[t].load(std::memory_order_relaxed) + 1;
+      switch (where[t].load(std::memory_order_relaxed)) {
         case Where::Running: return std::string("running");
         case Where::Exited: return std::string("returned from the kernel");
-        case Where::SyncThreads:
-          return "in __syncthreads (its #" + std::to_string(where_seq[t] + 1) + ")";
+        case Where::SyncThreads: return "in __syncthreads (its #" + std::to_string(seq) + ")";
         case Where::Warp: {
-          const WarpState& w = warps[t / kWarpSize];
-          return std::string("in warp ") + std::to_string(t / kWarpSize) + " " + (w.op ? w.op : "?") + " (its #" +
-                 std::to_string(where_seq[t] + 1) + " warp op)";
+          const char* op = warps[t / kWarpSize].op.load(std::memory_order_relaxed);
+          return std::string("in warp ") + std::to_string(t / kWarpSize) + " " + (op ? op : "?") + " (its #" +
+                 std::to_string(seq) + " warp op)";
         }
       }
       return std::string("?");
@@ -199,25 +211,33 @@ struct BlockCtx {
     return s;
   }
 
-  [[noreturn]] void deadlock_locked(const char* why) const {
-    fatal(std::string("DEADLOCK (") + why + ") in " + describe_locked());
+  [[noreturn]] void deadlock(const char* why, unsigned long long blk) const {
+    fatal(std::string("DEADLOCK (") + why + ") in " + describe(blk));
   }
 
-  // Called with m held by a thread that just became blocked and did not complete its barrier.
-  void check_progress_locked() const {
-    if (blocked == nthreads && exited < nthreads)
-      deadlock_locked("every thread waits in a barrier that can never complete; divergent __syncthreads / warp "
-                      "intrinsic, or a thread returned early while others wait");
+  // A thread is about to wait in a barrier it did not complete. If now every thread waits, none can complete any
+  // barrier: deadlock. (Sound with relaxed atomics: a released thread is un-counted by its releaser before it can
+  // run again, and all counting is on the one atomic.)
+  void enter_wait(unsigned t, Where w, unsigned long long seq, unsigned long long blk) {
+    where_seq[t].store(seq, std::memory_order_relaxed);
+    set_where(t, w);
+    if (blocked.fetch_add(1, std::memory_order_relaxed) + 1 == nthreads)
+      deadlock("every thread waits in a barrier that can never complete; divergent __syncthreads / warp intrinsic, "
+               "or a thread returned early while others wait",
+               blk);
   }
+  void release(unsigned count) { blocked.fetch_sub(count, std::memory_order_relaxed); }
 
   template <class Pred>
-  void wait_locked(std::unique_lock<std::mutex>& lk, std::condition_variable& cv, Pred done, const char* what) {
+  void wait(std::unique_lock<std::mutex>& lk, std::condition_variable& cv, Pred done, const char* what,
+            unsigned long long blk) {
     const auto timeout = std::chrono::duration<double>(barrier_timeout_s());
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::nanoseconds>(timeout);
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::nanoseconds>(timeout);
     while (!done()) {
       if (cv.wait_until(lk, deadline) == std::cv_status::timeout && !done()) {
         std::string msg = std::string("barrier timeout after ") + std::to_string(barrier_timeout_s()) + " s in " + what;
-        deadlock_locked(msg.c_str());
+        deadlock(msg.c_str(), blk);
       }
     }
   }
@@ -229,6 +249,8 @@ struct ThreadState {
   dim3 block_dim{1, 1, 1};
   dim3 grid_dim{1, 1, 1};
   BlockCtx* blk = nullptr;
+  unsigned long long block_linear = 0;
+  void* dyn = nullptr;  // this block's dynamic shared memory
   unsigned linear = 0, lane = 0, warp = 0;
   unsigned long long warp_ops = 0;   // warp operations this thread did in the current block
   unsigned long long sync_ops = 0;   // __syncthreads this thread did in the current block
@@ -247,9 +269,8 @@ inline BlockCtx& current_block(const char* what) {
 
 // Dynamic shared memory of the current block (nullptr if the launch asked for 0 bytes).
 inline void* dynamic_smem() {
-  BlockCtx& b = current_block("dynamic_smem()");
-  std::lock_guard<std::mutex> lk(b.m);  // for TSan: the pointer is written between blocks under m
-  return b.dyn;
+  current_block("dynamic_smem()");
+  return tls().dyn;
 }
 
 // __syncthreads and friends: returns the number of threads of the block whose `pred` was non-zero.
@@ -263,17 +284,14 @@ inline int block_barrier(int pred) {
     b.sync_result[my_gen & 1] = b.sync_accum;
     b.sync_accum = 0;
     b.sync_arrived = 0;
-    b.blocked -= b.nthreads - 1;
     for (unsigned i = 0; i < b.nthreads; ++i)
-      if (b.where[i] == Where::SyncThreads) b.where[i] = Where::Running;
+      if (b.where[i].load(std::memory_order_relaxed) == Where::SyncThreads) b.set_where(i, Where::Running);
+    b.release(b.nthreads - 1);
     ++b.sync_gen;
     b.cv_block.notify_all();
   } else {
-    b.where[t.linear] = Where::SyncThreads;
-    b.where_seq[t.linear] = t.sync_ops;
-    ++b.blocked;
-    b.check_progress_locked();
-    b.wait_locked(lk, b.cv_block, [&] { return b.sync_gen != my_gen; }, "__syncthreads");
+    b.enter_wait(t.linear, Where::SyncThreads, t.sync_ops, t.block_linear);
+    b.wait(lk, b.cv_block, [&] { return b.sync_gen != my_gen; }, "__syncthreads", t.block_linear);
   }
   ++t.sync_ops;
   return b.sync_result[my_gen & 1];
@@ -295,24 +313,21 @@ inline const std::uint64_t* warp_exchange(unsigned mask, std::uint64_t bits, con
     fatal(buf);
   }
   const unsigned parity = t.warp_ops & 1;
-  std::unique_lock<std::mutex> lk(b.m);
+  std::unique_lock<std::mutex> lk(w.m);
   w.slots[parity][t.lane] = bits;
   const unsigned long long my_gen = w.gen;
-  if (w.arrived == 0) w.op = op;
+  if (w.arrived == 0) w.op.store(op, std::memory_order_relaxed);
   if (++w.arrived == w.lanes) {
     w.arrived = 0;
-    b.blocked -= w.lanes - 1;
     const unsigned first = t.warp * kWarpSize;
     for (unsigned i = first; i < first + w.lanes; ++i)
-      if (b.where[i] == Where::Warp) b.where[i] = Where::Running;
+      if (b.where[i].load(std::memory_order_relaxed) == Where::Warp) b.set_where(i, Where::Running);
+    b.release(w.lanes - 1);
     ++w.gen;
     w.cv.notify_all();
   } else {
-    b.where[t.linear] = Where::Warp;
-    b.where_seq[t.linear] = t.warp_ops;
-    ++b.blocked;
-    b.check_progress_locked();
-    b.wait_locked(lk, w.cv, [&] { return w.gen != my_gen; }, op);
+    b.enter_wait(t.linear, Where::Warp, t.warp_ops, t.block_linear);
+    b.wait(lk, w.cv, [&] { return w.gen != my_gen; }, op, t.block_linear);
   }
   ++t.warp_ops;
   return w.slots[parity];
@@ -375,7 +390,8 @@ inline void validate_launch(dim3 grid, dim3 block, size_t dyn_bytes) {
   if (dyn_bytes > kMaxDynamicSmemBytes) bad("dynamic shared memory above the 227 KiB sm_90 limit");
 }
 
-// Must hold b.m. Frees the previous block's dynamic smem, sets up block `linear`.
+// Must hold b.m, with every thread of the block in the block-end barrier (or not started). Frees the previous
+// block's dynamic smem, sets up block `linear`.
 inline void setup_block_locked(BlockCtx& b, unsigned long long linear) {
   std::free(b.dyn);
   b.dyn = nullptr;
@@ -386,15 +402,11 @@ inline void setup_block_locked(BlockCtx& b, unsigned long long linear) {
     std::memset(p, kSmemPoisonByte, b.dyn_bytes);
     b.dyn = p;
   }
-  for (unsigned w = 0; w < b.nwarps; ++w) {
-    b.warps[w].arrived = 0;
-    b.warps[w].op = nullptr;
-  }
-  for (unsigned i = 0; i < b.nthreads; ++i) b.where[i] = Where::Running;
+  for (unsigned i = 0; i < b.nthreads; ++i) b.set_where(i, Where::Running);
   b.sync_arrived = 0;
   b.sync_accum = 0;
   b.exited = 0;
-  b.blocked = 0;
+  b.blocked.store(0, std::memory_order_relaxed);
 }
 
 // Host threads, kept for the whole process and reused by every launch: creating a thread costs ~1 ms under TSan.
@@ -476,12 +488,14 @@ inline void run_cuda_thread(void* job_ptr, unsigned linear) {
   t.block_dim = b.block;
   t.grid_dim = b.grid;
   t.thread_idx = {linear % b.block.x, (linear / b.block.x) % b.block.y, linear / (b.block.x * b.block.y)};
-  unsigned long long blk;
-  {
-    std::lock_guard<std::mutex> lk(b.m);
-    blk = b.block_linear;
-  }
+  // Block 0 was set up before the pool handed out the job, which orders it before us; later blocks are set up by
+  // the thread completing the block-end barrier. No other lock is taken here: any would order this thread after
+  // whatever another thread of the block did before releasing it, and hide races from TSan.
+  unsigned long long blk = b.block_linear;
+  void* dyn = b.dyn;
   for (;;) {
+    t.block_linear = blk;
+    t.dyn = dyn;
     t.block_idx = {static_cast<unsigned>(blk % b.grid.x), static_cast<unsigned>((blk / b.grid.x) % b.grid.y),
                    static_cast<unsigned>(blk / (static_cast<unsigned long long>(b.grid.x) * b.grid.y))};
     t.warp_ops = 0;
@@ -490,8 +504,7 @@ inline void run_cuda_thread(void* job_ptr, unsigned linear) {
     // block end barrier: the last thread to return sets up the next block
     std::unique_lock<std::mutex> lk(b.m);
     const unsigned long long my_gen = b.end_gen;
-    ++b.exited;
-    if (b.exited == b.nthreads) {
+    if (++b.exited == b.nthreads) {
       if (blk + 1 < b.nblocks) {
         setup_block_locked(b, blk + 1);
       } else {
@@ -501,13 +514,12 @@ inline void run_cuda_thread(void* job_ptr, unsigned linear) {
       ++b.end_gen;
       b.cv_end.notify_all();
     } else {
-      b.where[linear] = Where::Exited;
-      ++b.blocked;
-      b.check_progress_locked();
-      b.wait_locked(lk, b.cv_end, [&] { return b.end_gen != my_gen; }, "block end");
+      b.enter_wait(linear, Where::Exited, 0, blk);
+      b.wait(lk, b.cv_end, [&] { return b.end_gen != my_gen; }, "block end", blk);
     }
     if (blk + 1 >= b.nblocks) break;
     blk = b.block_linear;
+    dyn = b.dyn;
   }
   t = ThreadState{};
 }
@@ -527,8 +539,8 @@ inline void launch_erased(dim3 grid, dim3 block, size_t dynamic_smem_bytes, void
   b.nblocks = static_cast<unsigned long long>(grid.x) * grid.y * grid.z;
   b.warps = std::make_unique<WarpState[]>(b.nwarps);
   for (unsigned w = 0; w < b.nwarps; ++w) b.warps[w].lanes = std::min(kWarpSize, b.nthreads - w * kWarpSize);
-  b.where.assign(b.nthreads, Where::Running);
-  b.where_seq.assign(b.nthreads, 0);
+  b.where = std::make_unique<std::atomic<Where>[]>(b.nthreads);
+  b.where_seq = std::make_unique<std::atomic<unsigned long long>[]>(b.nthreads);
   {
     std::lock_guard<std::mutex> lk(b.m);
     setup_block_locked(b, 0);

@@ -190,6 +190,18 @@ void race_missing_sync(const Arrays& in, Arrays& out) {
                      selftest::block_reduce_missing_sync_kernel<float, 64>, x.data(), partial.data());
   out.put("partial", partial);
 }
+void race_warp_synchronous(const Arrays& in, Arrays& out) {
+  const auto x = in.get<float>("x");  // 64 values
+  std::vector<float> o(1);
+  ::cuda_emu::launch(dim3(1), dim3(32), 0, selftest::warp_synchronous_reduce_kernel, x.data(), o.data());
+  out.put("sum", o);
+}
+void race_cross_warp(const Arrays& in, Arrays& out) {
+  const auto x = in.get<float>("x");  // 128 values: one block of 4 warps
+  std::vector<float> o(1);
+  ::cuda_emu::launch(dim3(1), dim3(128), 0, selftest::block_sum_shfl_missing_sync_kernel<float>, x.data(), o.data());
+  out.put("sum", o);
+}
 #endif
 
 #ifdef EMU_OOB_DEMO
@@ -231,6 +243,8 @@ int main(int argc, char** argv) {
                                {"partial_warp_sum", partial_warp_sum},
 #ifdef EMU_RACE_DEMO
                                {"race_missing_sync", race_missing_sync},
+                               {"race_warp_synchronous", race_warp_synchronous},
+                               {"race_cross_warp", race_cross_warp},
 #endif
 #ifdef EMU_OOB_DEMO
                                {"oob_static_shared", oob_static_shared},

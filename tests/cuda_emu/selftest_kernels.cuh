@@ -244,6 +244,36 @@ __global__ void block_reduce_missing_sync_kernel(const T* __restrict__ x, T* __r
   }
   if (tid == 0) partial[blockIdx.x] = s[0];
 }
+
+// BUG ON PURPOSE (since Volta): the classic "warp-synchronous" last-warp reduction through volatile shared memory,
+// relying on lockstep lanes instead of __syncwarp(). The emulator has no lockstep, so TSan reports it.
+__global__ void warp_synchronous_reduce_kernel(const float* __restrict__ x, float* __restrict__ out) {
+  __shared__ float s[64];
+  const int tid = threadIdx.x;
+  s[tid] = x[tid] + x[tid + 32];
+  volatile float* v = s;
+  if (tid < 16) v[tid] = v[tid] + v[tid + 16];
+  if (tid < 8) v[tid] = v[tid] + v[tid + 8];
+  if (tid < 4) v[tid] = v[tid] + v[tid + 4];
+  if (tid < 2) v[tid] = v[tid] + v[tid + 2];
+  if (tid < 1) out[0] = v[0] + v[1];
+}
+
+// BUG ON PURPOSE: two-level reduction without the __syncthreads between the per-warp results in shared memory and
+// warp 0 reading them. The warps' shuffles must not hide this (each warp synchronises only its own lanes).
+template <typename T>
+__global__ void block_sum_shfl_missing_sync_kernel(const T* __restrict__ x, T* __restrict__ out) {
+  __shared__ T warp_sums[32];
+  T v = warp_sum_down(x[blockIdx.x * blockDim.x + threadIdx.x]);
+  const int lane = threadIdx.x % warpSize, warp = threadIdx.x / warpSize;
+  if (lane == 0) warp_sums[warp] = v;
+  // __syncthreads();   <- missing
+  if (warp == 0) {
+    T w = lane < static_cast<int>(blockDim.x / warpSize) ? warp_sums[lane] : T(0);
+    w = warp_sum_down(w);
+    if (lane == 0) out[blockIdx.x] = w;
+  }
+}
 #endif
 
 #ifdef EMU_OOB_DEMO
