@@ -1,0 +1,19 @@
+import os
+import sys
+
+import pytest
+import torch
+
+# Import fastrnn (and tests/common.py) from this checkout, built in place, whatever directory pytest runs in.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+for _p in (_HERE, _ROOT):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Every test starts from the same global RNG state (module init, dropout)."""
+    torch.manual_seed(0)
+    yield
