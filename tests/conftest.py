@@ -17,3 +17,8 @@ def _seed():
     """Every test starts from the same global RNG state (module init, dropout)."""
     torch.manual_seed(0)
     yield
+
+
+def pytest_configure(config):
+    # torch.nn's own LSTM falls back from oneDNN for projections and says so; not about fastrnn.
+    config.addinivalue_line("filterwarnings", "ignore:LSTM with projections is not supported with oneDNN")
