@@ -12,6 +12,11 @@ for _p in (_HERE, _ROOT):
         sys.path.insert(0, _p)
 
 
+# Full float32 precision on CUDA: torch.nn's cuDNN RNNs would otherwise use TF32 and miss TOL[float32].
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     """Every test starts from the same global RNG state (module init, dropout)."""

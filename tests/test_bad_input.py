@@ -74,8 +74,11 @@ def test_device_mismatch_meta(mode):
 def test_device_mismatch_cuda(mode):
     f, r = both(mode)
     raises_like_torch(f, r, RuntimeError, "cuda", torch.randn(3, 2, 4, device="cuda"))
-    with pytest.raises(RuntimeError, match="h_0|hx"):
-        f(torch.randn(3, 2, 4), hidden(mode, 1, 2, 5)[0].cuda() if mode == "LSTM" else hidden(mode, 1, 2, 5).cuda())
+    f_cuda = f.cuda()
+    hx = hidden(mode, 1, 2, 5)
+    hx = (hx[0].cpu(), hx[1].cuda()) if mode == "LSTM" else hx.cpu()  # h0 on the CPU, the rest on CUDA
+    with pytest.raises(RuntimeError, match="(h_0|hx) is on cpu"):
+        f_cuda(torch.randn(3, 2, 4, device="cuda"), hx)
 
 
 def test_module_on_meta_device_runs_shapes_only():
