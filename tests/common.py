@@ -3,7 +3,7 @@ recurrent module (or the reference) on one configuration and collect outputs and
 from __future__ import annotations
 
 import itertools
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 from torch import nn
@@ -40,6 +40,13 @@ def assert_close(actual, expected, dtype: torch.dtype, msg: str = "") -> None:
     assert actual.shape == expected.shape, f"{msg}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     torch.testing.assert_close(actual.to(expected.dtype), expected, **TOL[dtype], equal_nan=True,
                                msg=lambda m: f"{msg}: {m}")
+
+
+def assert_close_scaled(actual, expected, dtype: torch.dtype, msg: str = "") -> None:
+    """assert_close relative to the largest magnitude of expected (at least 1): for gradients that are sums
+    over many rows (weights, biases), whose rounding error grows with that magnitude and the row count."""
+    scale = expected.abs().max().clamp_min(1.0) if expected.numel() else 1.0
+    assert_close(actual.to(expected.dtype) / scale, expected / scale, dtype, msg)
 
 
 def module_classes(mode: str):

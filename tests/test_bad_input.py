@@ -11,7 +11,7 @@ from torch import nn
 
 import fastrnn
 from fastrnn import ops
-from common import MODES, TOL, assert_close, make_pair, module_classes
+from common import MODES, assert_close, make_pair
 
 MODULE_MODES = ["LSTM", "GRU", "RNN_TANH"]
 

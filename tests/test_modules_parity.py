@@ -6,8 +6,8 @@ from torch import nn
 
 import fastrnn
 from fastrnn import reference
-from common import (TOL, assert_close, compare, devices, half_pairs, make_inputs, make_pair, mode_case_id,
-                    mode_cases, run_module, run_reference)
+from common import (Case, assert_close, assert_close_scaled, compare, devices, half_pairs, make_inputs, make_pair,
+                    mode_case_id, mode_cases, run_module, run_reference)
 
 
 @pytest.mark.parametrize("device", devices)
@@ -68,8 +68,7 @@ def test_parity_half_vs_float32(mode, case, dtype, device):
         return
     # Gradients are sums over steps and batch of rounded products: compare them relative to their scale.
     for k in grad_r:
-        scale = grad_r[k].abs().max().clamp_min(1.0)
-        assert_close(grad_f[k].float() / scale, grad_r[k] / scale, dtype, f"grad {k}")
+        assert_close_scaled(grad_f[k], grad_r[k], dtype, f"grad {k}")
 
 
 # --------------------------------------------------------------------------------------------- cells
@@ -132,3 +131,22 @@ def test_cell_parity(name, batched, with_hx, bias, dtype, device):
             expect = (reference.rnn_cell(x, h, *p, nonlinearity=kw["nonlinearity"]),)
         for a, b in zip(outs_f, expect):
             assert_close(a, b, dtype, "cell vs reference")
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"])
+def test_parity_rows_split_across_threads(mode):
+    """Batches large enough for the CPU kernels to split a step's rows over threads (a step runs in
+    parallel above 16384 elements: 300 rows x 4*128 gates for the LSTM, x 128 for the RNN), packed so that
+    the batch size changes from step to step."""
+    lengths = [3] * 150 + [2] * 100 + [1] * 50
+    case = Case("parallel", T=3, B=300, I=8, H=128, bidirectional=True, lengths=lengths, hx=True)
+    dtype = torch.float32
+    fast, ref = make_pair(mode, case.I, case.H, dtype, "cpu", **case.module_kwargs)
+    x, h0, c0 = make_inputs(mode, case, dtype, "cpu")
+    out_f, grad_f = run_module(mode, fast, case, x, h0, c0)
+    out_r, grad_r = run_module(mode, ref, case, x, h0, c0)
+    compare(out_f, out_r, dtype, "output")
+    # Parameter gradients here are sums over ~900 rows with magnitudes up to ~100: float32 rounding alone
+    # puts fastrnn and torch.nn alike up to 6e-5 away from a float64 computation; compare relative to scale.
+    for k in grad_r:
+        assert_close_scaled(grad_f[k], grad_r[k], dtype, f"grad {k}")
