@@ -22,10 +22,11 @@ _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 
 
 def _check_input_dtype(input: Tensor, weight: Tensor, module: str) -> None:
+    # ValueError, as torch.nn's RNN modules raise for a non-float input or a dtype mismatch.
     if not input.is_floating_point():
-        raise TypeError(f"{module}: input must be a floating-point tensor, got {input.dtype}")
+        raise ValueError(f"{module}: input must be a floating-point tensor, got {input.dtype}")
     if input.dtype != weight.dtype:
-        raise TypeError(f"{module}: input dtype {input.dtype} does not match the parameters' dtype "
+        raise ValueError(f"{module}: input dtype {input.dtype} does not match the parameters' dtype "
                         f"{weight.dtype}; convert one of them (e.g. module.to({input.dtype}))")
     if input.device != weight.device:
         raise RuntimeError(f"{module}: input is on {input.device} but the parameters are on {weight.device}")
@@ -170,8 +171,8 @@ class _RNNBase(nn.Module):
             x = input if batched else input.unsqueeze(1)
             if batched and self.batch_first:
                 x = x.transpose(0, 1)
-            if x.shape[0] == 0:
-                raise ValueError(f"{name}: Expected sequence length to be larger than 0 in RNN, got input of "
+            if x.shape[0] == 0:  # RuntimeError, like torch.nn
+                raise RuntimeError(f"{name}: Expected sequence length to be larger than 0 in RNN, got input of "
                                  f"shape {tuple(input.shape)}")
             batch = x.shape[1]
         _check_input_dtype(x, w0, name)

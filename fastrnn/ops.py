@@ -37,9 +37,24 @@ def _bias_grad(w: Tensor, has_bias: bool) -> Tensor:
     return w.new_empty((w.shape[0],) if has_bias else (0,))
 
 
+def _check_devices(op: str, input: Tensor, batch_sizes: Optional[Tensor], **tensors: Optional[Tensor]) -> None:
+    """The device checks of the real kernels. A fake kernel also runs when a single argument is on the meta
+    device and the others are not (the dispatcher picks Meta for the whole call); without these checks such a
+    call would return uninitialised tensors instead of an error."""
+    for name, t in tensors.items():
+        if t is not None and t.device != input.device:
+            raise RuntimeError(f"fastrnn::{op}: expected {name} on {input.device} (the input's device), got {t.device}")
+    if batch_sizes is not None and batch_sizes.device.type != "cpu" and not (
+            batch_sizes.device.type == "meta" and input.device.type == "meta"):
+        raise ValueError(f"fastrnn::{op}: batch_sizes must be a 1-D int64 CPU tensor (PackedSequence.batch_sizes), "
+                         f"got one on {batch_sizes.device}")
+
+
 # ------------------------------------------------------------------------------------------ fake kernels
 @torch.library.register_fake("fastrnn::lstm_forward")
 def _lstm_forward_fake(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, train):
+    _check_devices("lstm_forward", input, batch_sizes, hx=hx, cx=cx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
+                   w_hr=w_hr)
     hidden = w_ih.shape[0] // 4
     return (_output(input, hx.shape[-1]), torch.empty_like(hx), torch.empty_like(cx),
             _workspace(input, batch_sizes, 5 * hidden, train))
@@ -48,6 +63,8 @@ def _lstm_forward_fake(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
 @torch.library.register_fake("fastrnn::lstm_backward")
 def _lstm_backward_fake(grad_output, grad_hy, grad_cy, input, batch_sizes, hx, cx, w_ih, w_hh, w_hr, output,
                         workspace, reverse, has_bias):
+    _check_devices("lstm_backward", input, batch_sizes, grad_output=grad_output, grad_hy=grad_hy, grad_cy=grad_cy,
+                   hx=hx, cx=cx, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, output=output, workspace=workspace)
     return (torch.empty_like(input), torch.empty_like(hx), torch.empty_like(cx), torch.empty_like(w_ih),
             torch.empty_like(w_hh), _bias_grad(w_ih, has_bias), _bias_grad(w_ih, has_bias),
             torch.empty_like(w_hr) if w_hr is not None else w_ih.new_empty((0,)))
@@ -55,6 +72,7 @@ def _lstm_backward_fake(grad_output, grad_hy, grad_cy, input, batch_sizes, hx, c
 
 @torch.library.register_fake("fastrnn::gru_forward")
 def _gru_forward_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, train):
+    _check_devices("gru_forward", input, batch_sizes, hx=hx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
     hidden = w_ih.shape[0] // 3
     return _output(input, hidden), torch.empty_like(hx), _workspace(input, batch_sizes, 4 * hidden, train)
 
@@ -62,17 +80,22 @@ def _gru_forward_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, t
 @torch.library.register_fake("fastrnn::gru_backward")
 def _gru_backward_fake(grad_output, grad_hy, input, batch_sizes, hx, w_ih, w_hh, output, workspace, reverse,
                        has_bias):
+    _check_devices("gru_backward", input, batch_sizes, grad_output=grad_output, grad_hy=grad_hy, hx=hx, w_ih=w_ih,
+                   w_hh=w_hh, output=output, workspace=workspace)
     return (torch.empty_like(input), torch.empty_like(hx), torch.empty_like(w_ih), torch.empty_like(w_hh),
             _bias_grad(w_ih, has_bias), _bias_grad(w_ih, has_bias))
 
 
 @torch.library.register_fake("fastrnn::rnn_forward")
 def _rnn_forward_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse):
+    _check_devices("rnn_forward", input, batch_sizes, hx=hx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
     return _output(input, w_ih.shape[0]), torch.empty_like(hx)
 
 
 @torch.library.register_fake("fastrnn::rnn_backward")
 def _rnn_backward_fake(grad_output, grad_hy, input, batch_sizes, hx, w_ih, w_hh, output, relu, reverse, has_bias):
+    _check_devices("rnn_backward", input, batch_sizes, grad_output=grad_output, grad_hy=grad_hy, hx=hx, w_ih=w_ih,
+                   w_hh=w_hh, output=output)
     return (torch.empty_like(input), torch.empty_like(hx), torch.empty_like(w_ih), torch.empty_like(w_hh),
             _bias_grad(w_ih, has_bias), _bias_grad(w_ih, has_bias))
 
