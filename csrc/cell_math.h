@@ -28,6 +28,13 @@ struct Math;
 template <>
 struct Math<float> {
   static FASTRNN_HD float exp(float x) { return ::expf(x); }
+  // 1/x correctly rounded. On the GPU __frcp_rn gives the same bits as 1.f/x without the IEEE division's
+  // out-of-line slow path, whose call made ptxas spill the values live across it.
+#if defined(__CUDA_ARCH__)
+  static FASTRNN_HD float recip(float x) { return __frcp_rn(x); }
+#else
+  static FASTRNN_HD float recip(float x) { return 1.f / x; }
+#endif
   static FASTRNN_HD float tanh(float x) { return ::tanhf(x); }
   // NaN stays NaN (a NaN compares false), as torch.relu does.
   static FASTRNN_HD float relu(float x) { return x < 0.f ? 0.f : x; }
@@ -37,6 +44,11 @@ struct Math<float> {
 template <>
 struct Math<double> {
   static FASTRNN_HD double exp(double x) { return ::exp(x); }
+#if defined(__CUDA_ARCH__)
+  static FASTRNN_HD double recip(double x) { return __drcp_rn(x); }
+#else
+  static FASTRNN_HD double recip(double x) { return 1. / x; }
+#endif
   static FASTRNN_HD double tanh(double x) { return ::tanh(x); }
   static FASTRNN_HD double relu(double x) { return x < 0. ? 0. : x; }
   static FASTRNN_HD double relu_grad(double y) { return y > 0. ? 1. : 0.; }
@@ -45,7 +57,7 @@ struct Math<double> {
 // 1 / (1 + e^-x): saturates to exactly 0 and 1 without overflow trouble (e^-x = inf gives 0) and keeps NaN.
 template <typename T>
 FASTRNN_HD T sigmoid(T x) {
-  return T(1) / (T(1) + Math<T>::exp(T(0) - x));
+  return Math<T>::recip(T(1) + Math<T>::exp(T(0) - x));
 }
 
 // ---------------------------------------------------------------------------------------------- LSTM

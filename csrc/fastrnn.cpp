@@ -20,7 +20,8 @@
 // runs the TORCH_LIBRARY registrations below. The CMake build (a plain C++ library, no Python) omits it.
 #include <Python.h>
 PyMODINIT_FUNC PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr, nullptr, nullptr, nullptr, nullptr};
   return PyModule_Create(&module_def);
 }
 #endif

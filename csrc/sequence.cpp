@@ -39,8 +39,8 @@ CellShape check_forward_args(const char* op, int64_t gates, const at::Tensor& in
   const auto dt = input.scalar_type();
   TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16 || dt == at::kHalf, op,
                    ": input must be float32, float64, bfloat16 or float16, got ", dt);
-  TORCH_CHECK_VALUE(w_ih.dim() == 2 && w_ih.size(0) % gates == 0, op, ": w_ih must be [", gates,
-                    "*hidden_size, input_size], got ", w_ih.sizes());
+  TORCH_CHECK_VALUE(w_ih.dim() == 2 && w_ih.size(0) % gates == 0 && w_ih.size(0) > 0, op, ": w_ih must be [",
+                    gates, "*hidden_size, input_size] with hidden_size > 0, got ", w_ih.sizes());
   CellShape s{op, gates, w_ih.size(1), w_ih.size(0) / gates, w_ih.size(0) / gates};
   if (w_hr.has_value()) {
     TORCH_CHECK_VALUE(w_hr->dim() == 2 && w_hr->size(1) == s.hidden_size, op,
@@ -116,7 +116,7 @@ void check_backward_args(const char* op, const at::Tensor& input, int64_t state_
   if (workspace != nullptr) {
     TORCH_CHECK_VALUE(workspace->sizes() == workspace_sizes &&
                           workspace->scalar_type() == acc_dtype(hx.scalar_type()),
-                      op, ": workspace must be the [", workspace_sizes, "] ", acc_dtype(hx.scalar_type()),
+                      op, ": workspace must be the ", workspace_sizes, " ", acc_dtype(hx.scalar_type()),
                       " tensor the forward returned with train=True, got ", workspace->scalar_type(), " ",
                       workspace->sizes(), " (was the forward run with train=False?)");
     TORCH_CHECK(workspace->device() == hx.device(), op, ": workspace must be on ", hx.device());

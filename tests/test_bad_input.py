@@ -402,8 +402,6 @@ except ValueError as e:
 """
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (csrc): the backward ops do not check output/grad_output against the "
-                   "input's [T, B] / [N] layout; rnn_backward then reads past their end (segfault for large T)")
 @pytest.mark.parametrize("mode,G", [("RNN", 1), ("GRU", 3)])
 def test_backward_output_of_wrong_length_raises(mode, G):
     """Run in a subprocess: the unchecked call reads out of bounds and can take the interpreter down."""
@@ -420,8 +418,6 @@ def _pythonpath():
     return os.pathsep.join([os.path.dirname(os.path.dirname(f.__file__)), os.environ.get("PYTHONPATH", "")])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (csrc, minor): w_ih with 0 rows (hidden_size 0) fails in a reshape "
-                   "whose message names no argument")
 def test_zero_hidden_size_op_names_argument():
     with pytest.raises(ValueError, match="w_ih"):
         ops.rnn_forward(torch.randn(T, B, I), None, torch.randn(B, 0), torch.randn(0, I), torch.randn(0, 0), None,

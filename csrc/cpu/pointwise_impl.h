@@ -23,6 +23,7 @@ struct Math<at::vec::Vectorized<A>> {
   using V = at::vec::Vectorized<A>;
   static V exp(const V& x) { return x.exp(); }
   static V tanh(const V& x) { return x.tanh(); }
+  static V recip(const V& x) { return V(A(1)) / x; }
   static V relu(const V& x) { return V::blendv(x, V(A(0)), x < V(A(0))); }  // NaN < 0 is false: NaN kept
   static V relu_grad(const V& y) { return y.gt(V(A(0))); }
 };

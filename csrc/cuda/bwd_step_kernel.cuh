@@ -86,12 +86,20 @@ __device__ __forceinline__ void bwd_step(const BwdStepParams& p) {
     const S* __restrict__ w = static_cast<const S*>(p.w_hh);
     const S* __restrict__ dn = static_cast<const S*>(p.dg_next);
     for (int64_t k0 = 0; k0 < GH; k0 += Tr::kTileK) {
-      for (int e = tid; e < Tr::kTileK * Tr::kUnits; e += Tr::kThreads) {
+      static_assert((Tr::kTileK * Tr::kUnits) % Tr::kThreads == 0 && (Tr::kBatchRows * Tr::kTileK) % Tr::kThreads == 0,
+                    "tile loads cover the tiles exactly");
+      // Fixed trip counts, fully unrolled: with a loop starting at tid, ptxas kept a 64-bit index in local
+      // memory across iterations on sm_90 (an 8-byte spill).
+#pragma unroll
+      for (int m = 0; m < Tr::kTileK * Tr::kUnits / Tr::kThreads; ++m) {
+        const int e = tid + m * Tr::kThreads;
         const int k = e / Tr::kUnits, u = e % Tr::kUnits;
         const int64_t g = k0 + k, j = j0 + u;
         Ws[k * Tr::kWStride + u] = (g < GH && j < H) ? to_float(w[g * H + j]) : A(0);
       }
-      for (int e = tid; e < Tr::kBatchRows * Tr::kTileK; e += Tr::kThreads) {
+#pragma unroll
+      for (int m = 0; m < Tr::kBatchRows * Tr::kTileK / Tr::kThreads; ++m) {
+        const int e = tid + m * Tr::kThreads;
         const int rb = e / Tr::kTileK, k = e % Tr::kTileK;
         const int64_t b = b0 + rb, g = k0 + k;
         Ds[rb * Tr::kDStride + k] = (b < n_next && g < GH) ? to_float(dn[b * GH + g]) : A(0);
