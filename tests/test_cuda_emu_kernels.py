@@ -62,12 +62,13 @@ class Case:
     dtype: torch.dtype = torch.float64
     P: int = 0  # LSTM projection size (0: none)
     bias: bool = True
+    train: bool = True  # forward with a workspace (the backward always gets the CPU op's workspace)
 
     @property
     def id(self) -> str:
         bs = "x".join(map(str, self.batch_sizes))
         return (f"{self.cell}-I{self.I}-H{self.H}{f'-P{self.P}' if self.P else ''}-{'packed' if self.packed else 'dense'}"
-                f"{bs}{'-rev' if self.reverse else ''}{'' if self.bias else '-nobias'}-"
+                f"{bs}{'-rev' if self.reverse else ''}{'' if self.bias else '-nobias'}{'' if self.train else '-infer'}-"
                 f"{'f64' if self.dtype == torch.float64 else 'f32'}")
 
     @property
@@ -112,6 +113,10 @@ PLAIN_CASES = [
     # grid.y = 2 with a row tile that has no successor rows (backward: b0 >= n_next skips the matmul in that block)
     C("lstm", 4, 33, [37, 20, 3], packed=True),
     C("gru", 3, 33, [37, 33, 20], packed=True, reverse=True, **F32),
+    # inference: no workspace (p.ws == nullptr)
+    C("lstm", 5, 40, [3, 3, 3], reverse=True, train=False),
+    C("gru", 4, 33, [5, 3, 1], packed=True, train=False, **F32),
+    C("rnn_tanh", 4, 13, [2, 2], train=False),
 ]
 # Sanitizer builds: fewer, smaller cases, still every kernel, K > 32, a partial unit tile, grid.y = 2 (B = 37)
 # and packed sequences in both directions.
@@ -211,7 +216,7 @@ def driver_inputs(p: Problem) -> tuple[dict, dict]:
         common["w_hr"] = p.w_hr
     if p.cx is not None:
         common["cx"] = p.cx
-    fwd = {**common, "pass": 0, "gx": gx.contiguous(), "train": 1}
+    fwd = {**common, "pass": 0, "gx": gx.contiguous(), "train": int(c.train)}
     if p.b_hh is not None:
         fwd["b_hh"] = p.b_hh
     out = p.cpu_fwd[0].reshape(-1, c.K)
@@ -397,7 +402,7 @@ def test_kernels_vs_cpu_ops(binaries, variant, index):
     close(f["hy"], cpu_hy, c, "hy")
     if c.cell == "lstm":
         close(f["cy"], p.cpu_fwd[2], c, "cy")
-    if c.cell in ("lstm", "gru"):
+    if c.cell in ("lstm", "gru") and c.train:
         assert f["ws"].shape == tuple(p.cpu_fwd[-1].shape) == (sum(c.batch_sizes), (5 if c.cell == "lstm" else 4) * c.H)
         close(f["ws"], p.cpu_fwd[-1], c, "workspace")
     else:
