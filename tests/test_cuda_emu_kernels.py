@@ -362,20 +362,30 @@ def variant_results(binaries, variant: str):
     if (variant, False) not in exes:
         pytest.skip(f"cuda_emu variant {variant!r} unavailable: {support[variant][1]}")
     if variant not in _results:
-        problems = [make_problem(c, seed) for seed, c in enumerate(CASES[variant])]
-        inputs = {"n": 2 * len(problems)}
-        for k, p in enumerate(problems):
-            fwd, bwd = driver_inputs(p)
-            inputs.update({f"{2 * k}.{n}": v for n, v in fwd.items()})
-            inputs.update({f"{2 * k + 1}.{n}": v for n, v in bwd.items()})
-        out = emu.run_driver(SRC, "batch", inputs, variant, timeout=RUN_TIMEOUT_S)
-
-        def sub(k):
-            pre = f"{k}."
-            return {n[len(pre):]: v for n, v in out.items() if n.startswith(pre)}
-
-        _results[variant] = [(p, sub(2 * k), sub(2 * k + 1)) for k, p in enumerate(problems)]
+        try:
+            _results[variant] = _run_variant(variant)
+        except Exception as e:  # one failed process fails every case of the build; run it once only
+            _results[variant] = e
+    if isinstance(_results[variant], Exception):
+        raise _results[variant]
     return _results[variant]
+
+
+def _run_variant(variant: str):
+    """Runs every case of `variant` in one driver process (the `batch` case)."""
+    problems = [make_problem(c, seed) for seed, c in enumerate(CASES[variant])]
+    inputs = {"n": 2 * len(problems)}
+    for k, p in enumerate(problems):
+        fwd, bwd = driver_inputs(p)
+        inputs.update({f"{2 * k}.{n}": v for n, v in fwd.items()})
+        inputs.update({f"{2 * k + 1}.{n}": v for n, v in bwd.items()})
+    out = emu.run_driver(SRC, "batch", inputs, variant, timeout=RUN_TIMEOUT_S)
+
+    def sub(k):
+        pre = f"{k}."
+        return {n[len(pre):]: v for n, v in out.items() if n.startswith(pre)}
+
+    return [(p, sub(2 * k), sub(2 * k + 1)) for k, p in enumerate(problems)]
 
 
 def _params():
@@ -394,7 +404,15 @@ def test_kernels_vs_cpu_ops(binaries, variant, index):
     assert list(f["launches"][:, 0]) == [math.ceil(c.H / 32)] * len(c.batch_sizes)
     assert list(f["launches"][:, 1]) == [math.ceil(n / 32) for n in (reversed(c.batch_sizes) if c.reverse
                                                                        else c.batch_sizes)]
+    # dynamic smem as documented (csrc/cuda/README.md): forward Ws[32][G*32+1] + Hs[32][33], backward
+    # Ws[32][32] + Ds[32][33], in the accumulation type; always below the 48 KiB that needs no opt-in
+    esize = 8 if c.dtype == torch.float64 else 4
+    assert (f["launches"][:, 2] == (32 * (G * 32 + 1) + 32 * 33) * esize).all()
+    assert (b["launches"][:, 2] == (32 * 32 + 32 * 33) * esize).all()
     assert (f["launches"][:, 2] < 48 * 1024).all() and (b["launches"][:, 2] < 48 * 1024).all()
+    assert list(b["launches"][:, 0]) == [math.ceil(c.H / 32)] * len(c.batch_sizes)
+    assert list(b["launches"][:, 1]) == [math.ceil(n / 32) for n in (c.batch_sizes if c.reverse
+                                                                       else reversed(c.batch_sizes))]
 
     # forward vs the CPU op
     cpu_out, cpu_hy = p.cpu_fwd[0], p.cpu_fwd[1]
