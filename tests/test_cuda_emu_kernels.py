@@ -98,6 +98,7 @@ PLAIN_CASES = [
     C("lstm", 4, 33, [4, 2, 2], packed=True, bias=False),
     C("lstm", 5, 33, [5, 5, 3, 1], packed=True, reverse=True, **F32),
     C("lstm", 5, 13, [3, 3], P=7, **F32),
+    C("lstm", 3, 40, [4, 3, 1], packed=True, reverse=True, P=35),  # K = P != H over two reduction tiles
     C("gru", 4, 33, [5, 5, 3, 1], packed=True, reverse=True),
     C("gru", 4, 33, [5, 5, 3, 1], packed=True),
     C("gru", 5, 13, [2, 2, 2]),
