@@ -21,11 +21,14 @@
   extern __shared__ __align__(16) unsigned char fastrnn_smem_raw[];            \
   type* name = reinterpret_cast<type*>(fastrnn_smem_raw)
 #define FASTRNN_LAUNCH_BOUNDS(n) __launch_bounds__(n)
-#else
-#if defined(FASTRNN_CUDA_EMU)
+#elif defined(FASTRNN_CUDA_EMU)
+// The harness (tests/cuda_emu/cuda_emu.h) defines __global__, __device__, __shared__, __forceinline__, dim3,
+// threadIdx, __syncthreads, ... : nothing of those is redefined here.
 #include "cuda_emu.h"
-#endif
-#define FASTRNN_DYNAMIC_SMEM(type, name) type* name = reinterpret_cast<type*>(::cuda_emu::dynamic_smem())
+#define FASTRNN_DYNAMIC_SMEM(type, name) CUDA_EMU_DYNAMIC_SMEM(type, name)
+#define FASTRNN_LAUNCH_BOUNDS(n)
+#else
+// Plain host compilation (no nvcc, no emulation): the kernels cannot be compiled, only this header's types.
 #define FASTRNN_LAUNCH_BOUNDS(n)
 #endif
 
