@@ -36,6 +36,7 @@ import math
 import os
 import platform
 import shlex
+import signal
 import statistics
 import sys
 import time
@@ -494,6 +495,9 @@ def format_markdown(rows, info, command: str, date: str) -> str:
     if "loadavg_start" in info:
         out.append(f"- load average (1/5/15 min) at start {info['loadavg_start']}, at end "
                    f"{info.get('loadavg_end', '?')}")
+    if not info.get("complete", True):
+        out += ["", f"**PARTIAL: {info.get('runs_done')} of {info.get('runs_planned')} runs** (the command was "
+                "interrupted or is still running)."]
     out += ["", "Times are medians of interleaved calls (torch.nn, fastrnn, torch.nn, ...); speedup = torch.nn "
             "median / fastrnn median. Memory: peak bytes allocated during one call (see benchmarks/README.md). "
             "Parity err: worst max|fastrnn - torch.nn| / max(1, max|torch.nn|) over outputs, states and "
@@ -543,7 +547,7 @@ def write_chart(rows, path: str) -> bool:
     return True
 
 
-def write_outputs(rows, info, out_dir: str, stem: str) -> List[str]:
+def write_outputs(rows, info, out_dir: str, stem: str, chart: bool = True) -> List[str]:
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     jpath = os.path.join(out_dir, f"{stem}.json")
@@ -558,7 +562,7 @@ def write_outputs(rows, info, out_dir: str, stem: str) -> List[str]:
         w.writerows(rows)
     paths.append(cpath)
     ppath = os.path.join(out_dir, f"{stem}.png")
-    if write_chart(rows, ppath):
+    if chart and write_chart(rows, ppath):
         paths.append(ppath)
     return paths
 
@@ -626,44 +630,66 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if repeats is not None and repeats < 1:
         raise SystemExit("fastrnn.bench: --repeats must be >= 1")
 
+    if hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` writes the runs done so far too
     import fastrnn  # noqa: F401  fail early, before any timing, if the extension is not built
 
     info = machine_info(device)
     runs = [(c, m, d) for c in cases for m in modes for d in dtypes]
     print(f"fastrnn.bench: {len(runs)} runs on {device} ({info['cpu']}; torch {info['torch']}, "
           f"{info['torch_threads']} threads){' [quick]' if args.quick else ''}", file=sys.stderr)
-    rows = []
+    stem = args.stem or (device + ("-quick" if args.quick else ""))
+    command = ("python -m fastrnn.bench " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None
+                                                                               else argv))).strip()
+    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    rows: List[Dict[str, object]] = []
     t_start = time.perf_counter()
-    for i, (case, mode, dtype) in enumerate(runs, 1):
-        t0 = time.perf_counter()
-        row = run_case(case, mode, dtype, device, quick=args.quick, warmup=warmup, repeats=repeats,
-                       budget_s=budget, measure_memory=args.memory if args.memory is not None else not args.quick)
-        rows.append(row)
-        took = time.perf_counter() - t0
-        if row["status"] == "OK":
-            msg = (f"torch.nn {row['torch_ms']:.2f} ms  fastrnn {row['fastrnn_ms']:.2f} ms  "
-                   f"{row['speedup']:.2f}x  (n={row['repeats']}, parity {row['parity_max_err']:.1e})")
-            if row["meets_target"] is False:
-                msg += f"  BELOW TARGET {row['target']}x"
-        else:
-            msg = f"*** {row['status']}: {row['error']}"
-        print(f"[{i}/{len(runs)}] {case.name} {mode} {dtype}: {msg}  [{took:.1f}s]", file=sys.stderr, flush=True)
-    if hasattr(os, "getloadavg"):
-        info["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    info["wall_s"] = round(time.perf_counter() - t_start, 1)
+
+    def save(done: bool) -> List[str]:
+        """(Re)writes every output; called after each run too, so an interrupted run leaves a consistent,
+        clearly marked partial report instead of nothing."""
+        if hasattr(os, "getloadavg"):
+            info["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+        info["wall_s"] = round(time.perf_counter() - t_start, 1)
+        info["runs_planned"], info["runs_done"] = len(runs), len(rows)
+        info["complete"] = done and len(rows) == len(runs)
+        paths = write_outputs(rows, info, args.out, stem, chart=done)
+        if args.markdown:
+            os.makedirs(os.path.dirname(os.path.abspath(args.markdown)), exist_ok=True)
+            with open(args.markdown, "w") as f:
+                f.write(format_markdown(rows, info, command, date))
+            paths.append(args.markdown)
+        return paths
+
+    interrupted = False
+    try:
+        for i, (case, mode, dtype) in enumerate(runs, 1):
+            t0 = time.perf_counter()
+            row = run_case(case, mode, dtype, device, quick=args.quick, warmup=warmup, repeats=repeats,
+                           budget_s=budget,
+                           measure_memory=args.memory if args.memory is not None else not args.quick)
+            rows.append(row)
+            took = time.perf_counter() - t0
+            if row["status"] == "OK":
+                msg = (f"torch.nn {row['torch_ms']:.2f} ms  fastrnn {row['fastrnn_ms']:.2f} ms  "
+                       f"{row['speedup']:.2f}x  (n={row['repeats']}, parity {row['parity_max_err']:.1e})")
+                if row["meets_target"] is False:
+                    msg += f"  BELOW TARGET {row['target']}x"
+            else:
+                msg = f"*** {row['status']}: {row['error']}"
+            print(f"[{i}/{len(runs)}] {case.name} {mode} {dtype}: {msg}  [{took:.1f}s]", file=sys.stderr,
+                  flush=True)
+            if i < len(runs):
+                save(done=False)
+    except KeyboardInterrupt:
+        interrupted = True
+        print(f"fastrnn.bench: interrupted after {len(rows)} of {len(runs)} runs; writing those", file=sys.stderr)
 
     print(format_table(rows))
-    stem = args.stem or (device + ("-quick" if args.quick else ""))
-    paths = write_outputs(rows, info, args.out, stem)
-    command = "python -m fastrnn.bench " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None
-                                                                             else argv))
-    if args.markdown:
-        os.makedirs(os.path.dirname(os.path.abspath(args.markdown)), exist_ok=True)
-        date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        with open(args.markdown, "w") as f:
-            f.write(format_markdown(rows, info, command.strip(), date))
-        paths.append(args.markdown)
+    paths = save(done=True)
     print(f"fastrnn.bench: wrote {', '.join(paths)} ({info['wall_s']}s)", file=sys.stderr)
+    if interrupted:
+        return 130
 
     failed = [r for r in rows if r["status"] != "OK"]
     if failed:

@@ -36,6 +36,7 @@ def test_quick_run_writes_json_csv_markdown(tmp_path, capsys):
     assert {(r["case"], r["mode"]) for r in rows} == {(c, m) for c in TINY.split(",")
                                                        for m in ("inference", "training")}
     assert data["machine"]["torch_threads"] == torch.get_num_threads()
+    assert data["machine"]["complete"] is True and data["machine"]["runs_done"] == len(rows) == 6
     for r in rows:
         assert r["status"] == "OK", r
         assert r["dtype"] == "float32"
