@@ -6,8 +6,9 @@
 // |W|: at B = 64 it costs as much as a tenth of the step, at B <= 8 more than the arithmetic. So for float32
 // the weight is packed ONCE per sequence with MKL's packed-GEMM API (cblas_sgemm_pack/_compute, which the
 // x86 builds of libtorch_cpu export) and every step computes against the packed panels. Where those
-// symbols are absent (other builds), or for other dtypes, or for steps whose row count differs from the one
-// the panels were packed for (packed sequences' shorter steps), it falls back to at::mm.
+// symbols are absent (other builds), or for other dtypes, or for batches under 4 rows (GEMV-like steps,
+// which MKL does not repack), or for steps whose row count differs from the one the panels were packed for
+// (packed sequences' shorter steps), it falls back to at::mm.
 #pragma once
 
 #include <ATen/ATen.h>
