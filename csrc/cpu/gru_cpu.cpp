@@ -13,9 +13,10 @@ constexpr const char* kBwd = "fastrnn::gru_backward";
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
     const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
-    const at::Tensor& w_ih, const at::Tensor& w_hh_, const std::optional<at::Tensor>& b_ih,
-    const std::optional<at::Tensor>& b_hh, bool reverse, bool train) {
-  const CellShape s = check_forward_args(kFwd, 3, input, batch_sizes, hx, nullptr, w_ih, w_hh_, b_ih, b_hh, {});
+    const at::Tensor& w_ih, const at::Tensor& w_hh_, const std::optional<at::Tensor>& b_ih_,
+    const std::optional<at::Tensor>& b_hh_, bool reverse, bool train) {
+  const CellShape s = check_forward_args(kFwd, 3, input, batch_sizes, hx, nullptr, w_ih, w_hh_, b_ih_, b_hh_, {});
+  const std::optional<at::Tensor> b_ih = contiguous(b_ih_), b_hh = contiguous(b_hh_);
   const SeqLayout L = make_layout(input, batch_sizes);
   const int64_t H = s.hidden_size;
   const at::Tensor w_hh = w_hh_.contiguous();
@@ -27,7 +28,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
   const at::Tensor out = rows2d(output);
   at::Tensor h_state = hx.contiguous().clone();
   at::Tensor ws = at::empty({train ? L.N : 0, train ? 4 * H : 0}, acc_opts);
-  const at::Tensor gx = input_gates(rows2d(input.contiguous()), w_ih, b_ih);
+  const at::Tensor gx = at::mm(rows2d(input.contiguous()), w_ih.t());  // biases: in the pointwise pass
   const at::Tensor gh = at::empty({L.B, 3 * H}, input.options());
 
   const StepGemm gemm_hh(w_hh, /*transpose_w=*/true, L.B);
@@ -39,6 +40,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
       // h_prev and h_out2 are both h_state: each element is read before it is overwritten.
       GruFwdArgs<scalar_t> a{gx.data_ptr<scalar_t>() + off * 3 * H,
                              gh.data_ptr<scalar_t>(),
+                             ptr_or_null<scalar_t>(b_ih),
                              ptr_or_null<scalar_t>(b_hh),
                              h_state.data_ptr<scalar_t>(),
                              out.data_ptr<scalar_t>() + off * H,

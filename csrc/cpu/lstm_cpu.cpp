@@ -19,9 +19,10 @@ constexpr const char* kBwd = "fastrnn::lstm_backward";
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
     const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
-    const at::Tensor& cx, const at::Tensor& w_ih_, const at::Tensor& w_hh_, const std::optional<at::Tensor>& b_ih,
-    const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& w_hr_, bool reverse, bool train) {
-  const CellShape s = check_forward_args(kFwd, 4, input, batch_sizes, hx, &cx, w_ih_, w_hh_, b_ih, b_hh, w_hr_);
+    const at::Tensor& cx, const at::Tensor& w_ih_, const at::Tensor& w_hh_, const std::optional<at::Tensor>& b_ih_,
+    const std::optional<at::Tensor>& b_hh_, const std::optional<at::Tensor>& w_hr_, bool reverse, bool train) {
+  const CellShape s = check_forward_args(kFwd, 4, input, batch_sizes, hx, &cx, w_ih_, w_hh_, b_ih_, b_hh_, w_hr_);
+  const std::optional<at::Tensor> b_ih = contiguous(b_ih_), b_hh = contiguous(b_hh_);
   const SeqLayout L = make_layout(input, batch_sizes);
   const int64_t H = s.hidden_size, P = s.state_size;
   const bool proj = w_hr_.has_value();
@@ -36,7 +37,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
   at::Tensor h_state = hx.contiguous().clone();
   at::Tensor c_state = cx.to(acc_opts, /*non_blocking=*/false, /*copy=*/true).contiguous();
   at::Tensor ws = at::empty({train ? L.N : 0, train ? 5 * H : 0}, acc_opts);
-  const at::Tensor gx = input_gates(rows2d(input.contiguous()), w_ih_, b_ih);
+  const at::Tensor gx = at::mm(rows2d(input.contiguous()), w_ih_.t());  // biases: in the pointwise pass
   const at::Tensor gh = at::empty({L.B, 4 * H}, input.options());
   const at::Tensor r = proj ? at::empty({L.B, H}, input.options()) : at::Tensor();
 
@@ -49,6 +50,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
       gemm_hh.run(h_state.narrow(0, 0, bs), gh.narrow(0, 0, bs));
       LstmFwdArgs<scalar_t> a{gx.data_ptr<scalar_t>() + off * 4 * H,
                               gh.data_ptr<scalar_t>(),
+                              ptr_or_null<scalar_t>(b_ih),
                               ptr_or_null<scalar_t>(b_hh),
                               c_state.data_ptr<acc_t<scalar_t>>(),
                               proj ? r.data_ptr<scalar_t>() : out.data_ptr<scalar_t>() + off * P,

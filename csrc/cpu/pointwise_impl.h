@@ -67,7 +67,7 @@ void lstm_fwd(const LstmFwdArgs<S>& a, int64_t b0, int64_t b1) {
       const int64_t n = std::min<int64_t>(V::size(), H - j);
       auto pre = [&](int64_t k) {
         const int64_t o = k * H + j;
-        return load(gx + o, n) + load_sum(gh + o, a.b_hh ? a.b_hh + o : nullptr, n);
+        return load_sum(gx + o, a.b_x ? a.b_x + o : nullptr, n) + load_sum(gh + o, a.b_h ? a.b_h + o : nullptr, n);
       };
       const auto s = lstm_forward<V>(pre(0), pre(1), pre(2), pre(3), load(c + j, n));
       store(s.c, c + j, n);
@@ -118,9 +118,10 @@ void gru_fwd(const GruFwdArgs<S>& a, int64_t b0, int64_t b1) {
     const S* gh = a.gh + b * 3 * H;
     for (int64_t j = 0; j < H; j += V::size()) {
       const int64_t n = std::min<int64_t>(V::size(), H - j);
-      auto hside = [&](int64_t k) { return load_sum(gh + k * H + j, a.b_hh ? a.b_hh + k * H + j : nullptr, n); };
-      const auto s = gru_forward<V>(load(gx + j, n), load(gx + H + j, n), load(gx + 2 * H + j, n), hside(0),
-                                    hside(1), hside(2), load(a.h_prev + b * H + j, n));
+      auto xside = [&](int64_t k) { return load_sum(gx + k * H + j, a.b_x ? a.b_x + k * H + j : nullptr, n); };
+      auto hside = [&](int64_t k) { return load_sum(gh + k * H + j, a.b_h ? a.b_h + k * H + j : nullptr, n); };
+      const auto s = gru_forward<V>(xside(0), xside(1), xside(2), hside(0), hside(1), hside(2),
+                                    load(a.h_prev + b * H + j, n));
       store(s.h, a.h_out + b * a.ld_h_out + j, n);
       if (a.h_out2) store(s.h, a.h_out2 + b * H + j, n);
       if (a.ws) {
@@ -166,7 +167,8 @@ void rnn_fwd(const RnnFwdArgs<S>& a, int64_t b0, int64_t b1) {
     for (int64_t j = 0; j < H; j += V::size()) {
       const int64_t n = std::min<int64_t>(V::size(), H - j);
       const int64_t o = b * H + j;
-      const V h = rnn_forward<V>(load(a.gx + o, n), load_sum(a.gh + o, a.b_hh ? a.b_hh + j : nullptr, n), a.relu);
+      const V h = rnn_forward<V>(load_sum(a.gx + o, a.b_x ? a.b_x + j : nullptr, n),
+                                 load_sum(a.gh + o, a.b_h ? a.b_h + j : nullptr, n), a.relu);
       store(h, a.h_out + b * a.ld_h_out + j, n);
       if (a.h_out2) store(h, a.h_out2 + o, n);
     }

@@ -13,9 +13,10 @@ constexpr const char* kBwd = "fastrnn::rnn_backward";
 std::tuple<at::Tensor, at::Tensor> rnn_forward(const at::Tensor& input,
                                                const std::optional<at::Tensor>& batch_sizes,
                                                const at::Tensor& hx, const at::Tensor& w_ih,
-                                               const at::Tensor& w_hh_, const std::optional<at::Tensor>& b_ih,
-                                               const std::optional<at::Tensor>& b_hh, bool relu, bool reverse) {
-  const CellShape s = check_forward_args(kFwd, 1, input, batch_sizes, hx, nullptr, w_ih, w_hh_, b_ih, b_hh, {});
+                                               const at::Tensor& w_hh_, const std::optional<at::Tensor>& b_ih_,
+                                               const std::optional<at::Tensor>& b_hh_, bool relu, bool reverse) {
+  const CellShape s = check_forward_args(kFwd, 1, input, batch_sizes, hx, nullptr, w_ih, w_hh_, b_ih_, b_hh_, {});
+  const std::optional<at::Tensor> b_ih = contiguous(b_ih_), b_hh = contiguous(b_hh_);
   const SeqLayout L = make_layout(input, batch_sizes);
   const int64_t H = s.hidden_size;
   const at::Tensor w_hh = w_hh_.contiguous();
@@ -24,7 +25,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(const at::Tensor& input,
   at::Tensor output = at::empty(out_sizes, input.options());
   const at::Tensor out = rows2d(output);
   at::Tensor h_state = hx.contiguous().clone();
-  const at::Tensor gx = input_gates(rows2d(input.contiguous()), w_ih, b_ih);
+  const at::Tensor gx = at::mm(rows2d(input.contiguous()), w_ih.t());  // biases: in the pointwise pass
   const at::Tensor gh = at::empty({L.B, H}, input.options());
 
   const StepGemm gemm_hh(w_hh, /*transpose_w=*/true, L.B);
@@ -33,7 +34,8 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(const at::Tensor& input,
     for (int64_t k = 0; k < L.T; ++k) {
       const int64_t t = L.step(k, reverse), bs = L.batch_sizes[t], off = L.offsets[t];
       gemm_hh.run(h_state.narrow(0, 0, bs), gh.narrow(0, 0, bs));
-      RnnFwdArgs<scalar_t> a{gx.data_ptr<scalar_t>() + off * H, gh.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(b_hh),
+      RnnFwdArgs<scalar_t> a{gx.data_ptr<scalar_t>() + off * H, gh.data_ptr<scalar_t>(),
+                             ptr_or_null<scalar_t>(b_ih), ptr_or_null<scalar_t>(b_hh),
                              out.data_ptr<scalar_t>() + off * H, H, h_state.data_ptr<scalar_t>(), H, relu};
       for_rows(bs, H, [&](int64_t b0, int64_t b1) { K.rnn_fwd(a, b0, b1); });
     }

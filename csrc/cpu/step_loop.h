@@ -32,9 +32,15 @@ template <typename T>
 inline T* ptr_or_null(const at::Tensor& t) {
   return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr;
 }
+// Raw pointer of an optional bias; the kernels read it as a dense row, so it must be contiguous.
 template <typename T>
 inline const T* ptr_or_null(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->data_ptr<T>() : nullptr;
+  if (!t.has_value()) return nullptr;
+  TORCH_INTERNAL_ASSERT(t->is_contiguous(), "fastrnn: bias rows must be made contiguous by the driver");
+  return t->data_ptr<T>();
+}
+inline std::optional<at::Tensor> contiguous(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
 }
 
 }  // namespace fastrnn::cpu
