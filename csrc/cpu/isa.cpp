@@ -47,6 +47,14 @@ const PointwiseKernels<scalar_t>& pointwise_kernels(Isa isa) {
     default: return isa_default::kernels<scalar_t>();
   }
 }
+SmallGemmFn small_gemm_kernel(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512: return &isa_avx512::small_gemm;
+    case Isa::kAvx2: return &isa_avx2::small_gemm;
+    default: return &isa_default::small_gemm;
+  }
+}
+
 template const PointwiseKernels<float>& pointwise_kernels<float>(Isa);
 template const PointwiseKernels<double>& pointwise_kernels<double>(Isa);
 template const PointwiseKernels<c10::BFloat16>& pointwise_kernels<c10::BFloat16>(Isa);

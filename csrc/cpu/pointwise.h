@@ -108,6 +108,18 @@ struct RnnBwdArgs {
   bool relu;
 };
 
+// Small float32 GEMM of a step, c[r, :] (=|+=) a[r, :] @ wt for rows [r0, r1): wt is op(W) as a contiguous
+// [k, n] matrix. Serves single-sequence (GEMV-like) steps over an L2-resident weight; see step_gemm.h.
+struct SmallGemmArgs {
+  const float* a;
+  int64_t lda;
+  const float* wt;
+  float* c;
+  int64_t ldc;
+  int64_t k, n;
+  bool accumulate;
+};
+
 template <typename scalar_t>
 struct PointwiseKernels {
   void (*lstm_fwd)(const LstmFwdArgs<scalar_t>&, int64_t b0, int64_t b1);
@@ -129,6 +141,9 @@ const char* isa_name(Isa isa);
 template <typename scalar_t>
 const PointwiseKernels<scalar_t>& pointwise_kernels(Isa isa);
 
+using SmallGemmFn = void (*)(const SmallGemmArgs&, int64_t r0, int64_t r1);
+SmallGemmFn small_gemm_kernel(Isa isa);
+
 // Defined once per instruction set in pointwise_<isa>.cpp.
 #define FASTRNN_DECLARE_ISA(NS)                                                        \
   namespace NS {                                                                       \
@@ -137,6 +152,7 @@ const PointwiseKernels<scalar_t>& pointwise_kernels(Isa isa);
   extern template const PointwiseKernels<float>& kernels<float>();                     \
   extern template const PointwiseKernels<double>& kernels<double>();                   \
   extern template const PointwiseKernels<c10::BFloat16>& kernels<c10::BFloat16>();     \
+  void small_gemm(const SmallGemmArgs&, int64_t r0, int64_t r1);                       \
   }
 FASTRNN_DECLARE_ISA(isa_default)
 FASTRNN_DECLARE_ISA(isa_avx2)

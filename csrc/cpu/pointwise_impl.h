@@ -191,6 +191,33 @@ void rnn_bwd(const RnnBwdArgs<S>& a, int64_t b0, int64_t b1) {
 
 }  // namespace
 
+void small_gemm(const SmallGemmArgs& g, int64_t r0, int64_t r1) {
+  using V = Vectorized<float>;
+  constexpr int kVecs = 8;  // accumulators held in registers per row and column block
+  constexpr int64_t kBlock = kVecs * V::size();
+  for (int64_t b = r0; b < r1; ++b) {
+    const float* a = g.a + b * g.lda;
+    float* c = g.c + b * g.ldc;
+    int64_t n0 = 0;
+    for (; n0 + kBlock <= g.n; n0 += kBlock) {
+      V acc[kVecs];
+      for (int v = 0; v < kVecs; ++v) acc[v] = g.accumulate ? V::loadu(c + n0 + v * V::size()) : V(0.f);
+      for (int64_t kk = 0; kk < g.k; ++kk) {
+        const V av(a[kk]);
+        const float* w = g.wt + kk * g.n + n0;
+        for (int v = 0; v < kVecs; ++v) acc[v] = at::vec::fmadd(av, V::loadu(w + v * V::size()), acc[v]);
+      }
+      for (int v = 0; v < kVecs; ++v) acc[v].store(c + n0 + v * V::size());
+    }
+    for (; n0 < g.n; n0 += V::size()) {  // column tail, a vector (or part of one) at a time
+      const int64_t m = std::min<int64_t>(V::size(), g.n - n0);
+      V acc = g.accumulate ? load(c + n0, m) : V(0.f);
+      for (int64_t kk = 0; kk < g.k; ++kk) acc = at::vec::fmadd(V(a[kk]), load(g.wt + kk * g.n + n0, m), acc);
+      store(acc, c + n0, m);
+    }
+  }
+}
+
 template <typename scalar_t>
 const PointwiseKernels<scalar_t>& kernels() {
   static const PointwiseKernels<scalar_t> table{&lstm_fwd<scalar_t>, &lstm_bwd<scalar_t>, &gru_fwd<scalar_t>,

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "../sequence.h"
+#include "pointwise.h"
 
 // MKL's packed GEMM (LP64 interface). Declared weak: resolved from libtorch_cpu where it exports them,
 // null where it does not, in which case StepGemm never packs.
@@ -30,6 +31,12 @@ int64_t packed_gemm_min_rows() {
   return env != nullptr ? std::atoll(env) : 4;
 }
 
+// Weights up to this many elements take the small-GEMM loop for GEMV-like steps (0 turns it off).
+int64_t small_gemm_max() {
+  const char* env = std::getenv("FASTRNN_CPU_SMALL_GEMM_MAX");
+  return env != nullptr ? std::atoll(env) : 65536;
+}
+
 bool packed_gemm_enabled() {
   if (cblas_sgemm_pack_get_size == nullptr || cblas_sgemm_pack == nullptr || cblas_sgemm_compute == nullptr)
     return false;
@@ -39,6 +46,11 @@ bool packed_gemm_enabled() {
 
 StepGemm::StepGemm(const at::Tensor& w, bool transpose_w, int64_t rows)
     : w_(transpose_w ? w.t() : w), rows_(rows), k_(w_.size(0)), n_(w_.size(1)) {
+  if (w.scalar_type() == at::kFloat && rows < packed_gemm_min_rows() && k_ * n_ <= small_gemm_max() && k_ > 0 &&
+      n_ > 0) {
+    small_ = w_.contiguous();
+    return;
+  }
   const bool fits_int = rows < INT32_MAX && k_ < INT32_MAX && n_ < INT32_MAX;
   if (w.scalar_type() != at::kFloat || !packed_gemm_enabled() || !fits_int || rows < packed_gemm_min_rows() ||
       k_ == 0 || n_ == 0)
@@ -53,6 +65,12 @@ StepGemm::StepGemm(const at::Tensor& w, bool transpose_w, int64_t rows)
 void StepGemm::run(const at::Tensor& a, at::Tensor c, bool accumulate) const {
   const int64_t r = a.size(0);
   if (r == 0) return;
+  if (small_.defined() && a.stride(1) == 1 && c.stride(1) == 1) {  // rows <= rows_ < 4: GEMV-like
+    const SmallGemmArgs g{a.data_ptr<float>(), a.stride(0), small_.data_ptr<float>(), c.data_ptr<float>(),
+                          c.stride(0), k_, n_, accumulate};
+    small_gemm_kernel(active_isa())(g, 0, r);
+    return;
+  }
   if (packed_.defined() && r == rows_ && a.stride(1) == 1 && c.stride(1) == 1) {
     cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, r, n_, k_, a.data_ptr<float>(), a.stride(0),
                         packed_.data_ptr<float>(), n_, accumulate ? 1.0f : 0.0f, c.data_ptr<float>(), c.stride(0));

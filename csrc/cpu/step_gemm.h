@@ -9,6 +9,10 @@
 // symbols are absent (other builds), or for other dtypes, or for batches under 4 rows (GEMV-like steps,
 // which MKL does not repack), or for steps whose row count differs from the one the panels were packed for
 // (packed sequences' shorter steps), it falls back to at::mm.
+// Steps of fewer than 4 rows over a float32 weight of at most FASTRNN_CPU_SMALL_GEMM_MAX elements (default
+// 65536: 256 KB, L2-resident) skip BLAS: a register-blocked loop (pointwise_impl.h, small_gemm) does them.
+// Measured, T=100 H=64 B=1 against at::mm: LSTM inference 1.44x, LSTM training 1.37x, GRU inference 1.56x;
+// at B=16 it was 0.91x of MKL, so larger batches keep MKL.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -28,6 +32,7 @@ class StepGemm {
  private:
   at::Tensor w_;       // op(W) as a [k, n] view, for the fallback
   at::Tensor packed_;  // MKL's packed panels (float32 storage), undefined when not packing
+  at::Tensor small_;   // op(W) as a contiguous [k, n] float32 matrix when the small-GEMM loop serves
   int64_t rows_, k_, n_;
 };
 
