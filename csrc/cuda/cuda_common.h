@@ -75,6 +75,30 @@ inline const void* ptr_or_null(const std::optional<at::Tensor>& t) {
   return t.has_value() && t->numel() > 0 ? t->data_ptr() : nullptr;
 }
 
+// The forward-step arguments every cell sets alike for step t: its gx rows, b_hh, W_hh, the rows it starts
+// from (the previous step's output rows, h0 for rows without a predecessor), its output rows and sizes.
+// K = h0's width (the recurrent state: P with an LSTM projection); h_out defaults to the step's rows of
+// `out` (stride out.size(1)). The caller adds the cell's own fields (c_state, ws, relu, a projection's
+// h_out/ld_out).
+inline FwdStepParams fwd_step_params(const SeqLayout& L, int64_t t, bool reverse, int64_t H, const at::Tensor& gx,
+                                     const std::optional<at::Tensor>& b_hh, const at::Tensor& w_hh,
+                                     const at::Tensor& out, const at::Tensor& h0) {
+  const int64_t prev = L.prev_step(t, reverse), off = L.offsets[t];
+  FwdStepParams p;
+  p.n_prev = L.rows_with_prev(t, reverse);
+  p.gx = row_ptr(gx, off);
+  p.b_hh = ptr_or_null(b_hh);
+  p.w_hh = w_hh.data_ptr();
+  p.h_prev = p.n_prev > 0 ? row_ptr(out, L.offsets[prev]) : nullptr;
+  p.h_init = h0.data_ptr();
+  p.h_out = row_ptr(out, off);
+  p.bs = L.batch_sizes[t];
+  p.H = H;
+  p.K = h0.size(1);
+  p.ld_out = out.size(1);
+  return p;
+}
+
 // For every sequence b < B, the packed row of its step at time 0 (last = false) or at time len_b - 1
 // (last = true). A direction's final state hy[b] is the output row at time len_b - 1 (forward) or 0
 // (reverse); the step that starts from hx[b] is the other one.

@@ -41,21 +41,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
   if (L.B > 0 && H > 0) check_launch(kFwd, "gru_fwd_step_kernel", fwd_launch_config(dt, Cell::kGru, H, L.B));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   for (int64_t k = 0; k < L.T; ++k) {
-    const int64_t t = L.step(k, reverse), bs = L.batch_sizes[t], off = L.offsets[t];
-    const int64_t prev = L.prev_step(t, reverse), n_prev = L.rows_with_prev(t, reverse);
-    FwdStepParams p;
-    p.gx = row_ptr(gx, off);
-    p.b_hh = ptr_or_null(b_hh);
-    p.w_hh = w_hh.data_ptr();
-    p.h_prev = n_prev > 0 ? row_ptr(out, L.offsets[prev]) : nullptr;
-    p.h_init = h0.data_ptr();
-    p.h_out = row_ptr(out, off);
-    p.ws = train ? row_ptr(ws, off) : nullptr;
-    p.n_prev = n_prev;
-    p.bs = bs;
-    p.H = H;
-    p.K = H;
-    p.ld_out = H;
+    const int64_t t = L.step(k, reverse);
+    FwdStepParams p = fwd_step_params(L, t, reverse, H, gx, b_hh, w_hh, out, h0);
+    p.ws = train ? row_ptr(ws, L.offsets[t]) : nullptr;
     launch_fwd_step(dt, Cell::kGru, p, stream);
   }
   const at::Tensor hy = out.index_select(0, sequence_rows(L, /*last=*/!reverse, input.device()));

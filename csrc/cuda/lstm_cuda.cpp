@@ -54,21 +54,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   for (int64_t k = 0; k < L.T; ++k) {
     const int64_t t = L.step(k, reverse), bs = L.batch_sizes[t], off = L.offsets[t];
-    const int64_t prev = L.prev_step(t, reverse), n_prev = L.rows_with_prev(t, reverse);
-    FwdStepParams p;
-    p.gx = row_ptr(gx, off);
-    p.b_hh = ptr_or_null(b_hh);
-    p.w_hh = w_hh.data_ptr();
-    p.h_prev = n_prev > 0 ? row_ptr(out, L.offsets[prev]) : nullptr;
-    p.h_init = h0.data_ptr();
+    FwdStepParams p = fwd_step_params(L, t, reverse, H, gx, b_hh, w_hh, out, h0);
     p.c_state = c_state.data_ptr();
-    p.h_out = proj ? r.data_ptr() : row_ptr(out, off);
     p.ws = train ? row_ptr(ws, off) : nullptr;
-    p.n_prev = n_prev;
-    p.bs = bs;
-    p.H = H;
-    p.K = P;
-    p.ld_out = proj ? H : P;
+    if (proj) {  // the kernel writes r = o*tanh(c); the GEMM below projects it into the output rows
+      p.h_out = r.data_ptr();
+      p.ld_out = H;
+    }
     launch_fwd_step(dt, Cell::kLstm, p, stream);
     if (proj) {
       // The projection h = r @ W_hr^T as a cuBLAS GEMM into the step's output rows.
