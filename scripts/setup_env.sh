@@ -12,10 +12,10 @@ fi
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
 # torch 2.14.1 is the CUDA 13.0 build: with it the CUDA sources compile and link even without a GPU.
-if ! python -c "import torch, pytest, pytest_benchmark, numpy, expecttest, ninja" 2>/dev/null; then
+if ! python -c "import torch, pytest, pytest_benchmark, numpy, expecttest, ninja, matplotlib" 2>/dev/null; then
   echo "== installing Python dependencies" >&2
   python -m pip install -q --disable-pip-version-check torch==2.14.1 numpy pytest pytest-benchmark \
-    expecttest ninja setuptools wheel
+    expecttest ninja setuptools wheel matplotlib
 fi
 
 # The CUDA toolkit: CUDA_HOME must name its root explicitly (torch guesses wrong from a wrapper nvcc).
@@ -26,6 +26,9 @@ if [ -z "${CUDA_HOME:-}" ] && [ "${FASTRNN_SKIP_CUDA:-0}" != "1" ]; then
 fi
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0}"
 export MAX_JOBS="${MAX_JOBS:-2}"
+# Warnings in fastrnn's sources are errors (the compile gate) for every caller alike: the flag is part of
+# the compile commands, so a caller that left it unset would make the next one rebuild everything.
+export FASTRNN_WERROR="${FASTRNN_WERROR:-1}"
 
 echo "== building fastrnn (CUDA_HOME=${CUDA_HOME:-none}, arch ${TORCH_CUDA_ARCH_LIST})" >&2
 mkdir -p build

@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
 # Sets up (venv, torch, build) and runs fastrnn's whole test suite. Extra arguments go to pytest.
 set -euo pipefail
-export FASTRNN_WERROR="${FASTRNN_WERROR:-1}"
 . "$(dirname "$0")/setup_env.sh"
 python -m pytest tests -q "$@"
