@@ -1,0 +1,152 @@
+"""The command line: `python -m fastrnn.bench` and `fastrnn-bench`."""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import shlex
+import signal
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from . import __doc__ as _package_doc
+from .cases import CASES, DEVICE_DTYPES, MODES, QUICK_T, select_cases
+from .measure import run_case
+from .report import format_table, machine_info, write_outputs, format_markdown
+
+# ------------------------------------------------------------------------------------------------ main
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="fastrnn-bench", description=_package_doc.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="default: cuda if available, else cpu")
+    p.add_argument("--cases", default=None, help="comma list of case names or globs (default: all; see --list)")
+    p.add_argument("--mode", default="inference,training", help="inference, training or both (comma list)")
+    p.add_argument("--dtype", default=None,
+                   help="comma list; default float32,bfloat16 on cpu, float32,float16,bfloat16 on cuda "
+                        "(float32 only with --quick)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"sequence length capped at {QUICK_T}, 3 timed pairs, no extra warm-up, no memory, float32 only "
+                        "unless --dtype")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed (ref, fast) pairs per run (default: adaptive, see --budget)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed (ref, fast) pairs before the timed ones (default: 1 on cuda, 0 on cpu, where the "
+                        "parity and memory calls already warmed both sides up)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds of timed calls per run when --repeats is not given (default 3; 3 to 50 pairs)")
+    p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=None,
+                   help="measure peak memory (one extra untimed call per side; default on, off with --quick)")
+    p.add_argument("--out", default=os.path.join("benchmarks", "results"),
+                   help="directory for <device>.json/.csv/.png (default benchmarks/results)")
+    p.add_argument("--stem", default=None, help="file name stem in --out (default: the device, +'-quick')")
+    p.add_argument("--markdown", default=None, help="also write the results as a markdown report here")
+    p.add_argument("--list", action="store_true", help="print the case names and exit")
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.list:
+        for c in CASES:
+            print(f"{c.name:18s} T={c.T}{f' (cpu {c.T_cpu})' if c.T_cpu else ''} B={c.B} I={c.I} H={c.H}"
+                  f"{f' layers={c.layers}' if c.layers != 1 else ''}{' bidirectional' if c.bidirectional else ''}"
+                  f"{f' packed lengths {c.packed[0]}..{c.packed[1]}' if c.packed else ''}"
+                  f"{' (smoke; only when named)' if c.smoke else ''}")
+        return 0
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        print("fastrnn.bench: --device cuda but torch.cuda.is_available() is False", file=sys.stderr)
+        return 2
+    cases = select_cases(args.cases)
+    modes = [m.strip() for m in args.mode.split(",") if m.strip()]
+    for m in modes:
+        if m not in MODES:
+            raise SystemExit(f"fastrnn.bench: --mode: unknown mode {m!r} (inference, training)")
+    dtypes = ([d.strip() for d in args.dtype.split(",") if d.strip()] if args.dtype
+              else (["float32"] if args.quick else list(DEVICE_DTYPES[device])))
+    for d in dtypes:
+        if d not in DEVICE_DTYPES[device]:
+            raise SystemExit(f"fastrnn.bench: --dtype {d!r} is not benchmarked on {device} "
+                             f"(choose from {', '.join(DEVICE_DTYPES[device])})")
+    # On the CPU the parity call (and the memory call) already ran each side once on the same shapes, which is
+    # all the warm-up oneDNN/MKL need; on CUDA one more pair lets cuDNN and the caching allocator settle.
+    warmup = args.warmup if args.warmup is not None else (1 if device == "cuda" else 0)
+    repeats = args.repeats if args.repeats is not None else (3 if args.quick else None)
+    budget = args.budget if args.budget is not None else 3.0
+    if repeats is not None and repeats < 1:
+        raise SystemExit("fastrnn.bench: --repeats must be >= 1")
+
+    if hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` writes the runs done so far too
+    import fastrnn  # noqa: F401  fail early, before any timing, if the extension is not built
+
+    info = machine_info(device)
+    runs = [(c, m, d) for c in cases for m in modes for d in dtypes]
+    print(f"fastrnn.bench: {len(runs)} runs on {device} ({info['cpu']}; torch {info['torch']}, "
+          f"{info['torch_threads']} threads){' [quick]' if args.quick else ''}", file=sys.stderr)
+    stem = args.stem or (device + ("-quick" if args.quick else ""))
+    command = ("python -m fastrnn.bench " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None
+                                                                               else argv))).strip()
+    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    rows: List[Dict[str, object]] = []
+    t_start = time.perf_counter()
+
+    def save(done: bool) -> List[str]:
+        """(Re)writes every output; called after each run too, so an interrupted run leaves a consistent,
+        clearly marked partial report instead of nothing."""
+        if hasattr(os, "getloadavg"):
+            info["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+        info["wall_s"] = round(time.perf_counter() - t_start, 1)
+        info["runs_planned"], info["runs_done"] = len(runs), len(rows)
+        info["complete"] = done and len(rows) == len(runs)
+        paths = write_outputs(rows, info, args.out, stem, chart=done)
+        if args.markdown:
+            os.makedirs(os.path.dirname(os.path.abspath(args.markdown)), exist_ok=True)
+            with open(args.markdown, "w") as f:
+                f.write(format_markdown(rows, info, command, date))
+            paths.append(args.markdown)
+        return paths
+
+    interrupted = False
+    try:
+        for i, (case, mode, dtype) in enumerate(runs, 1):
+            t0 = time.perf_counter()
+            row = run_case(case, mode, dtype, device, quick=args.quick, warmup=warmup, repeats=repeats,
+                           budget_s=budget,
+                           measure_memory=args.memory if args.memory is not None else not args.quick)
+            rows.append(row)
+            took = time.perf_counter() - t0
+            if row["status"] == "OK":
+                msg = (f"torch.nn {row['torch_ms']:.2f} ms  fastrnn {row['fastrnn_ms']:.2f} ms  "
+                       f"{row['speedup']:.2f}x  (n={row['repeats']}, parity {row['parity_max_err']:.1e})")
+                if row["meets_target"] is False:
+                    msg += f"  BELOW TARGET {row['target']}x"
+            else:
+                msg = f"*** {row['status']}: {row['error']}"
+            print(f"[{i}/{len(runs)}] {case.name} {mode} {dtype}: {msg}  [{took:.1f}s]", file=sys.stderr,
+                  flush=True)
+            if i < len(runs):
+                save(done=False)
+    except KeyboardInterrupt:
+        interrupted = True
+        print(f"fastrnn.bench: interrupted after {len(rows)} of {len(runs)} runs; writing those", file=sys.stderr)
+
+    print(format_table(rows))
+    paths = save(done=True)
+    print(f"fastrnn.bench: wrote {', '.join(paths)} ({info['wall_s']}s)", file=sys.stderr)
+    if interrupted:
+        return 130
+
+    failed = [r for r in rows if r["status"] != "OK"]
+    if failed:
+        print(f"fastrnn.bench: FAILED: {len(failed)} of {len(rows)} runs did not pass parity or crashed:",
+              file=sys.stderr)
+        for r in failed:
+            print(f"  {r['case']} {r['mode']} {r['dtype']}: {r['status']}: {r['error']}", file=sys.stderr)
+        return 1
+    return 0
+
