@@ -25,7 +25,8 @@ def _check_input_dtype(input: Tensor, weight: Tensor, module: str) -> None:
     # ValueError, as torch.nn's RNN modules raise for a non-float input or a dtype mismatch.
     if not input.is_floating_point():
         raise ValueError(f"{module}: input must be a floating-point tensor, got {input.dtype}")
-    if input.dtype != weight.dtype:
+    # Inside an autocast region torch.nn lets the dtypes differ (the kernels cast them), and so does fastrnn.
+    if input.dtype != weight.dtype and not torch._C._is_any_autocast_enabled():
         raise ValueError(f"{module}: input dtype {input.dtype} does not match the parameters' dtype "
                         f"{weight.dtype}; convert one of them (e.g. module.to({input.dtype}))")
     if input.device != weight.device:
@@ -41,6 +42,39 @@ def _check_hidden(name: str, h: Tensor, expected: Tuple[int, ...], input: Tensor
         raise TypeError(f"{module}: {name} dtype {h.dtype} does not match the input's {input.dtype}")
     if h.device != input.device:
         raise RuntimeError(f"{module}: {name} is on {h.device} but the input is on {input.device}")
+
+
+def _autocast_dtypes(mode: str, input: Tensor, packed: bool, proj: bool, cell: bool):
+    """Output dtypes torch.nn returns under autocast, where they differ from the op's (the autocast dtype):
+    (dtype for output and h, dtype for c), None meaning "as the op returned it".
+
+    The fastrnn ops cast like torch.nn's recurrent kernels on autocast's lower-precision list (cuDNN's RNN and
+    the cells on CUDA; oneDNN's LSTM and the RNN on the CPU). On the CPU torch.nn's GRU, LSTMCell, GRUCell
+    and packed LSTM are not on that list: they return the input's dtype (their matmuls still run in the
+    autocast dtype), and an LSTM with a projection returns c in the input's dtype. Measured on torch 2.14.1
+    and asserted against the live torch.nn by tests/test_autocast.py."""
+    if input.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return None, None
+    if mode == "GRU" or (cell and mode == "LSTM") or (mode == "LSTM" and packed and not proj):
+        return input.dtype, input.dtype
+    if mode == "LSTM" and proj:
+        return None, input.dtype
+    return None, None
+
+
+def _saves_activations(params: List[Tensor], *tensors: Optional[Tensor]) -> bool:
+    """The ops' `train` flag: save the activations the backward needs whenever a gradient may be asked for.
+    Under torch.jit.trace it is always True: the flag becomes a constant of the traced graph, which must
+    stay differentiable whatever the grad mode at trace time (torch.nn's traced modules can be trained), and
+    trace's own check re-runs the module in another grad mode and requires the same graph."""
+    if torch.jit.is_tracing():
+        return True
+    return torch.is_grad_enabled() and (
+        any(t is not None and t.requires_grad for t in tensors) or any(p.requires_grad for p in params))
+
+
+def _cast(t: Optional[Tensor], dtype: Optional[torch.dtype]) -> Optional[Tensor]:
+    return t if t is None or dtype is None else t.to(dtype)
 
 
 class _RNNBase(nn.Module):
@@ -214,9 +248,7 @@ class _RNNBase(nn.Module):
             if is_lstm:
                 _check_hidden("c_0", c0, c_shape, x, name)
 
-        needs_grad = torch.is_grad_enabled() and (
-            x.requires_grad or h0.requires_grad or (c0 is not None and c0.requires_grad)
-            or any(p.requires_grad for p in self._flat_weights))
+        needs_grad = _saves_activations(self._flat_weights, x, h0, c0)
         h_n, c_n = [], []
         layer_input = x
         for layer in range(self.num_layers):
@@ -231,9 +263,10 @@ class _RNNBase(nn.Module):
             layer_input = outs[0] if num_directions == 1 else torch.cat(outs, dim=-1)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, p=self.dropout, training=True)
-        output = layer_input
-        hy = torch.stack(h_n, 0)
-        cy = torch.stack(c_n, 0) if is_lstm else None
+        out_dtype, c_dtype = _autocast_dtypes(self.mode, x, is_packed, self.proj_size > 0, cell=False)
+        output = _cast(layer_input, out_dtype)
+        hy = _cast(torch.stack(h_n, 0), out_dtype)
+        cy = _cast(torch.stack(c_n, 0), c_dtype) if is_lstm else None
 
         if is_packed:
             output = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
@@ -355,18 +388,19 @@ class _CellBase(nn.Module):
             _check_hidden("h_0" if is_lstm else "hx", h0, (batch, self.hidden_size), x, name)
             if is_lstm:
                 _check_hidden("c_0", c0, (batch, self.hidden_size), x, name)
-        needs_grad = torch.is_grad_enabled() and (
-            x.requires_grad or h0.requires_grad or (c0 is not None and c0.requires_grad)
-            or any(p.requires_grad for p in self.parameters()))
+        needs_grad = _saves_activations(list(self.parameters()), x, h0, c0)
         seq = x.unsqueeze(0)  # one step: [1, B, I]
         args = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        out_dtype, c_dtype = _autocast_dtypes(self.mode, x, packed=False, proj=False, cell=True)
         if is_lstm:
             _, hy, cy, _ = _ops.lstm_forward(seq, None, h0, c0, *args, None, False, needs_grad)
+            hy, cy = _cast(hy, out_dtype), _cast(cy, c_dtype)
             return (hy, cy) if batched else (hy.squeeze(0), cy.squeeze(0))
         if self.mode == "GRU":
             _, hy, _ = _ops.gru_forward(seq, None, h0, *args, False, needs_grad)
         else:
             _, hy = _ops.rnn_forward(seq, None, h0, *args, self.mode == "RNN_RELU", False)
+        hy = _cast(hy, out_dtype)
         return hy if batched else hy.squeeze(0)
 
     def forward(self, input: Tensor, hx=None):

@@ -1,8 +1,12 @@
-"""Python side of the fastrnn:: operators: fake (meta) kernels for torch.compile and autograd formulas.
+"""Python side of the fastrnn:: operators: fake (meta) kernels for torch.compile, autograd, autocast.
 
-The C++ library defines the schemas (csrc/fastrnn.cpp) and the CPU/CUDA kernels. Here each forward op gets
-`register_fake` (shapes only, so torch.compile traces it without running it) and `register_autograd`,
-whose backward calls the op's registered backward op; each backward op gets `register_fake` too.
+The C++ library defines the schemas (csrc/fastrnn.cpp) and the CPU/CUDA kernels. Here
+  - every op gets `register_fake` (shapes only, so torch.compile traces it without running it);
+  - every forward op gets an autograd kernel: first derivatives come from the op's registered backward op
+    (what `torch.library.register_autograd` builds); what the fused kernels cannot differentiate runs
+    through fastrnn/composite.py's plain-PyTorch equations instead: the backward under `create_graph=True`
+    (double backward), and calls under torch.func transforms or with forward-mode tangents;
+  - every op gets an autocast kernel for CPU and CUDA with torch.nn's policy for its recurrent layers.
 Nothing here calls into the extension other than through torch.ops.fastrnn.
 """
 from __future__ import annotations
@@ -10,14 +14,16 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor
+from torch._library import autograd as _library_autograd
+
+from . import composite
+from .composite import accumulation_dtype  # noqa: F401  (re-exported: the dtype of workspaces and states)
 
 _ops = torch.ops.fastrnn
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype gates, cell states and saved activations are computed in (fp32 for half types)."""
-    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+# The registrations of this file (autograd and autocast kernels); kept alive as long as the module is.
+_lib = torch.library.Library("fastrnn", "IMPL")
 
 
 def _rows(input: Tensor, batch_sizes: Optional[Tensor]) -> int:
@@ -31,6 +37,12 @@ def _workspace(input, batch_sizes, width: int, train: bool) -> Tensor:
 
 def _output(input: Tensor, features: int) -> Tensor:
     return input.new_empty((*input.shape[:-1], features))
+
+
+def _like(t: Tensor) -> Tensor:
+    """A new contiguous tensor of t's shape, dtype and device: what the real kernels return (not
+    torch.empty_like, which would copy a transposed or expanded argument's strides)."""
+    return t.new_empty(t.shape)
 
 
 def _bias_grad(w: Tensor, has_bias: bool) -> Tensor:
@@ -56,7 +68,7 @@ def _lstm_forward_fake(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
     _check_devices("lstm_forward", input, batch_sizes, hx=hx, cx=cx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
                    w_hr=w_hr)
     hidden = w_ih.shape[0] // 4
-    return (_output(input, hx.shape[-1]), torch.empty_like(hx), torch.empty_like(cx),
+    return (_output(input, hx.shape[-1]), _like(hx), _like(cx),
             _workspace(input, batch_sizes, 5 * hidden, train))
 
 
@@ -65,16 +77,16 @@ def _lstm_backward_fake(grad_output, grad_hy, grad_cy, input, batch_sizes, hx, c
                         workspace, reverse, has_bias):
     _check_devices("lstm_backward", input, batch_sizes, grad_output=grad_output, grad_hy=grad_hy, grad_cy=grad_cy,
                    hx=hx, cx=cx, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, output=output, workspace=workspace)
-    return (torch.empty_like(input), torch.empty_like(hx), torch.empty_like(cx), torch.empty_like(w_ih),
-            torch.empty_like(w_hh), _bias_grad(w_ih, has_bias), _bias_grad(w_ih, has_bias),
-            torch.empty_like(w_hr) if w_hr is not None else w_ih.new_empty((0,)))
+    return (_like(input), _like(hx), _like(cx), _like(w_ih),
+            _like(w_hh), _bias_grad(w_ih, has_bias), _bias_grad(w_ih, has_bias),
+            _like(w_hr) if w_hr is not None else w_ih.new_empty((0,)))
 
 
 @torch.library.register_fake("fastrnn::gru_forward")
 def _gru_forward_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, train):
     _check_devices("gru_forward", input, batch_sizes, hx=hx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
     hidden = w_ih.shape[0] // 3
-    return _output(input, hidden), torch.empty_like(hx), _workspace(input, batch_sizes, 4 * hidden, train)
+    return _output(input, hidden), _like(hx), _workspace(input, batch_sizes, 4 * hidden, train)
 
 
 @torch.library.register_fake("fastrnn::gru_backward")
@@ -82,21 +94,21 @@ def _gru_backward_fake(grad_output, grad_hy, input, batch_sizes, hx, w_ih, w_hh,
                        has_bias):
     _check_devices("gru_backward", input, batch_sizes, grad_output=grad_output, grad_hy=grad_hy, hx=hx, w_ih=w_ih,
                    w_hh=w_hh, output=output, workspace=workspace)
-    return (torch.empty_like(input), torch.empty_like(hx), torch.empty_like(w_ih), torch.empty_like(w_hh),
+    return (_like(input), _like(hx), _like(w_ih), _like(w_hh),
             _bias_grad(w_ih, has_bias), _bias_grad(w_ih, has_bias))
 
 
 @torch.library.register_fake("fastrnn::rnn_forward")
 def _rnn_forward_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse):
     _check_devices("rnn_forward", input, batch_sizes, hx=hx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
-    return _output(input, w_ih.shape[0]), torch.empty_like(hx)
+    return _output(input, w_ih.shape[0]), _like(hx)
 
 
 @torch.library.register_fake("fastrnn::rnn_backward")
 def _rnn_backward_fake(grad_output, grad_hy, input, batch_sizes, hx, w_ih, w_hh, output, relu, reverse, has_bias):
     _check_devices("rnn_backward", input, batch_sizes, grad_output=grad_output, grad_hy=grad_hy, hx=hx, w_ih=w_ih,
                    w_hh=w_hh, output=output)
-    return (torch.empty_like(input), torch.empty_like(hx), torch.empty_like(w_ih), torch.empty_like(w_hh),
+    return (_like(input), _like(hx), _like(w_ih), _like(w_hh),
             _bias_grad(w_ih, has_bias), _bias_grad(w_ih, has_bias))
 
 
@@ -113,16 +125,41 @@ def _require_train(ctx, op: str) -> None:
             "call it with train=True when gradients are needed")
 
 
+def _differentiable_backward(ctx, forward, args, grads):
+    """The backward under create_graph=True: recompute the layer with fastrnn/composite.py's equations from
+    the saved inputs (which still carry their autograd history) and differentiate that with autograd, so the
+    gradients are themselves differentiable (with respect to the inputs, the weights and the incoming
+    gradients). `forward(*args)` returns the op's differentiable outputs; `args` are the op's inputs."""
+    wanted = [i for i, a in enumerate(args) if isinstance(a, Tensor) and ctx.needs_input_grad[i]]
+    result = [None] * len(ctx.needs_input_grad)
+    if not wanted:
+        return tuple(result)
+    with torch.enable_grad():
+        outs = forward(*args)
+    pairs = [(o, g) for o, g in zip(outs, grads) if o is not None and g is not None and o.requires_grad]
+    if not pairs:
+        return tuple(result)
+    got = torch.autograd.grad([o for o, _ in pairs], [args[i] for i in wanted], [g for _, g in pairs],
+                              create_graph=True, allow_unused=True)
+    for i, g in zip(wanted, got):
+        result[i] = g
+    return tuple(result)
+
+
 def _lstm_setup(ctx, inputs, output):
     input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, train = inputs
     out, _, _, workspace = output
-    ctx.save_for_backward(input, batch_sizes, hx, cx, w_ih, w_hh, w_hr, out, workspace)
+    ctx.save_for_backward(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, out, workspace)
     ctx.reverse, ctx.train, ctx.has_bias = reverse, train, b_ih is not None
 
 
 def _lstm_backward(ctx, grad_out, grad_hy, grad_cy, _grad_workspace):
     _require_train(ctx, "lstm_forward")
-    input, batch_sizes, hx, cx, w_ih, w_hh, w_hr, out, workspace = ctx.saved_tensors
+    input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, out, workspace = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        args = (input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, ctx.reverse, ctx.train)
+        return _differentiable_backward(ctx, lambda *a: composite.lstm_forward(*a[:-1]), args,
+                                        (grad_out, grad_hy, grad_cy))
     gi, ghx, gcx, gw_ih, gw_hh, gb_ih, gb_hh, gw_hr = _ops.lstm_backward(
         _grad(grad_out, out), _grad(grad_hy, hx), _grad(grad_cy, cx), input, batch_sizes, hx, cx, w_ih, w_hh,
         w_hr, out, workspace, ctx.reverse, ctx.has_bias)
@@ -134,13 +171,16 @@ def _lstm_backward(ctx, grad_out, grad_hy, grad_cy, _grad_workspace):
 def _gru_setup(ctx, inputs, output):
     input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, train = inputs
     out, _, workspace = output
-    ctx.save_for_backward(input, batch_sizes, hx, w_ih, w_hh, out, workspace)
+    ctx.save_for_backward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, out, workspace)
     ctx.reverse, ctx.train, ctx.has_bias = reverse, train, b_ih is not None
 
 
 def _gru_backward(ctx, grad_out, grad_hy, _grad_workspace):
     _require_train(ctx, "gru_forward")
-    input, batch_sizes, hx, w_ih, w_hh, out, workspace = ctx.saved_tensors
+    input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, out, workspace = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        args = (input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, ctx.reverse, ctx.train)
+        return _differentiable_backward(ctx, lambda *a: composite.gru_forward(*a[:-1]), args, (grad_out, grad_hy))
     gi, ghx, gw_ih, gw_hh, gb_ih, gb_hh = _ops.gru_backward(
         _grad(grad_out, out), _grad(grad_hy, hx), input, batch_sizes, hx, w_ih, w_hh, out, workspace,
         ctx.reverse, ctx.has_bias)
@@ -151,12 +191,15 @@ def _gru_backward(ctx, grad_out, grad_hy, _grad_workspace):
 def _rnn_setup(ctx, inputs, output):
     input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse = inputs
     out, _ = output
-    ctx.save_for_backward(input, batch_sizes, hx, w_ih, w_hh, out)
+    ctx.save_for_backward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, out)
     ctx.relu, ctx.reverse, ctx.has_bias = relu, reverse, b_ih is not None
 
 
 def _rnn_backward(ctx, grad_out, grad_hy):
-    input, batch_sizes, hx, w_ih, w_hh, out = ctx.saved_tensors
+    input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, out = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        args = (input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, ctx.relu, ctx.reverse)
+        return _differentiable_backward(ctx, composite.rnn_forward, args, (grad_out, grad_hy))
     gi, ghx, gw_ih, gw_hh, gb_ih, gb_hh = _ops.rnn_backward(
         _grad(grad_out, out), _grad(grad_hy, hx), input, batch_sizes, hx, w_ih, w_hh, out, ctx.relu,
         ctx.reverse, ctx.has_bias)
@@ -164,9 +207,73 @@ def _rnn_backward(ctx, grad_out, grad_hy):
     return gi, None, ghx, gw_ih, gw_hh, gb_ih if bias else None, gb_hh if bias else None, None, None
 
 
-torch.library.register_autograd("fastrnn::lstm_forward", _lstm_backward, setup_context=_lstm_setup)
-torch.library.register_autograd("fastrnn::gru_forward", _gru_backward, setup_context=_gru_setup)
-torch.library.register_autograd("fastrnn::rnn_forward", _rnn_backward, setup_context=_rnn_setup)
+# The composite forwards under torch.func transforms / forward-mode AD, returning what the op returns (the
+# workspace, which nothing can consume there, as zeros of its contracted shape).
+def _lstm_composite(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, train):
+    out, hy, cy = composite.lstm_forward(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+    return out, hy, cy, _workspace(input, batch_sizes, 5 * (w_ih.shape[0] // 4), train).zero_()
+
+
+def _gru_composite(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, train):
+    out, hy = composite.gru_forward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse)
+    return out, hy, _workspace(input, batch_sizes, 4 * (w_ih.shape[0] // 3), train).zero_()
+
+
+def _has_tangent(args) -> bool:
+    """Whether forward-mode AD (torch.autograd.forward_ad) is active and some argument carries a tangent."""
+    if fwAD._current_level < 0:
+        return False
+    return any(isinstance(a, Tensor) and fwAD.unpack_dual(a).tangent is not None for a in args)
+
+
+def _register_autograd(name, backward, setup_context, composite_forward):
+    """The op's Autograd kernel: torch.library.register_autograd's (backward = the registered backward op),
+    except under torch.func transforms (grad, jvp, vmap, jacrev/jacfwd, hessian, functional_call inside
+    them) and for forward-mode tangents, where the op runs as composite_forward: ordinary differentiable
+    PyTorch ops that every transform supports. (register_autograd's generated autograd.Function has no
+    setup_context/jvp, so functorch would refuse it and forward AD would see no derivative.)"""
+    op = getattr(_ops, name).default
+    fused = _library_autograd.make_autograd_impl(op, _library_autograd.Info(backward, setup_context))
+
+    def kernel(keyset, *args):
+        if torch._C._are_functorch_transforms_active() or _has_tangent(args):
+            return composite_forward(*args)
+        return fused(keyset, *args)
+
+    _lib.impl(name, kernel, "Autograd", with_keyset=True)
+
+
+_register_autograd("lstm_forward", _lstm_backward, _lstm_setup, _lstm_composite)
+_register_autograd("gru_forward", _gru_backward, _gru_setup, _gru_composite)
+_register_autograd("rnn_forward", _rnn_backward, _rnn_setup, composite.rnn_forward)
+
+
+# -------------------------------------------------------------------------------------------- autocast
+# torch.nn's recurrent layers are on autocast's lower-precision list (cuDNN's RNN on CUDA, the RNN ops on the
+# CPU): inside an autocast region their floating-point inputs, except float64 ones, are cast to the region's
+# dtype and the outputs come back in it. The fastrnn forward ops do the same. The backward ops keep the
+# dtypes autograd hands them (those of the forward's cast inputs). Either way the op then runs with autocast
+# off, so the ATen calls inside the kernels (the x-projection GEMM) are not re-cast under the kernels' feet.
+def _register_autocast(name: str, cast: bool) -> None:
+    op = getattr(_ops, name).default
+    for device_type in ("cpu", "cuda"):
+        key_name = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+        exclude = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key_name))
+
+        def kernel(keyset, *args, _device_type=device_type, _exclude=exclude):
+            if cast:
+                dtype = torch.get_autocast_dtype(_device_type)
+                args = tuple(a.to(dtype) if isinstance(a, Tensor) and a.is_floating_point()
+                             and a.dtype != torch.float64 and a.device.type == _device_type else a for a in args)
+            with torch._C._ExcludeDispatchKeyGuard(_exclude):
+                return op(*args)
+
+        _lib.impl(name, kernel, key_name, with_keyset=True)
+
+
+for _cell in ("lstm", "gru", "rnn"):
+    _register_autocast(f"{_cell}_forward", cast=True)
+    _register_autocast(f"{_cell}_backward", cast=False)
 
 # The public op handles, for users who drive single layers themselves.
 lstm_forward = _ops.lstm_forward

@@ -107,3 +107,55 @@ def test_compile_packed_rnn_cells_aot_eager():
         assert_close(a, b, torch.float32, "packed forward")
     for a, b in zip(gg, eg):
         assert_close(a, b, torch.float32, "packed grad")
+
+
+class BatchFirstTrainer(nn.Module):
+    """batch_first LSTM fed non-contiguous h0/c0 (views of a transposed buffer), then a batch_first GRU."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = fastrnn.LSTM(5, 4, batch_first=True)
+        self.gru = fastrnn.GRU(4, 3, batch_first=True)
+
+    def forward(self, x, h0c0):
+        h0, c0 = h0c0.transpose(0, 1).unbind(0)  # each [1, B, 4], strided
+        y, (h, c) = self.lstm(x, (h0, c0))
+        z, hz = self.gru(y)
+        return z, h, c, hz
+
+
+def test_compile_inductor_training_batch_first_strided_state():
+    """Training under the default backend: the fake kernels must give the real kernels' (contiguous)
+    strides, or AOT autograd's check fails ("incorrect fake kernel ... stride")."""
+    torch._dynamo.reset()
+    model = BatchFirstTrainer().train()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 6, 5, generator=g, requires_grad=True)
+    h0c0 = torch.randn(1, 2, 3, 4, generator=g).requires_grad_()  # [1, 2, B, H]: transposed to [2, 1, B, H]
+    expect = model(x, h0c0)
+    expect_grads = _grads(model, expect, (x, h0c0))
+    compiled = torch.compile(model, fullgraph=True)
+    got = compiled(x, h0c0)
+    got_grads = _grads(model, got, (x, h0c0))
+    for a, b in zip(got, expect):
+        assert_close(a, b, torch.float32, "inductor training forward")
+    names = ["x", "h0c0"] + [n for n, _ in model.named_parameters()]
+    for n, a, b in zip(names, got_grads, expect_grads):
+        assert_close(a, b, torch.float32, f"inductor training grad {n}")
+
+
+def test_jit_trace_matches_eager_and_trains():
+    """torch.jit.trace passes its own check (same graph in either grad mode), matches eager, and the traced
+    module can be trained like a traced torch.nn module."""
+    torch.manual_seed(0)
+    for model in (fastrnn.LSTM(5, 4, num_layers=2, batch_first=True), fastrnn.GRU(5, 4),
+                  fastrnn.RNN(5, 4, nonlinearity="relu"), fastrnn.LSTMCell(5, 4)):
+        x = torch.randn(3, 2, 5) if not isinstance(model, fastrnn.LSTMCell) else torch.randn(2, 5)
+        traced = torch.jit.trace(model, x)
+        for a, b in zip(torch.utils._pytree.tree_leaves(traced(x)), torch.utils._pytree.tree_leaves(model(x))):
+            assert_close(a, b, torch.float32, f"traced {type(model).__name__}")
+        out = torch.utils._pytree.tree_leaves(traced(x))[0]
+        grads = torch.autograd.grad(out.sum(), list(model.parameters()))
+        expect = torch.autograd.grad(torch.utils._pytree.tree_leaves(model(x))[0].sum(), list(model.parameters()))
+        for a, b in zip(grads, expect):
+            assert_close(a, b, torch.float32, f"traced {type(model).__name__} grad")

@@ -191,6 +191,59 @@ def test_opcheck_backward(mode, proj, layout):
     torch.library.opcheck(op, args)
 
 
+def strided(t, how):
+    """A non-contiguous tensor equal to t: "transposed" (a transposed copy viewed back), "expanded" (a
+    broadcast of one row where every row is the same: the values then differ from t), "sliced" (every
+    other element of a twice-as-wide buffer)."""
+    if t is None or t.dim() == 0:
+        return t
+    if how == "transposed" and t.dim() >= 2:
+        return t.detach().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_(t.requires_grad)
+    if how == "expanded" and t.dim() >= 2:
+        return t.detach()[:1].expand(t.shape).requires_grad_(t.requires_grad)
+    if how == "sliced":
+        wide = torch.stack([t.detach(), t.detach()], dim=-1)
+        return wide[..., 0].requires_grad_(t.requires_grad)
+    return t
+
+
+STRIDES = ["transposed", "expanded", "sliced"]
+
+
+@pytest.mark.parametrize("how", STRIDES)
+@pytest.mark.parametrize("layout", ["dense", "packed"])
+@pytest.mark.parametrize("mode,proj", VARIANTS, ids=VARIANT_IDS)
+def test_opcheck_strided_arguments(mode, proj, layout, how):
+    """opcheck (fake kernel strides, autograd registration, AOT dispatch) with every tensor argument of the
+    forward op and then of the backward op non-contiguous: the fake kernels must return what the real ones
+    return (contiguous tensors), whatever the arguments' strides."""
+    lengths = None if layout == "dense" else [3, 2, 2]
+    reverse = layout == "packed"
+    a = make_args(mode, proj, T=3, B=3, I=4, H=3, lengths=lengths, dtype=torch.float32)
+    for k in ("x", "hx", "cx", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr"):
+        setattr(a, k, strided(getattr(a, k), how))
+    args = op_args(a, reverse=reverse)
+    torch.library.opcheck(forward_op(mode), args)
+    # The backward op with strided grads (and the forward's strided arguments).
+    with torch.no_grad():
+        out, hy, cy, ws = run_op(a, reverse=reverse)
+    go, ghy = strided(torch.randn_like(out), how), strided(torch.randn_like(hy), how)
+    common = (a.x.detach(), a.batch_sizes, a.hx.detach())
+    w = (a.w_ih.detach(), a.w_hh.detach())
+    if mode == "LSTM":
+        w_hr = a.w_hr.detach() if a.w_hr is not None else None
+        bargs = (go, ghy, strided(torch.randn_like(cy), how), *common, a.cx.detach(), *w, w_hr, out, ws, reverse,
+                 True)
+        op = ops.lstm_backward
+    elif mode == "GRU":
+        bargs = (go, ghy, *common, *w, out, ws, reverse, True)
+        op = ops.gru_backward
+    else:
+        bargs = (go, ghy, *common, *w, out, mode == "RNN_RELU", reverse, True)
+        op = ops.rnn_backward
+    torch.library.opcheck(op, bargs)
+
+
 # --------------------------------------------------------------------------------------- train=False
 @pytest.mark.parametrize("layout", ["dense", "packed"])
 @pytest.mark.parametrize("mode,proj", [v for v in VARIANTS if v[0] in ("LSTM", "GRU")],
