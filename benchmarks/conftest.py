@@ -19,7 +19,8 @@ def pytest_addoption(parser):
     g.addoption("--fastrnn-dtype", default=None,
                 help="comma list of dtypes (default: float32,bfloat16 on cpu; float32,float16,bfloat16 on cuda)")
     g.addoption("--fastrnn-cases", default=None, help="comma list of case names or globs, as fastrnn.bench --cases")
-    g.addoption("--fastrnn-quick", action="store_true", help="short sequences, as fastrnn.bench --quick")
+    g.addoption("--fastrnn-quick", action="store_true",
+                help="only the cases of fastrnn.bench --quick (default, b1, long), unless --fastrnn-cases")
     g.addoption("--fastrnn-rounds", type=int, default=5, help="timed rounds per benchmark (default 5)")
 
 
@@ -37,7 +38,9 @@ def pytest_generate_tests(metafunc):
     spec = config.getoption("--fastrnn-dtype")
     dtypes = [d.strip() for d in spec.split(",")] if spec else list(bench.DEVICE_DTYPES[device])
     runs, ids = [], []
-    for case in bench.select_cases(config.getoption("--fastrnn-cases")):
+    spec = config.getoption("--fastrnn-cases")
+    cases = bench.quick_cases() if config.getoption("--fastrnn-quick") and not spec else bench.select_cases(spec)
+    for case in cases:
         for mode in bench.MODES:
             for dtype in dtypes:
                 for impl in ("torch.nn", "fastrnn"):

@@ -7,13 +7,13 @@ import torch
 
 from fastrnn import bench
 
-_parity = {}  # (case, mode, dtype, device, quick) -> error message or None: checked once for both impls
+_parity = {}  # (case, mode, dtype, device) -> error message or None: checked once for both impls
 
 
-def _check_parity(case, mode, dtype, device, quick):
-    key = (case.name, mode, dtype, device, quick)
+def _check_parity(case, mode, dtype, device):
+    key = (case.name, mode, dtype, device)
     if key not in _parity:
-        ref, fast, inp, grad = bench.build_pair(case, device, bench.DTYPES[dtype], quick)
+        ref, fast, inp, grad = bench.build_pair(case, device, bench.DTYPES[dtype])
         if mode == "inference":
             ref.eval(), fast.eval()
         try:
@@ -26,11 +26,10 @@ def _check_parity(case, mode, dtype, device, quick):
 
 def test_bench(benchmark, bench_run, request):
     case, mode, dtype, device, impl = bench_run
-    quick = request.config.getoption("--fastrnn-quick")
-    failure = _check_parity(case, mode, dtype, device, quick)
+    failure = _check_parity(case, mode, dtype, device)
     assert failure is None, f"parity: fastrnn != torch.nn on {case.name} {mode} {dtype}: {failure}"
 
-    ref, fast, inp, grad = bench.build_pair(case, device, bench.DTYPES[dtype], quick)
+    ref, fast, inp, grad = bench.build_pair(case, device, bench.DTYPES[dtype])
     module = ref if impl == "torch.nn" else fast
     if mode == "inference":
         module.eval()
@@ -44,6 +43,6 @@ def test_bench(benchmark, bench_run, request):
         fn = call
 
     benchmark.group = f"{case.name} {mode} {dtype}"
-    benchmark.extra_info.update(case.shape(device, quick), impl=impl, device=device,
+    benchmark.extra_info.update(case.shape(device), impl=impl, device=device,
                                 threads=torch.get_num_threads())
     benchmark.pedantic(fn, rounds=request.config.getoption("--fastrnn-rounds"), iterations=1, warmup_rounds=1)

@@ -7,11 +7,20 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-QUICK_T = 10  # --quick caps every sequence at this length
 KINDS = ("lstm", "gru", "rnn_tanh")
 MODES = ("inference", "training")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICE_DTYPES = {"cpu": ("float32", "bfloat16"), "cuda": ("float32", "float16", "bfloat16")}
+GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1}  # gate blocks per layer: the weights are (GATES * H) x (I or H)
+
+# --quick runs these shapes of every kind, at their full sequence lengths (a shorter sequence changes the
+# ratio: fixed per-call costs weigh more), in float32, without the memory calls. They span the three regimes:
+# a GEMM-bound batch (default), one sequence (b1, latency of the per-step GEMV) and many small steps (long).
+QUICK_SHAPES = ("default", "b1", "long")
+
+# A row is GEMM-bound when B >= GEMM_BOUND_MIN_B and H >= GEMM_BOUND_MIN_H (see gemm_bound()).
+GEMM_BOUND_MIN_B = 32
+GEMM_BOUND_MIN_H = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,18 +39,17 @@ class Case:
     T_cpu: Optional[int] = None  # shorter sequence on the CPU, where the full one takes too long
     smoke: bool = False  # tiny shapes for tests; only run when named explicitly
 
-    def seq_len(self, device: str, quick: bool = False) -> int:
-        T = self.T_cpu if (device == "cpu" and self.T_cpu) else self.T
-        return min(T, QUICK_T) if quick and not self.smoke else T
+    def seq_len(self, device: str) -> int:
+        return self.T_cpu if (device == "cpu" and self.T_cpu) else self.T
 
-    def shape(self, device: str, quick: bool = False) -> Dict[str, object]:
-        T = self.seq_len(device, quick)
-        packed = None
-        if self.packed:
-            lo, hi = self.packed
-            packed = (max(1, lo * T // hi), T) if T < hi else (lo, hi)  # shortened: same proportions
-        return {"T": T, "B": self.B, "I": self.I, "H": self.H, "layers": self.layers,
-                "bidirectional": self.bidirectional, "packed": packed}
+    def shape(self, device: str) -> Dict[str, object]:
+        return {"T": self.seq_len(device), "B": self.B, "I": self.I, "H": self.H, "layers": self.layers,
+                "bidirectional": self.bidirectional, "packed": self.packed}
+
+    @property
+    def shape_name(self) -> str:
+        """The part of the name after the kind: 'default', 'b1', ... (the same for every kind)."""
+        return self.name[len(self.kind) + 1:]
 
 
 def _make_cases() -> List[Case]:
@@ -58,6 +66,9 @@ def _make_cases() -> List[Case]:
             Case(f"{kind}-packed", kind, T=100, B=64, I=512, H=512, packed=(20, 100)),
             Case(f"{kind}-tiny", kind, T=5, B=3, I=8, H=8, smoke=True),
         ]
+    # A smoke case that is GEMM-bound by gemm_bound()'s rule, still a few milliseconds: for the tests of the
+    # peak-fraction columns.
+    cases.append(Case("lstm-tiny-gemm", "lstm", T=3, B=32, I=256, H=256, smoke=True))
     return cases
 
 
@@ -103,3 +114,52 @@ def target_for(case: Case, mode: str, dtype: str, device: str) -> Optional[float
         target = max(target or 0.0, 2.0)
     return target
 
+
+
+def quick_cases() -> List[Case]:
+    """The cases --quick runs when --cases is not given: QUICK_SHAPES of every kind."""
+    return [c for c in CASES if not c.smoke and c.shape_name in QUICK_SHAPES]
+
+
+def summarize_cases(cases: List[Case]) -> str:
+    """Names a set of cases briefly, as --cases globs: '*-b8' for a shape left out of every kind, else names."""
+    by_shape: Dict[str, List[Case]] = {}
+    for c in cases:
+        by_shape.setdefault(c.shape_name, []).append(c)
+    parts = []
+    for shape, cs in by_shape.items():
+        if len(cs) == len(KINDS):
+            parts.append(f"*-{shape}")
+        else:
+            parts += [c.name for c in cs]
+    return ", ".join(parts)
+
+
+def gemm_bound(case: Case) -> bool:
+    """Whether the row's time is meant to be GEMM time, so that a fraction of the machine's peak GEMM rate is
+    a fair yardstick for it: B >= 32 and H >= 256.
+
+    Each step multiplies a B x H state by an H x (GATES*H) weight. With B >= 32 rows every weight element that
+    is loaded serves >= 32 multiply-adds, which makes the step compute-bound rather than bound by streaming the
+    weights from memory; with H >= 256 the GEMMs' work exceeds the step's pointwise work (O(B*GATES*H)) by a
+    factor I + H >= 512. The b1 and b8 cases (weight bandwidth) and the long cases (H = 64: per-step overheads)
+    are not GEMM-bound; the default, h1024, bidir2 and packed cases are."""
+    return case.B >= GEMM_BOUND_MIN_B and case.H >= GEMM_BOUND_MIN_H
+
+
+def gemm_flops(case: Case, rows: int, mode: str) -> int:
+    """Floating-point operations of the case's GEMMs in one call (2 per multiply-add), the same for both sides.
+
+    rows: the number of (time step, sequence) positions, T*B, or the total length of a packed batch. Per layer
+    and direction: the input projection rows x in_features x GATES*H, and the recurrent products, whose batch
+    rows add up to the same `rows` over the steps: rows x H x GATES*H. in_features is I for the first layer
+    and H * directions above it. Training adds the backward GEMMs: the gradient of the layer's input and of
+    the previous state (the transposed products, as many flops again) and of both weights (as many again), so
+    3x the forward. Pointwise work (gates, activations, biases) is not counted."""
+    dirs = 2 if case.bidirectional else 1
+    g, h = GATES[case.kind], case.H
+    fwd = 0
+    for layer in range(case.layers):
+        in_features = case.I if layer == 0 else h * dirs
+        fwd += dirs * 2 * rows * g * h * (in_features + h)
+    return fwd * (3 if mode == "training" else 1)

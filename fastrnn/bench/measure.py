@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
-from .cases import DTYPES, Case, target_for
+from .cases import DTYPES, Case, gemm_bound, gemm_flops, target_for
 
 # Parity tolerance, per dtype, stated once: a tensor pair (ref, fast) agrees when
 #     max|fast - ref| <= TOLERANCE[dtype] * max(1, max|ref|)
@@ -21,21 +21,29 @@ from .cases import DTYPES, Case, target_for
 # summed over T*B rows). Checked on the output, the final states and, in training, every gradient.
 TOLERANCE = {torch.float32: 2e-4, torch.float16: 2e-2, torch.bfloat16: 6e-2}
 
-# Targets from the issue ("Benchmark suite and the main command"): see target_for().
+# Timed (torch.nn, fastrnn) pairs per run when --repeats is not given: at least MIN_REPEATS, so that the
+# spread of the per-pair ratios (speedup_q1..speedup_q3, their interquartile range) means something, then as
+# many as fit in the run's time budget, at most MAX_REPEATS.
+MIN_REPEATS = 5
+MAX_REPEATS = 50
+
+# The columns of a result row (JSON "results", CSV). Targets: see cases.target_for(). GEMM columns: see
+# cases.gemm_flops() and cases.gemm_bound(); the fractions are of the peak GEMM rate measured at the start.
 OUT_COLUMNS = [
     "case", "mode", "dtype", "device", "T", "B", "I", "H", "layers", "bidirectional", "packed",
-    "status", "parity_max_err", "parity_tol", "torch_ms", "fastrnn_ms", "speedup", "torch_min_ms",
-    "fastrnn_min_ms", "repeats", "torch_peak_mb", "fastrnn_peak_mb", "target", "meets_target", "parity_note", "error",
+    "status", "parity_max_err", "parity_tol", "torch_ms", "fastrnn_ms", "speedup", "speedup_q1", "speedup_q3",
+    "torch_min_ms", "fastrnn_min_ms", "repeats", "torch_peak_mb", "fastrnn_peak_mb", "gemm_bound", "gemm_gflop",
+    "torch_gemm_frac", "fastrnn_gemm_frac", "target", "meets_target", "parity_note", "error",
 ]
 
 
 
 # --------------------------------------------------------------------------------------------- modules
-def build_pair(case: Case, device: str, dtype: torch.dtype, quick: bool = False, seed: int = 0):
+def build_pair(case: Case, device: str, dtype: torch.dtype, seed: int = 0):
     """(torch.nn module, fastrnn module with the same state_dict, input, upstream grad for the output)."""
     import fastrnn
 
-    shape = case.shape(device, quick)
+    shape = case.shape(device)
     T, B, I, H = shape["T"], shape["B"], shape["I"], shape["H"]
     kw = dict(num_layers=case.layers, bidirectional=case.bidirectional)
     if case.kind == "lstm":
@@ -227,11 +235,12 @@ def peak_memory_mb(fn: Callable[[], None], device: str) -> Optional[float]:
 
 
 def interleaved_medians(ref_fn, fast_fn, device: str, warmup: int, repeats: Optional[int],
-                        budget_s: float, min_repeats: int = 3, max_repeats: int = 50):
+                        budget_s: float, min_repeats: int = MIN_REPEATS, max_repeats: int = MAX_REPEATS):
     """Warm-up calls, then ref, fast, ref, fast, ... Returns (ref times, fast times) in ms.
 
     repeats=None picks the count adaptively: as many pairs as fit in budget_s (judged from the warm-up
-    pairs, or the first pair), clamped to [min_repeats, max_repeats]."""
+    pairs, or the first pair), clamped to [min_repeats, max_repeats]; past min_repeats it also stops once the
+    timed pairs have taken budget_s, so a load spike on the machine does not stretch the run."""
     ref_t, fast_t = [], []
     pair_ms = None
     for _ in range(warmup):
@@ -240,6 +249,8 @@ def interleaved_medians(ref_fn, fast_fn, device: str, warmup: int, repeats: Opti
     i = 0
     while True:
         if n is not None and i >= n:
+            break
+        if repeats is None and i >= min_repeats and (sum(ref_t) + sum(fast_t)) >= budget_s * 1e3:
             break
         ref_t.append(time_call(ref_fn, device))
         fast_t.append(time_call(fast_fn, device))
@@ -250,11 +261,50 @@ def interleaved_medians(ref_fn, fast_fn, device: str, warmup: int, repeats: Opti
     return ref_t, fast_t
 
 
+def ratio_quartiles(ref_t: List[float], fast_t: List[float]) -> Tuple[float, float]:
+    """First and third quartiles of the per-pair ratios ref_t[i] / fast_t[i] (each pair was timed back to
+    back, so a ratio sees one machine state): the spread of the speedup. Inclusive method (linear
+    interpolation between the sorted ratios); with one pair both are that pair's ratio."""
+    ratios = sorted(a / b for a, b in zip(ref_t, fast_t))
+    if len(ratios) < 2:
+        return ratios[0], ratios[0]
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return q1, q3
+
+
+def gemm_peak(dtype: torch.dtype, device: str, seconds: float = 1.0) -> Dict[str, object]:
+    """The machine's peak GEMM rate in this dtype, as torch itself reaches it: square torch.mm (at::mm, torch's
+    threads, into a preallocated output) of a size that takes about a tenth of `seconds` per call (1024..4096,
+    a multiple of 256), repeated for `seconds` (at least 3 calls); the best call's rate, in GFLOP/s (2n^3 flops
+    per call). The best rather than the median: other load on the machine only ever makes a call slower."""
+    gen = torch.Generator().manual_seed(0)
+
+    def rate(n: int, calls: int, budget: float) -> float:
+        a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+        b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+        out = torch.empty(n, n, device=device, dtype=dtype)
+        torch.mm(a, b, out=out)  # warm-up: packing buffers, library dispatch, CUDA handles
+        best, done, t0 = 0.0, 0, time.perf_counter()
+        while done < calls or time.perf_counter() - t0 < budget:
+            ms = time_call(lambda: torch.mm(a, b, out=out), device)
+            best = max(best, 2 * n**3 / (ms * 1e-3) / 1e9)
+            done += 1
+        return best
+
+    probe = rate(1024, 3, 0.0)
+    n = int(round((seconds / 10 * probe * 1e9 / 2) ** (1 / 3) / 256)) * 256
+    n = min(4096, max(1024, n))
+    return {"gflops": round(rate(n, 3, seconds), 1), "n": n, "seconds": seconds}
+
+
 # -------------------------------------------------------------------------------------------- one run
-def run_case(case: Case, mode: str, dtype_name: str, device: str, *, quick: bool, warmup: int,
-             repeats: Optional[int], budget_s: float, measure_memory: bool = True) -> Dict[str, object]:
+def run_case(case: Case, mode: str, dtype_name: str, device: str, *, warmup: int, repeats: Optional[int],
+             budget_s: float, measure_memory: bool = True,
+             peak_gflops: Optional[float] = None) -> Dict[str, object]:
+    """One row: parity, then (memory and) interleaved timing. peak_gflops: the machine's peak GEMM rate in this
+    dtype (gemm_peak()); with it, GEMM-bound rows get each side's fraction of it."""
     dtype = DTYPES[dtype_name]
-    shape = case.shape(device, quick)
+    shape = case.shape(device)
     row: Dict[str, object] = {k: "" for k in OUT_COLUMNS}
     row.update(case=case.name, mode=mode, dtype=dtype_name, device=device, T=shape["T"], B=shape["B"],
                I=shape["I"], H=shape["H"], layers=shape["layers"], bidirectional=shape["bidirectional"],
@@ -263,7 +313,11 @@ def run_case(case: Case, mode: str, dtype_name: str, device: str, *, quick: bool
     target = target_for(case, mode, dtype_name, device)
     row["target"] = "" if target is None else target
     try:
-        ref, fast, inp, grad = build_pair(case, device, dtype, quick)
+        ref, fast, inp, grad = build_pair(case, device, dtype)
+        row["gemm_bound"] = gemm_bound(case)
+        rows = inp.data.shape[0] if isinstance(inp, PackedSequence) else shape["T"] * shape["B"]
+        flops = gemm_flops(case, rows, mode)
+        row["gemm_gflop"] = round(flops / 1e9, 4)
         if mode == "inference":
             ref.eval(), fast.eval()
         row["parity_max_err"], row["parity_note"] = check_parity(ref, fast, inp, grad, mode, dtype)
@@ -280,9 +334,13 @@ def run_case(case: Case, mode: str, dtype_name: str, device: str, *, quick: bool
             row["fastrnn_peak_mb"] = round(peak_memory_mb(fast_fn, device), 2)
         ref_t, fast_t = interleaved_medians(ref_fn, fast_fn, device, warmup, repeats, budget_s)
         t_ref, t_fast = statistics.median(ref_t), statistics.median(fast_t)
+        q1, q3 = ratio_quartiles(ref_t, fast_t)
         row.update(status="OK", torch_ms=round(t_ref, 4), fastrnn_ms=round(t_fast, 4),
-                   speedup=round(t_ref / t_fast, 3), torch_min_ms=round(min(ref_t), 4),
-                   fastrnn_min_ms=round(min(fast_t), 4), repeats=len(ref_t))
+                   speedup=round(t_ref / t_fast, 3), speedup_q1=round(q1, 3), speedup_q3=round(q3, 3),
+                   torch_min_ms=round(min(ref_t), 4), fastrnn_min_ms=round(min(fast_t), 4), repeats=len(ref_t))
+        if row["gemm_bound"] and peak_gflops:
+            for side, ms in (("torch", t_ref), ("fastrnn", t_fast)):
+                row[f"{side}_gemm_frac"] = round(flops / (ms * 1e-3) / 1e9 / peak_gflops, 4)
         if target is not None:
             row["meets_target"] = bool(row["speedup"] >= target)
     except Exception as exc:
