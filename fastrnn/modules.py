@@ -2,12 +2,17 @@
 
 The modules hold exactly torch.nn's parameters (names, shapes, initialisation, order), so state_dicts move
 between torch.nn and fastrnn with load_state_dict(strict=True) either way. Their forward takes and returns
-what torch.nn's does. They do not derive from torch.nn.RNNBase: TorchDynamo deliberately graph-breaks on
-that class, and fastrnn's ops trace whole under torch.compile(fullgraph=True).
+what torch.nn's does.
+
+LSTM, GRU and RNN derive from torch.nn.RNNBase and the cells from torch.nn.RNNCellBase, so
+`isinstance(m, nn.RNNBase)` / `isinstance(m, nn.RNNCellBase)` hold as for torch.nn's modules, and the
+constructors are torch.nn's own (same argument checks, warnings, parameters, initialisation). They do not
+derive from nn.LSTM/nn.GRU/nn.RNN: TorchDynamo graph-breaks on instances of exactly those three classes
+(torch/_dynamo/variables/builder.py, unless torch._dynamo.config.allow_rnn), not on RNNBase subclasses, so
+torch.compile(fullgraph=True) traces fastrnn's modules whole (tests/test_torchnn_checks.py checks both).
 """
 from __future__ import annotations
 
-import math
 from typing import List, Optional, Tuple
 
 import torch
@@ -77,89 +82,24 @@ def _cast(t: Optional[Tensor], dtype: Optional[torch.dtype]) -> Optional[Tensor]
     return t if t is None or dtype is None else t.to(dtype)
 
 
-class _RNNBase(nn.Module):
-    """Parameters and forward shared by LSTM, GRU and RNN, mirroring torch.nn.RNNBase."""
-
-    def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0, device=None, dtype=None) -> None:
-        super().__init__()
-        factory = {"device": device, "dtype": dtype}
-        name = type(self).__name__
-        if not isinstance(hidden_size, int) or isinstance(hidden_size, bool) or hidden_size <= 0:
-            raise ValueError(f"{name}: hidden_size must be a positive integer, got {hidden_size!r}")
-        if not isinstance(input_size, int) or isinstance(input_size, bool) or input_size <= 0:
-            raise ValueError(f"{name}: input_size must be a positive integer, got {input_size!r}")
-        if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers <= 0:
-            raise ValueError(f"{name}: num_layers must be a positive integer, got {num_layers!r}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
-            raise ValueError(f"{name}: dropout should be a number in range [0, 1] representing the "
-                             f"probability of an element being zeroed, got {dropout!r}")
-        if not isinstance(proj_size, int) or proj_size < 0:
-            raise ValueError(f"{name}: proj_size should be a non-negative integer, got {proj_size!r}")
-        if proj_size and mode != "LSTM":
-            raise ValueError(f"{name}: proj_size argument is only supported for LSTM, not RNN or GRU")
-        if proj_size >= hidden_size:
-            raise ValueError(f"{name}: proj_size ({proj_size}) has to be smaller than hidden_size ({hidden_size})")
-        self.mode = mode
-        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
-        self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
-        self.bidirectional, self.proj_size = bidirectional, proj_size
-        num_directions = 2 if bidirectional else 1
-        gate_size = _GATES[mode] * hidden_size
-        real_hidden = proj_size if proj_size > 0 else hidden_size
-        self._flat_weights_names: List[str] = []
-        self._all_weights: List[List[str]] = []
-        for layer in range(num_layers):
-            for direction in range(num_directions):
-                layer_input = input_size if layer == 0 else real_hidden * num_directions
-                suffix = "_reverse" if direction == 1 else ""
-                params = [("weight_ih", (gate_size, layer_input)), ("weight_hh", (gate_size, real_hidden))]
-                if bias:
-                    params += [("bias_ih", (gate_size,)), ("bias_hh", (gate_size,))]
-                if proj_size > 0:
-                    params += [("weight_hr", (proj_size, hidden_size))]
-                names = []
-                for base, shape in params:
-                    pname = f"{base}_l{layer}{suffix}"
-                    setattr(self, pname, nn.Parameter(torch.empty(shape, **factory)))
-                    names.append(pname)
-                self._flat_weights_names.extend(names)
-                self._all_weights.append(names)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -stdv, stdv)
+class _RNNBase(nn.RNNBase):
+    """The forward shared by LSTM, GRU and RNN. The constructor (argument checks, parameters, initialisation),
+    extra_repr, all_weights and pickling are torch.nn.RNNBase's own."""
 
     def flatten_parameters(self) -> None:
         """Kept for drop-in compatibility. fastrnn's kernels read each parameter where it lives, so there is
         nothing to compact (torch.nn's version packs the weights into one buffer for cuDNN)."""
 
-    @property
-    def all_weights(self) -> List[List[nn.Parameter]]:
-        return [[getattr(self, name) for name in names] for names in self._all_weights]
-
+    # torch.nn.RNNBase keeps a list of the parameters, updated by its __setattr__ and re-synchronised by its
+    # forward; torch.func.functional_call swaps parameters behind __setattr__'s back. fastrnn reads them by
+    # name instead, always current; RNNBase's assignments to the list are dropped.
     @property
     def _flat_weights(self) -> List[Tensor]:
         return [getattr(self, name) for name in self._flat_weights_names]
 
-    def extra_repr(self) -> str:
-        s = "{input_size}, {hidden_size}"
-        if self.proj_size != 0:
-            s += ", proj_size={proj_size}"
-        if self.num_layers != 1:
-            s += ", num_layers={num_layers}"
-        if self.bias is not True:
-            s += ", bias={bias}"
-        if self.batch_first is not False:
-            s += ", batch_first={batch_first}"
-        if self.dropout != 0:
-            s += ", dropout={dropout}"
-        if self.bidirectional is not False:
-            s += ", bidirectional={bidirectional}"
-        return s.format(**self.__dict__)
+    @_flat_weights.setter
+    def _flat_weights(self, value) -> None:
+        pass
 
     # ----------------------------------------------------------------------------------------- forward
     def _layer_params(self, layer: int, direction: int):
@@ -320,37 +260,13 @@ class RNN(_RNNBase):
 
 
 # ------------------------------------------------------------------------------------------------ cells
-class _CellBase(nn.Module):
-    """Parameters and forward shared by the single-step cells: one step of the sequence op (T=1)."""
+class _CellBase(nn.RNNCellBase):
+    """The forward shared by the single-step cells: one step of the sequence op (T=1). Parameters,
+    initialisation and extra_repr are torch.nn.RNNCellBase's own."""
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, bias: bool, device, dtype) -> None:
-        super().__init__()
-        factory = {"device": device, "dtype": dtype}
+        super().__init__(input_size, hidden_size, bias, num_chunks=_GATES[mode], device=device, dtype=dtype)
         self.mode = mode
-        self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
-        gate_size = _GATES[mode] * hidden_size
-        self.weight_ih = nn.Parameter(torch.empty((gate_size, input_size), **factory))
-        self.weight_hh = nn.Parameter(torch.empty((gate_size, hidden_size), **factory))
-        if bias:
-            self.bias_ih = nn.Parameter(torch.empty(gate_size, **factory))
-            self.bias_hh = nn.Parameter(torch.empty(gate_size, **factory))
-        else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -stdv, stdv)
-
-    def extra_repr(self) -> str:
-        s = "{input_size}, {hidden_size}"
-        if "bias" in self.__dict__ and self.bias is not True:
-            s += ", bias={bias}"
-        if "nonlinearity" in self.__dict__ and self.nonlinearity != "tanh":
-            s += ", nonlinearity={nonlinearity}"
-        return s.format(**self.__dict__)
 
     def _step(self, input: Tensor, hx):
         name = type(self).__name__
