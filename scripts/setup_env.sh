@@ -12,10 +12,10 @@ fi
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
 # torch 2.14.1 is the CUDA 13.0 build: with it the CUDA sources compile and link even without a GPU.
-if ! python -c "import torch, pytest, pytest_benchmark, numpy, expecttest, ninja, matplotlib" 2>/dev/null; then
+if ! python -c "import torch, pytest, pytest_benchmark, numpy, expecttest, ninja, matplotlib, onnx, onnxscript, onnxruntime" 2>/dev/null; then
   echo "== installing Python dependencies" >&2
   python -m pip install -q --disable-pip-version-check torch==2.14.1 numpy pytest pytest-benchmark \
-    expecttest ninja setuptools wheel matplotlib
+    expecttest ninja setuptools wheel matplotlib onnx==1.23.2 onnxscript==0.7.2 onnxruntime==1.32.0
 fi
 
 # The CUDA toolkit: CUDA_HOME must name its root explicitly (torch guesses wrong from a wrapper nvcc).
