@@ -13,7 +13,7 @@ torch.compile(fullgraph=True) traces fastrnn's modules whole (tests/test_torchnn
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -26,27 +26,51 @@ _ops = torch.ops.fastrnn
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 
 
-def _check_input_dtype(input: Tensor, weight: Tensor, module: str) -> None:
-    # ValueError, as torch.nn's RNN modules raise for a non-float input or a dtype mismatch.
-    if not input.is_floating_point():
-        raise ValueError(f"{module}: input must be a floating-point tensor, got {input.dtype}")
-    # Inside an autocast region torch.nn lets the dtypes differ (the kernels cast them), and so does fastrnn.
-    if input.dtype != weight.dtype and not torch._C._is_any_autocast_enabled():
-        raise ValueError(f"{module}: input dtype {input.dtype} does not match the parameters' dtype "
-                        f"{weight.dtype}; convert one of them (e.g. module.to({input.dtype}))")
-    if input.device != weight.device:
-        raise RuntimeError(f"{module}: input is on {input.device} but the parameters are on {weight.device}")
+# ------------------------------------------------------------------------------------- argument checks
+# The modules run torch.nn's argument checks in torch.nn's order (its Python forward's, then its kernels'),
+# raising torch.nn's exception class with a message that contains torch.nn's own text. Where torch.nn's class
+# is an accident of its implementation (AttributeError from calling .dim() on a list, IndexError from a short
+# tuple, RuntimeError from a matmul for a dtype mismatch its Python code does not check), fastrnn raises a
+# clear message with one of the classes below: each is torch.nn's class and the natural one at once, so an
+# except clause written for either catches it.
+class InputTypeError(TypeError, AttributeError):
+    """A non-tensor where a tensor is expected (torch.nn: AttributeError)."""
 
 
-def _check_hidden(name: str, h: Tensor, expected: Tuple[int, ...], input: Tensor, module: str) -> None:
-    if not isinstance(h, Tensor):
-        raise TypeError(f"{module}: {name} must be a Tensor, got {type(h).__name__}")
-    if tuple(h.shape) != tuple(expected):
-        raise RuntimeError(f"{module}: Expected hidden size {tuple(expected)} for {name}, got {tuple(h.shape)}")
-    if h.dtype != input.dtype:
-        raise TypeError(f"{module}: {name} dtype {h.dtype} does not match the input's {input.dtype}")
-    if h.device != input.device:
-        raise RuntimeError(f"{module}: {name} is on {h.device} but the input is on {input.device}")
+class HiddenStateError(TypeError, RuntimeError, IndexError):
+    """An LSTM's hx that is not a pair (h_0, c_0) (torch.nn: TypeError, RuntimeError or IndexError, by case)."""
+
+
+class DtypeMismatchError(ValueError, RuntimeError):
+    """Input, hidden state and parameters of different dtypes (torch.nn: ValueError for the input of
+    LSTM/GRU/RNN, RuntimeError from its kernels for the cells' input and for any hidden state)."""
+
+
+def _tensor_arg(value, what: str, name: str) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise InputTypeError(f"{name}: {what} must be a Tensor, got {type(value).__name__}")
+    return value
+
+
+def _check_devices(x: Tensor, weight: Tensor, states, name: str) -> None:
+    # torch.nn's kernel checks (RuntimeError), with their text
+    if x.device != weight.device:
+        raise RuntimeError(f"{name}: Input and parameter tensors are not at the same device, found input tensor "
+                           f"at {x.device} and parameter tensor at {weight.device}")
+    for h in states:
+        if h.device != x.device:
+            raise RuntimeError(f"{name}: Input and hidden tensors are not at the same device, found input tensor "
+                               f"at {x.device} and hidden tensor at {h.device}")
+
+
+def _check_state_dtypes(x: Tensor, states, name: str) -> None:
+    # Inside an autocast region torch.nn lets the dtypes differ (its kernels cast them), and so does fastrnn.
+    if torch._C._is_any_autocast_enabled():
+        return
+    for h in states:
+        if h.dtype != x.dtype:
+            raise DtypeMismatchError(f"{name}: hidden state dtype ({h.dtype}) does not match input dtype "
+                                     f"({x.dtype}). Convert the hidden state: h.to({x.dtype})")
 
 
 def _autocast_dtypes(mode: str, input: Tensor, packed: bool, proj: bool, cell: bool):
@@ -129,6 +153,8 @@ class _RNNBase(nn.RNNBase):
         real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
         w0 = self.weight_ih_l0
         is_packed = isinstance(input, PackedSequence)
+        # torch.nn's checks, in its order (see "argument checks" above): its forward's, RNNBase.check_input's
+        # and check_hidden_size's, then its kernels' (state count, devices, sequence length, state dtypes).
         if is_packed:
             x, batch_sizes, sorted_indices, unsorted_indices = input
             if batch_sizes.dim() != 1 or batch_sizes.numel() == 0:
@@ -137,56 +163,67 @@ class _RNNBase(nn.RNNBase):
             batched = True
         else:
             if not isinstance(input, Tensor):
-                raise TypeError(f"{name}: input must be a Tensor or a PackedSequence, got {type(input).__name__}")
+                raise InputTypeError(f"{name}: input must be a Tensor or a PackedSequence, got "
+                                     f"{type(input).__name__}")
             if input.dim() not in (2, 3):
-                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D tensor")
+                torch_name, tensor = {"LSTM": ("LSTM", ""), "GRU": ("GRU", "")}.get(self.mode, ("RNN", " tensor"))
+                raise ValueError(f"{torch_name}: Expected input to be 2D or 3D, got {input.dim()}D{tensor} instead")
             batched = input.dim() == 3
             batch_sizes, sorted_indices, unsorted_indices = None, None, None
             x = input if batched else input.unsqueeze(1)
             if batched and self.batch_first:
                 x = x.transpose(0, 1)
-            if x.shape[0] == 0:  # RuntimeError, like torch.nn
-                raise RuntimeError(f"{name}: Expected sequence length to be larger than 0 in RNN, got input of "
-                                 f"shape {tuple(input.shape)}")
             batch = x.shape[1]
-        _check_input_dtype(x, w0, name)
+        h0, c0 = None, None
+        if hx is not None:
+            if is_lstm:
+                if not isinstance(hx, (tuple, list)) or len(hx) < 2:
+                    got = f"a {type(hx).__name__} of {len(hx)}" if isinstance(hx, (tuple, list)) else type(hx).__name__
+                    raise HiddenStateError(f"{name}: hx must be a tuple (h_0, c_0), got {got}")
+                h0, c0 = _tensor_arg(hx[0], "hx[0]", name), _tensor_arg(hx[1], "hx[1]", name)
+            else:
+                h0 = _tensor_arg(hx, "hx", name)
+            if not is_packed:
+                want, dims = (3 if batched else 2), ((h0.dim(), c0.dim()) if is_lstm else (h0.dim(),))
+                if any(d != want for d in dims):
+                    kind = "batched 3-D" if batched else "unbatched 2-D"
+                    if is_lstm:
+                        raise RuntimeError(f"{name}: For {kind} input, hx and cx should also be {want}-D but got "
+                                           f"({dims[0]}-D, {dims[1]}-D) tensors")
+                    raise RuntimeError(f"{name}: For {kind} input, hx should also be {want}-D but got {dims[0]}-D "
+                                       f"tensor")
+                if not batched:
+                    h0 = h0.unsqueeze(1)
+                    c0 = c0.unsqueeze(1) if is_lstm else None
+            elif sorted_indices is not None:  # torch.nn permutes a packed input's hx before checking it
+                h0 = h0.index_select(1, sorted_indices)
+                c0 = c0.index_select(1, sorted_indices) if is_lstm else None
+        if x.dtype != w0.dtype and not torch._C._is_any_autocast_enabled():  # not under autocast, as torch.nn
+            raise DtypeMismatchError(f"{name}: RNN input dtype ({x.dtype}) does not match weight dtype ({w0.dtype}). "
+                                     f"Convert input: input.to({w0.dtype}), or convert model: model.to({x.dtype})")
+        if x.dim() != (2 if is_packed else 3):
+            raise RuntimeError(f"{name}: input must have {2 if is_packed else 3} dimensions, got {x.dim()}")
         if x.shape[-1] != self.input_size:
             raise RuntimeError(f"{name}: input.size(-1) must be equal to input_size. Expected {self.input_size}, "
                                f"got {x.shape[-1]}")
-
         h_shape = (self.num_layers * num_directions, batch, real_hidden)
         c_shape = (self.num_layers * num_directions, batch, self.hidden_size)
+        if hx is not None:
+            if tuple(h0.shape) != h_shape:
+                raise RuntimeError(f"{name}: Expected hidden{'[0]' if is_lstm else ''} size {h_shape}, got "
+                                   f"{list(h0.shape)}")
+            if is_lstm and tuple(c0.shape) != c_shape:
+                raise RuntimeError(f"{name}: Expected hidden[1] size {c_shape}, got {list(c0.shape)}")
+            if is_lstm and len(hx) != 2:
+                raise HiddenStateError(f"{name}: lstm expects two hidden states (h_0, c_0), got {len(hx)}")
+        states = [h for h in (h0, c0) if h is not None]
+        _check_devices(x, w0, states, name)
+        if x.shape[0] == 0:
+            raise RuntimeError(f"{name}: Expected sequence length to be larger than 0 in RNN")
+        _check_state_dtypes(x, states, name)
         if hx is None:
             h0 = torch.zeros(h_shape, dtype=x.dtype, device=x.device)
             c0 = torch.zeros(c_shape, dtype=x.dtype, device=x.device) if is_lstm else None
-        else:
-            if is_lstm:
-                if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                    raise TypeError(f"{name}: hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
-                h0, c0 = hx
-            else:
-                if not isinstance(hx, Tensor):
-                    raise TypeError(f"{name}: hx must be a Tensor, got {type(hx).__name__}")
-                h0, c0 = hx, None
-            states = [("h_0" if is_lstm else "hx", h0)] + ([("c_0", c0)] if is_lstm else [])
-            for sname, s in states:
-                if not isinstance(s, Tensor):
-                    raise TypeError(f"{name}: {sname} must be a Tensor, got {type(s).__name__}")
-                if not batched and s.dim() != 2:
-                    raise RuntimeError(f"{name}: For unbatched 2-D input, {sname} should also be 2-D but got "
-                                       f"{s.dim()}-D tensor")
-                if batched and s.dim() != 3:
-                    raise RuntimeError(f"{name}: For batched 3-D input, {sname} should also be 3-D but got "
-                                       f"{s.dim()}-D tensor")
-            if not batched:
-                h0 = h0.unsqueeze(1)
-                c0 = c0.unsqueeze(1) if is_lstm else None
-            if sorted_indices is not None:
-                h0 = h0.index_select(1, sorted_indices)
-                c0 = c0.index_select(1, sorted_indices) if is_lstm else None
-            _check_hidden("h_0" if is_lstm else "hx", h0, h_shape, x, name)
-            if is_lstm:
-                _check_hidden("c_0", c0, c_shape, x, name)
 
         needs_grad = _saves_activations(self._flat_weights, x, h0, c0)
         h_n, c_n = [], []
@@ -231,9 +268,10 @@ class LSTM(_RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0, device=None, dtype=None) -> None:
+                 proj_size: int = 0, device=None, dtype=None, **kwargs) -> None:
+        # kwargs: none; passed on so that an unknown one raises torch.nn.RNNBase's TypeError, as torch.nn's does
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         proj_size, device, dtype)
+                         proj_size, device, dtype, **kwargs)
 
 
 class GRU(_RNNBase):
@@ -241,9 +279,11 @@ class GRU(_RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None) -> None:
+                 device=None, dtype=None, **kwargs) -> None:
+        if "proj_size" in kwargs:  # first, as torch.nn.GRU checks it; other kwargs: RNNBase's TypeError
+            raise ValueError("GRU: proj_size argument is only supported for LSTM, not RNN or GRU")
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         0, device, dtype)
+                         0, device, dtype, **kwargs)
 
 
 class RNN(_RNNBase):
@@ -251,12 +291,14 @@ class RNN(_RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None) -> None:
+                 device=None, dtype=None, **kwargs) -> None:
+        if "proj_size" in kwargs:  # first, as torch.nn.RNN checks it; other kwargs: RNNBase's TypeError
+            raise ValueError("RNN: proj_size argument is only supported for LSTM, not RNN or GRU")
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"RNN: Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
         self.nonlinearity = nonlinearity
         super().__init__("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", input_size, hidden_size,
-                         num_layers, bias, batch_first, dropout, bidirectional, 0, device, dtype)
+                         num_layers, bias, batch_first, dropout, bidirectional, 0, device, dtype, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------ cells
@@ -264,46 +306,64 @@ class _CellBase(nn.RNNCellBase):
     """The forward shared by the single-step cells: one step of the sequence op (T=1). Parameters,
     initialisation and extra_repr are torch.nn.RNNCellBase's own."""
 
+    mode: str  # "LSTM", "GRU", "RNN_TANH" or "RNN_RELU": a class attribute, RNNCell's follows its nonlinearity
+
     def __init__(self, mode: str, input_size: int, hidden_size: int, bias: bool, device, dtype) -> None:
         super().__init__(input_size, hidden_size, bias, num_chunks=_GATES[mode], device=device, dtype=dtype)
-        self.mode = mode
 
     def _step(self, input: Tensor, hx):
         name = type(self).__name__
         is_lstm = self.mode == "LSTM"
+        # torch.nn's checks, in its order (see "argument checks" above): its forward's (ranks, nonlinearity),
+        # then its kernels' (state count, input size, each state's batch and hidden size: shapes before dtypes).
         if not isinstance(input, Tensor):
-            raise TypeError(f"{name}: input must be a Tensor, got {type(input).__name__}")
+            raise InputTypeError(f"{name}: input must be a Tensor, got {type(input).__name__}")
         if input.dim() not in (1, 2):
             raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        _check_input_dtype(input, self.weight_ih, name)
-        if input.shape[-1] != self.input_size:
-            raise RuntimeError(f"{name}: input has inconsistent input_size: got {input.shape[-1]} expected "
-                               f"{self.input_size}")
+        states: List[Tensor] = []
+        if hx is not None:
+            if is_lstm:
+                if not isinstance(hx, (tuple, list)):
+                    raise HiddenStateError(f"{name}: hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
+                for idx, value in enumerate(hx):
+                    if _tensor_arg(value, f"hx[{idx}]", name).dim() not in (1, 2):
+                        raise ValueError(f"{name}: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead")
+                if len(hx) != 2:
+                    raise HiddenStateError(f"{name}: lstm_cell expects two hidden states (h_0, c_0), got {len(hx)}")
+                states = [hx[0], hx[1]]
+            else:
+                if _tensor_arg(hx, "hx", name).dim() not in (1, 2):
+                    raise ValueError(f"{name}: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+                states = [hx]
+        if self.mode.startswith("RNN") and self.nonlinearity not in ("tanh", "relu"):
+            raise RuntimeError(f"{name}: Unknown nonlinearity: {self.nonlinearity}")
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)
-        batch = x.shape[0]
+        states = states if batched else [s.unsqueeze(0) for s in states]
+        if x.shape[1] != self.weight_ih.shape[1]:
+            raise RuntimeError(f"{name}: input has inconsistent input_size: got {x.shape[1]} expected "
+                               f"{self.weight_ih.shape[1]}")
+        hidden_size = self.weight_hh.shape[1]
+        for label, s in enumerate(states):
+            if s.shape[0] != x.shape[0]:
+                raise RuntimeError(f"{name}: Input batch size {x.shape[0]} doesn't match hidden{label} batch size "
+                                   f"{s.shape[0]}")
+            if s.size(1) != hidden_size:  # a 1-D state here raises torch.nn's IndexError
+                raise RuntimeError(f"{name}: hidden{label} has inconsistent hidden_size: got {s.size(1)}, "
+                                   f"expected {hidden_size}")
+            if s.dim() != 2:  # a 2-D state for a 1-D input, of a shape torch.nn's kernel would broadcast
+                raise RuntimeError(f"{name}: hidden{label} must be 1-D for a 1-D input, got {s.dim() - 1}-D")
+        _check_devices(x, self.weight_ih, states, name)
+        if x.dtype != self.weight_ih.dtype and not torch._C._is_any_autocast_enabled():
+            raise DtypeMismatchError(f"{name}: input dtype ({x.dtype}) does not match weight dtype "
+                                     f"({self.weight_ih.dtype}). Convert input: input.to({self.weight_ih.dtype}), "
+                                     f"or convert model: model.to({x.dtype})")
+        _check_state_dtypes(x, states, name)
         if hx is None:
-            h0 = torch.zeros(batch, self.hidden_size, dtype=x.dtype, device=x.device)
+            h0 = torch.zeros(x.shape[0], self.hidden_size, dtype=x.dtype, device=x.device)
             c0 = torch.zeros_like(h0) if is_lstm else None
         else:
-            if is_lstm:
-                if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                    raise TypeError(f"{name}: hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
-                h0, c0 = hx
-            else:
-                h0, c0 = hx, None
-            for sname, s in [("h_0" if is_lstm else "hx", h0)] + ([("c_0", c0)] if is_lstm else []):
-                if not isinstance(s, Tensor):
-                    raise TypeError(f"{name}: {sname} must be a Tensor, got {type(s).__name__}")
-                if s.dim() != input.dim():
-                    raise RuntimeError(f"{name}: Expected {sname} to be {input.dim()}D like the input, got "
-                                       f"{s.dim()}D")
-            if not batched:
-                h0 = h0.unsqueeze(0)
-                c0 = c0.unsqueeze(0) if is_lstm else None
-            _check_hidden("h_0" if is_lstm else "hx", h0, (batch, self.hidden_size), x, name)
-            if is_lstm:
-                _check_hidden("c_0", c0, (batch, self.hidden_size), x, name)
+            h0, c0 = states[0], (states[1] if is_lstm else None)
         needs_grad = _saves_activations(list(self.parameters()), x, h0, c0)
         seq = x.unsqueeze(0)  # one step: [1, B, I]
         args = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
@@ -326,12 +386,16 @@ class _CellBase(nn.RNNCellBase):
 class LSTMCell(_CellBase):
     """Drop-in torch.nn.LSTMCell: returns (h_1, c_1)."""
 
+    mode = "LSTM"
+
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
         super().__init__("LSTM", input_size, hidden_size, bias, device, dtype)
 
 
 class GRUCell(_CellBase):
     """Drop-in torch.nn.GRUCell: returns h_1."""
+
+    mode = "GRU"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
         super().__init__("GRU", input_size, hidden_size, bias, device, dtype)
@@ -342,8 +406,10 @@ class RNNCell(_CellBase):
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
                  device=None, dtype=None) -> None:
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"RNNCell: Unknown nonlinearity: {nonlinearity}")
+        super().__init__("RNN_TANH", input_size, hidden_size, bias, device, dtype)
+        # Checked when the cell is called, as torch.nn.RNNCell does (RuntimeError "Unknown nonlinearity").
         self.nonlinearity = nonlinearity
-        super().__init__("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", input_size, hidden_size, bias,
-                         device, dtype)
+
+    @property
+    def mode(self) -> str:  # read at every call, as torch.nn.RNNCell reads its nonlinearity
+        return "RNN_RELU" if self.nonlinearity == "relu" else "RNN_TANH"
