@@ -106,9 +106,23 @@ def _cast(t: Optional[Tensor], dtype: Optional[torch.dtype]) -> Optional[Tensor]
     return t if t is None or dtype is None else t.to(dtype)
 
 
+def _refuse_scripting(module: nn.Module):
+    """torch.jit.script calls __prepare_scriptable__ on every module it is about to compile, submodules too:
+    fastrnn's modules answer with this error instead of TorchScript's about their Python forward."""
+    name = next(c.__name__ for c in type(module).__mro__ if c.__module__ == __name__ and c.__name__[0] != "_")
+    raise RuntimeError(
+        f"fastrnn.{name} cannot be compiled by torch.jit.script: its forward calls fastrnn's custom ops "
+        f"through Python (argument checks, autograd, autocast, PackedSequence handling) that TorchScript "
+        f"cannot compile. Use torch.compile (fullgraph=True works), torch.export.export or torch.jit.trace "
+        f"instead, or script a torch.nn.{name}, into which fastrnn's state_dict loads with strict=True.")
+
+
 class _RNNBase(nn.RNNBase):
     """The forward shared by LSTM, GRU and RNN. The constructor (argument checks, parameters, initialisation),
     extra_repr, all_weights and pickling are torch.nn.RNNBase's own."""
+
+    def __prepare_scriptable__(self):
+        _refuse_scripting(self)
 
     def flatten_parameters(self) -> None:
         """Kept for drop-in compatibility. fastrnn's kernels read each parameter where it lives, so there is
@@ -381,6 +395,9 @@ class _CellBase(nn.RNNCellBase):
 
     def forward(self, input: Tensor, hx=None):
         return self._step(input, hx)
+
+    def __prepare_scriptable__(self):
+        _refuse_scripting(self)
 
 
 class LSTMCell(_CellBase):

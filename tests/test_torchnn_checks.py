@@ -531,3 +531,104 @@ def test_documented_divergences():
     assert issubclass(InputTypeError, TypeError) and issubclass(InputTypeError, AttributeError)
     assert issubclass(HiddenStateError, (TypeError, RuntimeError, IndexError))
     assert issubclass(DtypeMismatchError, ValueError) and issubclass(DtypeMismatchError, RuntimeError)
+
+
+# ------------------------------------------------------------------------ torch.jit.script / torch.export
+class _Call(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor):
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("name", list(ALL))
+def test_jit_script_raises_a_clear_error_naming_the_alternatives(name):
+    """fastrnn's forward is Python around custom ops (checks, autograd, autocast): TorchScript cannot compile
+    it. torch.jit.script raises one clear error, for the module itself and inside a model, and the
+    alternatives it names work (torch.export below, torch.compile above, torch.jit.trace in test_compile.py),
+    as does its last suggestion: scripting torch.nn's module loaded with fastrnn's state_dict."""
+    fast, ref = _pair(name)
+    for target in (fast, nn.Sequential(nn.Identity(), fast)):
+        with pytest.raises(RuntimeError) as info:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated
+                torch.jit.script(target)
+        msg = str(info.value)
+        assert f"fastrnn.{name} cannot be compiled by torch.jit.script" in msg
+        for alternative in ("torch.compile", "torch.export.export", "torch.jit.trace", f"torch.nn.{name}"):
+            assert alternative in msg
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = torch.jit.script(_Call(ref))  # (torch.nn.LSTM/GRU/RNN script inside a model only)
+    x = _r(*((2, 4) if name in CELLS else (3, 2, 4)))
+    for a, b in zip(_flat(scripted(x)), _flat(fast(x))):
+        torch.testing.assert_close(a, b)
+
+
+def test_jit_script_error_names_a_subclass_by_its_fastrnn_base():
+    class Encoder(fastrnn.GRU):
+        pass
+
+    with pytest.raises(RuntimeError, match=r"fastrnn\.GRU cannot be compiled .* script a torch\.nn\.GRU"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.jit.script(Encoder(4, 5))
+
+
+EXPORT_CASES = {
+    "LSTM": dict(num_layers=2, bidirectional=True, proj_size=3, batch_first=True),
+    "GRU": dict(num_layers=2, bias=False),
+    "RNN": dict(nonlinearity="relu", bidirectional=True),
+    "LSTMCell": {}, "GRUCell": {}, "RNNCell": dict(nonlinearity="relu"),
+}
+
+
+class _WithState(nn.Module):
+    """Calls the wrapped module with an explicit hidden state (torch.export takes tensors, not tuples)."""
+
+    def __init__(self, inner, lstm):
+        super().__init__()
+        self.inner, self.lstm = inner, lstm
+
+    def forward(self, x, h, c):
+        return self.inner(x, (h, c) if self.lstm else h)
+
+
+@pytest.mark.parametrize("name", list(EXPORT_CASES))
+@pytest.mark.parametrize("with_state", [False, True], ids=["zero_state", "given_state"])
+def test_torch_export_matches_eager(name, with_state):
+    """torch.export.export of every module and cell, with dynamic batch (and length) dimensions: the
+    exported program holds fastrnn's ops and gives eager's numbers at the traced shape and at another one."""
+    from torch.export import Dim
+    fast, _ = _pair(name, **EXPORT_CASES[name])
+    cell = name in CELLS
+    lstm = name.startswith("LSTM")
+    batch, length = Dim("batch", min=2, max=32), Dim("length", min=2, max=32)
+    bf = EXPORT_CASES[name].get("batch_first", False)
+
+    def inputs(B, T):
+        x = _r(B, 4) if cell else (_r(B, T, 4) if bf else _r(T, B, 4))
+        if not with_state:
+            return (x,)
+        if cell:
+            return x, _r(B, 5), _r(B, 5)
+        layers = fast.num_layers * (2 if fast.bidirectional else 1)
+        return x, _r(layers, B, fast.proj_size or 5), _r(layers, B, 5)
+
+    x_dims = {0: batch} if cell else ({0: batch, 1: length} if bf else {0: length, 1: batch})
+    state_dims = {0: batch} if cell else {1: batch}
+    if with_state:
+        model, dyn = _WithState(fast, lstm), (x_dims, state_dims, state_dims)
+    else:
+        model, dyn = fast, (x_dims,)
+    ep = torch.export.export(model, inputs(3, 5), dynamic_shapes=dyn)
+    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert any(t.startswith("fastrnn.") for t in targets), targets
+    for B, T in [(3, 5), (6, 2)]:
+        args = inputs(B, T)
+        got, expect = _flat(ep.module()(*args)), _flat(model(*args))
+        assert len(got) == len(expect)
+        for a, b in zip(got, expect):
+            torch.testing.assert_close(a, b)
