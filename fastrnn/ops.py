@@ -254,6 +254,17 @@ _register_autograd("rnn_forward", _rnn_backward, _rnn_setup, composite.rnn_forwa
 # dtype and the outputs come back in it. The fastrnn forward ops do the same. The backward ops keep the
 # dtypes autograd hands them (those of the forward's cast inputs). Either way the op then runs with autocast
 # off, so the ATen calls inside the kernels (the x-projection GEMM) are not re-cast under the kernels' feet.
+def _check_autocast_dtypes(name: str, args, dtype: torch.dtype) -> None:
+    """After the cast, float64 tensors (which autocast leaves alone) next to cast ones cannot be multiplied:
+    RuntimeError, the class torch.nn raises there (from its matmul), with a message that says why."""
+    found = {a.dtype for a in args if isinstance(a, Tensor) and a.is_floating_point()}
+    if len(found) > 1:
+        raise RuntimeError(
+            f"fastrnn::{name} under autocast: autocast casts floating-point tensors to {dtype} but leaves float64 "
+            f"ones alone, so the arguments now mix {sorted(str(d) for d in found)}; make the input and the module "
+            "the same dtype (e.g. module.double() for float64 input) or leave float64 out of the autocast region")
+
+
 def _register_autocast(name: str, cast: bool) -> None:
     op = getattr(_ops, name).default
     for device_type in ("cpu", "cuda"):
@@ -265,6 +276,7 @@ def _register_autocast(name: str, cast: bool) -> None:
                 dtype = torch.get_autocast_dtype(_device_type)
                 args = tuple(a.to(dtype) if isinstance(a, Tensor) and a.is_floating_point()
                              and a.dtype != torch.float64 and a.device.type == _device_type else a for a in args)
+                _check_autocast_dtypes(name, args, dtype)
             with torch._C._ExcludeDispatchKeyGuard(_exclude):
                 return op(*args)
 

@@ -114,3 +114,17 @@ def test_raw_op_under_autocast_casts_its_inputs(device):
     for a, b in zip(got[:3], want[:3]):
         assert a.dtype == AUTOCAST[device]
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("make", [lambda: (fastrnn.LSTM(3, 4), nn.LSTM(3, 4), (5, 2, 3)),
+                                  lambda: (fastrnn.GRUCell(3, 4), nn.GRUCell(3, 4), (2, 3))], ids=["LSTM", "GRUCell"])
+def test_float64_input_into_float32_module_raises_like_torch_nn(make):
+    """float64 is not cast, the float32 weights are: torch.nn fails in its matmul with RuntimeError; fastrnn
+    raises RuntimeError too, saying why."""
+    fast, ref, shape = make()
+    x = torch.randn(shape, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(RuntimeError):
+            ref(x)
+        with pytest.raises(RuntimeError, match="leaves float64"):
+            fast(x)
