@@ -42,6 +42,17 @@ def _nvidia_wheel_includes():
     return out
 
 
+def _openmp_link_args():
+    """Links the OpenMP runtime torch itself loads (torch/lib/libgomp.so.1 in the wheel), not the compiler's:
+    both carry the soname libgomp.so.1, so the loader maps one runtime and fastrnn's parallel regions share
+    torch's thread pool (tests/test_cpu_threads.py checks /proc/self/maps). Falls back to -fopenmp (the
+    compiler's libgomp) for a torch without a bundled one (e.g. a distribution build linked to the system's)."""
+    import torch
+
+    bundled = sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp*.so*")))
+    return [bundled[0]] if bundled else ["-fopenmp"]
+
+
 def _extension():
     from torch.utils import cpp_extension
 
@@ -56,7 +67,9 @@ def _extension():
     werror = ["-Werror"] if _flag("FASTRNN_WERROR") else []
     # -Wmaybe-uninitialized: GCC 12 reports false positives inside std::optional<at::Tensor> and its own
     # avx512fintrin.h; -Wunknown-pragmas: `#pragma unroll` in ATen headers and our .cuh files.
-    cxx = ["-O3", "-std=c++20", "-fvisibility=hidden", "-Wall", "-Wextra", "-Wno-unused-parameter",
+    # -fopenmp: ATen's at::parallel_for is an inline template that runs in parallel only where _OPENMP is
+    # defined (ATen/ParallelOpenMP.h, INTRA_OP_PARALLEL); without it every fastrnn parallel loop is serial.
+    cxx = ["-O3", "-std=c++20", "-fvisibility=hidden", "-fopenmp", "-Wall", "-Wextra", "-Wno-unused-parameter",
            "-Wno-unknown-pragmas", "-Wno-maybe-uninitialized"] + werror
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
     define_macros = []
@@ -83,6 +96,7 @@ def _extension():
         include_dirs=include_dirs,
         define_macros=define_macros,
         extra_compile_args=extra,
+        extra_link_args=_openmp_link_args(),
         py_limited_api=False,
     )
 

@@ -59,4 +59,9 @@ TORCH_LIBRARY(fastrnn, m) {
       "Tensor w_ih, Tensor w_hh, Tensor output, bool relu, bool reverse, bool has_bias) "
       "-> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
       "Tensor grad_b_hh)");
+
+  // Test-only ops (fakes in fastrnn/_testing_ops.py; implementations in cpu/testing_ops.cpp).
+  // How many distinct threads ran the chunks of the drivers' row-parallel loop (for_rows) over `rows` wide
+  // rows: 1 when fastrnn's parallel loops run serially (an extension built without OpenMP).
+  m.def("_parallel_threads_used(int rows) -> int");
 }
