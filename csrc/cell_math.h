@@ -38,7 +38,9 @@ struct Math<float> {
   static FASTRNN_HD float tanh(float x) { return ::tanhf(x); }
   // NaN stays NaN (a NaN compares false), as torch.relu does.
   static FASTRNN_HD float relu(float x) { return x < 0.f ? 0.f : x; }
-  static FASTRNN_HD float relu_grad(float y) { return y > 0.f ? 1.f : 0.f; }
+  // torch's relu backward (threshold_backward(dh, y, 0)): y <= 0 ? 0 : dh. A NaN output passes dh through,
+  // and dh does not leak where y <= 0 (a NaN or inf dh there still gives exactly 0, not NaN).
+  static FASTRNN_HD float relu_backward(float y, float dh) { return y <= 0.f ? 0.f : dh; }
 };
 
 template <>
@@ -51,7 +53,7 @@ struct Math<double> {
 #endif
   static FASTRNN_HD double tanh(double x) { return ::tanh(x); }
   static FASTRNN_HD double relu(double x) { return x < 0. ? 0. : x; }
-  static FASTRNN_HD double relu_grad(double y) { return y > 0. ? 1. : 0.; }
+  static FASTRNN_HD double relu_backward(double y, double dh) { return y <= 0. ? 0. : dh; }
 };
 
 // 1 / (1 + e^-x): saturates to exactly 0 and 1 without overflow trouble (e^-x = inf gives 0) and keeps NaN.
@@ -149,7 +151,7 @@ FASTRNN_HD T rnn_forward(T px, T ph, bool relu) {
 // The derivative is written in terms of the output h, so the backward needs nothing saved but the outputs.
 template <typename T>
 FASTRNN_HD T rnn_backward(T h, T dh, bool relu) {
-  return relu ? dh * Math<T>::relu_grad(h) : dh * (T(1) - h * h);
+  return relu ? Math<T>::relu_backward(h, dh) : dh * (T(1) - h * h);
 }
 
 }  // namespace fastrnn

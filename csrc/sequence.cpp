@@ -65,14 +65,18 @@ CellShape check_forward_args(const char* op, int64_t gates, const at::Tensor& in
                       input.sizes());
     const at::Tensor bsc = bs.contiguous();
     const int64_t* p = bsc.data_ptr<int64_t>();
-    int64_t total = 0;
+    // Each entry is checked against the rows still unclaimed, so the running sum never exceeds the input's
+    // row count and cannot overflow (entries of 2^61 would wrap a plain sum around to a "valid" total).
+    int64_t remaining = input.size(0);
     for (int64_t t = 0; t < bsc.numel(); ++t) {
       TORCH_CHECK_VALUE(p[t] > 0 && (t == 0 || p[t] <= p[t - 1]), op,
                         ": batch_sizes must be positive and non-increasing, got ", bs);
-      total += p[t];
+      TORCH_CHECK_VALUE(p[t] <= remaining, op, ": batch_sizes sum to more than the packed input's ",
+                        input.size(0), " rows (exceeded at step ", t, " with batch size ", p[t], ")");
+      remaining -= p[t];
     }
-    TORCH_CHECK_VALUE(total == input.size(0), op, ": batch_sizes sum to ", total, " but the packed input has ",
-                      input.size(0), " rows");
+    TORCH_CHECK_VALUE(remaining == 0, op, ": batch_sizes sum to ", input.size(0) - remaining,
+                      " but the packed input has ", input.size(0), " rows");
     B = bsc.numel() > 0 ? p[0] : 0;
   } else {
     TORCH_CHECK_VALUE(input.dim() == 3, op, ": input must be [seq_len, batch, input_size], got ",

@@ -25,7 +25,8 @@ struct Math<at::vec::Vectorized<A>> {
   static V tanh(const V& x) { return x.tanh(); }
   static V recip(const V& x) { return V(A(1)) / x; }
   static V relu(const V& x) { return V::blendv(x, V(A(0)), x < V(A(0))); }  // NaN < 0 is false: NaN kept
-  static V relu_grad(const V& y) { return y.gt(V(A(0))); }
+  // y <= 0 ? 0 : dh, as torch's threshold_backward: NaN <= 0 is false, so a NaN output passes dh through.
+  static V relu_backward(const V& y, const V& dh) { return V::blendv(dh, V(A(0)), y <= V(A(0))); }
 };
 
 namespace cpu::FASTRNN_ISA_NS {

@@ -1,0 +1,111 @@
+"""Numerical edge cases of the C++ ops, each against torch.nn's own behaviour:
+
+* the relu RNN's backward at NaN and where relu's output is 0 (torch: threshold_backward, `y <= 0 ? 0 : dh`);
+* batch_sizes whose sum overflows int64 (a clear ValueError, never a wrap-around that passes the checks);
+"""
+import pytest
+import torch
+
+from common import Case, assert_close, compare, make_inputs, make_pair, run_module
+
+CAPABILITIES = ["default", "avx2", "avx512"]
+_ops = torch.ops.fastrnn
+
+
+# --------------------------------------------------------------------------------- relu backward at NaN
+RELU_CASES = [
+    Case("base_hx", T=4, B=3, I=5, H=13, hx=True),
+    Case("2layer_bidir_packed", T=4, B=3, I=5, H=13, num_layers=2, bidirectional=True, lengths=[4, 2, 3]),
+]
+
+
+@pytest.mark.parametrize("capability", CAPABILITIES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("case", RELU_CASES, ids=repr)
+def test_relu_backward_nan_input(case, dtype, capability, monkeypatch):
+    """A NaN in the input: relu's gradient at a NaN output is the incoming gradient (torch), so NaN outputs
+    still pass their gradient on. fastrnn's gradients must be NaN exactly where torch.nn's are, and equal
+    elsewhere; before the fix, relu_grad(NaN) = 0 dropped those rows' gradients (bias grads differed)."""
+    monkeypatch.setenv("FASTRNN_CPU_CAPABILITY", capability)
+    fast, ref = make_pair("RNN_RELU", case.I, case.H, dtype, "cpu", **case.module_kwargs)
+    x, h0, c0 = make_inputs("RNN_RELU", case, dtype, "cpu")
+    with torch.no_grad():
+        x[1, 0, 2] = float("nan")  # (t=1, b=0): the NaN reaches every later step of sequence 0
+    out_f, grad_f = run_module("RNN_RELU", fast, case, x, h0, c0)
+    out_r, grad_r = run_module("RNN_RELU", ref, case, x, h0, c0)
+    # The NaN reaches the outputs, yet torch.nn's bias gradients stay finite: relu passes the (finite)
+    # output gradient through a NaN output, which zeroing it (the old relu_grad(NaN) = 0) changed.
+    assert out_r["output"].isnan().any() and grad_r["bias_ih_l0"].isfinite().all()
+    compare(out_f, out_r, dtype, "output")
+    compare(grad_f, grad_r, dtype, "grad")  # equal_nan: NaN exactly where torch.nn has NaN
+
+
+@pytest.mark.parametrize("capability", CAPABILITIES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_relu_backward_nonfinite_grad_where_output_is_zero(dtype, capability, monkeypatch):
+    """A gradient of inf or NaN reaching an output element that relu clamped to 0 gives exactly 0 there in
+    torch (a select, not dh * 0 = NaN); the other elements' gradients stay finite."""
+    monkeypatch.setenv("FASTRNN_CPU_CAPABILITY", capability)
+    case = Case("T1", T=1, B=4, I=5, H=13)
+    fast, ref = make_pair("RNN_RELU", case.I, case.H, dtype, "cpu")
+    x, _, _ = make_inputs("RNN_RELU", case, dtype, "cpu")
+    results = []
+    for m in (fast, ref):
+        out, h = m(x)
+        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(3), dtype=dtype)
+        zero = out.detach() <= 0
+        assert zero.any() and (~zero).any()
+        g[zero] = float("inf")
+        g[zero & (torch.arange(case.H) % 2 == 0)] = float("nan")
+        results.append(torch.autograd.grad(out, [x, *m.parameters()], g))
+    for a, e, name in zip(*results, ["x", "w_ih", "w_hh", "b_ih", "b_hh"]):
+        assert e.isfinite().all()
+        assert_close(a, e, dtype, name)
+
+
+# ------------------------------------------------------------------------------- batch_sizes overflow
+OVERFLOW = {
+    # 8 * 2^61 = 2^64: the int64 sum wraps to 0, matching an empty packed input.
+    "sum_wraps_to_zero": ([2**61] * 8, 0),
+    # 4 * 2^62 + 3 wraps to 3: matches a packed input of 3 rows.
+    "sum_wraps_to_N": ([2**62] * 4 + [3], 3),
+    # the largest int64 entries: the second addition overflows.
+    "int64_max": ([2**63 - 1, 2**63 - 1, 2], 0),
+}
+
+
+@pytest.mark.parametrize("name", list(OVERFLOW))
+@pytest.mark.parametrize("op", ["rnn_forward", "gru_forward", "lstm_forward", "rnn_backward", "gru_backward",
+                                "lstm_backward"])
+def test_batch_sizes_overflow(op, name):
+    sizes, N = OVERFLOW[name]
+    bs = torch.tensor(sizes, dtype=torch.int64)
+    H, I = 3, 2
+    G = {"rnn": 1, "gru": 3, "lstm": 4}[op.split("_")[0]]
+    x, hx, cx = torch.randn(N, I), torch.zeros(2, H), torch.zeros(2, H)
+    w_ih, w_hh = torch.randn(G * H, I), torch.randn(G * H, H)
+    out = torch.zeros(N, H)
+    with pytest.raises(ValueError, match="batch_sizes sum to more than the packed input.s"):
+        if op == "rnn_forward":
+            _ops.rnn_forward(x, bs, hx, w_ih, w_hh, None, None, False, False)
+        elif op == "gru_forward":
+            _ops.gru_forward(x, bs, hx, w_ih, w_hh, None, None, False, True)
+        elif op == "lstm_forward":
+            _ops.lstm_forward(x, bs, hx, cx, w_ih, w_hh, None, None, None, False, True)
+        elif op == "rnn_backward":
+            _ops.rnn_backward(out, hx, x, bs, hx, w_ih, w_hh, out, False, False, False)
+        elif op == "gru_backward":
+            _ops.gru_backward(out, hx, x, bs, hx, w_ih, w_hh, out, torch.zeros(N, 4 * H), False, False)
+        else:
+            _ops.lstm_backward(out, hx, cx, x, bs, hx, cx, w_ih, w_hh, None, out, torch.zeros(N, 5 * H), False,
+                               False)
+
+
+def test_batch_sizes_sum_mismatch_still_reported():
+    """The per-entry check keeps the plain sum check's message for a sum below the row count."""
+    with pytest.raises(ValueError, match="batch_sizes sum to 3 but the packed input has 5 rows"):
+        _ops.rnn_forward(torch.randn(5, 2), torch.tensor([2, 1]), torch.zeros(2, 3), torch.randn(3, 2),
+                         torch.randn(3, 3), None, None, False, False)
+    with pytest.raises(ValueError, match="sum to more than the packed input's 2 rows"):
+        _ops.rnn_forward(torch.randn(2, 2), torch.tensor([2, 1]), torch.zeros(2, 3), torch.randn(3, 2),
+                         torch.randn(3, 3), None, None, False, False)
