@@ -21,6 +21,7 @@ import struct
 import subprocess
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -179,8 +180,11 @@ def compile_driver(source: str | os.PathLike, variant: str = "plain", defines: I
         os.unlink(tmp)
         raise BuildError(f"compile failed ({variant}): {' '.join(cmd)}\n{proc.stderr[-8000:]}")
     os.replace(tmp, exe)  # atomic: concurrent builders of the same key are harmless
+    # Prune older builds of the same driver/flags, but only those built over an hour ago: a test session that compiled
+    # its binary before someone edited a header under csrc/ (another session's rebuild) may still be running it.
+    now = time.time()
     for stale in BUILD_DIR.glob(f"{prefix}*"):
-        if stale != exe and not stale.name.endswith(".tmp"):
+        if stale != exe and not stale.name.endswith(".tmp") and now - stale.stat().st_mtime > 3600:
             stale.unlink(missing_ok=True)
     return exe
 

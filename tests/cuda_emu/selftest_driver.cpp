@@ -1,5 +1,6 @@
 // Driver for the harness self-tests: `selftest_driver CASE IN OUT` (see emu_io.h). Built and run by
 // tests/test_cuda_emu_harness.py through tests/cuda_emu/build.py.
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <vector>
@@ -7,6 +8,7 @@
 #include "cuda_emu.h"
 #include "emu_io.h"
 #include "selftest_kernels.cuh"
+#include "selftest_v2_kernels.cuh"
 
 using emu_io::Arrays;
 using emu_io::DType;
@@ -224,6 +226,127 @@ void oob_global(const Arrays& in, Arrays& out) {
 }
 #endif
 
+// ------------------------------------------------------------------------------------------ half / bfloat16
+void half_convert(const Arrays& in, Arrays& out) {
+  const auto x = in.get<float>("x");
+  const int n = static_cast<int>(x.size());
+  std::vector<int> h_rn(n), h_plain(n), h_vec(n), b_rn(n), b_plain(n), b_vec(n), h2f(65536), b2f(65536);
+  ::cuda_emu::launch(dim3(2), dim3(128), 0, selftest_v2::half_convert_kernel, x.data(), n, h_rn.data(), h_plain.data(),
+                     h_vec.data(), b_rn.data(), b_plain.data(), b_vec.data(), h2f.data(), b2f.data());
+  out.put("h_rn", h_rn);
+  out.put("h_plain", h_plain);
+  out.put("h_vec", h_vec);
+  out.put("b_rn", b_rn);
+  out.put("b_plain", b_plain);
+  out.put("b_vec", b_vec);
+  out.put("h2f", h2f);
+  out.put("b2f", b2f);
+}
+
+void half_arith(const Arrays& in, Arrays& out) {
+  const auto a = in.get<std::int32_t>("a"), b = in.get<std::int32_t>("b"), c = in.get<std::int32_t>("c");
+  const int n = static_cast<int>(a.size());
+  std::vector<int> o(4 * n), v(4 * n);
+  if (in.scalar<int>("bf16"))
+    ::cuda_emu::launch(dim3(2), dim3(64), 0, selftest_v2::half_arith_kernel<__nv_bfloat16, __nv_bfloat162>, a.data(),
+                       b.data(), c.data(), n, o.data(), v.data());
+  else
+    ::cuda_emu::launch(dim3(2), dim3(64), 0, selftest_v2::half_arith_kernel<__half, __half2>, a.data(), b.data(),
+                       c.data(), n, o.data(), v.data());
+  out.put("out", o, {n, 4});
+  out.put("vec", v, {n, 4});
+}
+
+// ------------------------------------------------------------------------------------------ mma.sync
+void mma(const Arrays& in, Arrays& out) {
+  const auto a = in.get<std::int64_t>("a"), b = in.get<std::int64_t>("b");
+  const auto c = in.get<float>("c");
+  const int warps = static_cast<int>(in.shape("a")[0]);
+  const int block = in.has("block") ? in.scalar<int>("block") : 32 * std::min(warps, 2);
+  std::vector<float> d(c.size(), -1.f);
+  const int skip = in.has("skip_lane") ? in.scalar<int>("skip_lane") : -1;
+  const int diverge = in.has("diverge_lane") ? in.scalar<int>("diverge_lane") : -1;
+  ::cuda_emu::launch(dim3((warps * 32 + block - 1) / block), dim3(block), 0, selftest_v2::mma_tiles_kernel,
+                     in.scalar<int>("kind"), a.data(), b.data(), c.data(), d.data(), skip, diverge);
+  out.put("d", d, in.shape("c"));
+}
+
+void tf32_convert(const Arrays& in, Arrays& out) {
+  const auto x = in.get<float>("x");
+  std::vector<int> bits(x.size());
+  ::cuda_emu::launch(dim3(2), dim3(64), 0, selftest_v2::tf32_convert_kernel, x.data(), static_cast<int>(x.size()),
+                     bits.data());
+  out.put("bits", bits);
+}
+
+// ------------------------------------------------------------------------------------------ grid
+void grid_recurrence(const Arrays& in, Arrays& out) {
+  const auto W = in.get<float>("W"), u = in.get<float>("u"), h0 = in.get<float>("h0");
+  const int H = static_cast<int>(h0.size()), T = static_cast<int>(u.size()) / H;
+  const int block = in.scalar<int>("block"), use_sync = in.scalar<int>("use_sync");
+  std::vector<float> hs(static_cast<size_t>(T + 1) * H, 0.f);
+  const cudaError_t e = ::cuda_emu::launch_cooperative(dim3((H + block - 1) / block), dim3(block), H * sizeof(float),
+                                                       selftest_v2::grid_recurrence_kernel, W.data(), u.data(),
+                                                       h0.data(), hs.data(), H, T, use_sync);
+  if (e != cudaSuccess) throw std::runtime_error(cudaGetErrorString(e));
+  out.put("hs", hs, {T + 1, H});
+}
+
+void flag_chain(const Arrays& in, Arrays& out) {
+  const int blocks = in.scalar<int>("blocks"), n = in.scalar<int>("n");
+  std::vector<float> data(static_cast<size_t>(blocks) * n, -1.f);
+  std::vector<unsigned> flags(blocks, 0u);
+  const cudaError_t e = ::cuda_emu::launch_cooperative(dim3(blocks), dim3(64), 0, selftest_v2::flag_chain_kernel,
+                                                       data.data(), flags.data(), n, in.scalar<int>("use_acquire"));
+  if (e != cudaSuccess) throw std::runtime_error(cudaGetErrorString(e));
+  out.put("data", data, {blocks, n});
+}
+
+// Co-residency: with `num_sms` emulated SMs and `smem` bytes of dynamic shared memory per block, launches of each
+// size in `grids` (a grid-sync kernel): the cudaError_t of each, and the occupancy the limit came from.
+void coop_limits(const Arrays& in, Arrays& out) {
+  ::cuda_emu::device().num_sms = in.scalar<unsigned>("num_sms");
+  const auto grids = in.get<std::int64_t>("grids");
+  const size_t smem = in.scalar<std::int64_t>("smem");
+  const unsigned block = in.scalar<unsigned>("block");
+  std::vector<int> codes;
+  for (auto g : grids) {
+    std::vector<unsigned> flag(1, 1u);
+    const cudaError_t e = ::cuda_emu::launch_cooperative(dim3(static_cast<unsigned>(g)), dim3(block), smem,
+                                                         selftest_v2::grid_misuse_kernel, -1, flag.data());
+    codes.push_back(static_cast<int>(e));
+    std::printf("grid %lld: %s: %s\n", static_cast<long long>(g), cudaGetErrorName(e), cudaGetErrorString(e));
+  }
+  out.put("codes", codes);
+  const auto occ_threads = in.get<std::int64_t>("occ_threads"), occ_smem = in.get<std::int64_t>("occ_smem");
+  std::vector<int> occ;
+  for (size_t i = 0; i < occ_threads.size(); ++i)
+    occ.push_back(static_cast<int>(::cuda_emu::occupancy_max_active_blocks_per_sm(
+        static_cast<unsigned>(occ_threads[i]), static_cast<size_t>(occ_smem[i]))));
+  out.put("occupancy", occ);
+}
+
+void grid_misuse(const Arrays& in, Arrays& out) {
+  const int mode = in.scalar<int>("mode");
+  std::vector<unsigned> flag(1, 0u);
+  if (mode == 3)
+    ::cuda_emu::launch_concurrent(dim3(2), dim3(32), 0, selftest_v2::grid_misuse_kernel, mode, flag.data());
+  else
+    (void)::cuda_emu::launch_cooperative(dim3(3), dim3(32), 0, selftest_v2::grid_misuse_kernel, mode, flag.data());
+  out.put("flag", std::vector<int>{static_cast<int>(flag[0])});
+}
+
+// ------------------------------------------------------------------------------------------ cp.async
+void cp_async_sum(const Arrays& in, Arrays& out) {
+  const auto x = in.get<float>("x");
+  const int block = in.scalar<int>("block");
+  const int n = static_cast<int>(x.size()), tile = 4 * block, ntiles = (n + tile - 1) / tile;
+  std::vector<float> o(block);
+  ::cuda_emu::launch(dim3(1), dim3(block), 2 * tile * sizeof(float), selftest_v2::cp_async_sum_kernel, x.data(), n,
+                     ntiles, o.data(), in.scalar<int>("mode"));
+  out.put("out", o);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -241,6 +364,15 @@ int main(int argc, char** argv) {
                                {"deadlock_mixed_barriers", deadlock_mixed_barriers},
                                {"spin_forever", spin_forever},
                                {"partial_warp_sum", partial_warp_sum},
+                               {"half_convert", half_convert},
+                               {"half_arith", half_arith},
+                               {"mma", mma},
+                               {"tf32_convert", tf32_convert},
+                               {"grid_recurrence", grid_recurrence},
+                               {"flag_chain", flag_chain},
+                               {"coop_limits", coop_limits},
+                               {"grid_misuse", grid_misuse},
+                               {"cp_async_sum", cp_async_sum},
 #ifdef EMU_RACE_DEMO
                                {"race_missing_sync", race_missing_sync},
                                {"race_warp_synchronous", race_warp_synchronous},
