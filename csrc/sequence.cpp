@@ -91,6 +91,7 @@ CellShape check_forward_args(const char* op, int64_t gates, const at::Tensor& in
 }
 
 at::Tensor gather_prev(const at::Tensor& seq, const at::Tensor& init, const SeqLayout& l, bool reverse) {
+  const NoAutocast no_autocast;
   // Index into cat([seq, init]): rows < N are rows of seq, row N + b is init[b].
   std::vector<int64_t> idx(l.N);
   for (int64_t t = 0; t < l.T; ++t) {
@@ -101,11 +102,13 @@ at::Tensor gather_prev(const at::Tensor& seq, const at::Tensor& init, const SeqL
   }
   const at::Tensor index =
       at::tensor(idx, at::TensorOptions().dtype(at::kLong)).to(seq.device(), /*non_blocking=*/true);
-  return at::cat({seq, init}, 0).index_select(0, index);
+  return checked_dtype("gather_prev", at::cat({seq, init}, 0).index_select(0, index), seq.scalar_type());
 }
 
 at::Tensor input_gates(const at::Tensor& x, const at::Tensor& w_ih, const std::optional<at::Tensor>& b_ih) {
-  return b_ih.has_value() ? at::addmm(*b_ih, x, w_ih.t()) : at::mm(x, w_ih.t());
+  const NoAutocast no_autocast;
+  return checked_dtype("the x-side GEMM", b_ih.has_value() ? at::addmm(*b_ih, x, w_ih.t()) : at::mm(x, w_ih.t()),
+                       x.scalar_type());
 }
 
 void check_backward_args(const char* op, const at::Tensor& input, int64_t state_size,
@@ -130,11 +133,12 @@ void check_backward_args(const char* op, const at::Tensor& input, int64_t state_
 SequenceGrads sequence_grads(const at::Tensor& dgx, const at::Tensor& dgh, const at::Tensor& x,
                              const at::Tensor& h_prev, const at::Tensor& w_ih, bool has_bias,
                              at::IntArrayRef input_sizes) {
-  SequenceGrads g;
-  g.grad_input = at::mm(dgx, w_ih).view(input_sizes);
-  g.grad_w_ih = at::mm(dgx.t(), x);
-  g.grad_w_hh = at::mm(dgh.t(), h_prev);
+  const NoAutocast no_autocast;
   const auto dt = dgx.scalar_type();
+  SequenceGrads g;
+  g.grad_input = checked_dtype("the input-gradient GEMM", at::mm(dgx, w_ih), dt).view(input_sizes);
+  g.grad_w_ih = checked_dtype("the w_ih-gradient GEMM", at::mm(dgx.t(), x), dt);
+  g.grad_w_hh = checked_dtype("the w_hh-gradient GEMM", at::mm(dgh.t(), h_prev), dt);
   if (has_bias) {
     g.grad_b_ih = dgx.sum(0, /*keepdim=*/false, acc_dtype(dt)).to(dt);
     g.grad_b_hh = dgh.is_same(dgx) ? g.grad_b_ih.clone() : dgh.sum(0, false, acc_dtype(dt)).to(dt);

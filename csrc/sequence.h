@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <optional>
 #include <vector>
@@ -85,6 +86,22 @@ inline at::ScalarType acc_dtype(at::ScalarType t) {
 
 // out = a @ b, written into `out` (often a narrowed view of a buffer).
 inline void mm_into(at::Tensor out, const at::Tensor& a, const at::Tensor& b) { at::mm_out(out, a, b); }
+
+// Opened first in every op implementation (CPU and CUDA) and in the helpers above: the ATen calls inside
+// (the GEMMs, gathers, reductions) run with autocast excluded, so each returns its inputs' dtype. Under
+// torch.autocast an at::mm would otherwise come back in the autocast dtype while the kernels read it through
+// a raw pointer as the input's dtype. The ops' own autocast kernels (fastrnn/ops.py) cast the op's inputs
+// first; this covers every other way in (C++ callers, a redispatch to the backend key).
+struct NoAutocast {
+  c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
+};
+
+// Returns t after checking that an inner ATen call gave it the dtype the kernels will read it as.
+inline at::Tensor checked_dtype(const char* what, at::Tensor t, at::ScalarType dtype) {
+  TORCH_CHECK(t.scalar_type() == dtype, "fastrnn: ", what, " returned ", t.scalar_type(), " where the kernels read ",
+              dtype, " (a dispatch layer such as autocast changed its dtype)");
+  return t;
+}
 
 // Views a dense [T, B, D] or packed [N, D] tensor as its [N, D] rows.
 inline at::Tensor rows2d(const at::Tensor& t) { return t.reshape({-1, t.size(-1)}); }

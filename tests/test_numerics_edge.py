@@ -2,11 +2,13 @@
 
 * the relu RNN's backward at NaN and where relu's output is 0 (torch: threshold_backward, `y <= 0 ? 0 : dh`);
 * batch_sizes whose sum overflows int64 (a clear ValueError, never a wrap-around that passes the checks);
+* the C++ ops called inside a torch.autocast region: their inner GEMMs must not be autocast (the kernels read
+  their results through raw pointers as the input's dtype), so the ops return what they return outside it;
 """
 import pytest
 import torch
 
-from common import Case, assert_close, compare, make_inputs, make_pair, run_module
+from common import Case, assert_close, compare, devices, make_inputs, make_pair, run_module
 
 CAPABILITIES = ["default", "avx2", "avx512"]
 _ops = torch.ops.fastrnn
@@ -109,3 +111,68 @@ def test_batch_sizes_sum_mismatch_still_reported():
     with pytest.raises(ValueError, match="sum to more than the packed input's 2 rows"):
         _ops.rnn_forward(torch.randn(2, 2), torch.tensor([2, 1]), torch.zeros(2, 3), torch.randn(3, 2),
                          torch.randn(3, 3), None, None, False, False)
+
+
+# ------------------------------------------------------------------------------- the ops under autocast
+def _autocast_calls(cell, device, packed, proj):
+    """(forward op, forward args, backward op, backward args) of one layer, float32, on device. The backward's
+    arguments come from the forward run outside autocast."""
+    g = torch.Generator().manual_seed(5)
+    T, B, I, H, P = 4, 3, 5, 6, 4
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    S = P if proj else H
+
+    def r(*shape):
+        return torch.randn(shape, generator=g).to(device)
+
+    if packed:
+        bs = torch.tensor([3, 3, 2, 1])
+        x, bs_arg = r(int(bs.sum()), I), bs
+    else:
+        x, bs_arg = r(T, B, I), None
+    hx, cx, w_ih, w_hh, b_ih, b_hh = r(B, S), r(B, H), r(G * H, I), r(G * H, S), r(G * H), r(G * H)
+    w_hr = r(P, H) if proj else None
+    ops = torch.ops.fastrnn
+    if cell == "lstm":
+        fwd_args = (x, bs_arg, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, True, True)
+        out, hy, cy, ws = ops.lstm_forward(*fwd_args)
+        bwd_args = (r(*out.shape), r(*hy.shape), r(*cy.shape), x, bs_arg, hx, cx, w_ih, w_hh, w_hr, out, ws, True,
+                    True)
+    elif cell == "gru":
+        fwd_args = (x, bs_arg, hx, w_ih, w_hh, b_ih, b_hh, False, True)
+        out, hy, ws = ops.gru_forward(*fwd_args)
+        bwd_args = (r(*out.shape), r(*hy.shape), x, bs_arg, hx, w_ih, w_hh, out, ws, False, True)
+    else:
+        fwd_args = (x, bs_arg, hx, w_ih, w_hh, b_ih, b_hh, True, False)
+        out, hy = ops.rnn_forward(*fwd_args)
+        bwd_args = (r(*out.shape), r(*hy.shape), x, bs_arg, hx, w_ih, w_hh, out, True, False, True)
+    return (getattr(ops, f"{cell}_forward").default, fwd_args, getattr(ops, f"{cell}_backward").default,
+            bwd_args)
+
+
+AUTOCAST_CASES = [("lstm", False, False), ("lstm", True, False), ("lstm", False, True), ("lstm", True, True),
+                  ("gru", False, False), ("gru", True, False), ("rnn", False, False), ("rnn", True, False)]
+
+
+@pytest.mark.parametrize("device", devices)
+@pytest.mark.parametrize("cell,packed,proj", AUTOCAST_CASES,
+                         ids=[f"{c}{'_packed' if p else ''}{'_proj' if q else ''}" for c, p, q in AUTOCAST_CASES])
+def test_op_implementation_under_autocast(cell, packed, proj, device):
+    """Each op's backend implementation (reached with a redispatch to the CPU/CUDA key, past any autocast
+    kernel registered in Python) inside an autocast region, on float32 tensors: same dtypes and values as
+    outside the region. Before the fix, the forward raised "expected scalar type Float but found BFloat16" on
+    the CPU (and on CUDA read a half-precision GEMM result as float32), and the backward silently returned
+    bfloat16 gradients."""
+    key = torch._C.DispatchKey.CPU if device == "cpu" else torch._C.DispatchKey.CUDA
+    keyset = torch._C.DispatchKeySet(key)
+    low = torch.bfloat16 if device == "cpu" else torch.float16
+    fwd, fwd_args, bwd, bwd_args = _autocast_calls(cell, device, packed, proj)
+    for op, args in ((fwd, fwd_args), (bwd, bwd_args)):
+        expected = op(*args)
+        with torch.autocast(device, dtype=low):
+            ones = torch.ones(2, 2, device=device)
+            assert torch.mm(ones, ones).dtype == low  # the region does autocast GEMMs
+            actual = op.redispatch(keyset, *args)
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            assert a.dtype == e.dtype, f"{op} result {i}: {a.dtype} != {e.dtype}"
+            assert_close(a, e, torch.float32, f"{op} result {i}")

@@ -15,6 +15,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
     const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
     const at::Tensor& w_ih, const at::Tensor& w_hh_, const std::optional<at::Tensor>& b_ih_,
     const std::optional<at::Tensor>& b_hh_, bool reverse, bool train) {
+  const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
   const CellShape s = check_forward_args(kFwd, 3, input, batch_sizes, hx, nullptr, w_ih, w_hh_, b_ih_, b_hh_, {});
   const std::optional<at::Tensor> b_ih = contiguous(b_ih_), b_hh = contiguous(b_hh_);
   const SeqLayout L = make_layout(input, batch_sizes);
@@ -28,7 +29,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
   const at::Tensor out = rows2d(output);
   at::Tensor h_state = hx.contiguous().clone();
   at::Tensor ws = at::empty({train ? L.N : 0, train ? 4 * H : 0}, acc_opts);
-  const at::Tensor gx = at::mm(rows2d(input.contiguous()), w_ih.t());  // biases: in the pointwise pass
+  const at::Tensor gx = checked_dtype("the x-side GEMM", at::mm(rows2d(input.contiguous()), w_ih.t()),
+                                     input.scalar_type());  // biases: in the pointwise pass
   const at::Tensor gh = at::empty({L.B, 3 * H}, input.options());
 
   const StepGemm gemm_hh(w_hh, /*transpose_w=*/true, L.B);
@@ -58,6 +60,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& input,
     const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx, const at::Tensor& w_ih,
     const at::Tensor& w_hh_, const at::Tensor& output, const at::Tensor& workspace, bool reverse, bool has_bias) {
+  const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
   const CellShape s = check_forward_args(kBwd, 3, input, batch_sizes, hx, nullptr, w_ih, w_hh_, {}, {}, {});
   const SeqLayout L = make_layout(input, batch_sizes);
   const int64_t H = s.hidden_size;

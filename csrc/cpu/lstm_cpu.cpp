@@ -21,6 +21,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
     const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
     const at::Tensor& cx, const at::Tensor& w_ih_, const at::Tensor& w_hh_, const std::optional<at::Tensor>& b_ih_,
     const std::optional<at::Tensor>& b_hh_, const std::optional<at::Tensor>& w_hr_, bool reverse, bool train) {
+  const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
   const CellShape s = check_forward_args(kFwd, 4, input, batch_sizes, hx, &cx, w_ih_, w_hh_, b_ih_, b_hh_, w_hr_);
   const std::optional<at::Tensor> b_ih = contiguous(b_ih_), b_hh = contiguous(b_hh_);
   const SeqLayout L = make_layout(input, batch_sizes);
@@ -37,7 +38,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
   at::Tensor h_state = hx.contiguous().clone();
   at::Tensor c_state = cx.to(acc_opts, /*non_blocking=*/false, /*copy=*/true).contiguous();
   at::Tensor ws = at::empty({train ? L.N : 0, train ? 5 * H : 0}, acc_opts);
-  const at::Tensor gx = at::mm(rows2d(input.contiguous()), w_ih_.t());  // biases: in the pointwise pass
+  const at::Tensor gx = checked_dtype("the x-side GEMM", at::mm(rows2d(input.contiguous()), w_ih_.t()),
+                                     input.scalar_type());  // biases: in the pointwise pass
   const at::Tensor gh = at::empty({L.B, 4 * H}, input.options());
   const at::Tensor r = proj ? at::empty({L.B, H}, input.options()) : at::Tensor();
 
@@ -75,6 +77,7 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at
               const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh_,
               const std::optional<at::Tensor>& w_hr_, const at::Tensor& output, const at::Tensor& workspace,
               bool reverse, bool has_bias) {
+  const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
   const CellShape s = check_forward_args(kBwd, 4, input, batch_sizes, hx, &cx, w_ih, w_hh_, {}, {}, w_hr_);
   const SeqLayout L = make_layout(input, batch_sizes);
   const int64_t H = s.hidden_size, P = s.state_size;

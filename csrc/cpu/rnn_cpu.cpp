@@ -15,6 +15,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(const at::Tensor& input,
                                                const at::Tensor& hx, const at::Tensor& w_ih,
                                                const at::Tensor& w_hh_, const std::optional<at::Tensor>& b_ih_,
                                                const std::optional<at::Tensor>& b_hh_, bool relu, bool reverse) {
+  const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
   const CellShape s = check_forward_args(kFwd, 1, input, batch_sizes, hx, nullptr, w_ih, w_hh_, b_ih_, b_hh_, {});
   const std::optional<at::Tensor> b_ih = contiguous(b_ih_), b_hh = contiguous(b_hh_);
   const SeqLayout L = make_layout(input, batch_sizes);
@@ -25,7 +26,8 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(const at::Tensor& input,
   at::Tensor output = at::empty(out_sizes, input.options());
   const at::Tensor out = rows2d(output);
   at::Tensor h_state = hx.contiguous().clone();
-  const at::Tensor gx = at::mm(rows2d(input.contiguous()), w_ih.t());  // biases: in the pointwise pass
+  const at::Tensor gx = checked_dtype("the x-side GEMM", at::mm(rows2d(input.contiguous()), w_ih.t()),
+                                     input.scalar_type());  // biases: in the pointwise pass
   const at::Tensor gh = at::empty({L.B, H}, input.options());
 
   const StepGemm gemm_hh(w_hh, /*transpose_w=*/true, L.B);
@@ -47,6 +49,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& input,
     const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx, const at::Tensor& w_ih,
     const at::Tensor& w_hh_, const at::Tensor& output, bool relu, bool reverse, bool has_bias) {
+  const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
   const CellShape s = check_forward_args(kBwd, 1, input, batch_sizes, hx, nullptr, w_ih, w_hh_, {}, {}, {});
   const SeqLayout L = make_layout(input, batch_sizes);
   const int64_t H = s.hidden_size;

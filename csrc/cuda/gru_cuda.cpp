@@ -17,6 +17,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
     const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
     const at::Tensor& w_ih, const at::Tensor& w_hh_, const std::optional<at::Tensor>& b_ih,
     const std::optional<at::Tensor>& b_hh_, bool reverse, bool train) {
+  const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
   check_cuda(kFwd, "input", input);
   const CellShape s = check_forward_args(kFwd, 3, input, batch_sizes, hx, nullptr, w_ih, w_hh_, b_ih, b_hh_, {});
   const c10::cuda::CUDAGuard guard(input.device());
@@ -54,6 +55,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& input,
     const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx, const at::Tensor& w_ih,
     const at::Tensor& w_hh_, const at::Tensor& output, const at::Tensor& workspace, bool reverse, bool has_bias) {
+  const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
   check_cuda(kBwd, "input", input);
   const CellShape s = check_forward_args(kBwd, 3, input, batch_sizes, hx, nullptr, w_ih, w_hh_, {}, {}, {});
   const c10::cuda::CUDAGuard guard(input.device());

@@ -26,6 +26,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
     const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
     const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh_, const std::optional<at::Tensor>& b_ih,
     const std::optional<at::Tensor>& b_hh_, const std::optional<at::Tensor>& w_hr_, bool reverse, bool train) {
+  const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
   check_cuda(kFwd, "input", input);
   const CellShape s = check_forward_args(kFwd, 4, input, batch_sizes, hx, &cx, w_ih, w_hh_, b_ih, b_hh_, w_hr_);
   const c10::cuda::CUDAGuard guard(input.device());
@@ -77,6 +78,7 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at
               const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh_,
               const std::optional<at::Tensor>& w_hr_, const at::Tensor& output, const at::Tensor& workspace,
               bool reverse, bool has_bias) {
+  const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
   check_cuda(kBwd, "input", input);
   const CellShape s = check_forward_args(kBwd, 4, input, batch_sizes, hx, &cx, w_ih, w_hh_, {}, {}, w_hr_);
   const c10::cuda::CUDAGuard guard(input.device());
