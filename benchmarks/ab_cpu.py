@@ -1,7 +1,7 @@
 """Interleaved A/B timing of fastrnn variants against torch.nn on the CPU, for kernel work (issue 9).
 
 Each variant is torch.nn ("torch") or fastrnn under a set of environment switches, read per call by the
-kernels ("fast", "fast:FASTRNN_CPU_BRGEMM=0", "fast:FASTRNN_CPU_BRGEMM=0,FASTRNN_CPU_FAST_MATH=0"). One
+kernels ("fast", "fast:FASTRNN_CPU_BRGEMM=0", "fast:FASTRNN_CPU_BRGEMM=0+FASTRNN_CPU_FAST_MATH=0"). One
 repetition calls every variant once, in an order rotated each repetition, so drifting load (a shared
 machine) hits all of them alike; reported: each variant's median time and torch.nn's median / its median.
 
@@ -14,10 +14,12 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 from fastrnn.bench.cases import CASES_BY_NAME, Case
 from fastrnn.bench.measure import build_pair, make_call
 
@@ -31,7 +33,7 @@ def _extra_case(spec: str) -> Case:
 def _variant_env(v: str):
     if v == "torch" or ":" not in v:
         return {}
-    return dict(kv.split("=", 1) for kv in v.split(":", 1)[1].split(","))
+    return dict(kv.split("=", 1) for kv in v.split(":", 1)[1].split("+"))
 
 
 def _cpu_model() -> str:

@@ -64,4 +64,10 @@ TORCH_LIBRARY(fastrnn, m) {
   // How many distinct threads ran the chunks of the drivers' row-parallel loop (for_rows) over `rows` wide
   // rows: 1 when fastrnn's parallel loops run serially (an extension built without OpenMP).
   m.def("_parallel_threads_used(int rows) -> int");
+  // The float32 gate activation `fn` ("sigmoid" or "tanh") exactly as the CPU step kernels of the active
+  // instruction set compute it (FASTRNN_CPU_CAPABILITY, FASTRNN_CPU_FAST_MATH apply).
+  m.def("_cpu_activation(Tensor x, str fn) -> Tensor");
+  // Whether the CPU LSTM forward runs on the fused brgemm path (cpu/brgemm_step.h) for this dtype now
+  // (processor, FASTRNN_CPU_CAPABILITY and FASTRNN_CPU_BRGEMM apply).
+  m.def("_cpu_brgemm_enabled(ScalarType dtype) -> bool");
 }

@@ -10,3 +10,15 @@ from . import _C  # noqa: F401  registers the fastrnn:: operators
 def _parallel_threads_used_fake(rows):
     # The number of threads is a property of the run, not of the input: unbacked under tracing.
     return torch.library.get_ctx().new_dynamic_size()
+
+
+@torch.library.register_fake("fastrnn::_cpu_activation")
+def _cpu_activation_fake(x, fn):
+    torch._check(x.dtype == torch.float32, lambda: f"x must be float32, got {x.dtype}")
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+@torch.library.register_fake("fastrnn::_cpu_brgemm_enabled")
+def _cpu_brgemm_enabled_fake(dtype):
+    # A property of the processor and the environment at run time, not of any input.
+    return True

@@ -1,12 +1,21 @@
 // Run-time choice of the pointwise kernels' instruction set.
 #include <c10/util/Exception.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 
 #include "pointwise.h"
 
 namespace fastrnn::cpu {
+
+std::atomic<bool> g_fast_math{true};
+
+// FASTRNN_CPU_FAST_MATH=0 turns the polynomial exp/tanh of fast_math.h off (Sleef's instead).
+static void refresh_fast_math() {
+  const char* env = std::getenv("FASTRNN_CPU_FAST_MATH");
+  g_fast_math.store(env == nullptr || std::strcmp(env, "0") != 0, std::memory_order_relaxed);
+}
 
 static Isa detected_isa() {
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -41,6 +50,7 @@ const char* isa_name(Isa isa) {
 
 template <typename scalar_t>
 const PointwiseKernels<scalar_t>& pointwise_kernels(Isa isa) {
+  refresh_fast_math();
   switch (isa) {
     case Isa::kAvx512: return isa_avx512::kernels<scalar_t>();
     case Isa::kAvx2: return isa_avx2::kernels<scalar_t>();
@@ -52,6 +62,15 @@ SmallGemmFn small_gemm_kernel(Isa isa) {
     case Isa::kAvx512: return &isa_avx512::small_gemm;
     case Isa::kAvx2: return &isa_avx2::small_gemm;
     default: return &isa_default::small_gemm;
+  }
+}
+
+ActivationFn activation_kernel(Isa isa) {
+  refresh_fast_math();
+  switch (isa) {
+    case Isa::kAvx512: return &isa_avx512::activation;
+    case Isa::kAvx2: return &isa_avx2::activation;
+    default: return &isa_default::activation;
   }
 }
 

@@ -9,6 +9,7 @@
 // and weight gradients as whole-sequence GEMMs and the bias gradients as a column sum.
 #include <torch/library.h>
 
+#include "brgemm_step.h"
 #include "step_loop.h"
 
 namespace fastrnn::cpu {
@@ -23,6 +24,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
     const std::optional<at::Tensor>& b_hh_, const std::optional<at::Tensor>& w_hr_, bool reverse, bool train) {
   const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
   const CellShape s = check_forward_args(kFwd, 4, input, batch_sizes, hx, &cx, w_ih_, w_hh_, b_ih_, b_hh_, w_hr_);
+  if (auto fused = lstm_forward_brgemm(input, batch_sizes, hx, cx, w_ih_, w_hh_, b_ih_, b_hh_, w_hr_, reverse, train))
+    return *fused;  // the fused brgemm path (brgemm_step.h); below, the per-step path
   const std::optional<at::Tensor> b_ih = contiguous(b_ih_), b_hh = contiguous(b_hh_);
   const SeqLayout L = make_layout(input, batch_sizes);
   const int64_t H = s.hidden_size, P = s.state_size;

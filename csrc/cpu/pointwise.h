@@ -144,6 +144,12 @@ const PointwiseKernels<scalar_t>& pointwise_kernels(Isa isa);
 using SmallGemmFn = void (*)(const SmallGemmArgs&, int64_t r0, int64_t r1);
 SmallGemmFn small_gemm_kernel(Isa isa);
 
+// The gate activations exactly as the step kernels of an instruction set compute them on float32 (for the
+// accuracy test of fast_math.h through the test-only op fastrnn::_cpu_activation).
+enum class Activation { kSigmoid = 0, kTanh = 1 };
+using ActivationFn = void (*)(const float* x, float* y, int64_t n, Activation fn);
+ActivationFn activation_kernel(Isa isa);
+
 // Defined once per instruction set in pointwise_<isa>.cpp.
 #define FASTRNN_DECLARE_ISA(NS)                                                        \
   namespace NS {                                                                       \
@@ -153,6 +159,7 @@ SmallGemmFn small_gemm_kernel(Isa isa);
   extern template const PointwiseKernels<double>& kernels<double>();                   \
   extern template const PointwiseKernels<c10::BFloat16>& kernels<c10::BFloat16>();     \
   void small_gemm(const SmallGemmArgs&, int64_t r0, int64_t r1);                       \
+  void activation(const float* x, float* y, int64_t n, Activation fn);                 \
   }
 FASTRNN_DECLARE_ISA(isa_default)
 FASTRNN_DECLARE_ISA(isa_avx2)

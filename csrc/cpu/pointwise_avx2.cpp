@@ -15,3 +15,4 @@ FASTRNN_TARGET_ISA("sse3,ssse3,sse4.1,sse4.2,avx,avx2,fma,f16c,bmi,bmi2,lzcnt,po
 #endif
 #define FASTRNN_ISA_NS isa_avx2
 #include "pointwise_impl.h"
+#include "brgemm_impl.h"  // the fused brgemm recurrences (brgemm_step.h)

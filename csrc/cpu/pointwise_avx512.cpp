@@ -19,3 +19,4 @@ FASTRNN_TARGET_ISA("sse3,ssse3,sse4.1,sse4.2,avx,avx512f,avx512bw,avx512vl,avx51
 #endif
 #define FASTRNN_ISA_NS isa_avx512
 #include "pointwise_impl.h"
+#include "brgemm_impl.h"  // the fused brgemm recurrences (brgemm_step.h)

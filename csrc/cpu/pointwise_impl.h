@@ -13,16 +13,18 @@
 #include <algorithm>
 
 #include "../cell_math.h"
+#include "fast_math.h"
 #include "pointwise.h"
 
 namespace fastrnn {
 
-// Math<> for vectors of this instruction set (Sleef-backed exp/tanh for AVX2/AVX-512).
+// Math<> for vectors of this instruction set: float32 exp/tanh from fast_math.h (polynomial) on AVX2/AVX-512,
+// ATen's (Sleef) otherwise.
 template <typename A>
 struct Math<at::vec::Vectorized<A>> {
   using V = at::vec::Vectorized<A>;
-  static V exp(const V& x) { return x.exp(); }
-  static V tanh(const V& x) { return x.tanh(); }
+  static V exp(const V& x) { return cpu::FASTRNN_ISA_NS::fast::exp(x); }
+  static V tanh(const V& x) { return cpu::FASTRNN_ISA_NS::fast::tanh(x); }
   static V recip(const V& x) { return V(A(1)) / x; }
   static V relu(const V& x) { return V::blendv(x, V(A(0)), x < V(A(0))); }  // NaN < 0 is false: NaN kept
   // y <= 0 ? 0 : dh, as torch's threshold_backward: NaN <= 0 is false, so a NaN output passes dh through.
@@ -228,6 +230,15 @@ const PointwiseKernels<scalar_t>& kernels() {
 template const PointwiseKernels<float>& kernels<float>();
 template const PointwiseKernels<double>& kernels<double>();
 template const PointwiseKernels<c10::BFloat16>& kernels<c10::BFloat16>();
+
+void activation(const float* x, float* y, int64_t n, Activation fn) {
+  using V = Vectorized<float>;
+  for (int64_t i = 0; i < n; i += V::size()) {
+    const int64_t m = std::min<int64_t>(V::size(), n - i);
+    const V v = load(x + i, m);
+    store(fn == Activation::kSigmoid ? sigmoid(v) : Math<V>::tanh(v), y + i, m);
+  }
+}
 
 }  // namespace cpu::FASTRNN_ISA_NS
 }  // namespace fastrnn

@@ -6,6 +6,7 @@
 #include <set>
 #include <thread>
 
+#include "brgemm_step.h"
 #include "step_loop.h"
 
 namespace fastrnn::cpu {
@@ -24,10 +25,28 @@ int64_t parallel_threads_used(int64_t rows) {
   return static_cast<int64_t>(ids.size());
 }
 
+at::Tensor cpu_activation(const at::Tensor& x, c10::string_view fn) {
+  constexpr const char* op = "fastrnn::_cpu_activation";
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat, op, ": x must be float32, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(fn == "sigmoid" || fn == "tanh", op, ": fn must be 'sigmoid' or 'tanh', got '", fn, "'");
+  const at::Tensor xc = x.contiguous();
+  at::Tensor y = at::empty_like(xc);
+  const auto kernel = activation_kernel(active_isa());
+  const Activation a = fn == "sigmoid" ? Activation::kSigmoid : Activation::kTanh;
+  kernel(xc.data_ptr<float>(), y.data_ptr<float>(), xc.numel(), a);
+  return y;
+}
+
+bool cpu_brgemm_enabled(at::ScalarType dtype) { return brgemm_enabled(dtype); }
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastrnn, CompositeExplicitAutograd, m) {
   m.impl("_parallel_threads_used", &parallel_threads_used);
+  m.impl("_cpu_brgemm_enabled", &cpu_brgemm_enabled);
+}
+TORCH_LIBRARY_IMPL(fastrnn, CPU, m) {
+  m.impl("_cpu_activation", &cpu_activation);
 }
 
 }  // namespace fastrnn::cpu

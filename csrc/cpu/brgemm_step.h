@@ -1,0 +1,92 @@
+// The fused brgemm recurrence of the CPU kernels (issue 9): a whole sequence of one layer in one parallel
+// region, each step's GEMMs run as at::native::cpublas::brgemm calls into a small float32 tile per block of
+// hidden units, and the gate math applied to the tile while it is in L1.
+//
+// Weights. W_hh (and, when the x-projection is folded into the step, W_ih) are packed once per call into
+// blocks of nb hidden units with the gates of a unit side by side: block j is the [K, G*nb] matrix whose
+// column g*nb + u is row g*H + j0 + u of W (G gates). float32 blocks are plain row-major; bfloat16 blocks are
+// in the pair-interleaved (VNNI) layout brgemm takes, [K/2][G*nb][2], packed by fastrnn itself (cpublas::pack
+// exists only where AMX does). One step of block j is then
+//     tile[M, G*nb] = h_prev[M, K] @ Whh_j (+ x_t[M, I] @ Wih_j)
+// in float32 (bf16 products accumulate in fp32 too), and the pointwise pass reads the tile, the biases (one
+// fp32 row, b_ih + b_hh, in the same blocked order) and, when the x-projection was done up front as one
+// large GEMM, that GEMM's row.
+//
+// Threads. One parallel region per sequence (OpenMP; the extension is built with it). B >= 8: each thread
+// owns a contiguous range of batch rows for the whole sequence and needs no synchronisation at all (rows of
+// an RNN are independent). B < 8: each thread owns a range of hidden blocks (its part of the weights stays
+// in its own L2) and the threads meet at one barrier per step (OpenMP's, which spins briefly and then
+// sleeps, so it holds up under load). The previous step's h is read straight from the output rows of that
+// step (or from hx for rows starting there), so no state is copied between steps.
+//
+// Availability. Used for float32 and bfloat16 when the processor runs the AVX2 (float32) or AVX-512
+// (bfloat16) kernels, brgemm passed a probe against a reference product (it raises, or silently falls back to
+// a plain GEMM on the wrong layout, where oneDNN's ukernel is missing), and FASTRNN_CPU_BRGEMM is not 0.
+// Otherwise, and for what it does not cover yet (LSTM projections, bf16 with an odd I or H), the callers run
+// their older per-step path (step_gemm.h + pointwise kernels).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <tuple>
+
+#include "pointwise.h"
+
+namespace fastrnn::cpu {
+
+// One LSTM forward sequence, in raw pointers (see brgemm_impl.h for the loop).
+struct LstmBrgemmSeq {
+  int64_t T, B, I, H;
+  const int64_t* batch_sizes;  // [T]
+  const int64_t* offsets;      // [T + 1]
+  bool reverse;
+  const void* x;       // [N, I] (scalar_t)
+  const void* hx;      // [B, H] (scalar_t)
+  const void* w_hh;    // packed blocks, block j at w_hh_elems * j0 (j0 = its first unit)
+  const void* w_ih;    // packed blocks (folded x-projection) or nullptr
+  const void* gx;      // [N, 4H] x-projection done up front (scalar_t) or nullptr
+  const float* bias;   // [4H] blocked fp32 b_ih + b_hh, or nullptr
+  int64_t nb;          // hidden units per block (the last block may have fewer)
+  int64_t k_hh, k_ih;  // K of the packed weights (padded to even for bf16)
+  float* c_state;      // [B, H], updated in place
+  void* out;           // [N, H] (scalar_t)
+  float* ws;           // [N, 5H] (train) or nullptr
+  bool split_batch;    // threads own batch rows (true) or hidden blocks (false)
+};
+
+// Runs the LSTM forward on the brgemm path when it applies (see above); std::nullopt otherwise, and the caller
+// runs its older path. Same arguments and results as fastrnn::lstm_forward (checked by the caller).
+std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>> lstm_forward_brgemm(
+    const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
+    const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+    const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& w_hr, bool reverse, bool train);
+
+// Whether brgemm serves `dtype` on this processor with the active instruction set and switches
+// (FASTRNN_CPU_BRGEMM=0 turns the path off; read on every call).
+bool brgemm_enabled(at::ScalarType dtype);
+
+// Packs W [G*H, K] (row-major, scalar_t) into the blocked layout above; bf16 in VNNI pairs, K padded to
+// even with zeros. Returns the packed tensor (1-D) and sets *k_out to the padded K.
+at::Tensor pack_gate_blocks(const at::Tensor& w, int64_t gates, int64_t nb, int64_t* k_out);
+
+// Rows of one brgemm call: the tile [rows, 4 nb] fp32 then stays within L1 (16 KB at nb = 32).
+constexpr int64_t kBrgemmTileRows = 32;
+
+// Step k of a sequence for batch rows [r0, r1) and hidden blocks [blk0, blk1), with a tile of
+// kBrgemmTileRows x 4 nb floats. Defined per instruction set in brgemm_impl.h (compiled into
+// pointwise_avx2.cpp / pointwise_avx512.cpp); the parallel region around the steps is brgemm_step.cpp's.
+using LstmBrgemmStepFn = void (*)(const LstmBrgemmSeq& s, int64_t k, int64_t r0, int64_t r1, int64_t blk0,
+                                  int64_t blk1, float* tile);
+#define FASTRNN_DECLARE_BRGEMM_ISA(NS)                                                                  \
+  namespace NS {                                                                                        \
+  void lstm_fwd_brgemm_f32(const LstmBrgemmSeq&, int64_t k, int64_t r0, int64_t r1, int64_t blk0,       \
+                           int64_t blk1, float* tile);                                                  \
+  void lstm_fwd_brgemm_bf16(const LstmBrgemmSeq&, int64_t k, int64_t r0, int64_t r1, int64_t blk0,      \
+                            int64_t blk1, float* tile);                                                 \
+  }
+FASTRNN_DECLARE_BRGEMM_ISA(isa_avx2)
+FASTRNN_DECLARE_BRGEMM_ISA(isa_avx512)
+#undef FASTRNN_DECLARE_BRGEMM_ISA
+
+}  // namespace fastrnn::cpu

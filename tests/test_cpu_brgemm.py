@@ -1,0 +1,108 @@
+"""The fused brgemm recurrence of the CPU kernels (csrc/cpu/brgemm_step.h): when it is used, and parity with
+torch.nn through each of its modes (threads split by batch rows or by hidden blocks, the x-projection folded
+into the step or done up front, hidden sizes spanning several blocks and a partial last one, packed and
+reversed sequences, float32 and bfloat16). The whole parity suite also runs through the older per-step path
+with FASTRNN_CPU_BRGEMM=0."""
+import pytest
+import torch
+
+import fastrnn  # noqa: F401
+import fastrnn._testing_ops  # noqa: F401  fakes of the test-only ops
+from common import Case, assert_close_scaled, compare, make_inputs, make_pair, run_module
+
+_ops = torch.ops.fastrnn
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+FLAGS = _cpu_flags()
+HAS_AVX2 = {"avx2", "fma"} <= FLAGS
+HAS_BF16 = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16"} <= FLAGS or "amx_bf16" in FLAGS
+
+
+def test_enabled_where_the_processor_runs_it(monkeypatch):
+    monkeypatch.delenv("FASTRNN_CPU_BRGEMM", raising=False)
+    monkeypatch.delenv("FASTRNN_CPU_CAPABILITY", raising=False)
+    if HAS_AVX2:  # x86 builds of torch ship oneDNN's brgemm ukernel
+        assert _ops._cpu_brgemm_enabled(torch.float32)
+    if HAS_BF16:
+        assert _ops._cpu_brgemm_enabled(torch.bfloat16)
+    assert not _ops._cpu_brgemm_enabled(torch.float64)
+    monkeypatch.setenv("FASTRNN_CPU_BRGEMM", "0")
+    assert not _ops._cpu_brgemm_enabled(torch.float32)
+    assert not _ops._cpu_brgemm_enabled(torch.bfloat16)
+    monkeypatch.setenv("FASTRNN_CPU_BRGEMM", "1")
+    monkeypatch.setenv("FASTRNN_CPU_CAPABILITY", "default")  # the portable kernels have no brgemm step
+    assert not _ops._cpu_brgemm_enabled(torch.float32)
+    monkeypatch.setenv("FASTRNN_CPU_CAPABILITY", "avx2")  # bf16 brgemm needs AVX-512
+    assert not _ops._cpu_brgemm_enabled(torch.bfloat16)
+
+
+# Even I and H (bf16's VNNI pairs), hidden sizes of one partial block (H=8), several blocks with a partial
+# last one (H=70 at 32 units per block), batches under and over the split and fold thresholds.
+CASES = [
+    Case("B3_H8", T=5, B=3, I=6, H=8),
+    Case("B20_H70_packed_bidir_hx", T=6, B=20, I=10, H=70, bidirectional=True,
+         lengths=[6, 1, 3, 5, 2, 6, 4, 1, 2, 3, 6, 5, 4, 3, 2, 1, 1, 2, 5, 6], hx=True),
+    Case("B9_H64_2layer_packed", T=4, B=9, I=12, H=64, num_layers=2, lengths=[4, 3, 1, 2, 4, 4, 2, 1, 3]),
+    Case("B33_H40_batchfirst_nobias", T=3, B=33, I=8, H=40, batch_first=True, bias=False),
+]
+SWITCHES = {
+    "auto": {},
+    "batch_fold": {"FASTRNN_CPU_BRGEMM_SPLIT": "batch", "FASTRNN_CPU_BRGEMM_FOLD_X": "1"},
+    "hidden_upfront": {"FASTRNN_CPU_BRGEMM_SPLIT": "hidden", "FASTRNN_CPU_BRGEMM_FOLD_X": "0"},
+    "hidden_fold_block16": {"FASTRNN_CPU_BRGEMM_SPLIT": "hidden", "FASTRNN_CPU_BRGEMM_FOLD_X": "1",
+                            "FASTRNN_CPU_BRGEMM_BLOCK": "16"},
+}
+
+
+@pytest.mark.skipif(not HAS_AVX2, reason="the brgemm path needs AVX2")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", CASES, ids=repr)
+@pytest.mark.parametrize("switches", list(SWITCHES), ids=str)
+def test_brgemm_parity(switches, case, dtype, monkeypatch):
+    if dtype == torch.bfloat16 and not HAS_BF16:
+        pytest.skip("bf16 brgemm needs AVX-512 with bf16")
+    for k, v in SWITCHES[switches].items():
+        monkeypatch.setenv(k, v)
+    assert _ops._cpu_brgemm_enabled(dtype)
+    fast, ref = make_pair("LSTM", case.I, case.H, dtype, "cpu", **case.module_kwargs)
+    x, h0, c0 = make_inputs("LSTM", case, dtype, "cpu")
+    out_f, grad_f = run_module("LSTM", fast, case, x, h0, c0)
+    if dtype == torch.bfloat16:  # against torch.nn in float32 on the same rounded numbers
+        ref = ref.float()
+        ref.load_state_dict({k: v.float() for k, v in fast.state_dict().items()})
+        x, h0, c0 = (t.detach().float().requires_grad_() if t is not None else None for t in (x, h0, c0))
+    out_r, grad_r = run_module("LSTM", ref, case, x, h0, c0)
+    compare(out_f, out_r, dtype, f"{switches} output")
+    if dtype != torch.bfloat16:
+        compare(grad_f, grad_r, dtype, f"{switches} grad")
+    else:
+        for k in grad_r:
+            assert_close_scaled(grad_f[k], grad_r[k], dtype, f"{switches} grad {k}")
+
+
+@pytest.mark.skipif(not HAS_AVX2, reason="the brgemm path needs AVX2")
+def test_brgemm_and_fallback_are_different_code(monkeypatch):
+    """The switch really changes the path (so the parity tests above test the brgemm one): the two agree to
+    rounding but not bit for bit on a case with several blocks and rows."""
+    torch.manual_seed(0)
+    T, B, I, H = 4, 24, 16, 96
+    args = (torch.randn(T, B, I), None, torch.randn(B, H), torch.randn(B, H), torch.randn(4 * H, I) / 4,
+            torch.randn(4 * H, H) / 8, torch.randn(4 * H), torch.randn(4 * H), None, False, True)
+    monkeypatch.setenv("FASTRNN_CPU_BRGEMM", "1")
+    fused = _ops.lstm_forward(*args)
+    monkeypatch.setenv("FASTRNN_CPU_BRGEMM", "0")
+    old = _ops.lstm_forward(*args)
+    assert not all(torch.equal(a, b) for a, b in zip(fused, old))
+    for a, b in zip(fused, old):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
