@@ -39,8 +39,10 @@ CellShape check_forward_args(const char* op, int64_t gates, const at::Tensor& in
   const auto dt = input.scalar_type();
   TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16 || dt == at::kHalf, op,
                    ": input must be float32, float64, bfloat16 or float16, got ", dt);
-  TORCH_CHECK_VALUE(w_ih.dim() == 2 && w_ih.size(0) % gates == 0 && w_ih.size(0) > 0, op, ": w_ih must be [",
-                    gates, "*hidden_size, input_size] with hidden_size > 0, got ", w_ih.sizes());
+  // Zero sizes are allowed as torch.nn's cells allow them (RNNCell(10, 0), LSTMCell(0, 5)): input_size 0
+  // makes W_ih x contribute nothing, hidden_size 0 gives empty outputs; so is proj_size 0 for the raw op.
+  TORCH_CHECK_VALUE(w_ih.dim() == 2 && w_ih.size(0) % gates == 0, op, ": w_ih must be [", gates,
+                    "*hidden_size, input_size], got ", w_ih.sizes());
   CellShape s{op, gates, w_ih.size(1), w_ih.size(0) / gates, w_ih.size(0) / gates};
   if (w_hr.has_value()) {
     TORCH_CHECK_VALUE(w_hr->dim() == 2 && w_hr->size(1) == s.hidden_size, op,

@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
+#include <c10/util/accumulate.h>
 
 #include <optional>
 #include <vector>
@@ -103,7 +104,10 @@ inline at::Tensor checked_dtype(const char* what, at::Tensor t, at::ScalarType d
   return t;
 }
 
-// Views a dense [T, B, D] or packed [N, D] tensor as its [N, D] rows.
-inline at::Tensor rows2d(const at::Tensor& t) { return t.reshape({-1, t.size(-1)}); }
+// Views a dense [T, B, D] or packed [N, D] tensor as its [N, D] rows (N counted from the leading sizes, so
+// that D = 0 works too).
+inline at::Tensor rows2d(const at::Tensor& t) {
+  return t.reshape({c10::multiply_integers(t.sizes().begin(), t.sizes().end() - 1), t.size(-1)});
+}
 
 }  // namespace fastrnn

@@ -4,10 +4,15 @@
 * batch_sizes whose sum overflows int64 (a clear ValueError, never a wrap-around that passes the checks);
 * the C++ ops called inside a torch.autocast region: their inner GEMMs must not be autocast (the kernels read
   their results through raw pointers as the input's dtype), so the ops return what they return outside it;
+* zero sizes torch.nn's cells accept (hidden_size 0, input_size 0) and the raw ops with input, hidden or
+  projection size 0: the same results and gradients as torch.nn / fastrnn.reference.
 """
 import pytest
 import torch
+from torch import nn
 
+import fastrnn
+from fastrnn import reference
 from common import Case, assert_close, compare, devices, make_inputs, make_pair, run_module
 
 CAPABILITIES = ["default", "avx2", "avx512"]
@@ -176,3 +181,92 @@ def test_op_implementation_under_autocast(cell, packed, proj, device):
         for i, (a, e) in enumerate(zip(actual, expected)):
             assert a.dtype == e.dtype, f"{op} result {i}: {a.dtype} != {e.dtype}"
             assert_close(a, e, torch.float32, f"{op} result {i}")
+
+
+# ------------------------------------------------------------------------------------------- zero sizes
+CELLS = [("LSTMCell", {}), ("GRUCell", {}), ("RNNCell", {"nonlinearity": "tanh"}), ("RNNCell", {"nonlinearity": "relu"})]
+
+
+@pytest.mark.parametrize("device", devices)
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("sizes", [(10, 0), (0, 5), (0, 0)], ids=["hidden0", "input0", "both0"])
+@pytest.mark.parametrize("cell,kw", CELLS, ids=["LSTMCell", "GRUCell", "RNNCell_tanh", "RNNCell_relu"])
+def test_cell_zero_sizes(cell, kw, sizes, bias, batched, device):
+    """torch.nn's cells take input_size 0 and hidden_size 0 (a (B, 0) output); fastrnn's give the same
+    outputs and gradients (x, hx, every parameter)."""
+    I, H = sizes
+    dtype = torch.float64
+    fast = getattr(fastrnn, cell)(I, H, bias=bias, **kw).to(device, dtype)
+    ref = getattr(nn, cell)(I, H, bias=bias, **kw).to(device, dtype)
+    ref.load_state_dict(fast.state_dict())
+    g = torch.Generator().manual_seed(0)
+    shape = (3,) if batched else ()
+    x = torch.randn(*shape, I, generator=g, dtype=dtype).to(device).requires_grad_()
+    h = torch.randn(*shape, H, generator=g, dtype=dtype).to(device).requires_grad_()
+    c = torch.randn(*shape, H, generator=g, dtype=dtype).to(device).requires_grad_()
+    results = []
+    for m in (fast, ref):
+        out = m(x, (h, c)) if cell == "LSTMCell" else m(x, h)
+        outs = list(out) if isinstance(out, tuple) else [out]
+        loss = sum((o * torch.linspace(-1, 1, o.numel(), dtype=dtype, device=device).view(o.shape)).sum()
+                   for o in outs)
+        leaves = ([x, h, c] if cell == "LSTMCell" else [x, h]) + list(m.parameters())
+        results.append((outs, torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)))
+    (outs_f, grads_f), (outs_r, grads_r) = results
+    assert len(outs_f) == len(outs_r) and len(grads_f) == len(grads_r)
+    for a, e in zip(outs_f, outs_r):
+        assert_close(a, e, dtype, "output")
+    for i, (a, e) in enumerate(zip(grads_f, grads_r)):
+        assert_close(a, e, dtype, f"grad {i}")
+
+
+ZERO_OPS = [  # (mode, I, H, P): P = None is no projection, P = 0 a projection to size 0
+    ("LSTM", 0, 5, None), ("LSTM", 4, 0, None), ("LSTM", 0, 0, None), ("LSTM", 4, 5, 0), ("LSTM", 0, 5, 0),
+    ("GRU", 0, 5, None), ("GRU", 4, 0, None), ("GRU", 0, 0, None),
+    ("RNN_TANH", 0, 5, None), ("RNN_TANH", 4, 0, None), ("RNN_RELU", 0, 5, None), ("RNN_RELU", 0, 0, None),
+]
+
+
+@pytest.mark.parametrize("device", devices)
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("mode,I,H,P", ZERO_OPS, ids=[f"{m}_I{i}_H{h}_P{p}" for m, i, h, p in ZERO_OPS])
+def test_op_zero_sizes(mode, I, H, P, reverse, device):
+    """The raw forward ops (and, through autograd, the backward ops) with input, hidden or projection size 0,
+    against fastrnn.reference's equations: outputs, final states and every gradient."""
+    dtype = torch.float64
+    g = torch.Generator().manual_seed(1)
+    T, B = 4, 3
+    G = {"LSTM": 4, "GRU": 3}.get(mode, 1)
+    S = H if P is None else P
+
+    def leaf(*shape):
+        return torch.randn(shape, generator=g, dtype=dtype).to(device).requires_grad_()
+
+    x, h0, c0 = leaf(T, B, I), leaf(B, S), leaf(B, H)
+    w_ih, w_hh, b_ih, b_hh = leaf(G * H, I), leaf(G * H, S), leaf(G * H), leaf(G * H)
+    w_hr = leaf(P, H) if P is not None else None
+    ops = torch.ops.fastrnn
+    if mode == "LSTM":
+        out, hy, cy, _ = ops.lstm_forward(x, None, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, True)
+        fast = [out, hy, cy]
+        leaves = [x, h0, c0, w_ih, w_hh, b_ih, b_hh] + ([w_hr] if w_hr is not None else [])
+    elif mode == "GRU":
+        out, hy, _ = ops.gru_forward(x, None, h0, w_ih, w_hh, b_ih, b_hh, reverse, True)
+        fast, leaves = [out, hy], [x, h0, w_ih, w_hh, b_ih, b_hh]
+    else:
+        out, hy = ops.rnn_forward(x, None, h0, w_ih, w_hh, b_ih, b_hh, mode == "RNN_RELU", reverse)
+        fast, leaves = [out, hy], [x, h0, w_ih, w_hh, b_ih, b_hh]
+    params = (w_ih, w_hh, b_ih, b_hh) + ((w_hr,) if w_hr is not None else ())
+    r_out, r_h, r_c = reference.layer(mode, x, None, h0, c0 if mode == "LSTM" else None, params, reverse)
+    expected = [r_out, r_h] + ([r_c] if mode == "LSTM" else [])
+    for i, (a, e) in enumerate(zip(fast, expected)):
+        assert_close(a, e, dtype, f"result {i}")
+
+    def grads(outputs):
+        gg = torch.Generator().manual_seed(2)
+        loss = sum((o * torch.randn(o.shape, generator=gg, dtype=dtype).to(device)).sum() for o in outputs)
+        return torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
+
+    for i, (a, e) in enumerate(zip(grads(fast), grads(expected))):
+        assert_close(a, e, dtype, f"grad {i}")
