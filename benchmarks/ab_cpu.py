@@ -92,10 +92,12 @@ def main() -> None:
                     for k, old in saved.items():
                         os.environ.pop(k, None) if old is None else os.environ.__setitem__(k, old)
                 med = {v: statistics.median(t) * 1e3 for v, t in times.items()}
+                best = {v: min(t) * 1e3 for v, t in times.items()}
                 base = med.get("torch")
                 cols = "  ".join(f"{v} {m:8.2f}ms" + (f" {base / m:5.2f}x" if base and v != "torch" else "")
                                  for v, m in med.items())
-                print(f"{case.name:22s} {dtype_name:8s} {mode:9s} n={len(times[variants[0]]):3d}  {cols}",
+                mins = " ".join(f"{m:.2f}" for m in best.values())
+                print(f"{case.name:22s} {dtype_name:8s} {mode:9s} n={len(times[variants[0]]):3d}  {cols}  (min ms: {mins})",
                       flush=True)
 
 

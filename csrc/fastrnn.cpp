@@ -67,7 +67,7 @@ TORCH_LIBRARY(fastrnn, m) {
   // The float32 gate activation `fn` ("sigmoid" or "tanh") exactly as the CPU step kernels of the active
   // instruction set compute it (FASTRNN_CPU_CAPABILITY, FASTRNN_CPU_FAST_MATH apply).
   m.def("_cpu_activation(Tensor x, str fn) -> Tensor");
-  // Whether the CPU LSTM forward runs on the fused brgemm path (cpu/brgemm_step.h) for this dtype now
+  // Whether the CPU forward ops run on the fused brgemm path (cpu/brgemm_step.h) for this dtype now
   // (processor, FASTRNN_CPU_CAPABILITY and FASTRNN_CPU_BRGEMM apply).
   m.def("_cpu_brgemm_enabled(ScalarType dtype) -> bool");
 }

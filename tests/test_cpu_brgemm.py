@@ -1,5 +1,5 @@
-"""The fused brgemm recurrence of the CPU kernels (csrc/cpu/brgemm_step.h): when it is used, and parity with
-torch.nn through each of its modes (threads split by batch rows or by hidden blocks, the x-projection folded
+"""The fused brgemm recurrences of the CPU kernels (csrc/cpu/brgemm_step.h; the forward of every cell): when
+they are used, and parity with torch.nn through each of their modes (threads split by batch rows or by hidden blocks, the x-projection folded
 into the step or done up front, hidden sizes spanning several blocks and a partial last one, packed and
 reversed sequences, float32 and bfloat16). The whole parity suite also runs through the older per-step path
 with FASTRNN_CPU_BRGEMM=0."""
@@ -8,7 +8,7 @@ import torch
 
 import fastrnn  # noqa: F401
 import fastrnn._testing_ops  # noqa: F401  fakes of the test-only ops
-from common import Case, assert_close_scaled, compare, make_inputs, make_pair, run_module
+from common import MODES, Case, assert_close_scaled, compare, make_inputs, make_pair, run_module
 
 _ops = torch.ops.fastrnn
 
@@ -69,40 +69,50 @@ SWITCHES = {
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", CASES, ids=repr)
 @pytest.mark.parametrize("switches", list(SWITCHES), ids=str)
-def test_brgemm_parity(switches, case, dtype, monkeypatch):
+@pytest.mark.parametrize("mode", MODES)
+def test_brgemm_parity(mode, switches, case, dtype, monkeypatch):
     if dtype == torch.bfloat16 and not HAS_BF16:
         pytest.skip("bf16 brgemm needs AVX-512 with bf16")
     for k, v in SWITCHES[switches].items():
         monkeypatch.setenv(k, v)
     assert _ops._cpu_brgemm_enabled(dtype)
-    fast, ref = make_pair("LSTM", case.I, case.H, dtype, "cpu", **case.module_kwargs)
-    x, h0, c0 = make_inputs("LSTM", case, dtype, "cpu")
-    out_f, grad_f = run_module("LSTM", fast, case, x, h0, c0)
+    fast, ref = make_pair(mode, case.I, case.H, dtype, "cpu", **case.module_kwargs)
+    x, h0, c0 = make_inputs(mode, case, dtype, "cpu")
+    out_f, grad_f = run_module(mode, fast, case, x, h0, c0)
     if dtype == torch.bfloat16:  # against torch.nn in float32 on the same rounded numbers
         ref = ref.float()
         ref.load_state_dict({k: v.float() for k, v in fast.state_dict().items()})
         x, h0, c0 = (t.detach().float().requires_grad_() if t is not None else None for t in (x, h0, c0))
-    out_r, grad_r = run_module("LSTM", ref, case, x, h0, c0)
+    out_r, grad_r = run_module(mode, ref, case, x, h0, c0)
     compare(out_f, out_r, dtype, f"{switches} output")
     if dtype != torch.bfloat16:
         compare(grad_f, grad_r, dtype, f"{switches} grad")
-    else:
+    elif mode != "RNN_RELU":  # see test_cpu_capability.py: relu's kink amplifies bf16 rounding
         for k in grad_r:
             assert_close_scaled(grad_f[k], grad_r[k], dtype, f"{switches} grad {k}")
 
 
 @pytest.mark.skipif(not HAS_AVX2, reason="the brgemm path needs AVX2")
-def test_brgemm_and_fallback_are_different_code(monkeypatch):
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_brgemm_and_fallback_are_different_code(cell, monkeypatch):
     """The switch really changes the path (so the parity tests above test the brgemm one): the two agree to
-    rounding but not bit for bit on a case with several blocks and rows."""
+    rounding, and for the LSTM (bias summed first, x side folded into the tile) not bit for bit."""
     torch.manual_seed(0)
     T, B, I, H = 4, 24, 16, 96
-    args = (torch.randn(T, B, I), None, torch.randn(B, H), torch.randn(B, H), torch.randn(4 * H, I) / 4,
-            torch.randn(4 * H, H) / 8, torch.randn(4 * H), torch.randn(4 * H), None, False, True)
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    x, h0, c0 = torch.randn(T, B, I), torch.randn(B, H), torch.randn(B, H)
+    w = (torch.randn(G * H, I) / 4, torch.randn(G * H, H) / 8, torch.randn(G * H), torch.randn(G * H))
+    if cell == "lstm":
+        op, args = _ops.lstm_forward, (x, None, h0, c0, *w, None, False, True)
+    elif cell == "gru":
+        op, args = _ops.gru_forward, (x, None, h0, *w, False, True)
+    else:
+        op, args = _ops.rnn_forward, (x, None, h0, *w, False, False)
     monkeypatch.setenv("FASTRNN_CPU_BRGEMM", "1")
-    fused = _ops.lstm_forward(*args)
+    fused = op(*args)
     monkeypatch.setenv("FASTRNN_CPU_BRGEMM", "0")
-    old = _ops.lstm_forward(*args)
-    assert not all(torch.equal(a, b) for a, b in zip(fused, old))
+    old = op(*args)
+    if cell == "lstm":  # (the GRU's and RNN's fused steps do the same float operations in the same order)
+        assert not all(torch.equal(a, b) for a, b in zip(fused, old))
     for a, b in zip(fused, old):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -50,14 +50,73 @@ void lstm_tile(const LstmBrgemmSeq& s, const float* tile, int64_t b0, int64_t b1
   }
 }
 
-// Step k of the sequence for this thread's batch rows [r0, r1) and hidden blocks [blk0, blk1); `tile` holds
-// kBrgemmTileRows x 4 nb floats. The parallel region, the barrier and the error handling are the caller's
-// (brgemm_step.cpp), so that this file emits no shared inline code for its wider ISA.
+// The GRU gate math on one tile (3 gates; x side from the up-front GEMM gx): h_prev of row b is the previous
+// step's output row (b < with_prev) or hx's.
 template <typename S>
-void lstm_fwd_brgemm_step(const LstmBrgemmSeq& s, int64_t k, int64_t r0, int64_t r1, int64_t blk0, int64_t blk1,
-                          float* tile) {
+void gru_tile(const LstmBrgemmSeq& s, const float* tile, int64_t b0, int64_t b1, int64_t off, int64_t prev_off,
+              int64_t with_prev, int64_t j0, int64_t nbj) {
+  using V = Vectorized<float>;
+  const int64_t H = s.H, ldt = 3 * nbj;
+  S* out = static_cast<S*>(s.out);
+  const S* gx = static_cast<const S*>(s.gx);
+  const S* hx = static_cast<const S*>(s.hx);
+  for (int64_t b = b0; b < b1; ++b) {
+    const float* tr = tile + (b - b0) * ldt;
+    const int64_t row = off + b;
+    const S* hp = (b < with_prev ? out + (prev_off + b) * H : hx + b * H) + j0;
+    for (int64_t u = 0; u < nbj; u += V::size()) {
+      const int64_t n = std::min<int64_t>(V::size(), nbj - u);
+      auto xside = [&](int64_t g) {
+        V v = load(gx + row * 3 * H + g * H + j0 + u, n);
+        return s.bias != nullptr ? v + load(s.bias + g * H + j0 + u, n) : v;
+      };
+      auto hside = [&](int64_t g) {
+        V v = load(tr + g * nbj + u, n);
+        return s.bias_h != nullptr ? v + load(s.bias_h + g * H + j0 + u, n) : v;
+      };
+      const auto a = gru_forward<V>(xside(0), xside(1), xside(2), hside(0), hside(1), hside(2), load(hp + u, n));
+      store(a.h, out + row * H + j0 + u, n);
+      if (s.ws != nullptr) {
+        float* w = s.ws + row * 4 * H + j0 + u;
+        store(a.r, w, n);
+        store(a.z, w + H, n);
+        store(a.n, w + 2 * H, n);
+        store(a.hn, w + 3 * H, n);
+      }
+    }
+  }
+}
+
+// The Elman RNN on one tile (1 gate; x side from gx).
+template <typename S>
+void rnn_tile(const LstmBrgemmSeq& s, const float* tile, int64_t b0, int64_t b1, int64_t off, int64_t j0,
+              int64_t nbj) {
+  using V = Vectorized<float>;
+  const int64_t H = s.H;
+  S* out = static_cast<S*>(s.out);
+  const S* gx = static_cast<const S*>(s.gx);
+  for (int64_t b = b0; b < b1; ++b) {
+    const float* tr = tile + (b - b0) * nbj;
+    const int64_t row = off + b;
+    for (int64_t u = 0; u < nbj; u += V::size()) {
+      const int64_t n = std::min<int64_t>(V::size(), nbj - u);
+      V px = load(gx + row * H + j0 + u, n);
+      if (s.bias != nullptr) px = px + load(s.bias + j0 + u, n);
+      V ph = load(tr + u, n);
+      if (s.bias_h != nullptr) ph = ph + load(s.bias_h + j0 + u, n);
+      store(rnn_forward<V>(px, ph, s.relu), out + row * H + j0 + u, n);
+    }
+  }
+}
+
+// Step k of the sequence for this thread's batch rows [r0, r1) and hidden blocks [blk0, blk1); `tile` holds
+// kBrgemmTileRows x gates nb floats. The parallel region, the barrier and the error handling are the
+// caller's (brgemm_step.cpp), so that this file emits no shared inline code for its wider ISA.
+template <typename S>
+void fwd_brgemm_step(const LstmBrgemmSeq& s, int64_t k, int64_t r0, int64_t r1, int64_t blk0, int64_t blk1,
+                     float* tile) {
   constexpr bool kVnni = std::is_same_v<S, c10::BFloat16>;
-  const int64_t T = s.T, H = s.H, I = s.I, nb = s.nb;
+  const int64_t T = s.T, H = s.H, I = s.I, nb = s.nb, G = s.gates;
   const S* x = static_cast<const S*>(s.x);
   const S* hx = static_cast<const S*>(s.hx);
   const S* whh = static_cast<const S*>(s.w_hh);
@@ -66,25 +125,30 @@ void lstm_fwd_brgemm_step(const LstmBrgemmSeq& s, int64_t k, int64_t r0, int64_t
   const int64_t t = s.reverse ? T - 1 - k : k, bs = s.batch_sizes[t], off = s.offsets[t];
   const int64_t p = s.reverse ? (t + 1 < T ? t + 1 : -1) : t - 1;
   const int64_t with_prev = p < 0 ? 0 : std::min(bs, s.batch_sizes[p]);
+  const int64_t prev_off = p < 0 ? 0 : s.offsets[p];
   const int64_t end = std::min(r1, bs);
   for (int64_t c0 = r0; c0 < end; c0 += kBrgemmTileRows) {  // rows [c0, c1), a tile at a time
     const int64_t c1 = std::min(end, c0 + kBrgemmTileRows);
     for (int64_t blk = blk0; blk < blk1; ++blk) {
-      const int64_t j0 = blk * nb, nbj = std::min(nb, H - j0), N = 4 * nbj;
-      const S* bhh = whh + j0 * 4 * s.k_hh;
+      const int64_t j0 = blk * nb, nbj = std::min(nb, H - j0), N = G * nbj;
+      const S* bhh = whh + j0 * G * s.k_hh;
       // h_prev: the previous step's output rows, or hx for rows that start at this step.
       const int64_t a1 = std::min(c1, with_prev);
       if (a1 > c0)
-        at::native::cpublas::brgemm(a1 - c0, N, s.k_hh, H, N, N, false, out + (s.offsets[p] + c0) * H, bhh, tile,
+        at::native::cpublas::brgemm(a1 - c0, N, s.k_hh, H, N, N, false, out + (prev_off + c0) * H, bhh, tile,
                                     kVnni);
       const int64_t h0 = std::max(c0, with_prev);
       if (c1 > h0)
         at::native::cpublas::brgemm(c1 - h0, N, s.k_hh, H, N, N, false, hx + h0 * H, bhh, tile + (h0 - c0) * N,
                                     kVnni);
       if (wih != nullptr)
-        at::native::cpublas::brgemm(c1 - c0, N, s.k_ih, I, N, N, true, x + (off + c0) * I, wih + j0 * 4 * s.k_ih,
+        at::native::cpublas::brgemm(c1 - c0, N, s.k_ih, I, N, N, true, x + (off + c0) * I, wih + j0 * G * s.k_ih,
                                     tile, kVnni);
-      lstm_tile<S>(s, tile, c0, c1, off, j0, nbj);
+      switch (s.cell) {
+        case BrgemmCell::kLstm: lstm_tile<S>(s, tile, c0, c1, off, j0, nbj); break;
+        case BrgemmCell::kGru: gru_tile<S>(s, tile, c0, c1, off, prev_off, with_prev, j0, nbj); break;
+        case BrgemmCell::kRnn: rnn_tile<S>(s, tile, c0, c1, off, j0, nbj); break;
+      }
     }
   }
 }
@@ -93,11 +157,11 @@ void lstm_fwd_brgemm_step(const LstmBrgemmSeq& s, int64_t k, int64_t r0, int64_t
 
 void lstm_fwd_brgemm_f32(const LstmBrgemmSeq& s, int64_t k, int64_t r0, int64_t r1, int64_t blk0, int64_t blk1,
                          float* tile) {
-  lstm_fwd_brgemm_step<float>(s, k, r0, r1, blk0, blk1, tile);
+  fwd_brgemm_step<float>(s, k, r0, r1, blk0, blk1, tile);
 }
 void lstm_fwd_brgemm_bf16(const LstmBrgemmSeq& s, int64_t k, int64_t r0, int64_t r1, int64_t blk0, int64_t blk1,
                           float* tile) {
-  lstm_fwd_brgemm_step<c10::BFloat16>(s, k, r0, r1, blk0, blk1, tile);
+  fwd_brgemm_step<c10::BFloat16>(s, k, r0, r1, blk0, blk1, tile);
 }
 
 }  // namespace fastrnn::cpu::FASTRNN_ISA_NS

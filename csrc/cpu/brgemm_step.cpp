@@ -163,16 +163,65 @@ at::Tensor pack_gate_blocks(const at::Tensor& w_, int64_t G, int64_t nb, int64_t
   return packed;
 }
 
+namespace {
+
+// Whether the path serves a call (dtype, switches, VNNI pairs over even I and H, non-empty sizes).
+bool applies(const at::Tensor& input, int64_t I, int64_t H, const SeqLayout& L) {
+  const auto dt = input.scalar_type();
+  if (!brgemm_enabled(dt)) return false;
+  if (dt == at::kBFloat16 && (H % 2 != 0 || I % 2 != 0)) return false;  // VNNI pairs over K
+  return L.T > 0 && L.B > 0 && I > 0 && H > 0;
+}
+
+// B >= 8: threads own batch rows, no per-step synchronisation; else hidden blocks and a barrier per step
+// (FASTRNN_CPU_BRGEMM_SPLIT=batch|hidden overrides, for tests and A/B). Measured (2-core Sapphire Rapids,
+// loaded, interleaved medians), LSTM T=100 B=8 H=512 fp32 inference: the batch split 1.5-1.8x faster than the
+// hidden split (each thread reads all of W_hh, but waits for no one: under load a per-step barrier waits for
+// the slowest, descheduled thread).
+bool split_by_batch(const SeqLayout& L) {
+  const char* split_env = std::getenv("FASTRNN_CPU_BRGEMM_SPLIT");
+  if (split_env != nullptr && std::strcmp(split_env, "batch") == 0) return true;
+  if (split_env != nullptr && std::strcmp(split_env, "hidden") == 0) return false;
+  return L.B >= 8;
+}
+
+std::optional<at::Tensor> fp32_or_null(const std::optional<at::Tensor>& b) {
+  if (!b.has_value()) return std::nullopt;
+  return b->to(at::kFloat).contiguous();
+}
+
+// Each sequence's h after its last step (forward: step len_b - 1; reverse: step 0).
+at::Tensor final_h(const at::Tensor& output, const SeqLayout& L, bool reverse) {
+  const at::Tensor out2d = rows2d(output);
+  if (reverse) return out2d.narrow(0, 0, L.B).clone();
+  std::vector<int64_t> idx(L.B);
+  int64_t t = L.T - 1;
+  for (int64_t b = 0; b < L.B; ++b) {  // rows of higher index end earlier (batch sizes never grow)
+    while (L.batch_sizes[t] <= b) --t;
+    idx[b] = L.offsets[t] + b;
+  }
+  return out2d.index_select(0, at::tensor(idx, at::TensorOptions().dtype(at::kLong)));
+}
+
+void launch(const LstmBrgemmSeq& s, at::ScalarType dt) {
+  const bool avx512 = active_isa() == Isa::kAvx512;
+  if (dt == at::kFloat)
+    run_sequence(s, s.gates, avx512 ? &isa_avx512::lstm_fwd_brgemm_f32 : &isa_avx2::lstm_fwd_brgemm_f32, false);
+  else
+    run_sequence(s, s.gates, &isa_avx512::lstm_fwd_brgemm_bf16, true);
+}
+
+}  // namespace
+
 std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>> lstm_forward_brgemm(
     const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
     const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
     const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& w_hr, bool reverse, bool train) {
   const auto dt = input.scalar_type();
-  if (w_hr.has_value() || !brgemm_enabled(dt)) return std::nullopt;
   const int64_t H = w_hh.size(1), I = w_ih.size(1);
-  if (dt == at::kBFloat16 && (H % 2 != 0 || I % 2 != 0)) return std::nullopt;  // VNNI pairs over K
+  if (w_hr.has_value()) return std::nullopt;
   const SeqLayout L = make_layout(input, batch_sizes);
-  if (L.T == 0 || L.B == 0 || I == 0) return std::nullopt;
+  if (!applies(input, I, H, L)) return std::nullopt;
 
   const int64_t nb = std::min(block_units(), H);
   // The x-projection folds into the step's tile for batches of 16 rows or more (one pass over x_t while the
@@ -180,15 +229,6 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>> lstm_f
   // one large GEMM (FASTRNN_CPU_BRGEMM_FOLD_X=0|1 overrides). Measured (2-core Sapphire Rapids, loaded,
   // interleaved medians): T=100 B=8 H=512 fp32 inference, up front 1.3x faster than folded.
   const bool fold_x = env_int("FASTRNN_CPU_BRGEMM_FOLD_X", L.B >= 16 ? 1 : 0) != 0;
-  // B >= 8: threads own batch rows, no per-step synchronisation; else hidden blocks and a barrier per step
-  // (FASTRNN_CPU_BRGEMM_SPLIT=batch|hidden overrides, for tests and A/B). Measured as above at B=8: the
-  // batch split 1.5-1.8x faster than the hidden split (each thread reads all of W_hh, but waits for no one:
-  // under load a per-step barrier waits for the slowest, descheduled thread).
-  const char* split_env = std::getenv("FASTRNN_CPU_BRGEMM_SPLIT");
-  bool split_batch = L.B >= 8;
-  if (split_env != nullptr && std::strcmp(split_env, "batch") == 0) split_batch = true;
-  if (split_env != nullptr && std::strcmp(split_env, "hidden") == 0) split_batch = false;
-
   const at::Tensor x = rows2d(input.contiguous());
   const at::Tensor hxc = hx.contiguous();
   int64_t k_hh = 0, k_ih = 0;
@@ -205,32 +245,63 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>> lstm_f
   at::Tensor c_state = cx.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true).contiguous();
   at::Tensor ws = at::empty({train ? L.N : 0, train ? 5 * H : 0}, input.options().dtype(at::kFloat));
 
-  LstmBrgemmSeq s{L.T, L.B, I, H, L.batch_sizes.data(), L.offsets.data(), reverse,
-                  x.data_ptr(), hxc.data_ptr(), whh_p.data_ptr(), fold_x ? wih_p.data_ptr() : nullptr,
-                  fold_x ? nullptr : gx.data_ptr(), bias.defined() ? bias.data_ptr<float>() : nullptr,
-                  nb, k_hh, k_ih, c_state.data_ptr<float>(), output.data_ptr(),
-                  train ? ws.data_ptr<float>() : nullptr, split_batch};
-  const bool avx512 = active_isa() == Isa::kAvx512;
-  if (dt == at::kFloat)
-    run_sequence(s, 4, avx512 ? &isa_avx512::lstm_fwd_brgemm_f32 : &isa_avx2::lstm_fwd_brgemm_f32, false);
-  else
-    run_sequence(s, 4, &isa_avx512::lstm_fwd_brgemm_bf16, true);
+  const LstmBrgemmSeq s{BrgemmCell::kLstm, 4, false, L.T, L.B, I, H, L.batch_sizes.data(), L.offsets.data(),
+                        reverse, x.data_ptr(), hxc.data_ptr(), whh_p.data_ptr(),
+                        fold_x ? wih_p.data_ptr() : nullptr, fold_x ? nullptr : gx.data_ptr(),
+                        bias.defined() ? bias.data_ptr<float>() : nullptr, nullptr, nb, k_hh, k_ih,
+                        c_state.data_ptr<float>(), output.data_ptr(), train ? ws.data_ptr<float>() : nullptr,
+                        split_by_batch(L)};
+  launch(s, dt);
+  return std::make_tuple(output, final_h(output, L, reverse), c_state.to(dt), ws);
+}
 
-  // hy: each sequence's h after its last step (forward: step len_b - 1; reverse: step 0).
-  const at::Tensor out2d = rows2d(output);
-  at::Tensor hy;
-  if (reverse) {
-    hy = out2d.narrow(0, 0, L.B).clone();
-  } else {
-    std::vector<int64_t> idx(L.B);
-    int64_t t = L.T - 1;
-    for (int64_t b = 0; b < L.B; ++b) {  // rows of higher index end earlier (batch sizes never grow)
-      while (L.batch_sizes[t] <= b) --t;
-      idx[b] = L.offsets[t] + b;
-    }
-    hy = out2d.index_select(0, at::tensor(idx, at::TensorOptions().dtype(at::kLong)));
-  }
-  return std::make_tuple(output, hy, c_state.to(dt), ws);
+// GRU and RNN: the x-projection always up front (the GRU's reset gate multiplies the h side of n alone, so
+// the two sides stay apart up to the gate math).
+static std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> gru_rnn_forward_brgemm(
+    BrgemmCell cell, int64_t G, const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes,
+    const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+    const std::optional<at::Tensor>& b_hh, bool relu, bool reverse, bool train) {
+  const auto dt = input.scalar_type();
+  const int64_t H = w_hh.size(1), I = w_ih.size(1);
+  const SeqLayout L = make_layout(input, batch_sizes);
+  if (!applies(input, I, H, L)) return std::nullopt;
+  const int64_t nb = std::min(block_units(), H);
+  const at::Tensor x = rows2d(input.contiguous());
+  const at::Tensor hxc = hx.contiguous();
+  int64_t k_hh = 0;
+  const at::Tensor whh_p = pack_gate_blocks(w_hh, G, nb, &k_hh);
+  const at::Tensor gx = at::mm(x, w_ih.t()).to(dt).contiguous();
+  const std::optional<at::Tensor> bx = fp32_or_null(b_ih), bh = fp32_or_null(b_hh);
+
+  auto out_sizes = input.sizes().vec();
+  out_sizes.back() = H;
+  at::Tensor output = at::empty(out_sizes, input.options());
+  const bool keep_ws = train && cell == BrgemmCell::kGru;
+  at::Tensor ws = at::empty({keep_ws ? L.N : 0, keep_ws ? 4 * H : 0}, input.options().dtype(at::kFloat));
+  const LstmBrgemmSeq s{cell, G, relu, L.T, L.B, I, H, L.batch_sizes.data(), L.offsets.data(), reverse,
+                        x.data_ptr(), hxc.data_ptr(), whh_p.data_ptr(), nullptr, gx.data_ptr(),
+                        bx ? bx->data_ptr<float>() : nullptr, bh ? bh->data_ptr<float>() : nullptr, nb, k_hh, 0,
+                        nullptr, output.data_ptr(), keep_ws ? ws.data_ptr<float>() : nullptr, split_by_batch(L)};
+  launch(s, dt);
+  return std::make_tuple(output, final_h(output, L, reverse), ws);
+}
+
+std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> gru_forward_brgemm(
+    const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
+    const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+    const std::optional<at::Tensor>& b_hh, bool reverse, bool train) {
+  return gru_rnn_forward_brgemm(BrgemmCell::kGru, 3, input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, false,
+                                reverse, train);
+}
+
+std::optional<std::tuple<at::Tensor, at::Tensor>> rnn_forward_brgemm(
+    const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
+    const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+    const std::optional<at::Tensor>& b_hh, bool relu, bool reverse) {
+  auto r = gru_rnn_forward_brgemm(BrgemmCell::kRnn, 1, input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu,
+                                  reverse, false);
+  if (!r) return std::nullopt;
+  return std::make_tuple(std::get<0>(*r), std::get<1>(*r));
 }
 
 }  // namespace fastrnn::cpu

@@ -35,8 +35,13 @@
 
 namespace fastrnn::cpu {
 
-// One LSTM forward sequence, in raw pointers (see brgemm_impl.h for the loop).
+enum class BrgemmCell { kLstm, kGru, kRnn };
+
+// One forward sequence of one cell, in raw pointers (see brgemm_impl.h for the loop).
 struct LstmBrgemmSeq {
+  BrgemmCell cell;
+  int64_t gates;       // 4, 3, 1
+  bool relu;           // RNN only
   int64_t T, B, I, H;
   const int64_t* batch_sizes;  // [T]
   const int64_t* offsets;      // [T + 1]
@@ -45,13 +50,14 @@ struct LstmBrgemmSeq {
   const void* hx;      // [B, H] (scalar_t)
   const void* w_hh;    // packed blocks, block j at w_hh_elems * j0 (j0 = its first unit)
   const void* w_ih;    // packed blocks (folded x-projection) or nullptr
-  const void* gx;      // [N, 4H] x-projection done up front (scalar_t) or nullptr
-  const float* bias;   // [4H] blocked fp32 b_ih + b_hh, or nullptr
+  const void* gx;      // [N, G*H] x-projection done up front (scalar_t) or nullptr (LSTM only: folded)
+  const float* bias;   // [G*H] fp32: LSTM b_ih + b_hh; GRU and RNN b_ih; or nullptr
+  const float* bias_h; // [G*H] fp32: GRU and RNN b_hh, or nullptr
   int64_t nb;          // hidden units per block (the last block may have fewer)
   int64_t k_hh, k_ih;  // K of the packed weights (padded to even for bf16)
   float* c_state;      // [B, H], updated in place
   void* out;           // [N, H] (scalar_t)
-  float* ws;           // [N, 5H] (train) or nullptr
+  float* ws;           // train: LSTM [N, 5H] (i, f, g, o, c), GRU [N, 4H] (r, z, n, hn); else nullptr
   bool split_batch;    // threads own batch rows (true) or hidden blocks (false)
 };
 
@@ -61,6 +67,17 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>> lstm_f
     const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
     const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
     const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& w_hr, bool reverse, bool train);
+
+// The same for the GRU (always with the x-projection up front: the reset gate multiplies the h side of n
+// alone) and the Elman RNN.
+std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> gru_forward_brgemm(
+    const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
+    const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+    const std::optional<at::Tensor>& b_hh, bool reverse, bool train);
+std::optional<std::tuple<at::Tensor, at::Tensor>> rnn_forward_brgemm(
+    const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
+    const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+    const std::optional<at::Tensor>& b_hh, bool relu, bool reverse);
 
 // Whether brgemm serves `dtype` on this processor with the active instruction set and switches
 // (FASTRNN_CPU_BRGEMM=0 turns the path off; read on every call).

@@ -3,6 +3,7 @@
 // multiplies W_hn h + b_hn alone (torch.nn's formulation).
 #include <torch/library.h>
 
+#include "brgemm_step.h"
 #include "step_loop.h"
 
 namespace fastrnn::cpu {
@@ -17,6 +18,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
     const std::optional<at::Tensor>& b_hh_, bool reverse, bool train) {
   const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
   const CellShape s = check_forward_args(kFwd, 3, input, batch_sizes, hx, nullptr, w_ih, w_hh_, b_ih_, b_hh_, {});
+  if (auto fused = gru_forward_brgemm(input, batch_sizes, hx, w_ih, w_hh_, b_ih_, b_hh_, reverse, train))
+    return *fused;  // the fused brgemm path (brgemm_step.h); below, the per-step path
   const std::optional<at::Tensor> b_ih = contiguous(b_ih_), b_hh = contiguous(b_hh_);
   const SeqLayout L = make_layout(input, batch_sizes);
   const int64_t H = s.hidden_size;

@@ -2,6 +2,7 @@
 // lstm_cpu.cpp; the backward needs only the outputs, so the forward saves nothing.
 #include <torch/library.h>
 
+#include "brgemm_step.h"
 #include "step_loop.h"
 
 namespace fastrnn::cpu {
@@ -17,6 +18,8 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(const at::Tensor& input,
                                                const std::optional<at::Tensor>& b_hh_, bool relu, bool reverse) {
   const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
   const CellShape s = check_forward_args(kFwd, 1, input, batch_sizes, hx, nullptr, w_ih, w_hh_, b_ih_, b_hh_, {});
+  if (auto fused = rnn_forward_brgemm(input, batch_sizes, hx, w_ih, w_hh_, b_ih_, b_hh_, relu, reverse))
+    return *fused;  // the fused brgemm path (brgemm_step.h); below, the per-step path
   const std::optional<at::Tensor> b_ih = contiguous(b_ih_), b_hh = contiguous(b_hh_);
   const SeqLayout L = make_layout(input, batch_sizes);
   const int64_t H = s.hidden_size;
