@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "cuda_common.h"
+#include "persistent.h"
 
 namespace fastrnn::cuda {
 namespace {
@@ -39,9 +40,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
   const at::Tensor gx = input_gates(rows2d(input.contiguous()), w_ih, b_ih).contiguous();
   if (L.T == 0) return {output, h0.clone(), ws};
 
-  if (L.B > 0 && H > 0) check_launch(kFwd, "gru_fwd_step_kernel", fwd_launch_config(dt, Cell::kGru, H, L.B));
+  const bool persistent = run_fwd_persistent(kFwd, dt, Cell::kGru, L, reverse, H, gx, b_hh, w_hh, out, h0, nullptr,
+                                             train ? ws.data_ptr() : nullptr, 0, /*projection=*/false);
+  if (!persistent && L.B > 0 && H > 0)
+    check_launch(kFwd, "gru_fwd_step_kernel", fwd_launch_config(dt, Cell::kGru, H, L.B));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  for (int64_t k = 0; k < L.T; ++k) {
+  for (int64_t k = 0; k < (persistent ? 0 : L.T); ++k) {
     const int64_t t = L.step(k, reverse);
     FwdStepParams p = fwd_step_params(L, t, reverse, H, gx, b_hh, w_hh, out, h0);
     p.ws = train ? row_ptr(ws, L.offsets[t]) : nullptr;

@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include "cuda_common.h"
+#include "persistent.h"
 
 namespace fastrnn::cuda {
 namespace {
@@ -51,9 +52,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
   const at::Tensor r = proj ? at::empty({L.B, H}, input.options()) : at::Tensor();
   if (L.T == 0) return {output, h0.clone(), cx.contiguous().clone(), ws};
 
-  if (L.B > 0 && H > 0) check_launch(kFwd, "lstm_fwd_step_kernel", fwd_launch_config(dt, Cell::kLstm, H, L.B));
+  const bool persistent = run_fwd_persistent(kFwd, dt, Cell::kLstm, L, reverse, H, gx, b_hh, w_hh, out, h0,
+                                             c_state.data_ptr(), train ? ws.data_ptr() : nullptr, 0, proj);
+  if (!persistent && L.B > 0 && H > 0)
+    check_launch(kFwd, "lstm_fwd_step_kernel", fwd_launch_config(dt, Cell::kLstm, H, L.B));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  for (int64_t k = 0; k < L.T; ++k) {
+  for (int64_t k = 0; k < (persistent ? 0 : L.T); ++k) {
     const int64_t t = L.step(k, reverse), bs = L.batch_sizes[t], off = L.offsets[t];
     FwdStepParams p = fwd_step_params(L, t, reverse, H, gx, b_hh, w_hh, out, h0);
     p.c_state = c_state.data_ptr();

@@ -62,4 +62,32 @@ struct BwdStepParams {
   int relu = 0;
 };
 
+// The persistent forward kernel (fwd_persistent_kernel.cuh) runs every step of a sequence in one
+// cooperative launch. Step s of the launch (processing order: t = s forward, t = T-1-s in reverse) is
+// described by one row of a small device table: its first packed row, its row count, and the rows it
+// continues from (those of the step processed before it, b < n_prev; the others start from h_init).
+struct FwdSeqStep {
+  int64_t off = 0;       // first row of the step in gx / out / ws
+  int64_t bs = 0;        // rows of the step
+  int64_t off_prev = 0;  // first row of the previously processed step (meaningful when n_prev > 0)
+  int64_t n_prev = 0;    // rows that continue the previously processed step
+};
+
+struct FwdSeqParams {
+  const void* gx = nullptr;       // S [N, G*H]: x W_ih^T + b_ih of every row
+  const void* b_hh = nullptr;     // S [G*H] or nullptr
+  const void* w_hh = nullptr;     // S [G*H, K]
+  const void* h_init = nullptr;   // S [B, K]
+  void* c_state = nullptr;        // A [B, H] (LSTM): c0 in, c_n out
+  void* out = nullptr;            // S [N, ld_out]: h of every row (also the state the next step reads)
+  void* ws = nullptr;             // A [N, ws_width] (train) or nullptr
+  const FwdSeqStep* steps = nullptr;  // [T], device memory
+  int64_t T = 0;
+  int64_t H = 0;
+  int64_t K = 0;                  // == H (the persistent path serves no LSTM projection)
+  int64_t ld_out = 0;
+  int units = 0;                  // hidden units per block (a power of two <= 32)
+  int relu = 0;
+};
+
 }  // namespace fastrnn::cuda

@@ -3,6 +3,7 @@
 #include <torch/library.h>
 
 #include "cuda_common.h"
+#include "persistent.h"
 
 namespace fastrnn::cuda {
 namespace {
@@ -34,9 +35,12 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(const at::Tensor& input,
   const at::Tensor gx = input_gates(rows2d(input.contiguous()), w_ih, b_ih).contiguous();
   if (L.T == 0) return {output, h0.clone()};
 
-  if (L.B > 0 && H > 0) check_launch(kFwd, "rnn_fwd_step_kernel", fwd_launch_config(dt, Cell::kRnn, H, L.B));
+  const bool persistent = run_fwd_persistent(kFwd, dt, Cell::kRnn, L, reverse, H, gx, b_hh, w_hh, out, h0, nullptr,
+                                             nullptr, relu ? 1 : 0, /*projection=*/false);
+  if (!persistent && L.B > 0 && H > 0)
+    check_launch(kFwd, "rnn_fwd_step_kernel", fwd_launch_config(dt, Cell::kRnn, H, L.B));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  for (int64_t k = 0; k < L.T; ++k) {
+  for (int64_t k = 0; k < (persistent ? 0 : L.T); ++k) {
     FwdStepParams p = fwd_step_params(L, L.step(k, reverse), reverse, H, gx, b_hh, w_hh, out, h0);
     p.relu = relu ? 1 : 0;
     launch_fwd_step(dt, Cell::kRnn, p, stream);

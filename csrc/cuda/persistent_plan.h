@@ -1,0 +1,51 @@
+// Host-side planning of the persistent forward kernel (fwd_persistent_kernel.cuh), shared by the real launcher
+// (persistent_launcher.cuh), the ATen drivers and the CUDA-emulation tests: the per-step table the kernel walks,
+// and the choice of hidden units per block. Plain C++ (no CUDA runtime, no ATen).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "params.h"
+
+namespace fastrnn::cuda {
+
+// The steps of one direction in processing order (forward: t = 0..T-1; reverse: t = T-1..0). Step t continues
+// the previously processed step for its first min(bs_t, bs_prev) rows (forward: the step before, which has at
+// least as many rows; reverse: the step after, whose rows are the sequences still running); its other rows start
+// from h_init. This is SeqLayout::rows_with_prev / prev_step (csrc/sequence.h), tabulated.
+inline std::vector<FwdSeqStep> fwd_seq_steps(const std::vector<int64_t>& batch_sizes, bool reverse) {
+  const int64_t T = static_cast<int64_t>(batch_sizes.size());
+  std::vector<int64_t> offsets(static_cast<size_t>(T) + 1, 0);
+  for (int64_t t = 0; t < T; ++t) offsets[t + 1] = offsets[t] + batch_sizes[t];
+  std::vector<FwdSeqStep> steps(static_cast<size_t>(T));
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = reverse ? T - 1 - s : s;
+    const int64_t prev = reverse ? (t + 1 < T ? t + 1 : -1) : t - 1;
+    FwdSeqStep& st = steps[s];
+    st.off = offsets[t];
+    st.bs = batch_sizes[t];
+    st.off_prev = prev >= 0 ? offsets[prev] : 0;
+    st.n_prev = prev >= 0 ? std::min(batch_sizes[t], batch_sizes[prev]) : 0;
+  }
+  return steps;
+}
+
+// Hidden units per block. The grid must be co-resident (a cooperative launch), and the weights are spread over as
+// many SMs as possible, one block per SM: the smallest power of two u <= 32 with ceil(H / u) <= num_sms whose
+// block fits (blocks_per_sm(u) >= 1); failing that, the smallest u whose grid fits several blocks per SM
+// (ceil(H / u) <= num_sms * blocks_per_sm(u)). 0 when no u fits: the caller runs the step kernels.
+// blocks_per_sm(u): the occupancy of the kernel with u units per block (0 when its shared memory does not fit).
+// Not tuned on hardware (no GPU has run it yet): see csrc/cuda/README.md.
+template <class BlocksPerSm>
+int choose_units(int64_t H, int64_t num_sms, BlocksPerSm&& blocks_per_sm) {
+  if (H <= 0 || num_sms <= 0) return 0;
+  for (int u = 1; u <= 32; u *= 2)
+    if ((H + u - 1) / u <= num_sms && blocks_per_sm(u) >= 1) return u;
+  for (int u = 1; u <= 32; u *= 2)
+    if ((H + u - 1) / u <= num_sms * static_cast<int64_t>(blocks_per_sm(u))) return u;
+  return 0;
+}
+
+}  // namespace fastrnn::cuda

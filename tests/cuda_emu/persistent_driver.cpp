@@ -1,0 +1,195 @@
+// persistent_driver.cpp -- runs the REAL persistent forward kernels of csrc/cuda/fwd_persistent_kernel.cuh under
+// the CUDA emulation as one cooperative launch per sequence (every block at once, the grid barrier between
+// steps), for tests/test_cuda_emu_persistent.py.
+//
+// Real here: the three __global__ kernels, their traits (grid, smem_bytes), the step table and the choice of
+// units per block (persistent_plan.h, the same header the ATen drivers use). Transcribed: the driver's
+// gathering of h_n (cuda_common.h sequence_rows). The x-side pre-activations gx come from the test.
+//
+// Cases (emu_io.h: `driver CASE IN OUT`):
+//   forward  in:  storage (0 float32, 1 float64, 2 float16, 3 bfloat16; half types travel as float32 arrays
+//                 holding values the storage type represents exactly), cell (0 LSTM, 1 GRU, 2 RNN), relu,
+//                 reverse, train, units, num_sms (the emulated device's SM count), batch_sizes int64 [T],
+//                 w_hh [G*H, H], hx [B, H], gx [N, G*H], b_hh [G*H] (optional), cx [B, H] (LSTM)
+//            out: err (the launch's cudaError_t), output [N, H], hy [B, H], cy [B, H] (LSTM), ws (train)
+//   plan     in:  storage, cell, H, num_sms  out: units (choose_units with the emulated occupancy), grid, smem
+//   batch    several forward sub-cases in one process ("k.<name>" arrays, `n` sub-cases).
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cuda/fwd_persistent_kernel.cuh"
+#include "cuda/persistent_plan.h"
+#include "emu_io.h"
+
+namespace {
+
+using fastrnn::cuda::acc_t;
+using fastrnn::cuda::Cell;
+using fastrnn::cuda::FwdPersistentTraitsFor;
+using fastrnn::cuda::FwdSeqParams;
+using fastrnn::cuda::FwdSeqStep;
+using fastrnn::cuda::from_float;
+using fastrnn::cuda::gates_of;
+using fastrnn::cuda::to_float;
+using std::int64_t;
+
+template <class S, Cell C>
+void (*kernel_of())(FwdSeqParams) {
+  if constexpr (C == Cell::kLstm) return fastrnn::cuda::lstm_fwd_persistent_kernel<S>;
+  else if constexpr (C == Cell::kGru) return fastrnn::cuda::gru_fwd_persistent_kernel<S>;
+  else return fastrnn::cuda::rnn_fwd_persistent_kernel<S>;
+}
+
+// The array as the storage type S (IO: the emu_io element type carrying it).
+template <class S, class IO>
+std::vector<S> to_storage(const std::vector<IO>& v) {
+  std::vector<S> r;
+  r.reserve(v.size());
+  for (IO x : v) r.push_back(from_float<S>(static_cast<acc_t<S>>(x)));
+  return r;
+}
+template <class IO, class T>
+std::vector<IO> to_io(const std::vector<T>& v) {
+  std::vector<IO> r;
+  r.reserve(v.size());
+  for (const T& x : v) r.push_back(static_cast<IO>(to_float(x)));
+  return r;
+}
+
+template <class S, class IO, Cell C>
+void forward(const emu_io::Arrays& in, emu_io::Arrays& out) {
+  using A = acc_t<S>;
+  using Tr = FwdPersistentTraitsFor<S, C>;
+  constexpr int G = gates_of(C);
+  const int64_t H = in.scalar<int64_t>("H");
+  const bool reverse = in.scalar<int>("reverse") != 0, train = in.scalar<int>("train") != 0;
+  const int units = in.scalar<int>("units");
+  const std::vector<int64_t> bsz = in.get<int64_t>("batch_sizes");
+  const int64_t T = static_cast<int64_t>(bsz.size()), B = T > 0 ? bsz[0] : 0;
+  int64_t N = 0;
+  for (int64_t b : bsz) N += b;
+
+  const std::vector<S> w_hh = to_storage<S>(in.get<IO>("w_hh")), hx = to_storage<S>(in.get<IO>("hx"));
+  const std::vector<S> gx = to_storage<S>(in.get<IO>("gx"));
+  const std::vector<S> b_hh = in.has("b_hh") ? to_storage<S>(in.get<IO>("b_hh")) : std::vector<S>{};
+  std::vector<A> c_state;
+  if (C == Cell::kLstm)
+    for (IO x : in.get<IO>("cx")) c_state.push_back(static_cast<A>(x));
+  const int64_t ws_width = C == Cell::kLstm ? 5 * H : C == Cell::kGru ? 4 * H : 0;
+  // What the kernel writes starts as NaN, so a row it fails to write shows up.
+  std::vector<S> output(static_cast<size_t>(N * H), from_float<S>(std::numeric_limits<A>::quiet_NaN()));
+  std::vector<A> ws(train ? static_cast<size_t>(N * ws_width) : 0, std::numeric_limits<A>::quiet_NaN());
+  const std::vector<FwdSeqStep> steps = fastrnn::cuda::fwd_seq_steps(bsz, reverse);
+
+  FwdSeqParams p;
+  p.gx = gx.data();
+  p.b_hh = b_hh.empty() ? nullptr : b_hh.data();
+  p.w_hh = w_hh.data();
+  p.h_init = hx.data();
+  p.c_state = c_state.empty() ? nullptr : c_state.data();
+  p.out = output.data();
+  p.ws = ws.empty() ? nullptr : ws.data();
+  p.steps = steps.data();
+  p.T = T;
+  p.H = H;
+  p.K = H;
+  p.ld_out = H;
+  p.units = units;
+  p.relu = in.scalar<int>("relu");
+
+  ::cuda_emu::device().num_sms = static_cast<unsigned>(in.scalar<int64_t>("num_sms"));
+  const cudaError_t err =
+      T > 0 && H > 0 ? ::cuda_emu::launch_cooperative(dim3(static_cast<unsigned>(Tr::grid(H, units))),
+                                                      dim3(Tr::kThreads), static_cast<size_t>(Tr::smem_bytes(units, H)),
+                                                      kernel_of<S, C>(), p)
+                     : cudaSuccess;
+  out.put("err", std::vector<int64_t>{static_cast<int64_t>(err)});
+
+  // h_n: each sequence's row at its last processed step (forward: time len_b - 1; reverse: time 0).
+  std::vector<int64_t> rows(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) rows[b] = b;
+  if (!reverse) {
+    int64_t off = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t b = 0; b < bsz[t]; ++b) rows[b] = off + b;
+      off += bsz[t];
+    }
+  }
+  std::vector<S> hy(static_cast<size_t>(B * H));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t j = 0; j < H; ++j) hy[b * H + j] = output[rows[b] * H + j];
+  out.put("output", to_io<IO>(output), {N, H});
+  out.put("hy", to_io<IO>(hy), {B, H});
+  if (C == Cell::kLstm) out.put("cy", to_io<IO>(c_state), {B, H});
+  if (train) out.put("ws", to_io<IO>(ws), {N, ws_width});
+}
+
+template <class S, class IO>
+void forward_cell(const emu_io::Arrays& in, emu_io::Arrays& out) {
+  switch (in.scalar<int>("cell")) {
+    case 0: return forward<S, IO, Cell::kLstm>(in, out);
+    case 1: return forward<S, IO, Cell::kGru>(in, out);
+    case 2: return forward<S, IO, Cell::kRnn>(in, out);
+  }
+  throw std::runtime_error("cell must be 0 (LSTM), 1 (GRU) or 2 (RNN)");
+}
+
+void forward_any(const emu_io::Arrays& in, emu_io::Arrays& out) {
+  switch (in.scalar<int>("storage")) {
+    case 0: return forward_cell<float, float>(in, out);
+    case 1: return forward_cell<double, double>(in, out);
+    case 2: return forward_cell<__half, float>(in, out);
+    case 3: return forward_cell<__nv_bfloat16, float>(in, out);
+  }
+  throw std::runtime_error("storage must be 0 (float32), 1 (float64), 2 (float16) or 3 (bfloat16)");
+}
+
+template <class S, Cell C>
+void plan_for(const emu_io::Arrays& in, emu_io::Arrays& out) {
+  using Tr = FwdPersistentTraitsFor<S, C>;
+  const int64_t H = in.scalar<int64_t>("H");
+  ::cuda_emu::device().num_sms = static_cast<unsigned>(in.scalar<int64_t>("num_sms"));
+  const int u = fastrnn::cuda::choose_units(H, ::cuda_emu::device().num_sms, [&](int units) {
+    return static_cast<int>(::cuda_emu::occupancy_max_active_blocks_per_sm(
+        Tr::kThreads, static_cast<size_t>(Tr::smem_bytes(units, H))));
+  });
+  out.put("units", std::vector<int64_t>{u});
+  out.put("grid", std::vector<int64_t>{u > 0 ? Tr::grid(H, u) : 0});
+  out.put("smem", std::vector<int64_t>{u > 0 ? Tr::smem_bytes(u, H) : 0});
+}
+
+void plan(const emu_io::Arrays& in, emu_io::Arrays& out) {
+  const int cell = in.scalar<int>("cell"), storage = in.scalar<int>("storage");
+  if (storage != 0 && storage != 1) throw std::runtime_error("plan: storage 0 or 1");
+  if (storage == 0) {
+    if (cell == 0) return plan_for<float, Cell::kLstm>(in, out);
+    if (cell == 1) return plan_for<float, Cell::kGru>(in, out);
+    return plan_for<float, Cell::kRnn>(in, out);
+  }
+  if (cell == 0) return plan_for<double, Cell::kLstm>(in, out);
+  if (cell == 1) return plan_for<double, Cell::kGru>(in, out);
+  return plan_for<double, Cell::kRnn>(in, out);
+}
+
+void batch(const emu_io::Arrays& in, emu_io::Arrays& out) {
+  const int n = in.scalar<int>("n");
+  for (int k = 0; k < n; ++k) {
+    const std::string prefix = std::to_string(k) + ".";
+    emu_io::Arrays sub, sub_out;
+    for (const auto& [name, a] : in.items)
+      if (name.compare(0, prefix.size(), prefix) == 0) sub.items[name.substr(prefix.size())] = a;
+    if (sub.items.empty()) throw std::runtime_error("batch: no arrays for sub-case " + std::to_string(k));
+    forward_any(sub, sub_out);
+    for (auto& [name, a] : sub_out.items) out.items[prefix + name] = std::move(a);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  return emu_io::run_cases(argc, argv, {{"forward", forward_any}, {"plan", plan}, {"batch", batch}});
+}
