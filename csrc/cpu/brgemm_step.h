@@ -21,7 +21,8 @@
 //
 // Availability. Used for float32 and bfloat16 when the processor runs the AVX2 (float32) or AVX-512
 // (bfloat16) kernels, brgemm passed a probe against a reference product (it raises, or silently falls back to
-// a plain GEMM on the wrong layout, where oneDNN's ukernel is missing), and FASTRNN_CPU_BRGEMM is not 0.
+// a plain GEMM on the wrong layout, where oneDNN's ukernel is missing), and FASTRNN_CPU_BRGEMM is not 0;
+// GRU/RNN float32 with B < 8 only when FASTRNN_CPU_BRGEMM=1 forces it (it does not win there yet).
 // Otherwise, and for what it does not cover yet (LSTM projections, bf16 with an odd I or H), the callers run
 // their older per-step path (step_gemm.h + pointwise kernels).
 #pragma once
