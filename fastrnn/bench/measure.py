@@ -297,6 +297,15 @@ def gemm_peak(dtype: torch.dtype, device: str, seconds: float = 1.0) -> Dict[str
     return {"gflops": round(rate(n, 3, seconds), 1), "n": n, "seconds": seconds}
 
 
+def set_gemm_fractions(row: Dict[str, object], peak_gflops: Optional[float]) -> None:
+    """On a GEMM-bound row that has times, each side's GEMM rate (gemm_gflop / median time) as a fraction of
+    peak_gflops; cleared when there is no peak."""
+    row["torch_gemm_frac"] = row["fastrnn_gemm_frac"] = ""
+    if row.get("gemm_bound") is True and row.get("status") == "OK" and peak_gflops:
+        for side in ("torch", "fastrnn"):
+            row[f"{side}_gemm_frac"] = round(row["gemm_gflop"] / (row[f"{side}_ms"] * 1e-3) / peak_gflops, 4)
+
+
 # -------------------------------------------------------------------------------------------- one run
 def run_case(case: Case, mode: str, dtype_name: str, device: str, *, warmup: int, repeats: Optional[int],
              budget_s: float, measure_memory: bool = True,
@@ -317,7 +326,7 @@ def run_case(case: Case, mode: str, dtype_name: str, device: str, *, warmup: int
         row["gemm_bound"] = gemm_bound(case)
         rows = inp.data.shape[0] if isinstance(inp, PackedSequence) else shape["T"] * shape["B"]
         flops = gemm_flops(case, rows, mode)
-        row["gemm_gflop"] = round(flops / 1e9, 4)
+        row["gemm_gflop"] = round(flops / 1e9, 6)
         if mode == "inference":
             ref.eval(), fast.eval()
         row["parity_max_err"], row["parity_note"] = check_parity(ref, fast, inp, grad, mode, dtype)
@@ -338,9 +347,7 @@ def run_case(case: Case, mode: str, dtype_name: str, device: str, *, warmup: int
         row.update(status="OK", torch_ms=round(t_ref, 4), fastrnn_ms=round(t_fast, 4),
                    speedup=round(t_ref / t_fast, 3), speedup_q1=round(q1, 3), speedup_q3=round(q3, 3),
                    torch_min_ms=round(min(ref_t), 4), fastrnn_min_ms=round(min(fast_t), 4), repeats=len(ref_t))
-        if row["gemm_bound"] and peak_gflops:
-            for side, ms in (("torch", t_ref), ("fastrnn", t_fast)):
-                row[f"{side}_gemm_frac"] = round(flops / (ms * 1e-3) / 1e9 / peak_gflops, 4)
+        set_gemm_fractions(row, peak_gflops)
         if target is not None:
             row["meets_target"] = bool(row["speedup"] >= target)
     except Exception as exc:

@@ -49,8 +49,10 @@ def header_lines(info: Dict[str, object]) -> List[str]:
         lines.append(f"GPU: {info['gpu']} (CUDA {info['cuda']}, cuDNN {info['cudnn']})")
     lines.append(f"torch {info['torch']}, fastrnn {info['fastrnn']}, Python {info['python']}, {info['platform']}")
     for dtype, p in (info.get("gemm_peak") or {}).items():
+        when = (f"the higher of {p['gflops_start']:.0f} at the start and {p['gflops_end']:.0f} at the end"
+                if "gflops_end" in p else "at the start")
         lines.append(f"peak GEMM {dtype}: {p['gflops']:.0f} GFLOP/s (torch.mm {p['n']}x{p['n']}x{p['n']}, "
-                     f"best call in {p['seconds']:g} s, {info['torch_threads']} threads)")
+                     f"best call in {p['seconds']:g} s, {info['torch_threads']} threads; {when})")
     if info.get("quick"):
         lines.append(f"quick run: {info['cases_run']} of {info['cases_all']} cases, at their full sequence "
                      f"lengths, >= {info['min_repeats']} timed pairs each")
