@@ -146,9 +146,17 @@ def _differentiable_backward(ctx, forward, args, grads):
     return tuple(result)
 
 
+def _no_zero_grads(ctx) -> None:
+    """Outputs left out of the loss reach the backward as None instead of zero tensors autograd would allocate
+    first: the workspace ([N, 5H] / [N, 4H] in fp32) is never part of a loss, and a zero gradient for it would
+    add its whole size to a training step's peak memory. `_grad` makes the zeros the backward ops need."""
+    ctx.set_materialize_grads(False)
+
+
 def _lstm_setup(ctx, inputs, output):
     input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, train = inputs
     out, _, _, workspace = output
+    _no_zero_grads(ctx)
     ctx.save_for_backward(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, out, workspace)
     ctx.reverse, ctx.train, ctx.has_bias = reverse, train, b_ih is not None
 
@@ -171,6 +179,7 @@ def _lstm_backward(ctx, grad_out, grad_hy, grad_cy, _grad_workspace):
 def _gru_setup(ctx, inputs, output):
     input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, train = inputs
     out, _, workspace = output
+    _no_zero_grads(ctx)
     ctx.save_for_backward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, out, workspace)
     ctx.reverse, ctx.train, ctx.has_bias = reverse, train, b_ih is not None
 
@@ -191,6 +200,7 @@ def _gru_backward(ctx, grad_out, grad_hy, _grad_workspace):
 def _rnn_setup(ctx, inputs, output):
     input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse = inputs
     out, _ = output
+    _no_zero_grads(ctx)
     ctx.save_for_backward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, out)
     ctx.relu, ctx.reverse, ctx.has_bias = relu, reverse, b_ih is not None
 
