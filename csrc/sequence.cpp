@@ -92,19 +92,49 @@ CellShape check_forward_args(const char* op, int64_t gates, const at::Tensor& in
   return s;
 }
 
+std::vector<PrevRun> prev_runs(const SeqLayout& l, bool reverse) {
+  std::vector<PrevRun> runs;
+  auto add = [&](int64_t row, int64_t src, int64_t n, bool init) {
+    if (n <= 0) return;
+    if (!runs.empty()) {
+      PrevRun& r = runs.back();
+      if (r.init == init && r.row + r.n == row && r.src + r.n == src) {
+        r.n += n;
+        return;
+      }
+    }
+    runs.push_back({row, src, n, init});
+  };
+  for (int64_t t = 0; t < l.T; ++t) {
+    const int64_t p = l.prev_step(t, reverse), with_prev = l.rows_with_prev(t, reverse);
+    add(l.offsets[t], p < 0 ? 0 : l.offsets[p], with_prev, false);
+    add(l.offsets[t] + with_prev, with_prev, l.batch_sizes[t] - with_prev, true);
+  }
+  return runs;
+}
+
 at::Tensor gather_prev(const at::Tensor& seq, const at::Tensor& init, const SeqLayout& l, bool reverse) {
   const NoAutocast no_autocast;
-  // Index into cat([seq, init]): rows < N are rows of seq, row N + b is init[b].
-  std::vector<int64_t> idx(l.N);
-  for (int64_t t = 0; t < l.T; ++t) {
-    const int64_t p = l.prev_step(t, reverse);
-    const int64_t with_prev = l.rows_with_prev(t, reverse);
-    for (int64_t b = 0; b < l.batch_sizes[t]; ++b)
-      idx[l.offsets[t] + b] = b < with_prev ? l.offsets[p] + b : l.N + b;
+  at::Tensor h = at::empty({l.N, seq.size(1)}, seq.options());
+  for (const PrevRun& r : prev_runs(l, reverse))
+    h.narrow(0, r.row, r.n).copy_((r.init ? init : seq).narrow(0, r.src, r.n));
+  return checked_dtype("gather_prev", h, seq.scalar_type());
+}
+
+void addmm_prev(at::Tensor out, const at::Tensor& a, const at::Tensor& seq, const at::Tensor& init,
+                const SeqLayout& l, bool reverse) {
+  const NoAutocast no_autocast;
+  bool first = true;
+  for (const PrevRun& r : prev_runs(l, reverse)) {
+    const at::Tensor a_t = a.narrow(0, r.row, r.n).t(), h = (r.init ? init : seq).narrow(0, r.src, r.n);
+    if (first) {
+      at::mm_out(out, a_t, h);
+    } else {
+      out.addmm_(a_t, h);
+    }
+    first = false;
   }
-  const at::Tensor index =
-      at::tensor(idx, at::TensorOptions().dtype(at::kLong)).to(seq.device(), /*non_blocking=*/true);
-  return checked_dtype("gather_prev", at::cat({seq, init}, 0).index_select(0, index), seq.scalar_type());
+  if (first) out.zero_();
 }
 
 at::Tensor input_gates(const at::Tensor& x, const at::Tensor& w_ih, const std::optional<at::Tensor>& b_ih) {
@@ -132,22 +162,54 @@ void check_backward_args(const char* op, const at::Tensor& input, int64_t state_
   }
 }
 
-SequenceGrads sequence_grads(const at::Tensor& dgx, const at::Tensor& dgh, const at::Tensor& x,
-                             const at::Tensor& h_prev, const at::Tensor& w_ih, bool has_bias,
-                             at::IntArrayRef input_sizes) {
+GateGradBuffer gate_grad_buffer(int64_t N, int64_t gates_hidden, const at::Tensor& input) {
+  const int64_t I = input.size(-1);
+  GateGradBuffer b;
+  if (I >= gates_hidden && N * gates_hidden > 0) {
+    b.grad_input = at::empty(input.sizes(), input.options());
+    b.dgx = b.grad_input.view({-1}).narrow(0, 0, N * gates_hidden).view({N, gates_hidden});
+  } else {
+    b.dgx = at::empty({N, gates_hidden}, input.options());
+  }
+  return b;
+}
+
+SequenceGrads sequence_grads(const GateGradBuffer& dg, const at::Tensor& dgh_n, const at::Tensor& x,
+                             const at::Tensor& out, const at::Tensor& hx, const SeqLayout& layout, bool reverse,
+                             const at::Tensor& w_ih, bool has_bias, at::IntArrayRef input_sizes) {
   const NoAutocast no_autocast;
+  const at::Tensor& dgx = dg.dgx;
   const auto dt = dgx.scalar_type();
+  const int64_t GH = dgx.size(1), Hn = dgh_n.defined() ? dgh_n.size(1) : 0;
   SequenceGrads g;
-  g.grad_input = checked_dtype("the input-gradient GEMM", at::mm(dgx, w_ih), dt).view(input_sizes);
   g.grad_w_ih = checked_dtype("the w_ih-gradient GEMM", at::mm(dgx.t(), x), dt);
-  g.grad_w_hh = checked_dtype("the w_hh-gradient GEMM", at::mm(dgh.t(), h_prev), dt);
+  g.grad_w_hh = at::empty({GH, out.size(1)}, dgx.options());
+  addmm_prev(g.grad_w_hh.narrow(0, 0, GH - Hn), dgx.narrow(1, 0, GH - Hn), out, hx, layout, reverse);
+  if (Hn > 0) addmm_prev(g.grad_w_hh.narrow(0, GH - Hn, Hn), dgh_n, out, hx, layout, reverse);
   if (has_bias) {
     g.grad_b_ih = dgx.sum(0, /*keepdim=*/false, acc_dtype(dt)).to(dt);
-    g.grad_b_hh = dgh.is_same(dgx) ? g.grad_b_ih.clone() : dgh.sum(0, false, acc_dtype(dt)).to(dt);
+    g.grad_b_hh = g.grad_b_ih.clone();
+    if (Hn > 0) g.grad_b_hh.narrow(0, GH - Hn, Hn).copy_(dgh_n.sum(0, false, acc_dtype(dt)));
   } else {
     g.grad_b_ih = at::empty({0}, dgx.options());
     g.grad_b_hh = at::empty({0}, dgx.options());
   }
+  // Last: the largest result, so that it is not alive during the others (and, in dgx's storage, once
+  // everything else has read dgx).
+  if (!dg.grad_input.defined()) {
+    g.grad_input = checked_dtype("the input-gradient GEMM", at::mm(dgx, w_ih), dt).view(input_sizes);
+    return g;
+  }
+  const int64_t N = dgx.size(0), chunk = std::max<int64_t>(1, (N + 7) / 8);
+  const at::Tensor gi = dg.grad_input.view({N, w_ih.size(1)});
+  const at::Tensor tmp = at::empty({std::min(chunk, N), w_ih.size(1)}, dgx.options());
+  for (int64_t r1 = N; r1 > 0; r1 -= chunk) {
+    const int64_t r0 = std::max<int64_t>(0, r1 - chunk);
+    at::Tensor t = tmp.narrow(0, 0, r1 - r0);
+    at::mm_out(t, dgx.narrow(0, r0, r1 - r0), w_ih);
+    gi.narrow(0, r0, r1 - r0).copy_(t);
+  }
+  g.grad_input = dg.grad_input;
   return g;
 }
 

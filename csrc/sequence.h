@@ -55,9 +55,25 @@ CellShape check_forward_args(const char* op, int64_t gates, const at::Tensor& in
 void check_like(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef sizes,
                 const at::Tensor& like);
 
+// The states the rows of a sequence start from, as maximal runs of consecutive rows: rows [row, row + n) start
+// from rows [src, src + n) of the sequence's own outputs (init = false) or of the initial state (init = true).
+// A dense sequence is two runs (forward: rows B.. from outputs 0.., rows 0..B from init; reverse likewise);
+// a packed one adds a run wherever the batch size changes.
+struct PrevRun {
+  int64_t row, src, n;
+  bool init;
+};
+std::vector<PrevRun> prev_runs(const SeqLayout& layout, bool reverse);
+
 // For every row r (in packed order) the row of `seq` [N, D] that holds the state its step started from,
-// or the row of `init` [B, D] where it starts from the initial state. Returns [N, D] (contiguous).
+// or the row of `init` [B, D] where it starts from the initial state. Returns [N, D] (contiguous), copied run
+// by run (no intermediate [N + B, D] concatenation).
 at::Tensor gather_prev(const at::Tensor& seq, const at::Tensor& init, const SeqLayout& layout, bool reverse);
+
+// out [G, D] = a^T @ h_prev for a [N, G] (any strides) and h_prev = gather_prev(seq, init), without
+// materialising h_prev: one GEMM per run (prev_runs) on views of seq and init.
+void addmm_prev(at::Tensor out, const at::Tensor& a, const at::Tensor& seq, const at::Tensor& init,
+                const SeqLayout& layout, bool reverse);
 
 // The x-side pre-activations of every step in one GEMM: x [N, I] @ w_ih^T (+ b_ih), [N, gates*H].
 at::Tensor input_gates(const at::Tensor& x, const at::Tensor& w_ih, const std::optional<at::Tensor>& b_ih);
@@ -69,16 +85,30 @@ void check_backward_args(const char* op, const at::Tensor& input, int64_t state_
                          const at::Tensor& grad_hy, const at::Tensor& hx, const at::Tensor* workspace,
                          at::IntArrayRef workspace_sizes);
 
-// The whole-sequence GEMMs and reductions of a backward, once the per-step pass has produced the
-// gradients of the x-side (dgx) and h-side (dgh) pre-activations of every row [N, gates*H]:
-// the input gradient, the weight gradients against x and the states each step started from (h_prev), and
-// the bias gradients (a deterministic reduction in the accumulation dtype; undefined when !has_bias).
+// The whole-sequence GEMMs and reductions of a backward, once the per-step pass has produced the gradients
+// of the pre-activations of every row, dgx [N, gates*H]: the input gradient, the weight gradients against x
+// and against the states each step started from (the rows of `out` [N, S] and `hx` [B, S], read in place
+// through addmm_prev), and the bias gradients (a deterministic reduction in the accumulation dtype; empty
+// when !has_bias). The h-side gradients equal dgx except, for the GRU, those of n: dgh_n [N, H] (= dgx's n
+// part times r) then replaces dgx's last H columns on the h side (w_hh, b_hh); undefined otherwise.
+//
+// dgx comes from gate_grad_buffer: where the input gradient [N, I] is at least as large as dgx (I >= gates*H:
+// an Elman RNN whose input is at least as wide as its state), dgx lives in the input gradient's storage, and
+// the input gradient is computed into that storage last, in row chunks from the last to the first (row r's
+// input gradient only overwrites dgx rows >= r, already consumed), so the backward's peak holds one [N, *]
+// tensor less.
+struct GateGradBuffer {
+  at::Tensor dgx;         // [N, gates*H], contiguous
+  at::Tensor grad_input;  // the input gradient (the input's shape) whose storage holds dgx, or undefined
+};
+GateGradBuffer gate_grad_buffer(int64_t N, int64_t gates_hidden, const at::Tensor& input);
+
 struct SequenceGrads {
   at::Tensor grad_input, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh;
 };
-SequenceGrads sequence_grads(const at::Tensor& dgx, const at::Tensor& dgh, const at::Tensor& x,
-                             const at::Tensor& h_prev, const at::Tensor& w_ih, bool has_bias,
-                             at::IntArrayRef input_sizes);
+SequenceGrads sequence_grads(const GateGradBuffer& dg, const at::Tensor& dgh_n, const at::Tensor& x,
+                             const at::Tensor& out, const at::Tensor& hx, const SeqLayout& layout, bool reverse,
+                             const at::Tensor& w_ih, bool has_bias, at::IntArrayRef input_sizes);
 
 // The dtype in which gates are computed and the cell state and saved activations are kept.
 inline at::ScalarType acc_dtype(at::ScalarType t) {
@@ -103,6 +133,34 @@ inline at::Tensor checked_dtype(const char* what, at::Tensor t, at::ScalarType d
               dtype, " (a dispatch layer such as autocast changed its dtype)");
   return t;
 }
+
+// A per-row tensor the backward reads step by step (grad_output: dense [T, B, D] or packed [N, D]), read in
+// place whatever its row strides: a batch_first module hands the op a transposed gradient, a bidirectional
+// one a slice of the concatenated outputs' gradient, and copying those costs a whole [N, D] buffer. Only a
+// strided feature dimension (e.g. a gradient expanded from a scalar) is copied to a contiguous tensor.
+struct StepRows {
+  at::Tensor t;    // the tensor read: the argument itself, or its contiguous copy
+  bool packed;
+  int64_t ld = 0;  // row stride within a step, in elements (may be 0: rows expanded from one)
+  StepRows(const at::Tensor& x, bool packed_)
+      : t(x.size(-1) <= 1 || x.stride(-1) == 1 ? x : x.contiguous()), packed(packed_),
+        ld(t.dim() >= 2 ? t.stride(t.dim() - 2) : 0) {}
+  // The first row of step `step` (packed: row offsets[step]; dense: t[step]).
+  const void* ptr(const SeqLayout& l, int64_t step) const {
+    return static_cast<const char*>(t.const_data_ptr()) +
+           (packed ? l.offsets[step] : step) * t.stride(0) * static_cast<int64_t>(t.element_size());
+  }
+  // The same, typed (const_data_ptr<T> checks the dtype).
+  template <typename T>
+  const T* step(const SeqLayout& l, int64_t s) const {
+    return t.const_data_ptr<T>() + (packed ? l.offsets[s] : s) * t.stride(0);
+  }
+  // The step's rows as a [batch_sizes[s], D] view.
+  at::Tensor rows(const SeqLayout& l, int64_t s) const {
+    const int64_t n = l.batch_sizes[s];
+    return packed ? t.narrow(0, l.offsets[s], n) : t.select(0, s).narrow(0, 0, n);
+  }
+};
 
 // Views a dense [T, B, D] or packed [N, D] tensor as its [N, D] rows (N counted from the leading sizes, so
 // that D = 0 works too).

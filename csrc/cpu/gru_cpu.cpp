@@ -70,31 +70,50 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   check_backward_args(kBwd, input, s.state_size, grad_output, output, grad_hy, hx, &workspace, {L.N, 4 * H});
   const at::Tensor w_hh = w_hh_.contiguous();
   const at::Tensor ws = workspace.contiguous();
-  const at::Tensor go = rows2d(grad_output.contiguous());
-  const at::Tensor h_prev = gather_prev(rows2d(output.contiguous()), hx, L, reverse);
+  const StepRows go(grad_output, batch_sizes.has_value());  // read in place (a transposed or sliced gradient too)
+  // The states the steps started from are read in place: the previous step's rows of out, or hx.
+  const at::Tensor out = rows2d(output.contiguous());
+  const at::Tensor h0 = hx.contiguous();
   at::Tensor dh_state = grad_hy.contiguous().clone();
-  at::Tensor dgx = at::empty({L.N, 3 * H}, input.options());
-  at::Tensor dgh = at::empty({L.N, 3 * H}, input.options());
+  const GateGradBuffer dg = gate_grad_buffer(L.N, 3 * H, input);
+  const at::Tensor& dgx = dg.dgx;
+  // The h-side gate gradients equal the x side's for r and z; only n's differs (dph_n = dpx_n * r). So the
+  // whole sequence keeps dph_n alone [N, H], and a step's full h-side rows [dr, dz, dph_n], which its
+  // recurrent GEMM reads, live in a one-step buffer.
+  at::Tensor dph_n = at::empty({L.N, H}, input.options());
 
-  const StepGemm gemm_hh(w_hh, /*transpose_w=*/false, L.B);
-  FASTRNN_CPU_DISPATCH(input.scalar_type(), kBwd, [&] {
-    const auto& K = pointwise_kernels<scalar_t>(active_isa());
-    for (int64_t k = 0; k < L.T; ++k) {
-      const int64_t t = L.step(k, !reverse), bs = L.batch_sizes[t], off = L.offsets[t];
-      GruBwdArgs<scalar_t> a{ws.data_ptr<acc_t<scalar_t>>() + off * 4 * H,
-                             h_prev.data_ptr<scalar_t>() + off * H,
-                             dh_state.data_ptr<scalar_t>(),
-                             go.data_ptr<scalar_t>() + off * H,
-                             dgx.data_ptr<scalar_t>() + off * 3 * H,
-                             dgh.data_ptr<scalar_t>() + off * 3 * H,
-                             dh_state.data_ptr<scalar_t>(),
-                             H};
-      for_rows(bs, 3 * H, [&](int64_t b0, int64_t b1) { K.gru_bwd(a, b0, b1); });
-      gemm_hh.run(dgh.narrow(0, off, bs), dh_state.narrow(0, 0, bs), /*accumulate=*/true);
-    }
-  });
+  {  // scoped: the step buffer and the packed weight are freed before the whole-sequence GEMMs
+    const at::Tensor dgh_step = at::empty({L.B, 3 * H}, input.options());
+    const StepGemm gemm_hh(w_hh, /*transpose_w=*/false, L.B, dgx.nbytes());
+    FASTRNN_CPU_DISPATCH(input.scalar_type(), kBwd, [&] {
+      const auto& K = pointwise_kernels<scalar_t>(active_isa());
+      for (int64_t k = 0; k < L.T; ++k) {
+        const int64_t t = L.step(k, !reverse), bs = L.batch_sizes[t], off = L.offsets[t];
+        const int64_t prev = L.prev_step(t, reverse), with_prev = L.rows_with_prev(t, reverse);
+        // Rows b < with_prev started from row b of the previous step, the others from hx[b].
+        GruBwdArgs<scalar_t> a{ws.data_ptr<acc_t<scalar_t>>() + off * 4 * H,
+                               with_prev > 0 ? out.data_ptr<scalar_t>() + L.offsets[prev] * H : h0.data_ptr<scalar_t>(),
+                               dh_state.data_ptr<scalar_t>(),
+                               go.step<scalar_t>(L, t),
+                               dgx.data_ptr<scalar_t>() + off * 3 * H,
+                               dgh_step.data_ptr<scalar_t>(),
+                               dh_state.data_ptr<scalar_t>(),
+                               H,
+                               dph_n.data_ptr<scalar_t>() + off * H,
+                               go.ld};
+        GruBwdArgs<scalar_t> a_init = a;
+        a_init.h_prev = h0.data_ptr<scalar_t>();
+        for_rows(bs, 3 * H, [&](int64_t b0, int64_t b1) {
+          if (b0 < with_prev) K.gru_bwd(a, b0, std::min(b1, with_prev));
+          if (b1 > with_prev) K.gru_bwd(a_init, std::max(b0, with_prev), b1);
+        });
+        gemm_hh.run(dgh_step.narrow(0, 0, bs), dh_state.narrow(0, 0, bs), /*accumulate=*/true);
+      }
+    });
+  }
 
-  SequenceGrads g = sequence_grads(dgx, dgh, rows2d(input.contiguous()), h_prev, w_ih, has_bias, input.sizes());
+  SequenceGrads g = sequence_grads(dg, dph_n, rows2d(input.contiguous()), out, hx, L, reverse, w_ih, has_bias,
+                                   input.sizes());
   return {g.grad_input, dh_state, g.grad_w_ih, g.grad_w_hh, g.grad_b_ih, g.grad_b_hh};
 }
 

@@ -92,47 +92,52 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at
   const auto acc_opts = input.options().dtype(acc_dtype(input.scalar_type()));
 
   const at::Tensor ws = workspace.contiguous();
-  const at::Tensor go = rows2d(grad_output.contiguous());
+  const StepRows go(grad_output, batch_sizes.has_value());  // read in place (a transposed or sliced gradient too)
   at::Tensor dh_state = grad_hy.contiguous().clone();
   at::Tensor dc_state = grad_cy.to(acc_opts, false, /*copy=*/true).contiguous();
   const at::Tensor c_prev = gather_prev(ws.narrow(1, 4 * H, H), cx.to(acc_opts), L, reverse);
-  at::Tensor dgates = at::empty({L.N, 4 * H}, input.options());
+  const GateGradBuffer dg = gate_grad_buffer(L.N, 4 * H, input);
+  const at::Tensor& dgates = dg.dgx;
   // With a projection: dL/dh of every row (for dW_hr), the projection inputs r, and a step's dL/dr.
   at::Tensor dh_all = proj ? at::empty({L.N, P}, input.options()) : at::Tensor();
   at::Tensor r_all = proj ? at::empty({L.N, H}, input.options()) : at::Tensor();
   at::Tensor dr = proj ? at::empty({L.B, H}, input.options()) : at::Tensor();
 
-  const StepGemm gemm_hh(w_hh, /*transpose_w=*/false, L.B);
-  const StepGemm gemm_hr = proj ? StepGemm(w_hr, /*transpose_w=*/false, L.B) : StepGemm(w_hh, false, 0);
-  FASTRNN_CPU_DISPATCH(input.scalar_type(), kBwd, [&] {
-    const auto& K = pointwise_kernels<scalar_t>(active_isa());
-    for (int64_t k = 0; k < L.T; ++k) {
-      const int64_t t = L.step(k, !reverse), bs = L.batch_sizes[t], off = L.offsets[t];
-      const scalar_t* dh_a = dh_state.data_ptr<scalar_t>();
-      const scalar_t* dh_b = go.data_ptr<scalar_t>() + off * P;
-      if (proj) {
-        at::Tensor dh_t = dh_all.narrow(0, off, bs);
-        at::add_out(dh_t, dh_state.narrow(0, 0, bs), go.narrow(0, off, bs));  // dh_t: a named lvalue view
-        gemm_hr.run(dh_t, dr.narrow(0, 0, bs));
-        dh_a = dr.data_ptr<scalar_t>();
-        dh_b = nullptr;
+  {  // scoped: the packed weights are freed before the whole-sequence GEMMs allocate their results
+    const StepGemm gemm_hh(w_hh, /*transpose_w=*/false, L.B, dgates.nbytes());
+    const StepGemm gemm_hr =
+        proj ? StepGemm(w_hr, /*transpose_w=*/false, L.B, dgates.nbytes()) : StepGemm(w_hh, false, 0);
+    FASTRNN_CPU_DISPATCH(input.scalar_type(), kBwd, [&] {
+      const auto& K = pointwise_kernels<scalar_t>(active_isa());
+      for (int64_t k = 0; k < L.T; ++k) {
+        const int64_t t = L.step(k, !reverse), bs = L.batch_sizes[t], off = L.offsets[t];
+        const scalar_t* dh_a = dh_state.data_ptr<scalar_t>();
+        const scalar_t* dh_b = go.step<scalar_t>(L, t);
+        if (proj) {
+          at::Tensor dh_t = dh_all.narrow(0, off, bs);
+          at::add_out(dh_t, dh_state.narrow(0, 0, bs), go.rows(L, t));  // dh_t: a named lvalue view
+          gemm_hr.run(dh_t, dr.narrow(0, 0, bs));
+          dh_a = dr.data_ptr<scalar_t>();
+          dh_b = nullptr;
+        }
+        LstmBwdArgs<scalar_t> a{ws.data_ptr<acc_t<scalar_t>>() + off * 5 * H,
+                                c_prev.data_ptr<acc_t<scalar_t>>() + off * H,
+                                dh_a,
+                                dh_b,
+                                dc_state.data_ptr<acc_t<scalar_t>>(),
+                                dgates.data_ptr<scalar_t>() + off * 4 * H,
+                                proj ? r_all.data_ptr<scalar_t>() + off * H : nullptr,
+                                H,
+                                go.ld};
+        for_rows(bs, 4 * H, [&](int64_t b0, int64_t b1) { K.lstm_bwd(a, b0, b1); });
+        gemm_hh.run(dgates.narrow(0, off, bs), dh_state.narrow(0, 0, bs));
       }
-      LstmBwdArgs<scalar_t> a{ws.data_ptr<acc_t<scalar_t>>() + off * 5 * H,
-                              c_prev.data_ptr<acc_t<scalar_t>>() + off * H,
-                              dh_a,
-                              dh_b,
-                              dc_state.data_ptr<acc_t<scalar_t>>(),
-                              dgates.data_ptr<scalar_t>() + off * 4 * H,
-                              proj ? r_all.data_ptr<scalar_t>() + off * H : nullptr,
-                              H};
-      for_rows(bs, 4 * H, [&](int64_t b0, int64_t b1) { K.lstm_bwd(a, b0, b1); });
-      gemm_hh.run(dgates.narrow(0, off, bs), dh_state.narrow(0, 0, bs));
-    }
-  });
+    });
+  }
 
-  const at::Tensor h_prev = gather_prev(rows2d(output.contiguous()), hx, L, reverse);
-  SequenceGrads g = sequence_grads(dgates, dgates, rows2d(input.contiguous()), h_prev, w_ih, has_bias,
-                                   input.sizes());
+  // The weight gradient against the states each step started from reads them in place from output and hx.
+  SequenceGrads g = sequence_grads(dg, at::Tensor(), rows2d(input.contiguous()), rows2d(output.contiguous()),
+                                   hx, L, reverse, w_ih, has_bias, input.sizes());
   at::Tensor grad_w_hr = proj ? at::mm(dh_all.t(), r_all) : at::empty({0}, input.options());
   return {g.grad_input, dh_state, dc_state.to(input.scalar_type()), g.grad_w_ih, g.grad_w_hh,
           g.grad_b_ih, g.grad_b_hh, grad_w_hr};

@@ -36,7 +36,8 @@ struct LstmFwdArgs {
   int64_t H;
 };
 
-// LSTM backward step: dh = dh_a (+ dh_b), reading ws (stride 5H) and c_prev (stride H); dc_state in place
+// LSTM backward step: dh = dh_a (+ dh_b, row stride ld_dh_b: the step's rows of grad_output, read in place
+// whatever the module's layout), reading ws (stride 5H) and c_prev (stride H); dc_state in place
 // (in: gradient reaching c from later steps; out: gradient reaching c_prev); dgates (stride 4H) written;
 // r_out (nullable, stride H) receives o*tanh(c), the projection's input.
 template <typename scalar_t>
@@ -49,6 +50,7 @@ struct LstmBwdArgs {
   scalar_t* dgates;
   scalar_t* r_out;  // nullable
   int64_t H;
+  int64_t ld_dh_b;
 };
 
 // GRU step: gx, gh rows of 3H, h_prev rows (stride H); h written to h_out / h_out2 as for the LSTM;
@@ -67,9 +69,11 @@ struct GruFwdArgs {
   int64_t H;
 };
 
-// GRU backward step: dh = dh_a + dh_b (dh_b nullable). Writes dgx and dgh (stride 3H: the gradients of
-// the x-side and h-side pre-activations) and dh_direct = dh * z (stride H), the part of dh_prev that does
-// not pass through W_hh. dh_direct may alias dh_a.
+// GRU backward step: dh = dh_a + dh_b (dh_b nullable, row stride ld_dh_b). Writes dgx and dgh (stride 3H: the gradients of
+// the x-side and h-side pre-activations), dh_direct = dh * z (stride H), the part of dh_prev that does
+// not pass through W_hh, and, if set, dph_n (stride H) = dgh's n part again (the only part of dgh that
+// differs from dgx; the driver keeps it for every row while dgh is a one-step buffer). dh_direct may alias
+// dh_a.
 template <typename scalar_t>
 struct GruBwdArgs {
   const acc_t<scalar_t>* ws;
@@ -80,6 +84,8 @@ struct GruBwdArgs {
   scalar_t* dgh;
   scalar_t* dh_direct;
   int64_t H;
+  scalar_t* dph_n;  // nullable
+  int64_t ld_dh_b;
 };
 
 // RNN step: h = act(gx + b_x + gh + b_h) to h_out / h_out2.
@@ -96,7 +102,8 @@ struct RnnFwdArgs {
   bool relu;
 };
 
-// RNN backward step: dgates = (dh_a + dh_b) * act'(h), h being the step's output (stride ld_h).
+// RNN backward step: dgates = (dh_a + dh_b) * act'(h), h being the step's output (stride ld_h), dh_b's row
+// stride ld_dh_b.
 template <typename scalar_t>
 struct RnnBwdArgs {
   const scalar_t* h;
@@ -106,6 +113,7 @@ struct RnnBwdArgs {
   scalar_t* dgates;
   int64_t H;
   bool relu;
+  int64_t ld_dh_b;
 };
 
 // Small float32 GEMM of a step, c[r, :] (=|+=) a[r, :] @ wt for rows [r0, r1): wt is op(W) as a contiguous

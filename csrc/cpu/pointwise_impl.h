@@ -100,7 +100,7 @@ void lstm_bwd(const LstmBwdArgs<S>& a, int64_t b0, int64_t b1) {
       const int64_t n = std::min<int64_t>(V::size(), H - j);
       const V i = load(w + j, n), f = load(w + H + j, n), g = load(w + 2 * H + j, n), o = load(w + 3 * H + j, n);
       const V c = load(w + 4 * H + j, n);
-      const V dh = load_sum(a.dh_a + b * H + j, a.dh_b ? a.dh_b + b * H + j : nullptr, n);
+      const V dh = load_sum(a.dh_a + b * H + j, a.dh_b ? a.dh_b + b * a.ld_dh_b + j : nullptr, n);
       const auto d = lstm_backward<V>(i, f, g, o, c, load(a.c_prev + b * H + j, n), dh, load(dc + j, n));
       store(d.dc_prev, dc + j, n);
       store(d.di, dg + j, n);
@@ -148,7 +148,7 @@ void gru_bwd(const GruBwdArgs<S>& a, int64_t b0, int64_t b1) {
     S* dgh = a.dgh + b * 3 * H;
     for (int64_t j = 0; j < H; j += V::size()) {
       const int64_t n = std::min<int64_t>(V::size(), H - j);
-      const V dh = load_sum(a.dh_a + b * H + j, a.dh_b ? a.dh_b + b * H + j : nullptr, n);
+      const V dh = load_sum(a.dh_a + b * H + j, a.dh_b ? a.dh_b + b * a.ld_dh_b + j : nullptr, n);
       const auto d = gru_backward<V>(load(w + j, n), load(w + H + j, n), load(w + 2 * H + j, n),
                                      load(w + 3 * H + j, n), load(a.h_prev + b * H + j, n), dh);
       store(d.dr, dgx + j, n);
@@ -157,6 +157,7 @@ void gru_bwd(const GruBwdArgs<S>& a, int64_t b0, int64_t b1) {
       store(d.dr, dgh + j, n);
       store(d.dz, dgh + H + j, n);
       store(d.dph_n, dgh + 2 * H + j, n);
+      if (a.dph_n) store(d.dph_n, a.dph_n + b * H + j, n);
       store(d.dh_prev, a.dh_direct + b * H + j, n);
     }
   }
@@ -186,7 +187,7 @@ void rnn_bwd(const RnnBwdArgs<S>& a, int64_t b0, int64_t b1) {
     for (int64_t j = 0; j < H; j += V::size()) {
       const int64_t n = std::min<int64_t>(V::size(), H - j);
       const int64_t o = b * H + j;
-      const V dh = load_sum(a.dh_a + o, a.dh_b ? a.dh_b + o : nullptr, n);
+      const V dh = load_sum(a.dh_a + o, a.dh_b ? a.dh_b + b * a.ld_dh_b + j : nullptr, n);
       store(rnn_backward<V>(load(a.h + b * a.ld_h + j, n), dh, a.relu), a.dgates + o, n);
     }
   }

@@ -59,25 +59,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   check_backward_args(kBwd, input, s.state_size, grad_output, output, grad_hy, hx, nullptr, {});
   const at::Tensor w_hh = w_hh_.contiguous();
   const at::Tensor out = rows2d(output.contiguous());
-  const at::Tensor go = rows2d(grad_output.contiguous());
+  const StepRows go(grad_output, batch_sizes.has_value());  // read in place (a transposed or sliced gradient too)
   at::Tensor dh_state = grad_hy.contiguous().clone();
-  at::Tensor dgates = at::empty({L.N, H}, input.options());
+  const GateGradBuffer dg = gate_grad_buffer(L.N, H, input);  // in grad_input's storage when I >= H
+  const at::Tensor& dgates = dg.dgx;
 
-  const StepGemm gemm_hh(w_hh, /*transpose_w=*/false, L.B);
-  FASTRNN_CPU_DISPATCH(input.scalar_type(), kBwd, [&] {
-    const auto& K = pointwise_kernels<scalar_t>(active_isa());
-    for (int64_t k = 0; k < L.T; ++k) {
-      const int64_t t = L.step(k, !reverse), bs = L.batch_sizes[t], off = L.offsets[t];
-      RnnBwdArgs<scalar_t> a{out.data_ptr<scalar_t>() + off * H, H, dh_state.data_ptr<scalar_t>(),
-                             go.data_ptr<scalar_t>() + off * H, dgates.data_ptr<scalar_t>() + off * H, H, relu};
-      for_rows(bs, H, [&](int64_t b0, int64_t b1) { K.rnn_bwd(a, b0, b1); });
-      gemm_hh.run(dgates.narrow(0, off, bs), dh_state.narrow(0, 0, bs));
-    }
-  });
+  {  // scoped: the packed weight is freed before the whole-sequence GEMMs allocate their results
+    const StepGemm gemm_hh(w_hh, /*transpose_w=*/false, L.B, dgates.nbytes());
+    FASTRNN_CPU_DISPATCH(input.scalar_type(), kBwd, [&] {
+      const auto& K = pointwise_kernels<scalar_t>(active_isa());
+      for (int64_t k = 0; k < L.T; ++k) {
+        const int64_t t = L.step(k, !reverse), bs = L.batch_sizes[t], off = L.offsets[t];
+        RnnBwdArgs<scalar_t> a{out.data_ptr<scalar_t>() + off * H, H, dh_state.data_ptr<scalar_t>(),
+                               go.step<scalar_t>(L, t), dgates.data_ptr<scalar_t>() + off * H, H, relu, go.ld};
+        for_rows(bs, H, [&](int64_t b0, int64_t b1) { K.rnn_bwd(a, b0, b1); });
+        gemm_hh.run(dgates.narrow(0, off, bs), dh_state.narrow(0, 0, bs));
+      }
+    });
+  }
 
-  const at::Tensor h_prev = gather_prev(out, hx, L, reverse);
-  SequenceGrads g = sequence_grads(dgates, dgates, rows2d(input.contiguous()), h_prev, w_ih, has_bias,
-                                   input.sizes());
+  // The weight gradient against the states each step started from reads them in place from out and hx.
+  SequenceGrads g = sequence_grads(dg, at::Tensor(), rows2d(input.contiguous()), out, hx, L, reverse, w_ih,
+                                   has_bias, input.sizes());
   return {g.grad_input, dh_state, g.grad_w_ih, g.grad_w_hh, g.grad_b_ih, g.grad_b_hh};
 }
 

@@ -44,7 +44,7 @@ bool packed_gemm_enabled() {
   return env == nullptr || std::strcmp(env, "0") != 0;
 }
 
-StepGemm::StepGemm(const at::Tensor& w, bool transpose_w, int64_t rows)
+StepGemm::StepGemm(const at::Tensor& w, bool transpose_w, int64_t rows, int64_t max_pack_bytes)
     : w_(transpose_w ? w.t() : w), rows_(rows), k_(w_.size(0)), n_(w_.size(1)) {
   if (w.scalar_type() == at::kFloat && rows < packed_gemm_min_rows() && k_ * n_ <= small_gemm_max() && k_ > 0 &&
       n_ > 0) {
@@ -55,8 +55,9 @@ StepGemm::StepGemm(const at::Tensor& w, bool transpose_w, int64_t rows)
   if (w.scalar_type() != at::kFloat || !packed_gemm_enabled() || !fits_int || rows < packed_gemm_min_rows() ||
       k_ == 0 || n_ == 0)
     return;
-  const at::Tensor wc = w.contiguous();
   const size_t bytes = cblas_sgemm_pack_get_size(kBMatrix, rows, n_, k_);
+  if (bytes > static_cast<size_t>(std::max<int64_t>(0, max_pack_bytes))) return;
+  const at::Tensor wc = w.contiguous();
   packed_ = at::empty({static_cast<int64_t>((bytes + sizeof(float) - 1) / sizeof(float))}, w.options());
   cblas_sgemm_pack(kRowMajor, kBMatrix, transpose_w ? kTrans : kNoTrans, rows, n_, k_, 1.0f,
                    wc.data_ptr<float>(), wc.size(1), packed_.data_ptr<float>());

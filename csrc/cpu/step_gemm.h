@@ -23,7 +23,10 @@ class StepGemm {
  public:
   // transpose_w: op(W) = W^T with W [n, k] (e.g. h @ W_hh^T); otherwise op(W) = W with W [k, n].
   // rows: the row count most steps have (the batch); packing is done for that count.
-  StepGemm(const at::Tensor& w, bool transpose_w, int64_t rows);
+  // max_pack_bytes: no packing when MKL's panels would take more (they take at least ~7.5 MiB whatever the
+  // weight's size, so a backward passes the size of the sequence buffer it holds anyway, keeping the panels
+  // from dominating its peak memory on small sequences).
+  StepGemm(const at::Tensor& w, bool transpose_w, int64_t rows, int64_t max_pack_bytes = INT64_MAX);
   // c = a @ op(W) (accumulate=false) or c += a @ op(W); a [r, k] and c [r, n] row-major with unit column
   // stride (row strides may exceed the width).
   void run(const at::Tensor& a, at::Tensor c, bool accumulate = false) const;

@@ -120,6 +120,7 @@ __device__ __forceinline__ void bwd_step(const BwdStepParams& p) {
   if (j >= H) return;
   A* __restrict__ carry = static_cast<A*>(p.carry);
   const S* __restrict__ go = static_cast<const S*>(p.grad_out);
+  const int64_t ld_go = p.ld_grad_out >= 0 ? p.ld_grad_out : H;
   const S* __restrict__ dh_ext = static_cast<const S*>(p.dh_ext);
 #pragma unroll
   for (int i = 0; i < R; ++i) {
@@ -128,7 +129,7 @@ __device__ __forceinline__ void bwd_step(const BwdStepParams& p) {
     const int64_t bj = b * H + j;
     A dh = acc[i];
     if (carry != nullptr) dh += carry[bj];
-    if (go != nullptr) dh += to_float(go[bj]);
+    if (go != nullptr) dh += to_float(go[b * ld_go + j]);
     if (dh_ext != nullptr) dh += to_float(dh_ext[bj]);
     if constexpr (C == Cell::kLstm) {
       const A* wr = static_cast<const A*>(p.ws) + b * 5 * H + j;
@@ -156,6 +157,7 @@ __device__ __forceinline__ void bwd_step(const BwdStepParams& p) {
       dgh[0] = from_float<S>(d.dr);
       dgh[H] = from_float<S>(d.dz);
       dgh[2 * H] = from_float<S>(d.dph_n);
+      if (p.dph_n != nullptr) static_cast<S*>(p.dph_n)[bj] = from_float<S>(d.dph_n);
       if (carry != nullptr) carry[bj] = d.dh_prev;
     } else {
       const A h = to_float(static_cast<const S*>(p.h_cur)[bj]);

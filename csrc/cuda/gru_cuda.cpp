@@ -70,40 +70,63 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const auto acc_opts = input.options().dtype(acc_dtype(input.scalar_type()));
   const DType dt = dtype_of(kBwd, input.scalar_type());
   const at::Tensor ws = workspace.contiguous();
-  const at::Tensor go = rows2d(grad_output.contiguous());
-  const at::Tensor h_prev = gather_prev(rows2d(output.contiguous()), hx, L, reverse).contiguous();
+  const StepRows go(grad_output, batch_sizes.has_value());  // read in place (a transposed or sliced gradient too)
+  // The states the steps started from are read in place (the previous step's rows of out, or hx); only a
+  // step whose rows start partly from each (reverse direction, packed) gathers its own into h_step.
+  const at::Tensor out = rows2d(output.contiguous());
+  const at::Tensor h0 = hx.contiguous();
+  const at::Tensor h_step = at::empty({L.B, H}, input.options());
   at::Tensor carry = grad_hy.to(acc_opts, false, /*copy=*/true).contiguous();
-  at::Tensor dgx = at::empty({L.N, 3 * H}, input.options());
-  at::Tensor dgh = at::empty({L.N, 3 * H}, input.options());
+  const GateGradBuffer dg = gate_grad_buffer(L.N, 3 * H, input);
+  const at::Tensor& dgx = dg.dgx;
+  // The h-side gate gradients equal the x side's for r and z; only n's differs. The kernel writes a step's
+  // full h-side rows [dr, dz, dph_n] into one of two one-step buffers (the next launch reads them as its
+  // dG_next while writing the other) and dph_n also into dph_n [N, H], kept for the whole sequence (as on the
+  // CPU: gru_cpu.cpp).
+  at::Tensor dph_n = at::empty({L.N, H}, input.options());
+  const at::Tensor dgh_step = at::empty({2, L.B, 3 * H}, input.options());
 
   if (L.B > 0 && H > 0) check_launch(kBwd, "gru_bwd_step_kernel", bwd_launch_config(dt, Cell::kGru, H, L.B));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   for (int64_t k = 0; k < L.T; ++k) {
     const int64_t t = L.step(k, !reverse), bs = L.batch_sizes[t], off = L.offsets[t];
-    const int64_t nxt = next_step(L, t, reverse);
+    const int64_t nxt = next_step(L, t, reverse);  // processed at k - 1, into dgh_step[(k - 1) % 2]
     const int64_t n_next = nxt < 0 ? 0 : L.rows_with_prev(nxt, reverse);
+    const int64_t prev = L.prev_step(t, reverse), with_prev = L.rows_with_prev(t, reverse);
+    const void* h_prev = with_prev == 0 ? h0.data_ptr() : row_ptr(out, L.offsets[prev]);
+    if (with_prev > 0 && with_prev < bs) {
+      h_step.narrow(0, 0, with_prev).copy_(out.narrow(0, L.offsets[prev], with_prev));
+      h_step.narrow(0, with_prev, bs - with_prev).copy_(h0.narrow(0, with_prev, bs - with_prev));
+      h_prev = h_step.data_ptr();
+    }
     BwdStepParams p;
-    p.dg_next = n_next > 0 ? row_ptr(dgh, L.offsets[nxt]) : nullptr;
+    p.dg_next = n_next > 0 ? row_ptr(dgh_step[(k + 1) % 2], 0) : nullptr;
     p.w_hh = w_hh.data_ptr();
-    p.grad_out = row_ptr(go, off);
+    p.grad_out = go.ptr(L, t);
+    p.ld_grad_out = go.ld;
     p.carry = carry.data_ptr();
     p.ws = row_ptr(ws, off);
-    p.h_prev = row_ptr(h_prev, off);
+    p.h_prev = h_prev;
     p.dg = row_ptr(dgx, off);
-    p.dgh = row_ptr(dgh, off);
+    p.dgh = row_ptr(dgh_step[k % 2], 0);
+    p.dph_n = row_ptr(dph_n, off);
     p.n_next = n_next;
     p.bs = bs;
     p.H = H;
     launch_bwd_step(dt, Cell::kGru, p, stream);
   }
-  // dL/dhx[b] = dh*z (left in carry) + dG_h @ W_hh of the step that started from hx[b].
-  at::Tensor grad_hx =
-      L.T == 0 ? grad_hy.contiguous().clone()
-               : (carry + at::mm(dgh.index_select(0, sequence_rows(L, /*last=*/reverse, input.device())), w_hh)
-                              .to(acc_opts.dtype()))
-                     .to(input.scalar_type());
+  // dL/dhx[b] = dh*z (left in carry) + dG_h @ W_hh of the step that started from hx[b], its dG_h rebuilt
+  // from dgx (r, z) and dph_n (n).
+  at::Tensor grad_hx = grad_hy.contiguous().clone();
+  if (L.T > 0) {
+    const at::Tensor rows = sequence_rows(L, /*last=*/reverse, input.device());
+    const at::Tensor dh0 = at::mm(dgx.index_select(0, rows).narrow(1, 0, 2 * H), w_hh.narrow(0, 0, 2 * H))
+                               .addmm_(dph_n.index_select(0, rows), w_hh.narrow(0, 2 * H, H));
+    grad_hx = (carry + dh0.to(acc_opts.dtype())).to(input.scalar_type());
+  }
 
-  SequenceGrads g = sequence_grads(dgx, dgh, rows2d(input.contiguous()), h_prev, w_ih, has_bias, input.sizes());
+  SequenceGrads g = sequence_grads(dg, dph_n, rows2d(input.contiguous()), out, hx, L, reverse, w_ih, has_bias,
+                                   input.sizes());
   return {g.grad_input, grad_hx, g.grad_w_ih, g.grad_w_hh, g.grad_b_ih, g.grad_b_hh};
 }
 

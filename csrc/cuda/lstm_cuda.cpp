@@ -97,10 +97,11 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at
   const DType dt = dtype_of(kBwd, input.scalar_type());
 
   const at::Tensor ws = workspace.contiguous();
-  const at::Tensor go = rows2d(grad_output.contiguous());
+  const StepRows go(grad_output, batch_sizes.has_value());  // read in place (a transposed or sliced gradient too)
   at::Tensor dc_state = grad_cy.to(acc_opts, false, /*copy=*/true).contiguous();
   const at::Tensor c_prev = gather_prev(ws.narrow(1, 4 * H, H), cx.to(acc_opts), L, reverse).contiguous();
-  at::Tensor dgates = at::empty({L.N, 4 * H}, input.options());
+  const GateGradBuffer dg = gate_grad_buffer(L.N, 4 * H, input);
+  const at::Tensor& dgates = dg.dgx;
   at::Tensor grad_hx;
   at::Tensor dh_all = proj ? at::empty({L.N, P}, input.options()) : at::Tensor();
   at::Tensor r_all = proj ? at::empty({L.N, H}, input.options()) : at::Tensor();
@@ -117,7 +118,8 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at
       BwdStepParams p;
       p.dg_next = n_next > 0 ? row_ptr(dgates, L.offsets[nxt]) : nullptr;
       p.w_hh = w_hh.data_ptr();
-      p.grad_out = row_ptr(go, off);
+      p.grad_out = go.ptr(L, t);
+      p.ld_grad_out = go.ld;
       p.carry = carry.data_ptr();
       p.ws = row_ptr(ws, off);
       p.c_prev = row_ptr(c_prev, off);
@@ -137,7 +139,7 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at
     for (int64_t k = 0; k < L.T; ++k) {
       const int64_t t = L.step(k, !reverse), bs = L.batch_sizes[t], off = L.offsets[t];
       at::Tensor dh_t = dh_all.narrow(0, off, bs);
-      at::add_out(dh_t, dh_state.narrow(0, 0, bs), go.narrow(0, off, bs));
+      at::add_out(dh_t, dh_state.narrow(0, 0, bs), go.rows(L, t));
       mm_into(dr.narrow(0, 0, bs), dh_t, w_hr);
       BwdStepParams p;
       p.w_hh = w_hh.data_ptr();
@@ -155,9 +157,9 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at
     grad_hx = dh_state;
   }
 
-  const at::Tensor h_prev = gather_prev(rows2d(output.contiguous()), hx, L, reverse);
-  SequenceGrads g = sequence_grads(dgates, dgates, rows2d(input.contiguous()), h_prev, w_ih, has_bias,
-                                   input.sizes());
+  // The weight gradient against the states each step started from reads them in place from output and hx.
+  SequenceGrads g = sequence_grads(dg, at::Tensor(), rows2d(input.contiguous()), rows2d(output.contiguous()),
+                                   hx, L, reverse, w_ih, has_bias, input.sizes());
   at::Tensor grad_w_hr = proj ? at::mm(dh_all.t(), r_all) : at::empty({0}, input.options());
   return {g.grad_input, grad_hx, dc_state.to(input.scalar_type()), g.grad_w_ih, g.grad_w_hh,
           g.grad_b_ih, g.grad_b_hh, grad_w_hr};

@@ -45,7 +45,7 @@ struct FwdStepParams {
 struct BwdStepParams {
   const void* dg_next = nullptr;  // S rows b < n_next, row stride G*H; nullptr when n_next == 0
   const void* w_hh = nullptr;     // S [G*H, H]
-  const void* grad_out = nullptr; // S [bs, H] or nullptr: the step's rows of grad_output
+  const void* grad_out = nullptr; // S [bs, H] or nullptr: the step's rows of grad_output, row stride ld_grad_out
   const void* dh_ext = nullptr;   // S [bs, H] or nullptr: a dh computed outside (LSTM with projection)
   void* carry = nullptr;          // A [>= bs, H] or nullptr, read and replaced for rows < bs
   const void* ws = nullptr;       // A [bs, ws_width]: the forward's workspace rows (LSTM 5H, GRU 4H)
@@ -55,10 +55,12 @@ struct BwdStepParams {
   const void* h_cur = nullptr;    // S [bs, H] (RNN): the step's outputs
   void* dg = nullptr;             // S [bs, G*H]: gate gradients (GRU: of the x-side pre-activations)
   void* dgh = nullptr;            // S [bs, 3H] (GRU): gradients of the h-side pre-activations
+  void* dph_n = nullptr;          // S [bs, H] or nullptr (GRU): dgh's n part again (kept for every row)
   void* r_out = nullptr;          // S [bs, H] or nullptr (LSTM with projection): o*tanh(c)
   int64_t n_next = 0;
   int64_t bs = 0;
   int64_t H = 0;
+  int64_t ld_grad_out = -1;       // row stride of grad_out (may be 0 or exceed H); -1: H
   int relu = 0;
 };
 

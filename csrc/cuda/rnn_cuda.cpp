@@ -64,9 +64,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const auto acc_opts = input.options().dtype(acc_dtype(input.scalar_type()));
   const DType dt = dtype_of(kBwd, input.scalar_type());
   const at::Tensor out = rows2d(output.contiguous());
-  const at::Tensor go = rows2d(grad_output.contiguous());
+  const StepRows go(grad_output, batch_sizes.has_value());  // read in place (a transposed or sliced gradient too)
   at::Tensor carry = grad_hy.to(acc_opts, false, /*copy=*/true).contiguous();
-  at::Tensor dgates = at::empty({L.N, H}, input.options());
+  const GateGradBuffer dg = gate_grad_buffer(L.N, H, input);  // in grad_input's storage when I >= H
+  const at::Tensor& dgates = dg.dgx;
 
   if (L.B > 0 && H > 0) check_launch(kBwd, "rnn_bwd_step_kernel", bwd_launch_config(dt, Cell::kRnn, H, L.B));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -77,7 +78,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     BwdStepParams p;
     p.dg_next = n_next > 0 ? row_ptr(dgates, L.offsets[nxt]) : nullptr;
     p.w_hh = w_hh.data_ptr();
-    p.grad_out = row_ptr(go, off);
+    p.grad_out = go.ptr(L, t);
+    p.ld_grad_out = go.ld;
     p.carry = carry.data_ptr();
     p.h_cur = row_ptr(out, off);
     p.dg = row_ptr(dgates, off);
@@ -92,9 +94,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       L.T == 0 ? grad_hy.contiguous().clone()
                : at::mm(dgates.index_select(0, sequence_rows(L, /*last=*/reverse, input.device())), w_hh);
 
-  const at::Tensor h_prev = gather_prev(out, hx, L, reverse);
-  SequenceGrads g = sequence_grads(dgates, dgates, rows2d(input.contiguous()), h_prev, w_ih, has_bias,
-                                   input.sizes());
+  // The weight gradient against the states each step started from reads them in place from out and hx.
+  SequenceGrads g = sequence_grads(dg, at::Tensor(), rows2d(input.contiguous()), out, hx, L, reverse, w_ih,
+                                   has_bias, input.sizes());
   return {g.grad_input, grad_hx, g.grad_w_ih, g.grad_w_hh, g.grad_b_ih, g.grad_b_hh};
 }
 
