@@ -1,0 +1,130 @@
+// cuda_model_probe.cpp -- the launch configuration of every fastrnn CUDA kernel, straight from the kernels' own
+// traits (csrc/cuda/*_kernel.cuh) and planner (persistent_plan.h), for scripts/cuda_model.py. Compiled as host C++
+// under the CUDA emulation (tests/cuda_emu/build.py compile_driver: -DFASTRNN_CUDA_EMU -Icsrc -Itests/cuda_emu),
+// so the performance model never carries its own copy of a tile size, a thread count or a shared-memory formula.
+//
+// Reads queries from stdin, one per line, and answers each with one JSON object on stdout:
+//   traits <dtype> <cell>                       the compile-time constants of the three kernels' traits
+//   step <dtype> <cell> <H> <K> <bs>            grid and dynamic shared memory of the forward and backward step kernels
+//   psmem <dtype> <cell> <units> <K>            the persistent forward kernel's dynamic shared memory, grid (H = K)
+//                                               and batch rows per chunk
+//   plan <H> <num_sms> <bpsm_1> <bpsm_2> <bpsm_4> <bpsm_8> <bpsm_16> <bpsm_32>
+//                                               choose_units given the blocks per SM of each power-of-two unit count
+// <dtype>: float32 | float64 | float16 | bfloat16; <cell>: lstm | gru | rnn.
+#include <cstdint>
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+#include <string>
+
+#include "cuda/bwd_step_kernel.cuh"
+#include "cuda/fwd_persistent_kernel.cuh"
+#include "cuda/fwd_step_kernel.cuh"
+#include "cuda/persistent_plan.h"
+
+namespace {
+
+using fastrnn::cuda::BwdTraitsFor;
+using fastrnn::cuda::Cell;
+using fastrnn::cuda::FwdPersistentTraitsFor;
+using fastrnn::cuda::FwdTraitsFor;
+using std::int64_t;
+
+template <class S, Cell C>
+void traits() {
+  using F = FwdTraitsFor<S, C>;
+  using B = BwdTraitsFor<S, C>;
+  using P = FwdPersistentTraitsFor<S, C>;
+  std::printf(
+      "{\"gates\": %d, \"acc_bytes\": %d, \"storage_bytes\": %d,"
+      " \"step_fwd\": {\"threads\": %d, \"units\": %d, \"batch_rows\": %d, \"rows_per_thread\": %d, \"tile_k\": %d},"
+      " \"step_bwd\": {\"threads\": %d, \"units\": %d, \"batch_rows\": %d, \"rows_per_thread\": %d, \"tile_k\": %d},"
+      " \"persistent_fwd\": {\"threads\": %d, \"rows_per_thread\": %d, \"tile_k\": %d, \"max_units\": %d}}\n",
+      F::kGates, static_cast<int>(sizeof(fastrnn::cuda::acc_t<S>)), static_cast<int>(sizeof(S)), F::kThreads,
+      F::kUnits, F::kBatchRows, F::kRowsPerThread, F::kTileK, B::kThreads, B::kUnits, B::kBatchRows,
+      B::kRowsPerThread, B::kTileK, P::kThreads, P::kRowsPerThread, P::kTileK, P::kMaxUnits);
+}
+
+template <class S, Cell C>
+void step(int64_t H, int64_t K, int64_t bs) {
+  using F = FwdTraitsFor<S, C>;
+  using B = BwdTraitsFor<S, C>;
+  std::printf(
+      "{\"step_fwd\": {\"grid_x\": %lld, \"grid_y\": %lld, \"smem\": %lld},"
+      " \"step_bwd\": {\"grid_x\": %lld, \"grid_y\": %lld, \"smem\": %lld}}\n",
+      static_cast<long long>(F::grid_x(H)), static_cast<long long>(F::grid_y(bs)),
+      static_cast<long long>(F::smem_bytes()), static_cast<long long>(B::grid_x(H)),
+      static_cast<long long>(B::grid_y(bs)), static_cast<long long>(B::smem_bytes()));
+  (void)K;
+}
+
+template <class S, Cell C>
+void psmem(int units, int64_t K, int64_t H) {
+  using P = FwdPersistentTraitsFor<S, C>;
+  std::printf("{\"smem\": %lld, \"grid\": %lld, \"chunk_rows\": %d}\n", static_cast<long long>(P::smem_bytes(units, K)),
+              static_cast<long long>(P::grid(H, units)), P::chunk_rows(units));
+}
+
+template <class S, class F>
+bool with_cell(const std::string& cell, F&& f) {
+  if (cell == "lstm") f.template operator()<S, Cell::kLstm>();
+  else if (cell == "gru") f.template operator()<S, Cell::kGru>();
+  else if (cell == "rnn") f.template operator()<S, Cell::kRnn>();
+  else return false;
+  return true;
+}
+
+template <class F>
+bool dispatch(const std::string& dtype, const std::string& cell, F&& f) {
+  if (dtype == "float32") return with_cell<float>(cell, f);
+  if (dtype == "float64") return with_cell<double>(cell, f);
+  if (dtype == "float16") return with_cell<__half>(cell, f);
+  if (dtype == "bfloat16") return with_cell<__nv_bfloat16>(cell, f);
+  return false;
+}
+
+}  // namespace
+
+int main() {
+  std::string line;
+  while (std::getline(std::cin, line)) {
+    std::istringstream in(line);
+    std::string q, dtype, cell;
+    if (!(in >> q)) continue;
+    bool ok = true;
+    if (q == "traits") {
+      in >> dtype >> cell;
+      ok = dispatch(dtype, cell, []<class S, Cell C>() { traits<S, C>(); });
+    } else if (q == "step") {
+      int64_t H = 0, K = 0, bs = 0;
+      in >> dtype >> cell >> H >> K >> bs;
+      ok = bool(in) && dispatch(dtype, cell, [&]<class S, Cell C>() { step<S, C>(H, K, bs); });
+    } else if (q == "psmem") {
+      int units = 0;
+      int64_t K = 0;
+      in >> dtype >> cell >> units >> K;
+      ok = bool(in) && dispatch(dtype, cell, [&]<class S, Cell C>() { psmem<S, C>(units, K, K); });
+    } else if (q == "plan") {
+      int64_t H = 0, sms = 0;
+      int bpsm[6] = {};
+      in >> H >> sms;
+      for (int& b : bpsm) in >> b;
+      ok = bool(in);
+      if (ok) {
+        const int units = fastrnn::cuda::choose_units(H, sms, [&](int u) {
+          int i = 0;
+          while ((1 << i) < u) ++i;
+          return bpsm[i];
+        });
+        std::printf("{\"units\": %d}\n", units);
+      }
+    } else {
+      ok = false;
+    }
+    if (!ok) {
+      std::printf("{\"error\": \"bad query: %s\"}\n", line.c_str());
+    }
+    std::fflush(stdout);
+  }
+  return 0;
+}
