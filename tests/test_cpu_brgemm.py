@@ -1,5 +1,5 @@
-"""The fused brgemm recurrences of the CPU kernels (csrc/cpu/brgemm_step.h; the forward of every cell): when
-they are used, and parity with torch.nn through each of their modes (threads split by batch rows or by hidden blocks, the x-projection folded
+"""The fused brgemm recurrences of the CPU kernels (csrc/cpu/brgemm_step.h; forward and backward of every
+cell): when they are used, and parity with torch.nn through each of their modes (threads split by batch rows or by hidden blocks, the x-projection folded
 into the step or done up front, hidden sizes spanning several blocks and a partial last one, packed and
 reversed sequences, float32 and bfloat16). The whole parity suite also runs through the older per-step path
 with FASTRNN_CPU_BRGEMM=0."""
@@ -118,3 +118,50 @@ def test_brgemm_and_fallback_are_different_code(cell, monkeypatch):
         assert not all(torch.equal(a, b) for a, b in zip(fused, old))
     for a, b in zip(fused, old):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not HAS_BF16, reason="bf16 brgemm needs AVX-512 with bf16")
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_fused_backward_is_a_different_code_path(cell, monkeypatch):
+    """The backward ops run the fused recurrence too: in bfloat16 it carries dh in float32 between steps where
+    the per-step path rounds it to bfloat16 after each GEMM, so the two differ, and both stay within bf16's
+    rounding of the float32 backward (packed, reversed, with grad_hy; threads split by batch rows and by hidden
+    blocks)."""
+    torch.manual_seed(0)
+    lengths = torch.tensor([5, 5, 4, 4, 3, 2, 2, 1, 1, 1])
+    T, B, I, H = 5, len(lengths), 16, 48
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    x = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(T, B, I), lengths)
+    data, bsz = x.data, x.batch_sizes
+    h0, c0 = torch.randn(B, H), torch.randn(B, H)
+    w = (torch.randn(G * H, I) / 4, torch.randn(G * H, H) / 6, torch.randn(G * H) / 4, torch.randn(G * H) / 4)
+
+    def backward(dtype, reverse):
+        d = [t.to(dtype) for t in (data, h0, c0, *w)]
+        x_, h_, c_, wi, wh, bi, bh = d
+        if cell == "lstm":
+            out, hy, cy, ws = _ops.lstm_forward(x_, bsz, h_, c_, wi, wh, bi, bh, None, reverse, True)
+        elif cell == "gru":
+            out, hy, ws = _ops.gru_forward(x_, bsz, h_, wi, wh, bi, bh, reverse, True)
+        else:
+            out, hy = _ops.rnn_forward(x_, bsz, h_, wi, wh, bi, bh, False, reverse)
+        g = torch.Generator().manual_seed(1)
+        go, gh, gc = (torch.randn(t.shape, generator=g).to(dtype) for t in (out, hy, h_))
+        if cell == "lstm":
+            r = _ops.lstm_backward(go, gh, gc, x_, bsz, h_, c_, wi, wh, None, out, ws, reverse, True)
+        elif cell == "gru":
+            r = _ops.gru_backward(go, gh, x_, bsz, h_, wi, wh, out, ws, reverse, True)
+        else:
+            r = _ops.rnn_backward(go, gh, x_, bsz, h_, wi, wh, out, False, reverse, True)
+        return [t.float() for t in r if t.numel()]
+
+    for split in ("batch", "hidden"):
+        monkeypatch.setenv("FASTRNN_CPU_BRGEMM_SPLIT", split)
+        for reverse in (False, True):
+            monkeypatch.setenv("FASTRNN_CPU_BRGEMM", "1")
+            fused, ref = backward(torch.bfloat16, reverse), backward(torch.float32, reverse)
+            monkeypatch.setenv("FASTRNN_CPU_BRGEMM", "0")
+            old = backward(torch.bfloat16, reverse)
+            assert not all(torch.equal(a, b) for a, b in zip(fused, old))
+            for a, b in zip(fused, ref):
+                assert_close_scaled(a, b, torch.bfloat16, f"{cell} {split} reverse={reverse}")

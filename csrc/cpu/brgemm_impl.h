@@ -153,6 +153,184 @@ void fwd_brgemm_step(const LstmBrgemmSeq& s, int64_t k, int64_t r0, int64_t r1, 
   }
 }
 
+// ------------------------------------------------------------------------------------------- backward
+// Where the tile functions below find a row's carry: rows b < with_next continue from the step processed
+// before (the tile, plus for the GRU the part kept in dh_state); the others start here (dh_state holds
+// grad_hy).
+struct BwdRows {
+  int64_t t, off;        // this step (-1: the extra step after the last) and its first packed row
+  int64_t bs;            // its rows
+  int64_t with_next;     // rows carried from the step processed before
+  int64_t prev_off, with_prev;  // the forward's previous step: its first row, rows that started from it
+};
+
+// LSTM: dh = carry + grad_output; dG (i, f, g, o) and dc_prev from the workspace and c_prev.
+template <typename S>
+void lstm_bwd_tile(const BrgemmBwdSeq& s, const float* tile, int64_t b0, int64_t b1, const BwdRows& R, int64_t j0,
+                   int64_t nbj) {
+  using V = Vectorized<float>;
+  const int64_t H = s.H;
+  S* dh_state = static_cast<S*>(s.dh_state);
+  S* dg = static_cast<S*>(s.dg);
+  const S* go = R.t >= 0 ? static_cast<const S*>(s.go_step[R.t]) : nullptr;
+  for (int64_t b = b0; b < b1; ++b) {
+    const float* tr = tile + (b - b0) * nbj;
+    S* dhs = dh_state + b * H + j0;
+    const bool carried = b < R.with_next;
+    if (b >= R.bs) {  // a row of `next` that starts there: its carry is grad_hx
+      for (int64_t u = 0; u < nbj; u += V::size()) {
+        const int64_t n = std::min<int64_t>(V::size(), nbj - u);
+        store(load(tr + u, n), dhs + u, n);
+      }
+      continue;
+    }
+    const int64_t row = R.off + b;
+    const float* w = s.ws + row * 5 * H + j0;
+    const float* cp = b < R.with_prev ? s.ws + (R.prev_off + b) * 5 * H + 4 * H + j0 : s.cx + b * H + j0;
+    float* dc = s.dc_state + b * H + j0;
+    S* d = dg + row * 4 * H + j0;
+    const S* gor = go + b * s.go_ld + j0;
+    for (int64_t u = 0; u < nbj; u += V::size()) {
+      const int64_t n = std::min<int64_t>(V::size(), nbj - u);
+      const V dh = (carried ? load(tr + u, n) : load(dhs + u, n)) + load(gor + u, n);
+      const auto r = lstm_backward<V>(load(w + u, n), load(w + H + u, n), load(w + 2 * H + u, n),
+                                      load(w + 3 * H + u, n), load(w + 4 * H + u, n), load(cp + u, n), dh,
+                                      load(dc + u, n));
+      store(r.dc_prev, dc + u, n);
+      store(r.di, d + u, n);
+      store(r.df, d + H + u, n);
+      store(r.dg, d + 2 * H + u, n);
+      store(r.do_, d + 3 * H + u, n);
+    }
+  }
+}
+
+// GRU: dh = carry + grad_output; dG_x (r, z, n), dG_h's n part, and dh * z kept in dh_state for the next
+// carry (or as grad_hx's part for rows that start here).
+template <typename S>
+void gru_bwd_tile(const BrgemmBwdSeq& s, const float* tile, int64_t b0, int64_t b1, const BwdRows& R, int64_t j0,
+                  int64_t nbj) {
+  using V = Vectorized<float>;
+  const int64_t H = s.H;
+  S* dh_state = static_cast<S*>(s.dh_state);
+  S* dgx = static_cast<S*>(s.dg);
+  S* dph_n = static_cast<S*>(s.dph_n);
+  const S* out = static_cast<const S*>(s.out);
+  const S* hx = static_cast<const S*>(s.hx);
+  const S* go = R.t >= 0 ? static_cast<const S*>(s.go_step[R.t]) : nullptr;
+  for (int64_t b = b0; b < b1; ++b) {
+    const float* tr = tile + (b - b0) * nbj;
+    S* dhs = dh_state + b * H + j0;
+    const bool carried = b < R.with_next;
+    if (b >= R.bs) {
+      for (int64_t u = 0; u < nbj; u += V::size()) {
+        const int64_t n = std::min<int64_t>(V::size(), nbj - u);
+        store(load(tr + u, n) + load(dhs + u, n), dhs + u, n);
+      }
+      continue;
+    }
+    const int64_t row = R.off + b;
+    const float* w = s.ws + row * 4 * H + j0;
+    const S* hp = (b < R.with_prev ? out + (R.prev_off + b) * H : hx + b * H) + j0;
+    S* dx = dgx + row * 3 * H + j0;
+    const S* gor = go + b * s.go_ld + j0;
+    for (int64_t u = 0; u < nbj; u += V::size()) {
+      const int64_t n = std::min<int64_t>(V::size(), nbj - u);
+      V dh = load(dhs + u, n) + load(gor + u, n);
+      if (carried) dh = dh + load(tr + u, n);
+      const auto r = gru_backward<V>(load(w + u, n), load(w + H + u, n), load(w + 2 * H + u, n),
+                                     load(w + 3 * H + u, n), load(hp + u, n), dh);
+      store(r.dr, dx + u, n);
+      store(r.dz, dx + H + u, n);
+      store(r.dpx_n, dx + 2 * H + u, n);
+      store(r.dph_n, dph_n + row * H + j0 + u, n);
+      store(r.dh_prev, dhs + u, n);
+    }
+  }
+}
+
+// Elman RNN: dG = (carry + grad_output) * act'(h), h the step's output.
+template <typename S>
+void rnn_bwd_tile(const BrgemmBwdSeq& s, const float* tile, int64_t b0, int64_t b1, const BwdRows& R, int64_t j0,
+                  int64_t nbj) {
+  using V = Vectorized<float>;
+  const int64_t H = s.H;
+  S* dh_state = static_cast<S*>(s.dh_state);
+  S* dg = static_cast<S*>(s.dg);
+  const S* out = static_cast<const S*>(s.out);
+  const S* go = R.t >= 0 ? static_cast<const S*>(s.go_step[R.t]) : nullptr;
+  for (int64_t b = b0; b < b1; ++b) {
+    const float* tr = tile + (b - b0) * nbj;
+    S* dhs = dh_state + b * H + j0;
+    const bool carried = b < R.with_next;
+    if (b >= R.bs) {
+      for (int64_t u = 0; u < nbj; u += V::size()) {
+        const int64_t n = std::min<int64_t>(V::size(), nbj - u);
+        store(load(tr + u, n), dhs + u, n);
+      }
+      continue;
+    }
+    const int64_t row = R.off + b;
+    const S* gor = go + b * s.go_ld + j0;
+    for (int64_t u = 0; u < nbj; u += V::size()) {
+      const int64_t n = std::min<int64_t>(V::size(), nbj - u);
+      const V dh = (carried ? load(tr + u, n) : load(dhs + u, n)) + load(gor + u, n);
+      store(rnn_backward<V>(load(out + row * H + j0 + u, n), dh, s.relu), dg + row * H + j0 + u, n);
+    }
+  }
+}
+
+// Step k (0..T) of a backward sequence for this thread's rows [r0, r1) and hidden blocks [blk0, blk1);
+// `tile` holds kBrgemmTileRows x nb floats.
+template <typename S>
+void bwd_brgemm_step(const BrgemmBwdSeq& s, int64_t k, int64_t r0, int64_t r1, int64_t blk0, int64_t blk1,
+                     float* tile) {
+  constexpr bool kVnni = std::is_same_v<S, c10::BFloat16>;
+  const int64_t T = s.T, H = s.H, nb = s.nb, G = s.gates;
+  const S* wt = static_cast<const S*>(s.w_t);
+  // Backward order: k-th processed is forward step T-1-k (reverse direction: k); `next` was processed at k-1.
+  const auto fwd_step = [&](int64_t kk) { return s.reverse ? kk : T - 1 - kk; };
+  BwdRows R{};
+  R.t = k < T ? fwd_step(k) : -1;
+  R.bs = R.t >= 0 ? s.batch_sizes[R.t] : 0;
+  R.off = R.t >= 0 ? s.offsets[R.t] : 0;
+  const int64_t tn = k > 0 ? fwd_step(k - 1) : -1;
+  const int64_t bs_next = tn >= 0 ? s.batch_sizes[tn] : 0, off_next = tn >= 0 ? s.offsets[tn] : 0;
+  R.with_next = bs_next;  // rows of `next` (those >= bs do not continue; handled in the tile functions)
+  if (R.t >= 0) {
+    const int64_t p = s.reverse ? (R.t + 1 < T ? R.t + 1 : -1) : R.t - 1;
+    R.with_prev = p < 0 ? 0 : std::min(R.bs, s.batch_sizes[p]);
+    R.prev_off = p < 0 ? 0 : s.offsets[p];
+  }
+  const int64_t end = std::min(r1, std::max(R.bs, bs_next));
+  const S* dg = static_cast<const S*>(s.dg);
+  const S* dph_n = static_cast<const S*>(s.dph_n);
+  for (int64_t c0 = r0; c0 < end; c0 += kBrgemmTileRows) {
+    const int64_t c1 = std::min(end, c0 + kBrgemmTileRows);
+    const int64_t a1 = std::min(c1, bs_next);  // rows whose carry the GEMM computes
+    for (int64_t blk = blk0; blk < blk1; ++blk) {
+      const int64_t j0 = blk * nb, nbj = std::min(nb, H - j0);
+      const S* bw = wt + j0 * s.k_w;
+      if (a1 > c0) {
+        if (s.cell == BrgemmCell::kGru) {  // [dr, dz] from dG_x, then dG_h's n part: K = 2H + H
+          at::native::cpublas::brgemm(a1 - c0, nbj, 2 * H, 3 * H, nbj, nbj, false, dg + (off_next + c0) * 3 * H, bw,
+                                      tile, kVnni);
+          at::native::cpublas::brgemm(a1 - c0, nbj, H, H, nbj, nbj, true, dph_n + (off_next + c0) * H,
+                                      bw + 2 * H * nbj, tile, kVnni);
+        } else {
+          at::native::cpublas::brgemm(a1 - c0, nbj, s.k_w, G * H, nbj, nbj, false, dg + (off_next + c0) * G * H, bw,
+                                      tile, kVnni);
+        }
+      }
+      switch (s.cell) {
+        case BrgemmCell::kLstm: lstm_bwd_tile<S>(s, tile, c0, c1, R, j0, nbj); break;
+        case BrgemmCell::kGru: gru_bwd_tile<S>(s, tile, c0, c1, R, j0, nbj); break;
+        case BrgemmCell::kRnn: rnn_bwd_tile<S>(s, tile, c0, c1, R, j0, nbj); break;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void lstm_fwd_brgemm_f32(const LstmBrgemmSeq& s, int64_t k, int64_t r0, int64_t r1, int64_t blk0, int64_t blk1,
@@ -162,6 +340,15 @@ void lstm_fwd_brgemm_f32(const LstmBrgemmSeq& s, int64_t k, int64_t r0, int64_t 
 void lstm_fwd_brgemm_bf16(const LstmBrgemmSeq& s, int64_t k, int64_t r0, int64_t r1, int64_t blk0, int64_t blk1,
                           float* tile) {
   fwd_brgemm_step<c10::BFloat16>(s, k, r0, r1, blk0, blk1, tile);
+}
+
+void bwd_brgemm_f32(const BrgemmBwdSeq& s, int64_t k, int64_t r0, int64_t r1, int64_t blk0, int64_t blk1,
+                    float* tile) {
+  bwd_brgemm_step<float>(s, k, r0, r1, blk0, blk1, tile);
+}
+void bwd_brgemm_bf16(const BrgemmBwdSeq& s, int64_t k, int64_t r0, int64_t r1, int64_t blk0, int64_t blk1,
+                     float* tile) {
+  bwd_brgemm_step<c10::BFloat16>(s, k, r0, r1, blk0, blk1, tile);
 }
 
 }  // namespace fastrnn::cpu::FASTRNN_ISA_NS

@@ -70,11 +70,14 @@ bool brgemm_supported(at::ScalarType dt) {
   return false;
 }
 
-// Runs the T steps of a sequence in one parallel region: with split_batch each thread owns a range of
+// Runs `steps` steps of a sequence in one parallel region: with split_batch each thread owns a range of
 // batch rows and runs independently; otherwise each owns a range of hidden blocks and all meet at OpenMP's
 // barrier after every step (it spins for a while, then sleeps: robust under load). An exception in one
 // thread (brgemm's checks) stops that thread's work but not its barriers, and is rethrown after the region.
-void run_sequence(const LstmBrgemmSeq& s, int64_t gates, LstmBrgemmStepFn step, bool vnni) {
+// tile_floats: the floats of one thread's tile.
+template <typename Seq>
+void run_sequence(const Seq& s, int64_t steps, int64_t tile_floats,
+                  void (*step)(const Seq&, int64_t, int64_t, int64_t, int64_t, int64_t, float*), bool vnni) {
   const int64_t nblk = (s.H + s.nb - 1) / s.nb;
   at::internal::lazy_init_num_threads();
   const bool parallel = !at::in_parallel_region() && at::get_num_threads() > 1;
@@ -94,8 +97,8 @@ void run_sequence(const LstmBrgemmSeq& s, int64_t gates, LstmBrgemmStepFn step, 
     }
     bool failed = false;
     try {
-      std::vector<float> tile(static_cast<size_t>(kBrgemmTileRows * gates * s.nb));
-      for (int64_t k = 0; k < s.T; ++k) {
+      std::vector<float> tile(static_cast<size_t>(tile_floats));
+      for (int64_t k = 0; k < steps; ++k) {
         if (!failed) {
           try {
             step(s, k, r0, r1, blk0, blk1, tile.data());
@@ -205,10 +208,11 @@ at::Tensor final_h(const at::Tensor& output, const SeqLayout& L, bool reverse) {
 
 void launch(const LstmBrgemmSeq& s, at::ScalarType dt) {
   const bool avx512 = active_isa() == Isa::kAvx512;
+  const int64_t tile = kBrgemmTileRows * s.gates * s.nb;
   if (dt == at::kFloat)
-    run_sequence(s, s.gates, avx512 ? &isa_avx512::lstm_fwd_brgemm_f32 : &isa_avx2::lstm_fwd_brgemm_f32, false);
+    run_sequence(s, s.T, tile, avx512 ? &isa_avx512::lstm_fwd_brgemm_f32 : &isa_avx2::lstm_fwd_brgemm_f32, false);
   else
-    run_sequence(s, s.gates, &isa_avx512::lstm_fwd_brgemm_bf16, true);
+    run_sequence(s, s.T, tile, &isa_avx512::lstm_fwd_brgemm_bf16, true);
 }
 
 }  // namespace
@@ -308,6 +312,42 @@ std::optional<std::tuple<at::Tensor, at::Tensor>> rnn_forward_brgemm(
                                   reverse, false);
   if (!r) return std::nullopt;
   return std::make_tuple(std::get<0>(*r), std::get<1>(*r));
+}
+
+bool backward_recurrence_brgemm(const BrgemmBwdTensors& a) {
+  const auto dt = a.input.scalar_type();
+  const int64_t G = a.cell == BrgemmCell::kLstm ? 4 : a.cell == BrgemmCell::kGru ? 3 : 1;
+  const int64_t H = a.w_hh.size(1);
+  const SeqLayout L = make_layout(a.input, a.batch_sizes);
+  if (!brgemm_enabled(dt) || L.T == 0 || L.B == 0 || H == 0) return false;
+  if (dt == at::kBFloat16 && H % 2 != 0) return false;  // VNNI pairs over K = G*H and, for the GRU, H
+  // float32 GRU/RNN under 8 rows: as in the forward (gru_rnn_forward_brgemm), only when forced.
+  const char* env = std::getenv("FASTRNN_CPU_BRGEMM");
+  const bool forced = env != nullptr && std::strcmp(env, "1") == 0;
+  if (dt == at::kFloat && a.cell != BrgemmCell::kLstm && L.B < 8 && !forced) return false;
+
+  const int64_t nb = std::min(block_units(), H);
+  int64_t k_w = 0;
+  const at::Tensor wt_p = pack_gate_blocks(a.w_hh.t(), 1, nb, &k_w);  // W_hh^T [H, G*H]: K = G*H
+  const StepRows go(a.grad_output, a.batch_sizes.has_value());
+  std::vector<const void*> go_step(L.T);
+  for (int64_t t = 0; t < L.T; ++t) go_step[t] = go.ptr(L, t);
+  const at::Tensor cx = a.cell == BrgemmCell::kLstm ? a.cx.to(at::kFloat).contiguous() : at::Tensor();
+  const BrgemmBwdSeq s{a.cell, G, a.relu, L.T, L.B, H, L.batch_sizes.data(), L.offsets.data(), a.reverse,
+                       wt_p.data_ptr(), nb, k_w,
+                       a.cell != BrgemmCell::kRnn ? a.ws.data_ptr<float>() : nullptr,
+                       cx.defined() ? cx.data_ptr<float>() : nullptr,
+                       a.cell == BrgemmCell::kGru ? a.hx.data_ptr() : nullptr, a.out.data_ptr(), go_step.data(),
+                       go.ld, a.dh_state.data_ptr(),
+                       a.cell == BrgemmCell::kLstm ? a.dc_state.data_ptr<float>() : nullptr, a.dg.data_ptr(),
+                       a.cell == BrgemmCell::kGru ? a.dph_n.data_ptr() : nullptr, split_by_batch(L)};
+  const int64_t tile = kBrgemmTileRows * nb;
+  if (dt == at::kFloat)
+    run_sequence(s, L.T + 1, tile,
+                 active_isa() == Isa::kAvx512 ? &isa_avx512::bwd_brgemm_f32 : &isa_avx2::bwd_brgemm_f32, false);
+  else
+    run_sequence(s, L.T + 1, tile, &isa_avx512::bwd_brgemm_bf16, true);
+  return true;
 }
 
 }  // namespace fastrnn::cpu

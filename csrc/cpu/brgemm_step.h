@@ -62,6 +62,37 @@ struct LstmBrgemmSeq {
   bool split_batch;    // threads own batch rows (true) or hidden blocks (false)
 };
 
+// One backward sequence of one cell: the recurrent part (gate gradients, the carried dh and dc); the weight,
+// input and bias gradients stay whole-sequence GEMMs afterwards (sequence_grads). Steps run in the order
+// opposite to the forward's. Step k (k = 0..T) first completes the carry of the rows of the step processed
+// before it, `next`: dh_carry = dG_next @ W_hh (+ the GRU's dh_next * z_next, kept in dh_state) as a tile of
+// hidden units per block, from W_hh^T packed in blocks of nb units (the block's columns are those units, its
+// K = G*H rows the gate rows). Rows of this step then add grad_output and run the pointwise backward on the
+// tile while it is in L1; rows of `next` that do not continue (reverse packed sequences, and every row at
+// the extra step k = T) write the carry to dh_state: their grad_hx.
+struct BrgemmBwdSeq {
+  BrgemmCell cell;
+  int64_t gates;
+  bool relu;
+  int64_t T, B, H;
+  const int64_t* batch_sizes;  // [T]
+  const int64_t* offsets;      // [T + 1]
+  bool reverse;
+  const void* w_t;             // W_hh^T in blocks (pack_gate_blocks of W_hh^T with one gate)
+  int64_t nb, k_w;             // units per block; K of the packed blocks (G*H, even)
+  const float* ws;             // LSTM [N, 5H] (i, f, g, o, c), GRU [N, 4H] (r, z, n, hn); RNN nullptr
+  const float* cx;             // LSTM [B, H] fp32: the initial cell state
+  const void* hx;              // GRU [B, H] (scalar_t): the initial state
+  const void* out;             // [N, H] the forward's output (scalar_t)
+  const void* const* go_step;  // [T] first row of each step of grad_output (scalar_t), rows go_ld apart
+  int64_t go_ld;
+  void* dh_state;              // [B, H] (scalar_t): in grad_hy; out grad_hx. GRU: also dh * z between steps
+  float* dc_state;             // LSTM [B, H]: in grad_cy, out grad_cx
+  void* dg;                    // [N, G*H] (scalar_t) gate gradients (GRU: of the x side)
+  void* dph_n;                 // GRU [N, H] (scalar_t): dG_h's n part
+  bool split_batch;
+};
+
 // Runs the LSTM forward on the brgemm path when it applies (see above); std::nullopt otherwise, and the caller
 // runs its older path. Same arguments and results as fastrnn::lstm_forward (checked by the caller).
 std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>> lstm_forward_brgemm(
@@ -79,6 +110,26 @@ std::optional<std::tuple<at::Tensor, at::Tensor>> rnn_forward_brgemm(
     const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
     const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
     const std::optional<at::Tensor>& b_hh, bool relu, bool reverse);
+
+// The tensors of a backward recurrence (see BrgemmBwdSeq): runs it on the brgemm path and returns true when
+// the path applies, else returns false having done nothing (the caller runs its per-step loop).
+struct BrgemmBwdTensors {
+  BrgemmCell cell;
+  bool relu, reverse;
+  const at::Tensor& input;   // the dtype and the sequence layout
+  const std::optional<at::Tensor>& batch_sizes;
+  const at::Tensor& w_hh;
+  const at::Tensor& ws;      // LSTM, GRU (contiguous fp32)
+  const at::Tensor& out;     // [N, H] contiguous
+  const at::Tensor& hx;      // GRU (contiguous)
+  const at::Tensor& cx;      // LSTM (any dtype)
+  const at::Tensor& grad_output;
+  at::Tensor& dh_state;      // [B, H] contiguous
+  at::Tensor& dc_state;      // LSTM [B, H] contiguous fp32
+  const at::Tensor& dg;      // [N, G*H] contiguous
+  const at::Tensor& dph_n;   // GRU [N, H] contiguous
+};
+bool backward_recurrence_brgemm(const BrgemmBwdTensors& a);
 
 // Whether brgemm serves `dtype` on this processor with the active instruction set and switches
 // (FASTRNN_CPU_BRGEMM=0 turns the path off; read on every call).
@@ -102,6 +153,10 @@ using LstmBrgemmStepFn = void (*)(const LstmBrgemmSeq& s, int64_t k, int64_t r0,
                            int64_t blk1, float* tile);                                                  \
   void lstm_fwd_brgemm_bf16(const LstmBrgemmSeq&, int64_t k, int64_t r0, int64_t r1, int64_t blk0,      \
                             int64_t blk1, float* tile);                                                 \
+  void bwd_brgemm_f32(const BrgemmBwdSeq&, int64_t k, int64_t r0, int64_t r1, int64_t blk0, int64_t blk1,   \
+                      float* tile);                                                                     \
+  void bwd_brgemm_bf16(const BrgemmBwdSeq&, int64_t k, int64_t r0, int64_t r1, int64_t blk0, int64_t blk1,  \
+                       float* tile);                                                                    \
   }
 FASTRNN_DECLARE_BRGEMM_ISA(isa_avx2)
 FASTRNN_DECLARE_BRGEMM_ISA(isa_avx512)

@@ -95,15 +95,20 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at
   const StepRows go(grad_output, batch_sizes.has_value());  // read in place (a transposed or sliced gradient too)
   at::Tensor dh_state = grad_hy.contiguous().clone();
   at::Tensor dc_state = grad_cy.to(acc_opts, false, /*copy=*/true).contiguous();
-  const at::Tensor c_prev = gather_prev(ws.narrow(1, 4 * H, H), cx.to(acc_opts), L, reverse);
   const GateGradBuffer dg = gate_grad_buffer(L.N, 4 * H, input);
   const at::Tensor& dgates = dg.dgx;
+  const at::Tensor out = rows2d(output.contiguous());
   // With a projection: dL/dh of every row (for dW_hr), the projection inputs r, and a step's dL/dr.
   at::Tensor dh_all = proj ? at::empty({L.N, P}, input.options()) : at::Tensor();
   at::Tensor r_all = proj ? at::empty({L.N, H}, input.options()) : at::Tensor();
   at::Tensor dr = proj ? at::empty({L.B, H}, input.options()) : at::Tensor();
 
-  {  // scoped: the packed weights are freed before the whole-sequence GEMMs allocate their results
+  // The fused brgemm recurrence (brgemm_step.h) where it applies; otherwise the per-step loop below.
+  const bool fused = !proj && backward_recurrence_brgemm({BrgemmCell::kLstm, false, reverse, input, batch_sizes,
+                                                          w_hh, ws, out, hx, cx, grad_output, dh_state, dc_state,
+                                                          dgates, at::Tensor()});
+  if (!fused) {  // scoped: the packed weights are freed before the whole-sequence GEMMs allocate their results
+    const at::Tensor c_prev = gather_prev(ws.narrow(1, 4 * H, H), cx.to(acc_opts), L, reverse);
     const StepGemm gemm_hh(w_hh, /*transpose_w=*/false, L.B, dgates.nbytes());
     const StepGemm gemm_hr =
         proj ? StepGemm(w_hr, /*transpose_w=*/false, L.B, dgates.nbytes()) : StepGemm(w_hh, false, 0);
@@ -136,8 +141,8 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at
   }
 
   // The weight gradient against the states each step started from reads them in place from output and hx.
-  SequenceGrads g = sequence_grads(dg, at::Tensor(), rows2d(input.contiguous()), rows2d(output.contiguous()),
-                                   hx, L, reverse, w_ih, has_bias, input.sizes());
+  SequenceGrads g = sequence_grads(dg, at::Tensor(), rows2d(input.contiguous()), out, hx, L, reverse, w_ih,
+                                   has_bias, input.sizes());
   at::Tensor grad_w_hr = proj ? at::mm(dh_all.t(), r_all) : at::empty({0}, input.options());
   return {g.grad_input, dh_state, dc_state.to(input.scalar_type()), g.grad_w_ih, g.grad_w_hh,
           g.grad_b_ih, g.grad_b_hh, grad_w_hr};

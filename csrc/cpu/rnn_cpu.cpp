@@ -64,7 +64,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const GateGradBuffer dg = gate_grad_buffer(L.N, H, input);  // in grad_input's storage when I >= H
   const at::Tensor& dgates = dg.dgx;
 
-  {  // scoped: the packed weight is freed before the whole-sequence GEMMs allocate their results
+  // The fused brgemm recurrence (brgemm_step.h) where it applies; otherwise the per-step loop below.
+  const bool fused = backward_recurrence_brgemm({BrgemmCell::kRnn, relu, reverse, input, batch_sizes, w_hh, out,
+                                                 out, hx, hx, grad_output, dh_state, dh_state, dgates, dgates});
+  if (!fused) {  // scoped: the packed weight is freed before the whole-sequence GEMMs allocate their results
     const StepGemm gemm_hh(w_hh, /*transpose_w=*/false, L.B, dgates.nbytes());
     FASTRNN_CPU_DISPATCH(input.scalar_type(), kBwd, [&] {
       const auto& K = pointwise_kernels<scalar_t>(active_isa());
