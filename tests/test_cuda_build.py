@@ -3,7 +3,12 @@
 Runs `cuobjdump --dump-resource-usage` on fastrnn/_C*.so and asserts that cubins for sm_80 and sm_90 are
 present, that every kernel listed in csrc/cuda/register_budget.txt is there for both architectures (and
 every fastrnn kernel there is listed), and that each uses no stack or local memory (no register spills)
-and at most its register budget. Skipped when the extension was built without CUDA.
+and at most its register budget. From `cuobjdump -sass`: the tensor-core persistent kernels (bf16, fp16, and the
+float32 TF32 kernel) contain HMMA instructions in every architecture, and the FMA persistent kernels (float64, exact
+float32) none. Residency (blocks per SM from the reported registers and the kernels' shared memory,
+tests/persistent_residency.py, a model of the occupancy calculator): the step kernels keep 2 blocks per SM, and every
+persistent kernel gets a co-resident grid at the benchmark shapes on an A100 and an H100; the table is printed and
+written to build/cuda_residency.md. Skipped when the extension was built without CUDA.
 """
 import glob
 import os
@@ -11,10 +16,15 @@ import re
 import shutil
 import subprocess
 
+import sys
+
 import pytest
 import torch
 
 import fastrnn  # noqa: F401  (loads fastrnn._C and its op registrations)
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import persistent_residency as residency  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUDGET_FILE = os.path.join(ROOT, "csrc", "cuda", "register_budget.txt")
@@ -132,3 +142,158 @@ def test_no_spills_and_registers_within_budget(usage):
         if f["REG"] > budget:
             bad.append(f"{a} {n}: REG:{f['REG']} > budget {budget}")
     assert not bad, "\n".join(bad)
+
+
+# ------------------------------------------------------------------------------------------ tensor cores (SASS)
+MMA_KERNELS = ("lstm_fwd_persistent_mma_kernel", "gru_fwd_persistent_mma_kernel", "rnn_fwd_persistent_mma_kernel")
+FMA_PERSISTENT = ("lstm_fwd_persistent_kernel", "gru_fwd_persistent_kernel", "rnn_fwd_persistent_kernel")
+# Template arguments in the mangled names: float (TF32), __half, __nv_bfloat16 / float, double.
+MMA_TYPES = {"f": "float32 (TF32)", "6__half": "float16", "13__nv_bfloat16": "bfloat16"}
+FMA_TYPES = {"f": "float32 (exact)", "d": "float64"}
+
+
+def parse_sass(text):
+    """{(arch, mangled function name): [SASS opcodes]} from `cuobjdump -sass`."""
+    out, arch, func = {}, None, None
+    for line in text.splitlines():
+        m = re.match(r"\s*arch\s*=\s*(sm_\d+a?)", line)
+        if m:
+            arch = m.group(1)
+            continue
+        m = re.match(r"\s*Function\s*:\s*(\S+)", line)
+        if m:
+            func = m.group(1)
+            out[(arch, func)] = []
+            continue
+        m = re.match(r"\s*/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", line)
+        if m and func is not None:
+            out[(arch, func)].append(m.group(1))
+    return out
+
+
+@pytest.fixture(scope="module")
+def sass():
+    res = subprocess.run([_cuobjdump(), "-sass", _library()], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    parsed = parse_sass(res.stdout)
+    assert parsed, "cuobjdump -sass listed no functions"
+    return parsed
+
+
+def test_sass_parser_reads_cuobjdump_format():
+    text = (
+        "\tcode for sm_90\n\t\tFunction : _ZN7fastrnn4cuda30lstm_fwd_persistent_mma_kernelI6__halfEEvNS0_12FwdSeqParamsE\n"
+        "\t.headerflags\t@\"EF_CUDA_SM90\"\n"
+        "        /*0000*/                   LDC R1, c[0x0][0x28] ;                         /* 0x00000a00ff017b82 */\n"
+        "        /*0120*/                   HMMA.16816.F32 R4, R8, R12, R4 ;               /* 0x0000000c0804723c */\n"
+        "        /*0130*/              @!P0 BRA 0x90 ;                                     /* 0x0000000000008947 */\n"
+    ).replace("code for sm_90", "arch = sm_90")
+    ops = parse_sass(text)
+    [(key, opcodes)] = ops.items()
+    assert key[0] == "sm_90" and "mma_kernel" in key[1]
+    assert opcodes == ["LDC", "HMMA.16816.F32", "BRA"]
+
+
+def _kernels_named(sass, names, types):
+    found = {}
+    for (arch, fn), ops in sass.items():
+        for n in names:
+            for mangled, label in types.items():
+                if f"{n}I{mangled}E" in fn:
+                    found[(arch, n, label)] = ops
+    return found
+
+
+def test_tensor_core_kernels_contain_hmma(sass):
+    """bf16/fp16 (mma.sync m16n8k16) and the TF32 float32 kernel (m16n8k8) run on the tensor cores: HMMA in the
+    SASS of every cell, dtype and architecture."""
+    found = _kernels_named(sass, MMA_KERNELS, MMA_TYPES)
+    missing = [(a, n, t) for a in ARCHS for n in MMA_KERNELS for t in MMA_TYPES.values() if (a, n, t) not in found]
+    assert not missing, f"tensor-core kernels not in the library: {missing}"
+    no_hmma = [k for k, ops in found.items() if not any(op.startswith("HMMA") for op in ops)]
+    assert not no_hmma, f"no HMMA instruction in {no_hmma}"
+
+
+def test_fma_persistent_kernels_have_no_tensor_cores(sass):
+    """The float64 and exact-float32 persistent kernels (allow_tf32 False) multiply with FMA only: no HMMA/DMMA."""
+    found = _kernels_named(sass, FMA_PERSISTENT, FMA_TYPES)
+    missing = [(a, n, t) for a in ARCHS for n in FMA_PERSISTENT for t in FMA_TYPES.values() if (a, n, t) not in found]
+    assert not missing, f"FMA persistent kernels not in the library: {missing}"
+    mma = [k for k, ops in found.items() if any(op.startswith(("HMMA", "DMMA")) for op in ops)]
+    assert not mma, f"tensor-core instructions in the exact kernels {mma}"
+
+
+# -------------------------------------------------------------------------------------------------- residency
+# Shapes of fastrnn.bench's CUDA table (T=100, B=64, I=H=512) and a larger hidden size.
+RESIDENCY_H = (512, 1024)
+MODES = (("float32", True), ("float32", False), ("float64", False), ("float16", False), ("bfloat16", False))
+DEVICES = {"sm_80": residency.A100, "sm_90": residency.H100}
+
+
+def _regs(usage, arch, kernel, mangled):
+    regs = [f["REG"] for a, n, f in usage if a == arch and f"{kernel}I{mangled}E" in n]
+    assert len(regs) == 1, (arch, kernel, mangled, regs)
+    return regs[0]
+
+
+def residency_table(usage):
+    rows = []
+    for arch, dev in DEVICES.items():
+        for cell in ("lstm", "gru", "rnn"):
+            for dtype, tf32 in MODES:
+                mma = residency.mma_kernel(dtype, tf32)
+                kernel = f"{cell}_fwd_persistent{'_mma' if mma else ''}_kernel"
+                mangled = {"float32": "f", "float64": "d", "float16": "6__half", "bfloat16": "13__nv_bfloat16"}[dtype]
+                regs = _regs(usage, arch, kernel, mangled)
+                for H in RESIDENCY_H:
+                    p = residency.plan(dev, cell, dtype, tf32, H, regs)
+                    rows.append({"arch": arch, "device": dev.name, "cell": cell,
+                                 "mode": dtype + (" tf32" if tf32 else " exact" if dtype == "float32" else ""),
+                                 "kernel": "mma" if mma else "fma", "H": H, "regs": regs, **p})
+    return rows
+
+
+def test_step_kernels_keep_two_blocks_per_sm(usage):
+    """The step kernels are written for 2 resident blocks of 256 threads per SM (register_budget.txt)."""
+    bad = []
+    for a, n, f in usage:
+        if "_step_kernel" in n:
+            occ = residency.blocks_per_sm(DEVICES[a], f["REG"], 0)
+            if occ["regs"] < 2:
+                bad.append(f"{a} {n}: REG {f['REG']} -> {occ['regs']} blocks per SM by registers")
+    assert not bad, "\n".join(bad)
+
+
+# Where the persistent kernels must get a co-resident grid (elsewhere the step kernels run the call): every mode at
+# H = 512 and 1024 on an H100, except float64 at 1024 (its W slice, K x (G*units + 1) doubles, fits no unit count);
+# every mode but float64 at H = 512 on an A100 (108 SMs: 512 units need 8 per block, 128 blocks, and float64's slice
+# then exceeds 163 KB); bf16/fp16 also at H = 1024 there.
+def must_be_resident(row):
+    if row["arch"] == "sm_90":
+        return not (row["mode"] == "float64" and row["H"] == 1024)
+    if row["H"] == 512:
+        return row["mode"] != "float64"
+    return row["mode"] in ("float16", "bfloat16")
+
+
+def test_persistent_kernels_are_resident_at_benchmark_shapes(usage):
+    """Residency of every persistent kernel (each cell, dtype and TF32 mode) at H = 512 and 1024 on an A100 and an H100
+    (registers from cuobjdump, shared memory from the traits): wherever a unit count is chosen, blocks per SM >= 1 and
+    grid <= SMs x blocks per SM; must_be_resident says where one must be. The table is recorded in
+    build/cuda_residency.md (a model of the occupancy calculator, not a measurement)."""
+    rows = residency_table(usage)
+    cols = ["device", "cell", "mode", "kernel", "H", "regs", "units", "grid", "smem", "by_regs", "by_smem",
+            "blocks_per_sm"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+    table = "\n".join(lines)
+    os.makedirs(os.path.join(ROOT, "build"), exist_ok=True)
+    with open(os.path.join(ROOT, "build", "cuda_residency.md"), "w") as f:
+        f.write("Residency of the persistent forward kernels (model of the occupancy calculator, not a measurement; "
+                "units 0: the step kernels run it)\n\n")
+        f.write(table + "\n")
+    print("\n" + table)
+    bad = [r for r in rows if r["units"] and (r["blocks_per_sm"] < 1 or r["grid"] > DEVICES[r["arch"]].num_sms
+                                               * r["blocks_per_sm"])]
+    bad += [r for r in rows if r["units"] == 0 and must_be_resident(r)]
+    assert not bad, "not co-resident:\n" + "\n".join(map(str, bad))

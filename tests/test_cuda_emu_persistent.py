@@ -28,16 +28,31 @@ if emu is None:
     sys.modules["cuda_emu_build"] = emu
     _spec.loader.exec_module(emu)
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import persistent_residency as residency  # noqa: E402
+
 SRC = emu.EMU_DIR / "persistent_driver.cpp"
 DROP_GRID_SYNC = "FASTRNN_EMU_DROP_GRID_SYNC"
 RUN_TIMEOUT_S = 600.0
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 CELL_CODE = {"lstm": 0, "gru": 1, "rnn_tanh": 2, "rnn_relu": 2}
 STORAGE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
-# Tolerances of the kernel against the float64 oracle, per storage dtype (fp32 accumulation for the half types,
-# whose outputs are rounded to 8 or 11 significant bits: the oracle rounds h identically, so what remains is
-# accumulation order and the occasional rounding boundary).
+# Tolerances of the kernels against the float64 oracle, stated once per dtype and mode. float64 and exact float32
+# (the FMA kernel) differ from the oracle by accumulation order only. bfloat16/float16 run on the tensor cores: their
+# products are exact (the operands are the stored 16-bit values) and accumulate in fp32, and the oracle rounds h to
+# the storage dtype after every step as the kernel stores it, so what remains is accumulation order and the occasional
+# rounding boundary of the 8 or 11 significant bits.
+# TF32 (float32 with torch.backends.cudnn.allow_tf32): W_hh and h_{t-1} are rounded to a 10-bit mantissa (cvt.rna,
+# unit roundoff u = 2^-11) before the product, so each pre-activation moves by at most 2u * sum_k |w_jk h_k| per step
+# (first order); in these problems |w| <= 1/sqrt(H) and |h| <= 1, so by at most 2u * sqrt(H) <= 2^-10 * sqrt(136) =
+# 1.14e-2 at the largest H tested, and the cells' derivatives are <= 1 in each pre-activation. That bound is the TF32
+# tolerance against the exact oracle. Against the oracle that rounds its operands to TF32 too (oracle(tf32_operands))
+# only fp32 accumulation order remains, but only for one step: after it the kernel's and the oracle's h differ by fp32
+# ulps, which can move an h value across a TF32 rounding boundary (a 2^-11 change of that operand), so the step after
+# may differ by up to 2^-10 * |w| * |h| per flip. test_tf32_flag_is_honoured therefore compares one step.
+U_TF32 = 2.0 ** -11
 TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-5),
+       "tf32": dict(rtol=2 * U_TF32 * math.sqrt(136), atol=2 * U_TF32 * math.sqrt(136)),
        torch.float16: dict(rtol=2e-3, atol=2e-3), torch.bfloat16: dict(rtol=1.6e-2, atol=1.6e-2)}
 # cudaErrorCooperativeLaunchTooLarge (driver_types.h)
 COOPERATIVE_LAUNCH_TOO_LARGE = 720
@@ -53,6 +68,7 @@ class Case:
     dtype: torch.dtype = torch.float32
     bias: bool = True
     train: bool = True
+    tf32: bool = False  # float32 only: torch.backends.cudnn.allow_tf32 (the tensor-core kernel)
 
     @property
     def grid(self) -> int:
@@ -62,12 +78,15 @@ class Case:
     def id(self) -> str:
         return (f"{self.cell}-H{self.H}-u{self.units}-{'x'.join(map(str, self.batch_sizes))}"
                 f"{'-rev' if self.reverse else ''}{'' if self.bias else '-nobias'}{'' if self.train else '-infer'}-"
-                f"{str(self.dtype).split('.')[-1]}")
+                f"{str(self.dtype).split('.')[-1]}{'-tf32' if self.tf32 else ''}")
 
 
-F64, F16, BF16 = dict(dtype=torch.float64), dict(dtype=torch.float16), dict(dtype=torch.bfloat16)
-# Every cell and storage dtype; units 1..32 (grid 2..16 blocks, a partial last unit tile at H = 13, 40);
-# B = 37 with 32-row chunks (units = 32: two chunks per step); packed batch sizes in both directions; T = 1.
+F64, F16, BF16, TF32 = (dict(dtype=torch.float64), dict(dtype=torch.float16), dict(dtype=torch.bfloat16),
+                        dict(tf32=True))
+# Every cell and storage dtype, float32 in both modes; units 1..32 (grid 2..16 blocks, a partial last unit tile at
+# H = 13, 40); B = 37 with 32-row chunks (units = 32: two chunks per step); packed batch sizes in both directions;
+# T = 1. Tensor-core kernels: split-K between warps (small batches), up to 4 output tiles per warp (units = 32, LSTM,
+# 37 rows), several 64-row chunks (units = 16, 70 rows), and K = 136 (2 staged K passes for 16-bit, 3 for TF32).
 PLAIN_CASES = [
     Case("lstm", 40, (5, 5, 3, 1), 4),
     Case("lstm", 40, (5, 5, 3, 1), 8, reverse=True, **F64),
@@ -76,19 +95,28 @@ PLAIN_CASES = [
     Case("lstm", 33, (6, 4, 1), 4, **BF16),
     Case("lstm", 33, (6, 4, 1), 4, reverse=True, **F16),
     Case("lstm", 13, (1,), 2, train=False),
+    Case("lstm", 13, (37, 37), 32, **BF16),
+    Case("lstm", 40, (5, 5, 3, 1), 4, **TF32),
+    Case("lstm", 136, (3, 2), 32, reverse=True, **BF16),
     Case("gru", 40, (5, 5, 3, 1), 4, reverse=True),
     Case("gru", 33, (37, 20, 3), 32, **F64),
     Case("gru", 13, (3, 3, 3), 1, train=False, **BF16),
     Case("gru", 40, (4, 3, 1), 8, **F16),
+    Case("gru", 33, (70, 5), 16, **F16),
+    Case("gru", 33, (37, 20, 3), 32, reverse=True, **TF32),
     Case("rnn_tanh", 40, (4, 3, 3, 1), 4, reverse=True),
     Case("rnn_relu", 33, (37, 37), 32, **F64),
     Case("rnn_relu", 13, (5, 2), 2, reverse=True, **BF16),
     Case("rnn_tanh", 40, (3, 3), 8, bias=False, **F16),
+    Case("rnn_tanh", 40, (4, 3, 3, 1), 4, reverse=True, **TF32),
+    Case("rnn_relu", 136, (5, 4), 16, bias=False, **TF32),
 ]
 ASAN_CASES = [Case("lstm", 40, (5, 3, 1), 8, reverse=True), Case("gru", 13, (37, 20), 32, **BF16),
-              Case("rnn_relu", 33, (4, 4), 4, **F64)]
+              Case("rnn_relu", 33, (4, 4), 4, **F64), Case("lstm", 40, (5, 3, 1), 8, **TF32),
+              Case("rnn_tanh", 136, (3, 1), 32, **F16)]
 TSAN_CASES = [Case("lstm", 13, (5, 3, 1), 4, reverse=True), Case("gru", 13, (4, 4), 8, **F16),
-              Case("rnn_tanh", 13, (3, 2, 1), 2)]
+              Case("rnn_tanh", 13, (3, 2, 1), 2), Case("lstm", 13, (9, 3), 4, **BF16),
+              Case("gru", 13, (4, 2), 4, reverse=True, **TF32)]
 CASES = {"plain": PLAIN_CASES, "asan": ASAN_CASES, "tsan": TSAN_CASES}
 
 
@@ -105,7 +133,8 @@ def make_problem(case: Case, seed: int = 0) -> dict:
 
     s = 1.0 / math.sqrt(H)
     d = {"storage": STORAGE[case.dtype], "cell": CELL_CODE[case.cell], "relu": int(case.cell == "rnn_relu"),
-         "reverse": int(case.reverse), "train": int(case.train), "units": case.units, "num_sms": case.grid, "H": H,
+         "reverse": int(case.reverse), "train": int(case.train), "tf32": int(case.tf32), "units": case.units,
+         "num_sms": case.grid, "H": H,
          "batch_sizes": np.array(case.batch_sizes, dtype=np.int64), "w_hh": rnd(G * H, H, scale=s),
          "hx": rnd(B, H, scale=0.5), "gx": rnd(N, G * H, scale=1.5)}
     if case.bias:
@@ -115,20 +144,32 @@ def make_problem(case: Case, seed: int = 0) -> dict:
     return d
 
 
-def oracle(case: Case, d: dict):
-    """(output [N, H], hy, cy, ws) in float64, h rounded to the storage dtype after every step like the kernel."""
+def tf32_rna(t: torch.Tensor) -> torch.Tensor:
+    """float32 -> TF32 as cvt.rna.tf32.f32 rounds (nearest, ties away from zero: add half an ulp of the 10-bit
+    mantissa to the magnitude bits, clear the low 13), returned as float64. Finite inputs only."""
+    bits = t.to(torch.float32).contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    bits = ((bits + 0x1000) & 0xFFFFE000) & 0xFFFFFFFF
+    bits = torch.where(bits >= 2**31, bits - 2**32, bits).to(torch.int32)
+    return bits.view(torch.float32).to(torch.float64)
+
+
+def oracle(case: Case, d: dict, tf32_operands: bool = False):
+    """(output [N, H], hy, cy, ws) in float64, h rounded to the storage dtype after every step like the kernel.
+    tf32_operands: W_hh and h_{t-1} rounded to TF32 before the product (what the TF32 kernel multiplies)."""
     f = lambda a: torch.as_tensor(np.asarray(a)).to(torch.float64)  # noqa: E731
     rnd = lambda t: t.to(case.dtype).to(torch.float64)  # noqa: E731
+    op = tf32_rna if tf32_operands else (lambda t: t)  # noqa: E731
     H, bs = case.H, list(case.batch_sizes)
     offs = np.concatenate([[0], np.cumsum(bs)]).astype(int)
     w, gx = f(d["w_hh"]), f(d["gx"])
+    w = op(w)
     b = f(d["b_hh"]) if "b_hh" in d else torch.zeros(w.shape[0], dtype=torch.float64)
     h, c = f(d["hx"]).clone(), (f(d["cx"]).clone() if case.cell == "lstm" else None)
     out = torch.full((offs[-1], H), float("nan"), dtype=torch.float64)
     ws = torch.full((offs[-1], {"lstm": 5, "gru": 4}.get(case.cell, 0) * H), float("nan"), dtype=torch.float64)
     for t in (reversed(range(len(bs))) if case.reverse else range(len(bs))):
         n, rows = bs[t], slice(offs[t], offs[t] + bs[t])
-        gh = h[:n] @ w.t() + b
+        gh = op(h[:n]) @ w.t() + b
         if case.cell == "lstm":
             pre = gx[rows] + gh
             i, fg, gg, o = torch.sigmoid(pre[:, :H]), torch.sigmoid(pre[:, H:2 * H]), torch.tanh(pre[:, 2 * H:3 * H]), \
@@ -151,21 +192,25 @@ def oracle(case: Case, d: dict):
     return out, h, c, ws
 
 
+def tol(case: Case) -> dict:
+    return TOL["tf32"] if case.tf32 else TOL[case.dtype]
+
+
 def check(case: Case, d: dict, got: dict) -> None:
     assert int(got["err"][0]) == 0, f"{case.id}: launch returned cudaError {int(got['err'][0])}"
-    out, hy, cy, ws = oracle(case, d)
-    t = TOL[case.dtype]
 
-    def close(name, actual, expected):
+    def close(name, actual, expected, t):
         torch.testing.assert_close(torch.as_tensor(np.asarray(actual)).to(torch.float64), expected, **t,
                                    msg=lambda m: f"{case.id}: {name}: {m}")
 
-    close("output", got["output"], out)
-    close("hy", got["hy"], hy)
+    out, hy, cy, ws = oracle(case, d)
+    t = tol(case)
+    close("output", got["output"], out, t)
+    close("hy", got["hy"], hy, t)
     if case.cell == "lstm":
-        close("cy", got["cy"], cy)
+        close("cy", got["cy"], cy, t)
     if case.train and case.cell in ("lstm", "gru"):
-        close("ws", got["ws"], ws)
+        close("ws", got["ws"], ws, t)
 
 
 # ------------------------------------------------------------------------------------------------------- tests
@@ -179,8 +224,8 @@ def binaries():
     return True
 
 
-def run_batch(cases, variant, defines=()):
-    problems = [make_problem(c, seed=k) for k, c in enumerate(cases)]
+def run_batch(cases, variant, defines=(), problems=None):
+    problems = problems or [make_problem(c, seed=k) for k, c in enumerate(cases)]
     inputs = {"n": len(cases)}
     for k, d in enumerate(problems):
         inputs.update({f"{k}.{name}": v for name, v in d.items()})
@@ -201,10 +246,39 @@ def test_persistent_kernels_vs_oracle(binaries, variant):
 
 
 def test_cases_cover_every_kernel_and_dtype():
-    seen = {(c.cell.split("_")[0], c.dtype) for c in PLAIN_CASES}
-    assert seen == {(cell, dt) for cell in ("lstm", "gru", "rnn") for dt in STORAGE}
+    seen = {(c.cell.split("_")[0], c.dtype, c.tf32) for c in PLAIN_CASES}
+    assert seen == {(cell, dt, tf32) for cell in ("lstm", "gru", "rnn") for dt in STORAGE
+                    for tf32 in ((False, True) if dt == torch.float32 else (False,))}
+    for variant in ("asan", "tsan"):  # every tensor-core kernel's dtype under each sanitizer
+        assert {torch.float16, torch.bfloat16} <= {c.dtype for c in CASES[variant]}
+        assert any(c.tf32 for c in CASES[variant])
+    assert any(c.H > 128 for c in PLAIN_CASES if c.dtype != torch.float64), "several staged K passes"
     assert {c.units for c in PLAIN_CASES} >= {1, 2, 4, 8, 32}
     assert any(c.batch_sizes[0] > 256 // c.units * 4 for c in PLAIN_CASES), "a step of several row chunks"
+
+
+def test_tf32_flag_is_honoured(binaries):
+    """One float32 GRU step run with allow_tf32 off and on, compared on its workspace (r, z, n and the raw product
+    W_hn h + b_hn) and output. Off: exact fp32 (the fp32 tolerance against the exact oracle, and not the TF32
+    product). On: the TF32 product (the fp32 tolerance against the oracle that rounds W and h to TF32), further from
+    the exact oracle than the fp32 tolerance allows, within the TF32 tolerance."""
+    emu.require_variant("plain")
+    base = Case("gru", 40, (8,), 4)
+    d = make_problem(base)
+    _, proc, outputs = run_batch([base, Case(**{**base.__dict__, "tf32": True})], "plain", problems=[d, {**d, "tf32": 1}])
+    assert proc.returncode == 0 and outputs is not None, proc.stderr[-8000:]
+    fp32 = TOL[torch.float32]
+    for name, idx in (("ws", 3), ("output", 0)):
+        exact_run, tf32_run = (torch.as_tensor(np.asarray(outputs[f"{k}.{name}"])).to(torch.float64) for k in range(2))
+        exact, rounded = oracle(base, d)[idx], oracle(base, d, tf32_operands=True)[idx]
+        assert (exact - rounded).abs().max() > 3 * fp32["atol"], f"{name}: the problem must separate the products"
+        torch.testing.assert_close(exact_run, exact, **fp32)
+        with pytest.raises(AssertionError):
+            torch.testing.assert_close(exact_run, rounded, **fp32)
+        torch.testing.assert_close(tf32_run, rounded, **fp32)
+        torch.testing.assert_close(tf32_run, exact, **TOL["tf32"])
+        with pytest.raises(AssertionError):
+            torch.testing.assert_close(tf32_run, exact, **fp32)
 
 
 def test_dropped_grid_sync_is_a_tsan_race(binaries):
@@ -223,6 +297,20 @@ def test_grid_larger_than_the_device_is_refused(binaries):
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert int(out["err"][0]) == COOPERATIVE_LAUNCH_TOO_LARGE
     assert np.isnan(out["output"]).all(), "a refused launch runs nothing"
+
+
+@pytest.mark.parametrize("storage,tf32", [(0, 0), (0, 1), (1, 0), (2, 0), (3, 0)])
+@pytest.mark.parametrize("cell", [0, 1, 2])
+def test_residency_model_transcribes_the_traits(cell, storage, tf32):
+    """tests/persistent_residency.py (used by the compile gate's residency check) computes the same shared memory as
+    the kernels' traits, for the kernel the host picks (tensor cores or FMA)."""
+    dtype = {0: "float32", 1: "float64", 2: "float16", 3: "bfloat16"}[storage]
+    name = {0: "lstm", 1: "gru", 2: "rnn"}[cell]
+    for H in (40, 512):
+        out = emu.run_driver(SRC, "plan", {"storage": storage, "cell": cell, "H": H, "num_sms": 132, "tf32": tf32})
+        units = int(out["units"][0])
+        assert units > 0
+        assert int(out["smem"][0]) == residency.smem_bytes(name, dtype, bool(tf32), units, H), (name, dtype, H, units)
 
 
 @pytest.mark.parametrize("H,num_sms,units", [(512, 132, 4), (1024, 132, 8), (40, 132, 1), (13, 4, 4)])

@@ -56,3 +56,40 @@ def test_bad_algo_value_raises(monkeypatch):
     monkeypatch.setenv("FASTRNN_CUDA_ALGO", "fastest")
     with pytest.raises(ValueError, match="FASTRNN_CUDA_ALGO"):
         run("gru", torch.float32, False, False, monkeypatch, "fastest")
+
+
+# TF32 tolerance against torch.nn: each side rounds W_hh and h to TF32 (unit roundoff u = 2^-11) in its own way, so
+# per step a pre-activation of either may move by at most 2u * sum_k |w_jk h_k| <= 2u * sqrt(H) (torch.nn's init:
+# |w| <= 1/sqrt(H); |h| <= 1), the two sides by twice that.
+U_TF32 = 2.0 ** -11
+
+
+def _tf32_tol(H):
+    return dict(rtol=4 * U_TF32 * H ** 0.5, atol=4 * U_TF32 * H ** 0.5)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+def test_tf32_on_and_off_against_torch_nn(cell, monkeypatch):
+    """float32 on the persistent kernel against torch.nn (cuDNN). allow_tf32 False: exact fp32 on both sides, the
+    float32 tolerance. allow_tf32 True (torch's default; cuDNN then uses TF32 too): the TF32 tolerance, and fastrnn's
+    output differs from its exact one by more than the float32 tolerance (the flag reaches the kernel)."""
+    monkeypatch.setenv("FASTRNN_CUDA_ALGO", "persistent")
+    H, I, T, B = 256, 64, 20, 8
+    ref = getattr(torch.nn, cell)(I, H, device="cuda")
+    mod = getattr(fastrnn, cell)(I, H, device="cuda")
+    mod.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, I, device="cuda")
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    outs = {}
+    try:
+        for tf32 in (False, True):
+            # fastrnn's input GEMM is a cuBLAS matmul (matmul flag); cuDNN's follows the cuDNN flag: set both alike.
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+            with torch.no_grad():
+                outs[tf32] = (mod(x)[0], ref(x)[0])
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    torch.testing.assert_close(outs[False][0], outs[False][1], **TOL[torch.float32])
+    torch.testing.assert_close(outs[True][0], outs[True][1], **_tf32_tol(H))
+    torch.testing.assert_close(outs[True][0], outs[False][1], **_tf32_tol(H))
+    assert (outs[True][0] - outs[False][0]).abs().max() > TOL[torch.float32]["atol"], "TF32 mode left no trace"

@@ -27,9 +27,16 @@
 //
 // Shared memory: Ws [K][G*units + 1] in the accumulation type (the padded stride keeps a warp's reads of
 // one k on distinct banks), Hs [chunk rows][kTileK + 1]: the h_{t-1} tile of one K slice.
+//
+// Two kernels per cell (the host picks one, persistent_launcher.cuh):
+//   {lstm,gru,rnn}_fwd_persistent_kernel<S>      fp32/fp64 FMA: float64, and float32 with TF32 not allowed
+//                                                (torch.backends.cudnn.allow_tf32 False): exact fp32 products.
+//   {lstm,gru,rnn}_fwd_persistent_mma_kernel<S>  tensor cores (below): bf16 and fp16 (mma.sync m16n8k16, fp32
+//                                                accumulation), float32 with TF32 allowed (m16n8k8 .tf32).
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "../cell_math.h"
 #include "device_compat.h"
@@ -70,6 +77,50 @@ __device__ __forceinline__ S load_cg(const S* p) {
 #endif
 }
 
+// The cell of (row b of step st, unit j) from its h-side pre-activations ph = W_h* h_{t-1} + b_h* (one per gate):
+// reads gx (and, GRU, h_{t-1}), applies cell_math.h, writes h, c (LSTM) and the workspace (train). Shared by the
+// FMA and the tensor-core kernels, so both compute the same cell from the same pre-activations.
+template <typename S, Cell C>
+__device__ __forceinline__ void fwd_cell_epilogue(const FwdSeqParams& p, const FwdSeqStep& st, int64_t b, int64_t j,
+                                                  const acc_t<S> (&ph)[gates_of(C)]) {
+  using A = acc_t<S>;
+  const int64_t H = p.H, K = p.K, GH = int64_t(gates_of(C)) * p.H, ld = p.ld_out;
+  const int64_t row = st.off + b;
+  S* out = static_cast<S*>(p.out);
+  A* __restrict__ ws = static_cast<A*>(p.ws);
+  const S* gxr = static_cast<const S*>(p.gx) + row * GH + j;
+  if constexpr (C == Cell::kLstm) {
+    A* c = static_cast<A*>(p.c_state) + b * H + j;
+    const LstmActs<A> a = lstm_forward<A>(to_float(gxr[0]) + ph[0], to_float(gxr[H]) + ph[1],
+                                          to_float(gxr[2 * H]) + ph[2], to_float(gxr[3 * H]) + ph[3], *c);
+    *c = a.c;
+    out[row * ld + j] = from_float<S>(a.h);
+    if (ws != nullptr) {
+      A* wr = ws + row * 5 * H + j;
+      wr[0] = a.i;
+      wr[H] = a.f;
+      wr[2 * H] = a.g;
+      wr[3 * H] = a.o;
+      wr[4 * H] = a.c;
+    }
+  } else if constexpr (C == Cell::kGru) {
+    const S* hp = out + st.off_prev * ld;
+    const A hprev = to_float(b < st.n_prev ? load_cg(hp + b * ld + j) : static_cast<const S*>(p.h_init)[b * K + j]);
+    const GruActs<A> a =
+        gru_forward<A>(to_float(gxr[0]), to_float(gxr[H]), to_float(gxr[2 * H]), ph[0], ph[1], ph[2], hprev);
+    out[row * ld + j] = from_float<S>(a.h);
+    if (ws != nullptr) {
+      A* wr = ws + row * 4 * H + j;
+      wr[0] = a.r;
+      wr[H] = a.z;
+      wr[2 * H] = a.n;
+      wr[3 * H] = a.hn;
+    }
+  } else {
+    out[row * ld + j] = from_float<S>(rnn_forward<A>(to_float(gxr[0]), ph[0], p.relu != 0));
+  }
+}
+
 template <typename S, Cell C>
 __device__ __forceinline__ void fwd_persistent(const FwdSeqParams& p) {
   using A = acc_t<S>;
@@ -81,7 +132,7 @@ __device__ __forceinline__ void fwd_persistent(const FwdSeqParams& p) {
   const int NG = Tr::groups(U);
   const int chunk = Tr::chunk_rows(U);
   const int64_t WS = Tr::w_stride(U);
-  const int64_t H = p.H, K = p.K, GH = int64_t(G) * p.H, ld = p.ld_out;
+  const int64_t H = p.H, K = p.K, ld = p.ld_out;
 
   FASTRNN_DYNAMIC_SMEM(A, smem);
   A* Ws = smem;           // [K][WS]
@@ -95,10 +146,8 @@ __device__ __forceinline__ void fwd_persistent(const FwdSeqParams& p) {
 
   const S* __restrict__ w = static_cast<const S*>(p.w_hh);
   const S* __restrict__ h0 = static_cast<const S*>(p.h_init);
-  const S* __restrict__ gx = static_cast<const S*>(p.gx);
   const S* __restrict__ bhh = static_cast<const S*>(p.b_hh);
-  S* out = static_cast<S*>(p.out);
-  A* __restrict__ ws = static_cast<A*>(p.ws);
+  const S* out = static_cast<const S*>(p.out);
 
   // ---- this block's rows of W_hh, once for the whole sequence: Ws[k][g*U + uu] = W_hh[g*H + j0 + uu][k]
   for (int64_t idx = tid; idx < int64_t(G) * U * K; idx += Tr::kThreads) {
@@ -155,40 +204,10 @@ __device__ __forceinline__ void fwd_persistent(const FwdSeqParams& p) {
         for (int i = 0; i < R; ++i) {
           const int64_t b = c0 + bg + i * NG;
           if (b >= st.bs) continue;
-          const int64_t row = st.off + b;
           A ph[G];  // h-side pre-activations W_h* h + b_h*
 #pragma unroll
           for (int g = 0; g < G; ++g) ph[g] = acc[g][i] + bias[g];
-          const S* gxr = gx + row * GH + j;
-          if constexpr (C == Cell::kLstm) {
-            A* c = static_cast<A*>(p.c_state) + b * H + j;
-            const LstmActs<A> a = lstm_forward<A>(to_float(gxr[0]) + ph[0], to_float(gxr[H]) + ph[1],
-                                                  to_float(gxr[2 * H]) + ph[2], to_float(gxr[3 * H]) + ph[3], *c);
-            *c = a.c;
-            out[row * ld + j] = from_float<S>(a.h);
-            if (ws != nullptr) {
-              A* wr = ws + row * 5 * H + j;
-              wr[0] = a.i;
-              wr[H] = a.f;
-              wr[2 * H] = a.g;
-              wr[3 * H] = a.o;
-              wr[4 * H] = a.c;
-            }
-          } else if constexpr (C == Cell::kGru) {
-            const A hprev = to_float(b < st.n_prev ? load_cg(hp + b * ld + j) : h0[b * K + j]);
-            const GruActs<A> a = gru_forward<A>(to_float(gxr[0]), to_float(gxr[H]), to_float(gxr[2 * H]), ph[0],
-                                                ph[1], ph[2], hprev);
-            out[row * ld + j] = from_float<S>(a.h);
-            if (ws != nullptr) {
-              A* wr = ws + row * 4 * H + j;
-              wr[0] = a.r;
-              wr[H] = a.z;
-              wr[2 * H] = a.n;
-              wr[3 * H] = a.hn;
-            }
-          } else {
-            out[row * ld + j] = from_float<S>(rnn_forward<A>(to_float(gxr[0]), ph[0], p.relu != 0));
-          }
+          fwd_cell_epilogue<S, C>(p, st, b, j, ph);
         }
       }
     }
@@ -212,6 +231,278 @@ __global__ void FASTRNN_LAUNCH_BOUNDS(kPersistentThreads) gru_fwd_persistent_ker
 template <typename S>
 __global__ void FASTRNN_LAUNCH_BOUNDS(kPersistentThreads) rnn_fwd_persistent_kernel(const FwdSeqParams p) {
   fwd_persistent<S, Cell::kRnn>(p);
+}
+
+// ================================================================================ tensor-core (mma.sync) kernels
+// {lstm,gru,rnn}_fwd_persistent_mma_kernel<S>: the same sequence, split and barrier as above, with
+// h_{t-1} @ W_slice^T on the tensor cores. S = __nv_bfloat16 / __half: mma.sync.m16n8k16 on the stored 16-bit
+// values (exact products), fp32 accumulation. S = float: mma.sync.m16n8k8 .tf32 (W and h rounded to TF32 by
+// cvt.rna, fp32 accumulation): what torch.backends.cudnn.allow_tf32 allows; with it off the host launches the FMA
+// kernel above instead (persistent_launcher.cuh). The cell math is fwd_cell_epilogue, shared with the FMA kernel.
+//
+// Launch contract: as the FMA kernel, with Tr = FwdPersistentMmaTraitsFor<S, C> (grid, kThreads = 256,
+// smem_bytes(units, K)); p.units a power of two in [1, 32].
+//
+// The product is D = W_slice (M = G*units rows, row r = gate*units + u) x h_{t-1}^T (N = batch rows): W is the A
+// operand (rows padded to m-tiles of 16 with zeros), h the B operand ("col": each batch row's k values are
+// contiguous, as h is stored), so a batch of up to 8 rows is one n-tile: the small-batch case wastes no MMA width.
+// Per chunk of up to kMaxCols batch rows the block's MT x NT output tiles go to its 8 warps (at most
+// kMaxTilesPerWarp each); when there are fewer than 8 tiles the k-steps are split between warps too (split-K by
+// k-step index modulo KS), so a small batch still keeps all 8 warps on the K loop. Each warp stores its fp32 partial
+// tiles in Gs [KS][cols][row]; after a barrier the epilogue threads (unit u, batch group bg, as in the FMA kernel)
+// sum the KS partials in a fixed order (deterministic), add b_hh and run the cell.
+//
+// Shared memory (b32 words):
+//   Wf  [MT][KT][32 lanes][4]: W_slice once per launch in the A-fragment order of the PTX ISA (m16n8k16: register i
+//       of lane (g = lane/4, q = lane%4) holds row g + 8*(i&1), k = 2q + 8*(i>>1) and the next k as a bf16x2/f16x2
+//       pair; m16n8k8 .tf32: row g + 8*(i&1), k = q + 4*(i>>1)), so each lane reads its whole A fragment with one
+//       128-bit load and a warp reads 512 contiguous bytes: no bank conflicts. KT = ceil(K / kK) k-steps, the
+//       k >= K and row >= M entries are zeros.
+//   Hs  [kMaxCols][kHStrideWords]: kTileK elements of k of each batch row (16-bit pairs or TF32 bits), staged from L2
+//       with ld.global.cg per pass; the row stride is = 4 (mod 8) words, so the B-fragment loads (lane (g, q) reads
+//       word g*stride + q) hit 32 distinct banks. Rows beyond the step's rows and k >= K are zeros.
+//   Gs  [kMaxCols][g_stride] fp32: the partial tiles; g_stride = 4 (mod 32) makes the fragment stores (lane (g, q):
+//       column 2q (+1), row g (+8)) conflict-free; the epilogue's reads are at most 2-way conflicted.
+template <int kGates_, typename S>
+struct FwdPersistentMmaTraits {
+  static constexpr int kGates = kGates_;
+  static constexpr int kThreads = kPersistentThreads;
+  static constexpr int kWarps = kThreads / 32;
+  static constexpr int kRowsPerThread = 4;
+  static constexpr bool kTf32 = sizeof(S) == 4;      // float: TF32 operands; the 16-bit types: their own bits
+  static constexpr int kElemBytes = kTf32 ? 4 : 2;    // bytes of one operand element in shared memory
+  static constexpr int kK = kTf32 ? 8 : 16;           // k of one mma
+  static constexpr int kTileK = 256 / kElemBytes;     // k elements of h staged per pass: 256 bytes of each row
+  static constexpr int kHStrideWords = kTileK * kElemBytes / 4 + 4;  // 68 = 4 (mod 8)
+  static constexpr int kMaxCols = 64;                 // batch rows per chunk: 8 n-tiles
+  static constexpr int kMaxTilesPerWarp = 4;
+  static constexpr int kMaxUnits = 32;
+
+  static constexpr int groups(int units) { return kThreads / units; }
+  static constexpr int chunk_cols(int units) {
+    return groups(units) * kRowsPerThread < kMaxCols ? groups(units) * kRowsPerThread : kMaxCols;
+  }
+  static constexpr int m_tiles(int units) { return (kGates * units + 15) / 16; }
+  static constexpr int64_t k_steps(int64_t K) { return (K + kK - 1) / kK; }
+  static constexpr int g_stride(int units) { return (kGates * units + 31) / 32 * 32 + 4; }
+  static constexpr int64_t smem_bytes(int units, int64_t K) {
+    return int64_t(m_tiles(units)) * k_steps(K) * 32 * 16 + int64_t(kMaxCols) * kHStrideWords * 4 +
+           int64_t(kMaxCols) * g_stride(units) * 4;
+  }
+  static constexpr int64_t grid(int64_t H, int units) { return (H + units - 1) / units; }
+  // Every power-of-two unit count has at most kWarps * kMaxTilesPerWarp output tiles per chunk.
+  static constexpr bool tiles_fit() {
+    for (int u = 1; u <= kMaxUnits; u *= 2)
+      if (m_tiles(u) * (chunk_cols(u) / 8) > kWarps * kMaxTilesPerWarp) return false;
+    return true;
+  }
+  static_assert(tiles_fit(), "a chunk has more output tiles than the warps hold accumulators for");
+  static_assert(kTileK % (kWarps * kK) == 0, "split-K by k-step index needs whole groups of 8 k-steps per pass");
+  static_assert(kHStrideWords % 8 == 4, "B-fragment loads: row stride = 4 (mod 8) words");
+};
+
+template <typename S, Cell C>
+using FwdPersistentMmaTraitsFor = FwdPersistentMmaTraits<gates_of(C), S>;
+
+// The 16 bits of a bf16/fp16 value (the mma operand), and the TF32 operand of a float (cvt.rna).
+__device__ __forceinline__ std::uint32_t operand_bits(__nv_bfloat16 x) { return __bfloat16_as_ushort(x); }
+__device__ __forceinline__ std::uint32_t operand_bits(__half x) { return __half_as_ushort(x); }
+
+template <typename S>
+__device__ __forceinline__ void mma_fp32_acc(float d[4], const std::uint32_t a[4], const std::uint32_t b[2]) {
+  if constexpr (std::is_same_v<S, __nv_bfloat16>) ::fastrnn::mma_m16n8k16_bf16(d, a, b, d);
+  else if constexpr (std::is_same_v<S, __half>) ::fastrnn::mma_m16n8k16_f16(d, a, b, d);
+  else ::fastrnn::mma_m16n8k8_tf32(d, a, b, d);
+}
+
+// One lane's A fragment: four b32 words, one 128-bit shared-memory load on the GPU.
+__device__ __forceinline__ void load_a_fragment(const std::uint32_t* p, std::uint32_t a[4]) {
+#if defined(__CUDACC__)
+  const uint4 v = *reinterpret_cast<const uint4*>(p);
+  a[0] = v.x;
+  a[1] = v.y;
+  a[2] = v.z;
+  a[3] = v.w;
+#else
+  for (int i = 0; i < 4; ++i) a[i] = p[i];
+#endif
+}
+
+template <typename S, Cell C>
+__device__ __forceinline__ void fwd_persistent_mma(const FwdSeqParams& p) {
+  static_assert(std::is_same_v<S, float> || std::is_same_v<S, __half> || std::is_same_v<S, __nv_bfloat16>,
+                "tensor cores: bf16, fp16, TF32 (float); float64 stays on the FMA kernel");
+  using A = acc_t<S>;
+  using Tr = FwdPersistentMmaTraitsFor<S, C>;
+  constexpr int G = Tr::kGates;
+  constexpr int R = Tr::kRowsPerThread;
+  constexpr int kK = Tr::kK;
+  constexpr int HSW = Tr::kHStrideWords;
+  constexpr int kWordsPerStep = kK * Tr::kElemBytes / 4;  // b32 words of one k-step of one h row (8 for both)
+
+  const int U = p.units;
+  const int NG = Tr::groups(U);
+  const int chunk = Tr::chunk_cols(U);
+  const int M = G * U;
+  const int MT = Tr::m_tiles(U);
+  const int GS = Tr::g_stride(U);
+  const int64_t H = p.H, K = p.K, ld = p.ld_out;
+  const int64_t KT = Tr::k_steps(K);
+
+  FASTRNN_DYNAMIC_SMEM(std::uint32_t, smem);
+  std::uint32_t* Wf = smem;                                // [MT][KT][32][4]
+  std::uint32_t* Hs = smem + int64_t(MT) * KT * 128;       // [kMaxCols][HSW]
+  float* Gs = reinterpret_cast<float*>(Hs + Tr::kMaxCols * HSW);  // [kMaxCols][GS]
+
+  const int tid = static_cast<int>(threadIdx.x);
+  const int warp = tid / 32, lane = tid % 32;
+  const int fg = lane / 4, fq = lane % 4;  // the fragment coordinates of the PTX ISA (groupID, threadID_in_group)
+  const int u = tid % U;
+  const int bg = tid / U;
+  const int64_t j0 = int64_t(blockIdx.x) * U;
+  const int64_t j = j0 + u;
+
+  const S* __restrict__ w = static_cast<const S*>(p.w_hh);
+  const S* __restrict__ h0 = static_cast<const S*>(p.h_init);
+  const S* __restrict__ bhh = static_cast<const S*>(p.b_hh);
+  const S* out = static_cast<const S*>(p.out);
+
+  // ---- W_slice in A-fragment order, once for the whole sequence (zeros outside the M x K slice).
+  auto w_at = [&](int r, int64_t k) -> S {
+    const int64_t jj = j0 + r % U;
+    return (r < M && jj < H && k < K) ? w[((r / U) * H + jj) * K + k] : from_float<S>(A(0));
+  };
+  for (int64_t idx = tid; idx < int64_t(MT) * KT * 128; idx += Tr::kThreads) {
+    const int i = static_cast<int>(idx & 3), l = static_cast<int>((idx >> 2) & 31);
+    const int64_t tk = idx >> 7, kt = tk % KT;
+    const int mt = static_cast<int>(tk / KT);
+    const int r = mt * 16 + (l >> 2) + 8 * (i & 1);
+    if constexpr (Tr::kTf32) {
+      const int64_t k = kt * kK + (l & 3) + 4 * (i >> 1);
+      Wf[idx] = ::fastrnn::f32_to_tf32(w_at(r, k));
+    } else {
+      const int64_t k = kt * kK + 2 * (l & 3) + 8 * (i >> 1);
+      Wf[idx] = operand_bits(w_at(r, k)) | (operand_bits(w_at(r, k + 1)) << 16);
+    }
+  }
+  __syncthreads();
+
+  A bias[G];
+#pragma unroll
+  for (int g = 0; g < G; ++g) bias[g] = (bhh != nullptr && j < H) ? to_float(bhh[g * H + j]) : A(0);
+
+  for (int64_t s = 0; s < p.T; ++s) {
+    const FwdSeqStep st = p.steps[s];
+    const S* hp = out + st.off_prev * ld;  // the previous step's rows (read only for b < st.n_prev)
+    auto h_at = [&](int64_t b, int64_t k) -> S {  // h_{t-1}[b][k], zero outside the step's rows and K
+      if (b >= st.bs || k >= K) return from_float<S>(A(0));
+      return b < st.n_prev ? load_cg(hp + b * ld + k) : h0[b * K + k];
+    };
+    for (int64_t c0 = 0; c0 < st.bs; c0 += chunk) {
+      const int ncols = st.bs - c0 < chunk ? static_cast<int>(st.bs - c0) : chunk;
+      const int NT = (ncols + 7) / 8;
+      const int tiles = MT * NT;
+      // Split K between warps while the output tiles leave warps idle (KS a power of two, tiles * KS <= 8).
+      int KS = 1;
+      while (2 * KS * tiles <= Tr::kWarps && 2 * KS <= KT) KS *= 2;
+      const int items = tiles * KS;
+
+      float acc[Tr::kMaxTilesPerWarp][4];
+#pragma unroll
+      for (int t = 0; t < Tr::kMaxTilesPerWarp; ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[t][e] = 0.f;
+
+      for (int64_t k0 = 0; k0 < K; k0 += Tr::kTileK) {
+        const int kn = K - k0 < Tr::kTileK ? static_cast<int>(K - k0) : Tr::kTileK;
+        const int nsteps = (kn + kK - 1) / kK;
+        const int wn = nsteps * kWordsPerStep;  // words of each staged row this pass
+        // Stage h_{t-1}[c0 .., k0 ..): consecutive threads, consecutive words of one row (coalesced, no conflicts).
+        for (int idx = tid; idx < NT * 8 * wn; idx += Tr::kThreads) {
+          const int c = idx / wn, wd = idx % wn;
+          const int64_t b = c0 + c;
+          if constexpr (Tr::kTf32) {
+            Hs[c * HSW + wd] = ::fastrnn::f32_to_tf32(h_at(b, k0 + wd));
+          } else {
+            const int64_t k = k0 + 2 * wd;
+            Hs[c * HSW + wd] = operand_bits(h_at(b, k)) | (operand_bits(h_at(b, k + 1)) << 16);
+          }
+        }
+        __syncthreads();
+        const int64_t kt0 = k0 / kK;  // a multiple of KS (kTileK / kK is a multiple of 8)
+#pragma unroll
+        for (int t = 0; t < Tr::kMaxTilesPerWarp; ++t) {
+          const int it = warp + Tr::kWarps * t;
+          if (it >= items) break;  // warp-uniform: every lane of the warp takes part in each mma or none
+          const int tile = it % tiles, ks = it / tiles;
+          const int mt = tile % MT, nt = tile / MT;
+          const std::uint32_t* wa = Wf + ((int64_t(mt) * KT + kt0) * 32 + lane) * 4;
+          const std::uint32_t* hb = Hs + (nt * 8 + fg) * HSW + fq;
+          for (int kk = ks; kk < nsteps; kk += KS) {
+            std::uint32_t a[4], bfrag[2];
+            load_a_fragment(wa + int64_t(kk) * 128, a);
+            bfrag[0] = hb[kk * kWordsPerStep];
+            bfrag[1] = hb[kk * kWordsPerStep + 4];
+            mma_fp32_acc<S>(acc[t], a, bfrag);
+          }
+        }
+        __syncthreads();  // every warp is done with this Hs tile before the next one is staged
+      }
+
+      // ---- partial tiles to Gs[ks][col][row] (the previous chunk's epilogue reads of Gs ended before the last
+      // barrier above)
+#pragma unroll
+      for (int t = 0; t < Tr::kMaxTilesPerWarp; ++t) {
+        const int it = warp + Tr::kWarps * t;
+        if (it >= items) break;
+        const int tile = it % tiles, ks = it / tiles;
+        const int row = (tile % MT) * 16 + fg;
+        const int col = ks * NT * 8 + (tile / MT) * 8 + 2 * fq;
+        Gs[col * GS + row] = acc[t][0];
+        Gs[(col + 1) * GS + row] = acc[t][1];
+        Gs[col * GS + row + 8] = acc[t][2];
+        Gs[(col + 1) * GS + row + 8] = acc[t][3];
+      }
+      __syncthreads();
+
+      // ---- epilogue: the cell of (b, j), the same code as the FMA kernel's
+      if (j < H) {
+#pragma unroll
+        for (int i = 0; i < R; ++i) {
+          const int bl = bg + i * NG;
+          if (bl >= ncols) break;
+          A ph[G];
+#pragma unroll
+          for (int g = 0; g < G; ++g) {
+            float sum = 0.f;
+            for (int ks = 0; ks < KS; ++ks) sum += Gs[(ks * NT * 8 + bl) * GS + g * U + u];
+            ph[g] = sum + bias[g];
+          }
+          fwd_cell_epilogue<S, C>(p, st, c0 + bl, j, ph);
+        }
+      }
+    }
+    // Step s's h rows are complete grid-wide before any block stages them for step s + 1 (the grid barrier also
+    // ends this step's epilogue reads of Gs before the next step's fragment stores).
+#ifndef FASTRNN_EMU_DROP_GRID_SYNC
+    ::fastrnn::grid_sync();
+#endif
+  }
+}
+
+template <typename S>
+__global__ void FASTRNN_LAUNCH_BOUNDS(kPersistentThreads) lstm_fwd_persistent_mma_kernel(const FwdSeqParams p) {
+  fwd_persistent_mma<S, Cell::kLstm>(p);
+}
+
+template <typename S>
+__global__ void FASTRNN_LAUNCH_BOUNDS(kPersistentThreads) gru_fwd_persistent_mma_kernel(const FwdSeqParams p) {
+  fwd_persistent_mma<S, Cell::kGru>(p);
+}
+
+template <typename S>
+__global__ void FASTRNN_LAUNCH_BOUNDS(kPersistentThreads) rnn_fwd_persistent_mma_kernel(const FwdSeqParams p) {
+  fwd_persistent_mma<S, Cell::kRnn>(p);
 }
 
 }  // namespace fastrnn::cuda

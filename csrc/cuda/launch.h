@@ -32,12 +32,15 @@ void launch_bwd_step(Cell cell, const BwdStepParams& p, cudaStream_t stream);
 // The persistent forward kernel (fwd_persistent_kernel.cuh) on the current device: units per block (0 when the
 // kernel cannot run there: no cooperative launch, or no unit count whose grid is co-resident), grid, threads and
 // dynamic shared memory. Instantiated for every DType in pfwd_<dtype>.cu.
+// tf32 (float32 only): torch.backends.cudnn.allow_tf32 of the call; with it the tensor-core (TF32) kernel, without
+// it the exact FMA kernel. bf16/fp16 always take the tensor-core kernel, float64 the FMA kernel; `mma` says which.
 struct PersistentConfig {
   int units = 0;
+  bool mma = false;
   int64_t grid = 0, threads = 0, smem_bytes = 0;
 };
 template <DType D>
-PersistentConfig fwd_persistent_config(Cell cell, int64_t H, int64_t K);
+PersistentConfig fwd_persistent_config(Cell cell, int64_t H, int64_t K, bool tf32);
 // One cooperative launch of the whole sequence; returns the launch's error (cudaErrorCooperativeLaunchTooLarge
 // when the grid cannot be resident, e.g. under MPS or on a busy device) without raising, so that the caller can
 // take the step kernels instead. p.units must be config.units.

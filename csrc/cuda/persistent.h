@@ -2,6 +2,10 @@
 // (host code of the ATen drivers lstm_cuda.cpp / gru_cuda.cpp / rnn_cuda.cpp).
 //
 // FASTRNN_CUDA_ALGO (read at every call, for tests and benchmarks):
+// Precision of the persistent kernel (fwd_persistent_kernel.cuh): bf16/fp16 on tensor cores (mma.sync m16n8k16, fp32
+// accumulation); float32 on TF32 tensor cores when torch.backends.cudnn.allow_tf32 is True (torch's default), exact
+// fp32 FMA when it is False; float64 FMA.
+//
 //   unset or "auto"  the persistent kernel where it serves the call (no LSTM projection, the device supports
 //                    cooperative launches, some unit count gives a co-resident grid: persistent_plan.h) and the
 //                    cooperative launch is accepted; otherwise, and whenever the launch is refused (MPS, MIG, a busy
@@ -34,12 +38,12 @@ inline Algo requested_algo() {
   return Algo::kAuto;
 }
 
-inline PersistentConfig fwd_persistent_config(DType d, Cell cell, int64_t H, int64_t K) {
+inline PersistentConfig fwd_persistent_config(DType d, Cell cell, int64_t H, int64_t K, bool tf32) {
   switch (d) {
-    case DType::kFloat: return fwd_persistent_config<DType::kFloat>(cell, H, K);
-    case DType::kDouble: return fwd_persistent_config<DType::kDouble>(cell, H, K);
-    case DType::kHalf: return fwd_persistent_config<DType::kHalf>(cell, H, K);
-    case DType::kBFloat16: return fwd_persistent_config<DType::kBFloat16>(cell, H, K);
+    case DType::kFloat: return fwd_persistent_config<DType::kFloat>(cell, H, K, tf32);
+    case DType::kDouble: return fwd_persistent_config<DType::kDouble>(cell, H, K, tf32);
+    case DType::kHalf: return fwd_persistent_config<DType::kHalf>(cell, H, K, tf32);
+    case DType::kBFloat16: return fwd_persistent_config<DType::kBFloat16>(cell, H, K, tf32);
   }
   return PersistentConfig{};
 }
@@ -70,7 +74,10 @@ inline bool run_fwd_persistent(const char* op, DType dt, Cell cell, const SeqLay
                       "LSTM projection (proj_size > 0); unset FASTRNN_CUDA_ALGO or set it to step");
     return false;
   }
-  const PersistentConfig config = fwd_persistent_config(dt, cell, H, h0.size(1));
+  // float32: TF32 tensor cores exactly when torch.nn's cuDNN RNN would use them (torch.backends.cudnn.allow_tf32,
+  // True by default; read per call), exact fp32 FMA otherwise.
+  const bool tf32 = dt == DType::kFloat && at::globalContext().allowTF32CuDNN(at::Float32Op::RNN);
+  const PersistentConfig config = fwd_persistent_config(dt, cell, H, h0.size(1), tf32);
   if (config.units == 0) {
     TORCH_CHECK(!forced, op, ": FASTRNN_CUDA_ALGO=persistent, but the persistent kernel cannot run hidden_size ",
                 H, " on this device (no cooperative launch, or no grid of it fits the device at once); unset "

@@ -2,23 +2,27 @@
 // the CUDA emulation as one cooperative launch per sequence (every block at once, the grid barrier between
 // steps), for tests/test_cuda_emu_persistent.py.
 //
-// Real here: the three __global__ kernels, their traits (grid, smem_bytes), the step table and the choice of
-// units per block (persistent_plan.h, the same header the ATen drivers use). Transcribed: the driver's
+// Real here: the six __global__ kernels (FMA and tensor-core), their traits (grid, smem_bytes), the step table
+// and the choice of units per block (persistent_plan.h, the same header the ATen drivers use). Transcribed: the driver's
 // gathering of h_n (cuda_common.h sequence_rows). The x-side pre-activations gx come from the test.
 //
 // Cases (emu_io.h: `driver CASE IN OUT`):
 //   forward  in:  storage (0 float32, 1 float64, 2 float16, 3 bfloat16; half types travel as float32 arrays
 //                 holding values the storage type represents exactly), cell (0 LSTM, 1 GRU, 2 RNN), relu,
-//                 reverse, train, units, num_sms (the emulated device's SM count), batch_sizes int64 [T],
+//                 reverse, train, units, num_sms (the emulated device's SM count), tf32 (optional, float32 only:
+//                 1 = torch.backends.cudnn.allow_tf32, the tensor-core kernel; 0 = the exact FMA kernel; the
+//                 16-bit types always take the tensor-core kernel, float64 the FMA kernel), batch_sizes int64 [T],
 //                 w_hh [G*H, H], hx [B, H], gx [N, G*H], b_hh [G*H] (optional), cx [B, H] (LSTM)
 //            out: err (the launch's cudaError_t), output [N, H], hy [B, H], cy [B, H] (LSTM), ws (train)
-//   plan     in:  storage, cell, H, num_sms  out: units (choose_units with the emulated occupancy), grid, smem
+//   plan     in:  storage, cell, H, num_sms, tf32 (optional)
+//            out: units (choose_units with the emulated occupancy), grid, smem
 //   batch    several forward sub-cases in one process ("k.<name>" arrays, `n` sub-cases).
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cuda/fwd_persistent_kernel.cuh"
@@ -37,12 +41,22 @@ using fastrnn::cuda::gates_of;
 using fastrnn::cuda::to_float;
 using std::int64_t;
 
-template <class S, Cell C>
+// The kernel the host launcher picks (persistent_launcher.cuh): tensor cores for bf16/fp16 and for float32 with
+// TF32 allowed (kMma), FMA for float64 and exact float32.
+template <class S, Cell C, bool kMma>
 void (*kernel_of())(FwdSeqParams) {
-  if constexpr (C == Cell::kLstm) return fastrnn::cuda::lstm_fwd_persistent_kernel<S>;
-  else if constexpr (C == Cell::kGru) return fastrnn::cuda::gru_fwd_persistent_kernel<S>;
-  else return fastrnn::cuda::rnn_fwd_persistent_kernel<S>;
+  if constexpr (kMma) {
+    if constexpr (C == Cell::kLstm) return fastrnn::cuda::lstm_fwd_persistent_mma_kernel<S>;
+    else if constexpr (C == Cell::kGru) return fastrnn::cuda::gru_fwd_persistent_mma_kernel<S>;
+    else return fastrnn::cuda::rnn_fwd_persistent_mma_kernel<S>;
+  } else {
+    if constexpr (C == Cell::kLstm) return fastrnn::cuda::lstm_fwd_persistent_kernel<S>;
+    else if constexpr (C == Cell::kGru) return fastrnn::cuda::gru_fwd_persistent_kernel<S>;
+    else return fastrnn::cuda::rnn_fwd_persistent_kernel<S>;
+  }
 }
+template <class S, Cell C, bool kMma>
+using TraitsOf = std::conditional_t<kMma, fastrnn::cuda::FwdPersistentMmaTraitsFor<S, C>, FwdPersistentTraitsFor<S, C>>;
 
 // The array as the storage type S (IO: the emu_io element type carrying it).
 template <class S, class IO>
@@ -60,10 +74,10 @@ std::vector<IO> to_io(const std::vector<T>& v) {
   return r;
 }
 
-template <class S, class IO, Cell C>
+template <class S, class IO, Cell C, bool kMma>
 void forward(const emu_io::Arrays& in, emu_io::Arrays& out) {
   using A = acc_t<S>;
-  using Tr = FwdPersistentTraitsFor<S, C>;
+  using Tr = TraitsOf<S, C, kMma>;
   constexpr int G = gates_of(C);
   const int64_t H = in.scalar<int64_t>("H");
   const bool reverse = in.scalar<int>("reverse") != 0, train = in.scalar<int>("train") != 0;
@@ -105,7 +119,7 @@ void forward(const emu_io::Arrays& in, emu_io::Arrays& out) {
   const cudaError_t err =
       T > 0 && H > 0 ? ::cuda_emu::launch_cooperative(dim3(static_cast<unsigned>(Tr::grid(H, units))),
                                                       dim3(Tr::kThreads), static_cast<size_t>(Tr::smem_bytes(units, H)),
-                                                      kernel_of<S, C>(), p)
+                                                      kernel_of<S, C, kMma>(), p)
                      : cudaSuccess;
   out.put("err", std::vector<int64_t>{static_cast<int64_t>(err)});
 
@@ -128,29 +142,32 @@ void forward(const emu_io::Arrays& in, emu_io::Arrays& out) {
   if (train) out.put("ws", to_io<IO>(ws), {N, ws_width});
 }
 
-template <class S, class IO>
+template <class S, class IO, bool kMma>
 void forward_cell(const emu_io::Arrays& in, emu_io::Arrays& out) {
   switch (in.scalar<int>("cell")) {
-    case 0: return forward<S, IO, Cell::kLstm>(in, out);
-    case 1: return forward<S, IO, Cell::kGru>(in, out);
-    case 2: return forward<S, IO, Cell::kRnn>(in, out);
+    case 0: return forward<S, IO, Cell::kLstm, kMma>(in, out);
+    case 1: return forward<S, IO, Cell::kGru, kMma>(in, out);
+    case 2: return forward<S, IO, Cell::kRnn, kMma>(in, out);
   }
   throw std::runtime_error("cell must be 0 (LSTM), 1 (GRU) or 2 (RNN)");
 }
 
+// tf32 (float32 only): the host's at::globalContext().allowTF32CuDNN(), i.e. torch.backends.cudnn.allow_tf32.
+bool tf32_of(const emu_io::Arrays& in) { return in.has("tf32") && in.scalar<int>("tf32") != 0; }
+
 void forward_any(const emu_io::Arrays& in, emu_io::Arrays& out) {
   switch (in.scalar<int>("storage")) {
-    case 0: return forward_cell<float, float>(in, out);
-    case 1: return forward_cell<double, double>(in, out);
-    case 2: return forward_cell<__half, float>(in, out);
-    case 3: return forward_cell<__nv_bfloat16, float>(in, out);
+    case 0: return tf32_of(in) ? forward_cell<float, float, true>(in, out) : forward_cell<float, float, false>(in, out);
+    case 1: return forward_cell<double, double, false>(in, out);
+    case 2: return forward_cell<__half, float, true>(in, out);
+    case 3: return forward_cell<__nv_bfloat16, float, true>(in, out);
   }
   throw std::runtime_error("storage must be 0 (float32), 1 (float64), 2 (float16) or 3 (bfloat16)");
 }
 
-template <class S, Cell C>
+template <class S, Cell C, bool kMma>
 void plan_for(const emu_io::Arrays& in, emu_io::Arrays& out) {
-  using Tr = FwdPersistentTraitsFor<S, C>;
+  using Tr = TraitsOf<S, C, kMma>;
   const int64_t H = in.scalar<int64_t>("H");
   ::cuda_emu::device().num_sms = static_cast<unsigned>(in.scalar<int64_t>("num_sms"));
   const int u = fastrnn::cuda::choose_units(H, ::cuda_emu::device().num_sms, [&](int units) {
@@ -162,17 +179,24 @@ void plan_for(const emu_io::Arrays& in, emu_io::Arrays& out) {
   out.put("smem", std::vector<int64_t>{u > 0 ? Tr::smem_bytes(u, H) : 0});
 }
 
-void plan(const emu_io::Arrays& in, emu_io::Arrays& out) {
-  const int cell = in.scalar<int>("cell"), storage = in.scalar<int>("storage");
-  if (storage != 0 && storage != 1) throw std::runtime_error("plan: storage 0 or 1");
-  if (storage == 0) {
-    if (cell == 0) return plan_for<float, Cell::kLstm>(in, out);
-    if (cell == 1) return plan_for<float, Cell::kGru>(in, out);
-    return plan_for<float, Cell::kRnn>(in, out);
+template <class S, bool kMma>
+void plan_cell(const emu_io::Arrays& in, emu_io::Arrays& out) {
+  switch (in.scalar<int>("cell")) {
+    case 0: return plan_for<S, Cell::kLstm, kMma>(in, out);
+    case 1: return plan_for<S, Cell::kGru, kMma>(in, out);
+    case 2: return plan_for<S, Cell::kRnn, kMma>(in, out);
   }
-  if (cell == 0) return plan_for<double, Cell::kLstm>(in, out);
-  if (cell == 1) return plan_for<double, Cell::kGru>(in, out);
-  return plan_for<double, Cell::kRnn>(in, out);
+  throw std::runtime_error("cell must be 0 (LSTM), 1 (GRU) or 2 (RNN)");
+}
+
+void plan(const emu_io::Arrays& in, emu_io::Arrays& out) {
+  switch (in.scalar<int>("storage")) {
+    case 0: return tf32_of(in) ? plan_cell<float, true>(in, out) : plan_cell<float, false>(in, out);
+    case 1: return plan_cell<double, false>(in, out);
+    case 2: return plan_cell<__half, true>(in, out);
+    case 3: return plan_cell<__nv_bfloat16, true>(in, out);
+  }
+  throw std::runtime_error("storage must be 0 (float32), 1 (float64), 2 (float16) or 3 (bfloat16)");
 }
 
 void batch(const emu_io::Arrays& in, emu_io::Arrays& out) {
