@@ -281,10 +281,13 @@ def test_tf32_flag_is_honoured(binaries):
             torch.testing.assert_close(tf32_run, exact, **fp32)
 
 
-def test_dropped_grid_sync_is_a_tsan_race(binaries):
-    """Without the barrier between steps, blocks read h rows other blocks are writing: TSan must say so."""
+@pytest.mark.parametrize("case", [Case("rnn_tanh", 13, (3, 3, 3), 2), Case("rnn_tanh", 13, (3, 3, 3), 2, **BF16)],
+                         ids=["fma", "mma"])
+def test_dropped_grid_sync_is_a_tsan_race(binaries, case):
+    """Without the barrier between steps, blocks read h rows other blocks are writing: TSan must say so (the FMA and
+    the tensor-core kernel)."""
     emu.require_variant("tsan")
-    _, proc, _ = run_batch([Case("rnn_tanh", 13, (3, 3, 3), 2)], "tsan", (DROP_GRID_SYNC,))
+    _, proc, _ = run_batch([case], "tsan", (DROP_GRID_SYNC,))
     assert proc.returncode != 0 and "ThreadSanitizer: data race" in proc.stderr, proc.stderr[-4000:]
 
 
