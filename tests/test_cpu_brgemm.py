@@ -94,6 +94,24 @@ def test_brgemm_parity(mode, switches, case, dtype, monkeypatch):
             assert_close_scaled(grad_f[k], grad_r[k], dtype, f"{switches} grad {k}")
 
 
+# LSTM projections (two phases per step): P spanning one partial block (P=6), several blocks with a partial last
+# one (P=40 at 16 or 32 units per block), P > H's block count, packed reversed sequences.
+PROJ_CASES = [
+    Case("B3_H8_P6", T=5, B=3, I=6, H=8, proj_size=6),
+    Case("B20_H70_P40_packed_bidir_hx", T=6, B=20, I=10, H=70, proj_size=40, bidirectional=True,
+         lengths=[6, 1, 3, 5, 2, 6, 4, 1, 2, 3, 6, 5, 4, 3, 2, 1, 1, 2, 5, 6], hx=True),
+    Case("B9_H64_P34_2layer_batchfirst", T=4, B=9, I=12, H=64, proj_size=34, num_layers=2, batch_first=True),
+]
+
+
+@pytest.mark.skipif(not HAS_AVX2, reason="the brgemm path needs AVX2")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", PROJ_CASES, ids=repr)
+@pytest.mark.parametrize("switches", list(SWITCHES), ids=str)
+def test_brgemm_projection_parity(switches, case, dtype, monkeypatch):
+    test_brgemm_parity("LSTM", switches, case, dtype, monkeypatch)
+
+
 @pytest.mark.skipif(not HAS_AVX2, reason="the brgemm path needs AVX2")
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_brgemm_and_fallback_are_different_code(cell, monkeypatch):
@@ -121,7 +139,7 @@ def test_brgemm_and_fallback_are_different_code(cell, monkeypatch):
 
 
 @pytest.mark.skipif(not HAS_BF16, reason="bf16 brgemm needs AVX-512 with bf16")
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "lstm_proj", "gru", "rnn"])
 def test_fused_backward_is_a_different_code_path(cell, monkeypatch):
     """The backward ops run the fused recurrence too: in bfloat16 it carries dh in float32 between steps where
     the per-step path rounds it to bfloat16 after each GEMM, so the two differ, and both stay within bf16's
@@ -130,25 +148,28 @@ def test_fused_backward_is_a_different_code_path(cell, monkeypatch):
     torch.manual_seed(0)
     lengths = torch.tensor([5, 5, 4, 4, 3, 2, 2, 1, 1, 1])
     T, B, I, H = 5, len(lengths), 16, 48
-    G = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    G = {"lstm": 4, "lstm_proj": 4, "gru": 3, "rnn": 1}[cell]
+    P = 22 if cell == "lstm_proj" else H
     x = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(T, B, I), lengths)
     data, bsz = x.data, x.batch_sizes
-    h0, c0 = torch.randn(B, H), torch.randn(B, H)
-    w = (torch.randn(G * H, I) / 4, torch.randn(G * H, H) / 6, torch.randn(G * H) / 4, torch.randn(G * H) / 4)
+    h0, c0 = torch.randn(B, P), torch.randn(B, H)
+    w = (torch.randn(G * H, I) / 4, torch.randn(G * H, P) / 6, torch.randn(G * H) / 4, torch.randn(G * H) / 4,
+         torch.randn(P, H) / 6)
 
     def backward(dtype, reverse):
         d = [t.to(dtype) for t in (data, h0, c0, *w)]
-        x_, h_, c_, wi, wh, bi, bh = d
-        if cell == "lstm":
-            out, hy, cy, ws = _ops.lstm_forward(x_, bsz, h_, c_, wi, wh, bi, bh, None, reverse, True)
+        x_, h_, c_, wi, wh, bi, bh, wr = d
+        wr = wr if cell == "lstm_proj" else None
+        if cell.startswith("lstm"):
+            out, hy, cy, ws = _ops.lstm_forward(x_, bsz, h_, c_, wi, wh, bi, bh, wr, reverse, True)
         elif cell == "gru":
             out, hy, ws = _ops.gru_forward(x_, bsz, h_, wi, wh, bi, bh, reverse, True)
         else:
             out, hy = _ops.rnn_forward(x_, bsz, h_, wi, wh, bi, bh, False, reverse)
         g = torch.Generator().manual_seed(1)
-        go, gh, gc = (torch.randn(t.shape, generator=g).to(dtype) for t in (out, hy, h_))
-        if cell == "lstm":
-            r = _ops.lstm_backward(go, gh, gc, x_, bsz, h_, c_, wi, wh, None, out, ws, reverse, True)
+        go, gh, gc = (torch.randn(t.shape, generator=g).to(dtype) for t in (out, hy, c_))
+        if cell.startswith("lstm"):
+            r = _ops.lstm_backward(go, gh, gc, x_, bsz, h_, c_, wi, wh, wr, out, ws, reverse, True)
         elif cell == "gru":
             r = _ops.gru_backward(go, gh, x_, bsz, h_, wi, wh, out, ws, reverse, True)
         else:

@@ -14,6 +14,16 @@
 namespace fastrnn::cpu::FASTRNN_ISA_NS {
 namespace {
 
+// Converts a row of n floats (a brgemm tile's) to S.
+template <typename S>
+void store_row(const float* src, S* dst, int64_t n) {
+  using V = Vectorized<float>;
+  for (int64_t u = 0; u < n; u += V::size()) {
+    const int64_t m = std::min<int64_t>(V::size(), n - u);
+    store(load(src + u, m), dst + u, m);
+  }
+}
+
 // The LSTM gate math on one tile: rows [b0, b1) of the step at packed row offset `off`, hidden units
 // [j0, j0 + nbj); tile row r (= b - b0) holds the pre-activations of gate g at columns g * nbj + u.
 template <typename S>
@@ -23,10 +33,12 @@ void lstm_tile(const LstmBrgemmSeq& s, const float* tile, int64_t b0, int64_t b1
   const int64_t H = s.H, ldt = 4 * nbj;
   S* out = static_cast<S*>(s.out);
   const S* gx = static_cast<const S*>(s.gx);
+  S* h_dst = s.w_hr != nullptr ? static_cast<S*>(s.r_buf) : out;  // with a projection, r = o*tanh(c)
   for (int64_t b = b0; b < b1; ++b) {
     const float* tr = tile + (b - b0) * ldt;
     float* c = s.c_state + b * H + j0;
     const int64_t row = off + b;
+    S* h_row = s.w_hr != nullptr ? h_dst + b * H + j0 : h_dst + row * H + j0;
     for (int64_t u = 0; u < nbj; u += V::size()) {
       const int64_t n = std::min<int64_t>(V::size(), nbj - u);
       auto pre = [&](int64_t g) {
@@ -37,7 +49,7 @@ void lstm_tile(const LstmBrgemmSeq& s, const float* tile, int64_t b0, int64_t b1
       };
       const auto a = lstm_forward<V>(pre(0), pre(1), pre(2), pre(3), load(c + u, n));
       store(a.c, c + u, n);
-      store(a.h, out + row * H + j0 + u, n);
+      store(a.h, h_row + u, n);
       if (s.ws != nullptr) {
         float* w = s.ws + row * 5 * H + j0 + u;
         store(a.i, w, n);
@@ -116,7 +128,9 @@ template <typename S>
 void fwd_brgemm_step(const LstmBrgemmSeq& s, int64_t k, int64_t r0, int64_t r1, int64_t blk0, int64_t blk1,
                      float* tile) {
   constexpr bool kVnni = std::is_same_v<S, c10::BFloat16>;
-  const int64_t T = s.T, H = s.H, I = s.I, nb = s.nb, G = s.gates;
+  const int64_t phase = s.w_hr != nullptr ? k % 2 : 0;  // with a projection: gates, then h = r @ W_hr^T
+  if (s.w_hr != nullptr) k /= 2;
+  const int64_t T = s.T, H = s.H, P = s.P, I = s.I, nb = s.nb, G = s.gates;
   const S* x = static_cast<const S*>(s.x);
   const S* hx = static_cast<const S*>(s.hx);
   const S* whh = static_cast<const S*>(s.w_hh);
@@ -127,6 +141,22 @@ void fwd_brgemm_step(const LstmBrgemmSeq& s, int64_t k, int64_t r0, int64_t r1, 
   const int64_t with_prev = p < 0 ? 0 : std::min(bs, s.batch_sizes[p]);
   const int64_t prev_off = p < 0 ? 0 : s.offsets[p];
   const int64_t end = std::min(r1, bs);
+  if (phase == 1) {  // out[rows, P] = r[rows, H] @ W_hr^T, this thread's share of the P blocks
+    const int64_t nblk = (H + nb - 1) / nb, nblk_p = (P + nb - 1) / nb;
+    const int64_t pb0 = nblk_p * blk0 / nblk, pb1 = nblk_p * blk1 / nblk;
+    const S* r = static_cast<const S*>(s.r_buf);
+    S* o = static_cast<S*>(s.out);
+    for (int64_t c0 = r0; c0 < end; c0 += kBrgemmTileRows) {
+      const int64_t c1 = std::min(end, c0 + kBrgemmTileRows);
+      for (int64_t pb = pb0; pb < pb1; ++pb) {
+        const int64_t p0 = pb * nb, npb = std::min(nb, P - p0);
+        at::native::cpublas::brgemm(c1 - c0, npb, H, H, npb, npb, false, r + c0 * H,
+                                    static_cast<const S*>(s.w_hr) + p0 * H, tile, kVnni);
+        for (int64_t b = c0; b < c1; ++b) store_row(tile + (b - c0) * npb, o + (off + b) * P + p0, npb);
+      }
+    }
+    return;
+  }
   for (int64_t c0 = r0; c0 < end; c0 += kBrgemmTileRows) {  // rows [c0, c1), a tile at a time
     const int64_t c1 = std::min(end, c0 + kBrgemmTileRows);
     for (int64_t blk = blk0; blk < blk1; ++blk) {
@@ -135,11 +165,11 @@ void fwd_brgemm_step(const LstmBrgemmSeq& s, int64_t k, int64_t r0, int64_t r1, 
       // h_prev: the previous step's output rows, or hx for rows that start at this step.
       const int64_t a1 = std::min(c1, with_prev);
       if (a1 > c0)
-        at::native::cpublas::brgemm(a1 - c0, N, s.k_hh, H, N, N, false, out + (prev_off + c0) * H, bhh, tile,
+        at::native::cpublas::brgemm(a1 - c0, N, s.k_hh, P, N, N, false, out + (prev_off + c0) * P, bhh, tile,
                                     kVnni);
       const int64_t h0 = std::max(c0, with_prev);
       if (c1 > h0)
-        at::native::cpublas::brgemm(c1 - h0, N, s.k_hh, H, N, N, false, hx + h0 * H, bhh, tile + (h0 - c0) * N,
+        at::native::cpublas::brgemm(c1 - h0, N, s.k_hh, P, N, N, false, hx + h0 * P, bhh, tile + (h0 - c0) * N,
                                     kVnni);
       if (wih != nullptr)
         at::native::cpublas::brgemm(c1 - c0, N, s.k_ih, I, N, N, true, x + (off + c0) * I, wih + j0 * G * s.k_ih,
@@ -165,18 +195,21 @@ struct BwdRows {
 };
 
 // LSTM: dh = carry + grad_output; dG (i, f, g, o) and dc_prev from the workspace and c_prev.
+// With a projection (s.w_hr) the tile holds dr = dh @ W_hr for the rows of this step (the second phase), and
+// r = o*tanh(c) goes to r_all.
 template <typename S>
 void lstm_bwd_tile(const BrgemmBwdSeq& s, const float* tile, int64_t b0, int64_t b1, const BwdRows& R, int64_t j0,
                    int64_t nbj) {
   using V = Vectorized<float>;
   const int64_t H = s.H;
+  const bool proj = s.w_hr != nullptr;
   S* dh_state = static_cast<S*>(s.dh_state);
   S* dg = static_cast<S*>(s.dg);
-  const S* go = R.t >= 0 ? static_cast<const S*>(s.go_step[R.t]) : nullptr;
+  const S* go = R.t >= 0 && !proj ? static_cast<const S*>(s.go_step[R.t]) : nullptr;
   for (int64_t b = b0; b < b1; ++b) {
     const float* tr = tile + (b - b0) * nbj;
     S* dhs = dh_state + b * H + j0;
-    const bool carried = b < R.with_next;
+    const bool carried = proj || b < R.with_next;
     if (b >= R.bs) {  // a row of `next` that starts there: its carry is grad_hx
       for (int64_t u = 0; u < nbj; u += V::size()) {
         const int64_t n = std::min<int64_t>(V::size(), nbj - u);
@@ -189,10 +222,14 @@ void lstm_bwd_tile(const BrgemmBwdSeq& s, const float* tile, int64_t b0, int64_t
     const float* cp = b < R.with_prev ? s.ws + (R.prev_off + b) * 5 * H + 4 * H + j0 : s.cx + b * H + j0;
     float* dc = s.dc_state + b * H + j0;
     S* d = dg + row * 4 * H + j0;
-    const S* gor = go + b * s.go_ld + j0;
+    const S* gor = proj ? nullptr : go + b * s.go_ld + j0;
     for (int64_t u = 0; u < nbj; u += V::size()) {
       const int64_t n = std::min<int64_t>(V::size(), nbj - u);
-      const V dh = (carried ? load(tr + u, n) : load(dhs + u, n)) + load(gor + u, n);
+      const V dh = proj ? load(tr + u, n) : (carried ? load(tr + u, n) : load(dhs + u, n)) + load(gor + u, n);
+      if (proj) {
+        const V o = load(w + 3 * H + u, n), c = load(w + 4 * H + u, n);
+        store(o * Math<V>::tanh(c), static_cast<S*>(s.r_all) + row * H + j0 + u, n);
+      }
       const auto r = lstm_backward<V>(load(w + u, n), load(w + H + u, n), load(w + 2 * H + u, n),
                                       load(w + 3 * H + u, n), load(w + 4 * H + u, n), load(cp + u, n), dh,
                                       load(dc + u, n));
@@ -201,6 +238,33 @@ void lstm_bwd_tile(const BrgemmBwdSeq& s, const float* tile, int64_t b0, int64_t
       store(r.df, d + H + u, n);
       store(r.dg, d + 2 * H + u, n);
       store(r.do_, d + 3 * H + u, n);
+    }
+  }
+}
+
+// LSTM projection, first phase: over P units, dh = carry + grad_output into dh_all (rows of this step), or
+// the carry into dh_state (rows of `next` that start there: their grad_hx).
+template <typename S>
+void proj_dh_tile(const BrgemmBwdSeq& s, const float* tile, int64_t b0, int64_t b1, const BwdRows& R, int64_t p0,
+                  int64_t npb) {
+  const int64_t P = s.P;
+  S* dh_state = static_cast<S*>(s.dh_state);
+  S* dh_all = static_cast<S*>(s.dh_all);
+  const S* go = R.t >= 0 ? static_cast<const S*>(s.go_step[R.t]) : nullptr;
+  using V = Vectorized<float>;
+  for (int64_t b = b0; b < b1; ++b) {
+    const float* tr = tile + (b - b0) * npb;
+    S* dhs = dh_state + b * P + p0;
+    if (b >= R.bs) {
+      store_row(tr, dhs, npb);
+      continue;
+    }
+    const bool carried = b < R.with_next;
+    const S* gor = go + b * s.go_ld + p0;
+    S* dst = dh_all + (R.off + b) * P + p0;
+    for (int64_t u = 0; u < npb; u += V::size()) {
+      const int64_t n = std::min<int64_t>(V::size(), npb - u);
+      store((carried ? load(tr + u, n) : load(dhs + u, n)) + load(gor + u, n), dst + u, n);
     }
   }
 }
@@ -286,7 +350,10 @@ template <typename S>
 void bwd_brgemm_step(const BrgemmBwdSeq& s, int64_t k, int64_t r0, int64_t r1, int64_t blk0, int64_t blk1,
                      float* tile) {
   constexpr bool kVnni = std::is_same_v<S, c10::BFloat16>;
-  const int64_t T = s.T, H = s.H, nb = s.nb, G = s.gates;
+  const bool proj = s.w_hr != nullptr;
+  const int64_t phase = proj ? k % 2 : 0;  // with a projection: dh, then dr = dh @ W_hr and the gates
+  if (proj) k /= 2;
+  const int64_t T = s.T, H = s.H, P = s.P, nb = s.nb, G = s.gates;
   const S* wt = static_cast<const S*>(s.w_t);
   // Backward order: k-th processed is forward step T-1-k (reverse direction: k); `next` was processed at k-1.
   const auto fwd_step = [&](int64_t kk) { return s.reverse ? kk : T - 1 - kk; };
@@ -302,9 +369,39 @@ void bwd_brgemm_step(const BrgemmBwdSeq& s, int64_t k, int64_t r0, int64_t r1, i
     R.with_prev = p < 0 ? 0 : std::min(R.bs, s.batch_sizes[p]);
     R.prev_off = p < 0 ? 0 : s.offsets[p];
   }
-  const int64_t end = std::min(r1, std::max(R.bs, bs_next));
   const S* dg = static_cast<const S*>(s.dg);
   const S* dph_n = static_cast<const S*>(s.dph_n);
+  if (proj) {
+    const int64_t nblk = (H + nb - 1) / nb, nblk_p = (P + nb - 1) / nb;
+    if (phase == 0) {  // dh over this thread's share of the P units
+      const int64_t pb0 = nblk_p * blk0 / nblk, pb1 = nblk_p * blk1 / nblk;
+      const int64_t end = std::min(r1, std::max(R.bs, bs_next));
+      for (int64_t c0 = r0; c0 < end; c0 += kBrgemmTileRows) {
+        const int64_t c1 = std::min(end, c0 + kBrgemmTileRows), a1 = std::min(c1, bs_next);
+        for (int64_t pb = pb0; pb < pb1; ++pb) {
+          const int64_t p0 = pb * nb, npb = std::min(nb, P - p0);
+          if (a1 > c0)
+            at::native::cpublas::brgemm(a1 - c0, npb, s.k_w, 4 * H, npb, npb, false, dg + (off_next + c0) * 4 * H,
+                                        wt + p0 * s.k_w, tile, kVnni);
+          proj_dh_tile<S>(s, tile, c0, c1, R, p0, npb);
+        }
+      }
+    } else {  // dr = dh @ W_hr over this thread's H blocks, then the gates
+      const S* dh_all = static_cast<const S*>(s.dh_all);
+      const int64_t end = std::min(r1, R.bs);
+      for (int64_t c0 = r0; c0 < end; c0 += kBrgemmTileRows) {
+        const int64_t c1 = std::min(end, c0 + kBrgemmTileRows);
+        for (int64_t blk = blk0; blk < blk1; ++blk) {
+          const int64_t j0 = blk * nb, nbj = std::min(nb, H - j0);
+          at::native::cpublas::brgemm(c1 - c0, nbj, P, P, nbj, nbj, false, dh_all + (R.off + c0) * P,
+                                      static_cast<const S*>(s.w_hr) + j0 * P, tile, kVnni);
+          lstm_bwd_tile<S>(s, tile, c0, c1, R, j0, nbj);
+        }
+      }
+    }
+    return;
+  }
+  const int64_t end = std::min(r1, std::max(R.bs, bs_next));
   for (int64_t c0 = r0; c0 < end; c0 += kBrgemmTileRows) {
     const int64_t c1 = std::min(end, c0 + kBrgemmTileRows);
     const int64_t a1 = std::min(c1, bs_next);  // rows whose carry the GEMM computes

@@ -209,10 +209,11 @@ at::Tensor final_h(const at::Tensor& output, const SeqLayout& L, bool reverse) {
 void launch(const LstmBrgemmSeq& s, at::ScalarType dt) {
   const bool avx512 = active_isa() == Isa::kAvx512;
   const int64_t tile = kBrgemmTileRows * s.gates * s.nb;
+  const int64_t steps = s.w_hr != nullptr ? 2 * s.T : s.T;  // with a projection, two phases per step
   if (dt == at::kFloat)
-    run_sequence(s, s.T, tile, avx512 ? &isa_avx512::lstm_fwd_brgemm_f32 : &isa_avx2::lstm_fwd_brgemm_f32, false);
+    run_sequence(s, steps, tile, avx512 ? &isa_avx512::lstm_fwd_brgemm_f32 : &isa_avx2::lstm_fwd_brgemm_f32, false);
   else
-    run_sequence(s, s.T, tile, &isa_avx512::lstm_fwd_brgemm_bf16, true);
+    run_sequence(s, steps, tile, &isa_avx512::lstm_fwd_brgemm_bf16, true);
 }
 
 }  // namespace
@@ -222,10 +223,10 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>> lstm_f
     const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
     const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& w_hr, bool reverse, bool train) {
   const auto dt = input.scalar_type();
-  const int64_t H = w_hh.size(1), I = w_ih.size(1);
-  if (w_hr.has_value()) return std::nullopt;
+  const int64_t H = w_ih.size(0) / 4, I = w_ih.size(1), P = w_hh.size(1);  // P: proj_size, or H
   const SeqLayout L = make_layout(input, batch_sizes);
-  if (!applies(input, I, H, L)) return std::nullopt;
+  if (!applies(input, I, H, L) || P == 0) return std::nullopt;
+  if (dt == at::kBFloat16 && P % 2 != 0) return std::nullopt;  // VNNI pairs over K = P
 
   const int64_t nb = std::min(block_units(), H);
   // The x-projection folds into the step's tile for batches of 16 rows or more (one pass over x_t while the
@@ -243,18 +244,28 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>> lstm_f
   at::Tensor bias;
   if (b_ih.has_value()) bias = (b_ih->to(at::kFloat) + b_hh->to(at::kFloat)).contiguous();
 
+  // The projection's weight in blocks of nb output columns (K = H), and the step's r rows.
+  int64_t k_hr = 0;
+  const at::Tensor whr_p = w_hr.has_value() ? pack_gate_blocks(*w_hr, 1, nb, &k_hr) : at::Tensor();
+  const at::Tensor r_buf = w_hr.has_value() ? at::empty({L.B, H}, input.options()) : at::Tensor();
+
   auto out_sizes = input.sizes().vec();
-  out_sizes.back() = H;
+  out_sizes.back() = P;
   at::Tensor output = at::empty(out_sizes, input.options());
   at::Tensor c_state = cx.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true).contiguous();
   at::Tensor ws = at::empty({train ? L.N : 0, train ? 5 * H : 0}, input.options().dtype(at::kFloat));
 
-  const LstmBrgemmSeq s{BrgemmCell::kLstm, 4, false, L.T, L.B, I, H, L.batch_sizes.data(), L.offsets.data(),
-                        reverse, x.data_ptr(), hxc.data_ptr(), whh_p.data_ptr(),
-                        fold_x ? wih_p.data_ptr() : nullptr, fold_x ? nullptr : gx.data_ptr(),
-                        bias.defined() ? bias.data_ptr<float>() : nullptr, nullptr, nb, k_hh, k_ih,
-                        c_state.data_ptr<float>(), output.data_ptr(), train ? ws.data_ptr<float>() : nullptr,
-                        split_by_batch(L)};
+  LstmBrgemmSeq s{BrgemmCell::kLstm, 4, false, L.T, L.B, I, H, L.batch_sizes.data(), L.offsets.data(),
+                  reverse, x.data_ptr(), hxc.data_ptr(), whh_p.data_ptr(),
+                  fold_x ? wih_p.data_ptr() : nullptr, fold_x ? nullptr : gx.data_ptr(),
+                  bias.defined() ? bias.data_ptr<float>() : nullptr, nullptr, nb, k_hh, k_ih,
+                  c_state.data_ptr<float>(), output.data_ptr(), train ? ws.data_ptr<float>() : nullptr,
+                  split_by_batch(L)};
+  s.P = P;
+  if (w_hr.has_value()) {
+    s.w_hr = whr_p.data_ptr();
+    s.r_buf = r_buf.data_ptr();
+  }
   launch(s, dt);
   return std::make_tuple(output, final_h(output, L, reverse), c_state.to(dt), ws);
 }
@@ -288,10 +299,11 @@ static std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> gru_rnn_for
   at::Tensor output = at::empty(out_sizes, input.options());
   const bool keep_ws = train && cell == BrgemmCell::kGru;
   at::Tensor ws = at::empty({keep_ws ? L.N : 0, keep_ws ? 4 * H : 0}, input.options().dtype(at::kFloat));
-  const LstmBrgemmSeq s{cell, G, relu, L.T, L.B, I, H, L.batch_sizes.data(), L.offsets.data(), reverse,
-                        x.data_ptr(), hxc.data_ptr(), whh_p.data_ptr(), nullptr, gx.data_ptr(),
-                        bx ? bx->data_ptr<float>() : nullptr, bh ? bh->data_ptr<float>() : nullptr, nb, k_hh, 0,
-                        nullptr, output.data_ptr(), keep_ws ? ws.data_ptr<float>() : nullptr, split_by_batch(L)};
+  LstmBrgemmSeq s{cell, G, relu, L.T, L.B, I, H, L.batch_sizes.data(), L.offsets.data(), reverse,
+                  x.data_ptr(), hxc.data_ptr(), whh_p.data_ptr(), nullptr, gx.data_ptr(),
+                  bx ? bx->data_ptr<float>() : nullptr, bh ? bh->data_ptr<float>() : nullptr, nb, k_hh, 0,
+                  nullptr, output.data_ptr(), keep_ws ? ws.data_ptr<float>() : nullptr, split_by_batch(L)};
+  s.P = H;
   launch(s, dt);
   return std::make_tuple(output, final_h(output, L, reverse), ws);
 }
@@ -317,10 +329,12 @@ std::optional<std::tuple<at::Tensor, at::Tensor>> rnn_forward_brgemm(
 bool backward_recurrence_brgemm(const BrgemmBwdTensors& a) {
   const auto dt = a.input.scalar_type();
   const int64_t G = a.cell == BrgemmCell::kLstm ? 4 : a.cell == BrgemmCell::kGru ? 3 : 1;
-  const int64_t H = a.w_hh.size(1);
+  const int64_t H = a.w_hh.size(0) / G, P = a.w_hh.size(1);  // P: proj_size, or H
+  const bool proj = a.w_hr.defined();
   const SeqLayout L = make_layout(a.input, a.batch_sizes);
-  if (!brgemm_enabled(dt) || L.T == 0 || L.B == 0 || H == 0) return false;
-  if (dt == at::kBFloat16 && H % 2 != 0) return false;  // VNNI pairs over K = G*H and, for the GRU, H
+  if (!brgemm_enabled(dt) || L.T == 0 || L.B == 0 || H == 0 || P == 0) return false;
+  // VNNI pairs over K = G*H, for the GRU H, with a projection P
+  if (dt == at::kBFloat16 && (H % 2 != 0 || P % 2 != 0)) return false;
   // float32 GRU/RNN under 8 rows: as in the forward (gru_rnn_forward_brgemm), only when forced.
   const char* env = std::getenv("FASTRNN_CPU_BRGEMM");
   const bool forced = env != nullptr && std::strcmp(env, "1") == 0;
@@ -328,12 +342,14 @@ bool backward_recurrence_brgemm(const BrgemmBwdTensors& a) {
 
   const int64_t nb = std::min(block_units(), H);
   int64_t k_w = 0;
-  const at::Tensor wt_p = pack_gate_blocks(a.w_hh.t(), 1, nb, &k_w);  // W_hh^T [H, G*H]: K = G*H
+  const at::Tensor wt_p = pack_gate_blocks(a.w_hh.t(), 1, nb, &k_w);  // W_hh^T [P, G*H]: K = G*H
+  int64_t k_hr = 0;  // W_hr^T [H, P] in blocks of the H units: K = P
+  const at::Tensor whr_p = proj ? pack_gate_blocks(a.w_hr.t(), 1, nb, &k_hr) : at::Tensor();
   const StepRows go(a.grad_output, a.batch_sizes.has_value());
   std::vector<const void*> go_step(L.T);
   for (int64_t t = 0; t < L.T; ++t) go_step[t] = go.ptr(L, t);
   const at::Tensor cx = a.cell == BrgemmCell::kLstm ? a.cx.to(at::kFloat).contiguous() : at::Tensor();
-  const BrgemmBwdSeq s{a.cell, G, a.relu, L.T, L.B, H, L.batch_sizes.data(), L.offsets.data(), a.reverse,
+  BrgemmBwdSeq s{a.cell, G, a.relu, L.T, L.B, H, L.batch_sizes.data(), L.offsets.data(), a.reverse,
                        wt_p.data_ptr(), nb, k_w,
                        a.cell != BrgemmCell::kRnn ? a.ws.data_ptr<float>() : nullptr,
                        cx.defined() ? cx.data_ptr<float>() : nullptr,
@@ -341,12 +357,19 @@ bool backward_recurrence_brgemm(const BrgemmBwdTensors& a) {
                        go.ld, a.dh_state.data_ptr(),
                        a.cell == BrgemmCell::kLstm ? a.dc_state.data_ptr<float>() : nullptr, a.dg.data_ptr(),
                        a.cell == BrgemmCell::kGru ? a.dph_n.data_ptr() : nullptr, split_by_batch(L)};
+  s.P = P;
+  if (proj) {
+    s.w_hr = whr_p.data_ptr();
+    s.dh_all = a.dh_all.data_ptr();
+    s.r_all = a.r_all.data_ptr();
+  }
   const int64_t tile = kBrgemmTileRows * nb;
+  const int64_t steps = proj ? 2 * (L.T + 1) : L.T + 1;  // with a projection, two phases per step
   if (dt == at::kFloat)
-    run_sequence(s, L.T + 1, tile,
+    run_sequence(s, steps, tile,
                  active_isa() == Isa::kAvx512 ? &isa_avx512::bwd_brgemm_f32 : &isa_avx2::bwd_brgemm_f32, false);
   else
-    run_sequence(s, L.T + 1, tile, &isa_avx512::bwd_brgemm_bf16, true);
+    run_sequence(s, steps, tile, &isa_avx512::bwd_brgemm_bf16, true);
   return true;
 }
 

@@ -1,6 +1,8 @@
 // The fused brgemm recurrence of the CPU kernels (issue 9): a whole sequence of one layer in one parallel
 // region, each step's GEMMs run as at::native::cpublas::brgemm calls into a small float32 tile per block of
-// hidden units, and the gate math applied to the tile while it is in L1.
+// hidden units, and the gate math applied to the tile while it is in L1. Forward (below) and backward
+// (BrgemmBwdSeq: the carried dh from dG_next @ W_hh the same way) alike; an LSTM projection adds a second
+// phase per step (h = r @ W_hr^T forward, dr = dh @ W_hr backward).
 //
 // Weights. W_hh (and, when the x-projection is folded into the step, W_ih) are packed once per call into
 // blocks of nb hidden units with the gates of a unit side by side: block j is the [K, G*nb] matrix whose
@@ -23,8 +25,8 @@
 // (bfloat16) kernels, brgemm passed a probe against a reference product (it raises, or silently falls back to
 // a plain GEMM on the wrong layout, where oneDNN's ukernel is missing), and FASTRNN_CPU_BRGEMM is not 0;
 // GRU/RNN float32 with B < 8 only when FASTRNN_CPU_BRGEMM=1 forces it (it does not win there yet).
-// Otherwise, and for what it does not cover yet (LSTM projections, bf16 with an odd I or H), the callers run
-// their older per-step path (step_gemm.h + pointwise kernels).
+// Otherwise, and for what it does not cover (bf16 with an odd I, H or proj_size), the callers run their older
+// per-step path (step_gemm.h + pointwise kernels).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -60,6 +62,13 @@ struct LstmBrgemmSeq {
   void* out;           // [N, H] (scalar_t)
   float* ws;           // train: LSTM [N, 5H] (i, f, g, o, c), GRU [N, 4H] (r, z, n, hn); else nullptr
   bool split_batch;    // threads own batch rows (true) or hidden blocks (false)
+  // LSTM projection (h = r @ W_hr^T, r = o*tanh(c)): P is h's width (= H without one), the state the step
+  // reads and out's rows. With w_hr set, each step runs in two phases (steps 2k and 2k+1 of the region, a
+  // barrier between them when threads split hidden blocks): the gates write r into r_buf, then
+  // out[rows, P] = r_buf[rows, H] @ W_hr^T from W_hr packed in blocks of nb output columns (K = H).
+  int64_t P = 0;
+  const void* w_hr = nullptr;  // packed blocks, or nullptr
+  void* r_buf = nullptr;       // [B, H] (scalar_t)
 };
 
 // One backward sequence of one cell: the recurrent part (gate gradients, the carried dh and dc); the weight,
@@ -91,6 +100,14 @@ struct BrgemmBwdSeq {
   void* dg;                    // [N, G*H] (scalar_t) gate gradients (GRU: of the x side)
   void* dph_n;                 // GRU [N, H] (scalar_t): dG_h's n part
   bool split_batch;
+  // LSTM projection: P is h's width (= H without one; dh_state, grad_output and the carry are P wide, and
+  // w_t's blocks then cover P units). With w_hr set, step k runs as two phases (2k, 2k+1; a barrier between
+  // them when threads split hidden blocks): the carry and grad_output give dh = dL/dh (kept in dh_all for
+  // dW_hr), then dr = dh @ W_hr from W_hr^T packed in blocks of nb of the H units (K = P) feeds the gates.
+  int64_t P = 0;
+  const void* w_hr = nullptr;  // packed blocks, or nullptr
+  void* dh_all = nullptr;      // [N, P] (scalar_t)
+  void* r_all = nullptr;       // [N, H] (scalar_t): o*tanh(c) of every row, for dW_hr
 };
 
 // Runs the LSTM forward on the brgemm path when it applies (see above); std::nullopt otherwise, and the caller
@@ -128,6 +145,9 @@ struct BrgemmBwdTensors {
   at::Tensor& dc_state;      // LSTM [B, H] contiguous fp32
   const at::Tensor& dg;      // [N, G*H] contiguous
   const at::Tensor& dph_n;   // GRU [N, H] contiguous
+  const at::Tensor& w_hr;    // LSTM projection [P, H], or undefined
+  const at::Tensor& dh_all;  // with w_hr: [N, P] contiguous, receives dL/dh of every row
+  const at::Tensor& r_all;   // with w_hr: [N, H] contiguous, receives o*tanh(c) of every row
 };
 bool backward_recurrence_brgemm(const BrgemmBwdTensors& a);
 

@@ -84,7 +84,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
   // The fused brgemm recurrence (brgemm_step.h) where it applies; otherwise the per-step loop below.
   const bool fused = backward_recurrence_brgemm({BrgemmCell::kGru, false, reverse, input, batch_sizes, w_hh, ws, out,
-                                                 h0, h0, grad_output, dh_state, dh_state, dgx, dph_n});
+                                                 h0, h0, grad_output, dh_state, dh_state, dgx, dph_n, at::Tensor(),
+                                                 at::Tensor(), at::Tensor()});
   if (!fused) {  // scoped: the step buffer and the packed weight are freed before the whole-sequence GEMMs
     const at::Tensor dgh_step = at::empty({L.B, 3 * H}, input.options());
     const StepGemm gemm_hh(w_hh, /*transpose_w=*/false, L.B, dgx.nbytes());

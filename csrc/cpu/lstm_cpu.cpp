@@ -104,9 +104,9 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at
   at::Tensor dr = proj ? at::empty({L.B, H}, input.options()) : at::Tensor();
 
   // The fused brgemm recurrence (brgemm_step.h) where it applies; otherwise the per-step loop below.
-  const bool fused = !proj && backward_recurrence_brgemm({BrgemmCell::kLstm, false, reverse, input, batch_sizes,
-                                                          w_hh, ws, out, hx, cx, grad_output, dh_state, dc_state,
-                                                          dgates, at::Tensor()});
+  const bool fused = backward_recurrence_brgemm({BrgemmCell::kLstm, false, reverse, input, batch_sizes, w_hh, ws, out,
+                                                 hx, cx, grad_output, dh_state, dc_state, dgates, at::Tensor(),
+                                                 w_hr, dh_all, r_all});
   if (!fused) {  // scoped: the packed weights are freed before the whole-sequence GEMMs allocate their results
     const at::Tensor c_prev = gather_prev(ws.narrow(1, 4 * H, H), cx.to(acc_opts), L, reverse);
     const StepGemm gemm_hh(w_hh, /*transpose_w=*/false, L.B, dgates.nbytes());

@@ -66,7 +66,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
   // The fused brgemm recurrence (brgemm_step.h) where it applies; otherwise the per-step loop below.
   const bool fused = backward_recurrence_brgemm({BrgemmCell::kRnn, relu, reverse, input, batch_sizes, w_hh, out,
-                                                 out, hx, hx, grad_output, dh_state, dh_state, dgates, dgates});
+                                                 out, hx, hx, grad_output, dh_state, dh_state, dgates, dgates,
+                                                 at::Tensor(), at::Tensor(), at::Tensor()});
   if (!fused) {  // scoped: the packed weight is freed before the whole-sequence GEMMs allocate their results
     const StepGemm gemm_hh(w_hh, /*transpose_w=*/false, L.B, dgates.nbytes());
     FASTRNN_CPU_DISPATCH(input.scalar_type(), kBwd, [&] {
