@@ -1,9 +1,8 @@
 """Peak memory of a training step (forward + backward) against torch.nn's, on the CPU.
 
-Measured as fastrnn.bench measures memory (the CPU allocator's allocations during one call, from
-torch.profiler's memory records), with one difference that makes it repeatable: only blocks allocated during
-the call count, so frees of blocks from earlier calls (the previous step's gradients, set to None at the
-start of the step) cannot shift the peak down by whatever an earlier profiled call left behind.
+Measured as fastrnn.bench measures memory (fastrnn.bench.measure.cpu_peak_bytes: the CPU allocator's
+allocations during one call, from torch.profiler's memory records, counting only blocks allocated during the
+call, so frees of blocks from earlier calls cannot shift the peak down).
 
 The shape is small enough to run in seconds and large enough for the per-sequence buffers ([N, *] with
 N = T * B rows) to dominate the peak, as they do in real training. Measured on it (fastrnn / torch.nn):
@@ -12,37 +11,12 @@ T=20, B=256, I=H=512: LSTM 0.53, GRU 0.98, RNN 0.95; before: 0.84, 1.70, 1.62.)
 """
 import pytest
 import torch
-from torch.profiler import ProfilerActivity, profile
-from torch._C._profiler import _EventType
 
 from common import make_pair
+from fastrnn.bench.measure import cpu_peak_bytes as peak_bytes
 
 BOUND = 1.05  # fastrnn's peak may exceed torch.nn's by at most this factor
 T, B, I, H = 16, 128, 256, 256
-
-
-def peak_bytes(fn) -> int:
-    """Peak of the bytes allocated during fn() through PyTorch's CPU allocator and still live at that moment,
-    counting only blocks allocated inside the call."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    allocs = []
-    stack = list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        e = stack.pop()
-        stack.extend(e.children)
-        if e.tag == _EventType.Allocation and e.extra_fields.device.type == "cpu":
-            allocs.append((e.start_time_ns, e.extra_fields.ptr, e.extra_fields.alloc_size))
-    live = peak = 0
-    mine = {}
-    for _, ptr, size in sorted(allocs, key=lambda a: a[0]):
-        if size > 0:
-            mine[ptr] = size
-            live += size
-        elif ptr in mine:
-            live -= mine.pop(ptr)
-        peak = max(peak, live)
-    return peak
 
 
 def training_step(module, x, grad):

@@ -210,7 +210,8 @@ def _quiet_stderr():
 
 
 def peak_memory_mb(fn: Callable[[], None], device: str) -> Optional[float]:
-    """Peak bytes allocated during one call of fn (see the module docstring), in MiB."""
+    """Peak bytes allocated during one call of fn, in MiB: CUDA from the allocator's peak counter, CPU from
+    cpu_peak_bytes."""
     if device == "cuda":
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -218,20 +219,37 @@ def peak_memory_mb(fn: Callable[[], None], device: str) -> Optional[float]:
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
+    with _quiet_stderr():
+        return cpu_peak_bytes(fn) / 2**20
+
+
+def cpu_peak_bytes(fn: Callable[[], None]) -> int:
+    """Peak of the bytes allocated during fn() through PyTorch's CPU allocator and still live at that moment,
+    counting only blocks allocated inside the call (from torch.profiler's memory records): frees of blocks
+    from earlier calls (the previous step's gradients, set to None at the start of a step) do not shift the
+    peak down by whatever an earlier call left behind."""
+    from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
-    with _quiet_stderr():
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            fn()
-    from torch.autograd import DeviceType
-
-    events = [e for e in prof.profiler.kineto_results.events()
-              if e.name() == "[memory]" and e.device_type() == DeviceType.CPU]
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    allocs = []
+    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        e = stack.pop()
+        stack.extend(e.children)
+        if e.tag == _EventType.Allocation and e.extra_fields.device.type == "cpu":
+            allocs.append((e.start_time_ns, e.extra_fields.ptr, e.extra_fields.alloc_size))
     live = peak = 0
-    for e in sorted(events, key=lambda e: e.start_ns()):
-        live += e.nbytes()
+    mine = {}
+    for _, ptr, size in sorted(allocs, key=lambda a: a[0]):
+        if size > 0:
+            mine[ptr] = size
+            live += size
+        elif ptr in mine:
+            live -= mine.pop(ptr)
         peak = max(peak, live)
-    return peak / 2**20
+    return peak
 
 
 def interleaved_medians(ref_fn, fast_fn, device: str, warmup: int, repeats: Optional[int],
