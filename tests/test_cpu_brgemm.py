@@ -56,14 +56,16 @@ CASES = [
     Case("B9_H64_2layer_packed", T=4, B=9, I=12, H=64, num_layers=2, lengths=[4, 3, 1, 2, 4, 4, 2, 1, 3]),
     Case("B33_H40_batchfirst_nobias", T=3, B=33, I=8, H=40, batch_first=True, bias=False),
 ]
-# FASTRNN_CPU_BRGEMM=1 forces the fused path also where it is not the default (GRU/RNN float32 with B < 8).
+# The hidden split's small steps run on one thread by default ("auto" there); SERIAL_FLOPS=0 keeps both threads
+# and their per-step barrier on these small shapes.
 SWITCHES = {
     "auto": {"FASTRNN_CPU_BRGEMM": "1"},
     "batch_fold": {"FASTRNN_CPU_BRGEMM": "1", "FASTRNN_CPU_BRGEMM_SPLIT": "batch", "FASTRNN_CPU_BRGEMM_FOLD_X": "1"},
     "hidden_upfront": {"FASTRNN_CPU_BRGEMM": "1", "FASTRNN_CPU_BRGEMM_SPLIT": "hidden",
-                       "FASTRNN_CPU_BRGEMM_FOLD_X": "0"},
+                       "FASTRNN_CPU_BRGEMM_FOLD_X": "0", "FASTRNN_CPU_BRGEMM_SERIAL_FLOPS": "0"},
     "hidden_fold_block16": {"FASTRNN_CPU_BRGEMM": "1", "FASTRNN_CPU_BRGEMM_SPLIT": "hidden",
-                            "FASTRNN_CPU_BRGEMM_FOLD_X": "1", "FASTRNN_CPU_BRGEMM_BLOCK": "16"},
+                            "FASTRNN_CPU_BRGEMM_FOLD_X": "1", "FASTRNN_CPU_BRGEMM_BLOCK": "16",
+                            "FASTRNN_CPU_BRGEMM_SERIAL_FLOPS": "0"},
 }
 
 
@@ -176,6 +178,7 @@ def test_fused_backward_is_a_different_code_path(cell, monkeypatch):
             r = _ops.rnn_backward(go, gh, x_, bsz, h_, wi, wh, out, False, reverse, True)
         return [t.float() for t in r if t.numel()]
 
+    monkeypatch.setenv("FASTRNN_CPU_BRGEMM_SERIAL_FLOPS", "0")  # the hidden split with both threads
     for split in ("batch", "hidden"):
         monkeypatch.setenv("FASTRNN_CPU_BRGEMM_SPLIT", split)
         for reverse in (False, True):

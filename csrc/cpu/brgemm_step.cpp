@@ -75,12 +75,19 @@ bool brgemm_supported(at::ScalarType dt) {
 // barrier after every step (it spins for a while, then sleeps: robust under load). An exception in one
 // thread (brgemm's checks) stops that thread's work but not its barriers, and is rethrown after the region.
 // tile_floats: the floats of one thread's tile.
+//
+// A hidden split whose step is too small to pay for a barrier (the recurrent GEMM under
+// FASTRNN_CPU_BRGEMM_SERIAL_FLOPS, default 2^20: a few microseconds on one core, with its weights in that
+// core's L2) runs on one thread instead. Measured (2-core Sapphire Rapids, loaded, interleaved medians),
+// GRU T=300 B=2 H=64 fp32 inference: 12.4 ms with a barrier per step, 7.7 ms on the per-step path.
 template <typename Seq>
 void run_sequence(const Seq& s, int64_t steps, int64_t tile_floats,
                   void (*step)(const Seq&, int64_t, int64_t, int64_t, int64_t, int64_t, float*), bool vnni) {
   const int64_t nblk = (s.H + s.nb - 1) / s.nb;
   at::internal::lazy_init_num_threads();
-  const bool parallel = !at::in_parallel_region() && at::get_num_threads() > 1;
+  const int64_t step_flops = 2 * s.B * s.gates * s.H * s.P;
+  const bool tiny = !s.split_batch && step_flops < env_int("FASTRNN_CPU_BRGEMM_SERIAL_FLOPS", int64_t{1} << 20);
+  const bool parallel = !at::in_parallel_region() && at::get_num_threads() > 1 && !tiny;
   std::atomic_flag err_flag = ATOMIC_FLAG_INIT;
   std::exception_ptr eptr;
 #pragma omp parallel if (parallel)
@@ -280,12 +287,6 @@ static std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> gru_rnn_for
   const int64_t H = w_hh.size(1), I = w_ih.size(1);
   const SeqLayout L = make_layout(input, batch_sizes);
   if (!applies(input, I, H, L)) return std::nullopt;
-  // float32 batches under 8 rows (the hidden split, a barrier per step) keep the per-step path unless
-  // FASTRNN_CPU_BRGEMM=1 forces the fused one: measured on the loaded 2-core machine, GRU T=100 B=1 H=512
-  // inference, fused 103 ms vs 65 ms (medians; the minimums were equal, 24 vs 25 ms), so it does not win yet.
-  const char* env = std::getenv("FASTRNN_CPU_BRGEMM");
-  const bool forced = env != nullptr && std::strcmp(env, "1") == 0;
-  if (dt == at::kFloat && L.B < 8 && !forced) return std::nullopt;
   const int64_t nb = std::min(block_units(), H);
   const at::Tensor x = rows2d(input.contiguous());
   const at::Tensor hxc = hx.contiguous();
@@ -335,10 +336,6 @@ bool backward_recurrence_brgemm(const BrgemmBwdTensors& a) {
   if (!brgemm_enabled(dt) || L.T == 0 || L.B == 0 || H == 0 || P == 0) return false;
   // VNNI pairs over K = G*H, for the GRU H, with a projection P
   if (dt == at::kBFloat16 && (H % 2 != 0 || P % 2 != 0)) return false;
-  // float32 GRU/RNN under 8 rows: as in the forward (gru_rnn_forward_brgemm), only when forced.
-  const char* env = std::getenv("FASTRNN_CPU_BRGEMM");
-  const bool forced = env != nullptr && std::strcmp(env, "1") == 0;
-  if (dt == at::kFloat && a.cell != BrgemmCell::kLstm && L.B < 8 && !forced) return false;
 
   const int64_t nb = std::min(block_units(), H);
   int64_t k_w = 0;

@@ -18,13 +18,13 @@
 // owns a contiguous range of batch rows for the whole sequence and needs no synchronisation at all (rows of
 // an RNN are independent). B < 8: each thread owns a range of hidden blocks (its part of the weights stays
 // in its own L2) and the threads meet at one barrier per step (OpenMP's, which spins briefly and then
-// sleeps, so it holds up under load). The previous step's h is read straight from the output rows of that
-// step (or from hx for rows starting there), so no state is copied between steps.
+// sleeps, so it holds up under load), or, when a step is too small to pay for the barrier, one thread runs
+// them all (run_sequence in brgemm_step.cpp). The previous step's h is read straight from the output rows of
+// that step (or from hx for rows starting there), so no state is copied between steps.
 //
 // Availability. Used for float32 and bfloat16 when the processor runs the AVX2 (float32) or AVX-512
 // (bfloat16) kernels, brgemm passed a probe against a reference product (it raises, or silently falls back to
-// a plain GEMM on the wrong layout, where oneDNN's ukernel is missing), and FASTRNN_CPU_BRGEMM is not 0;
-// GRU/RNN float32 with B < 8 only when FASTRNN_CPU_BRGEMM=1 forces it (it does not win there yet).
+// a plain GEMM on the wrong layout, where oneDNN's ukernel is missing), and FASTRNN_CPU_BRGEMM is not 0.
 // Otherwise, and for what it does not cover (bf16 with an odd I, H or proj_size), the callers run their older
 // per-step path (step_gemm.h + pointwise kernels).
 #pragma once
