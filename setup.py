@@ -5,7 +5,8 @@ Environment switches:
   FASTRNN_FORCE_CUDA=1  build the CUDA kernels; fail if no toolkit is found.
   (neither)             build the CUDA kernels whenever a toolkit is found (CUDA_HOME or nvcc on PATH),
                         whether or not a GPU is visible: the build never asks torch.cuda.is_available().
-  TORCH_CUDA_ARCH_LIST  GPU architectures; defaults to "8.0;9.0" (sm_80, sm_90) when unset.
+  TORCH_CUDA_ARCH_LIST  GPU architectures, torch's syntax ("8.0;9.0+PTX"); when unset, the -gencode list of
+                        csrc/cuda/cuda_archs.txt (SASS sm_80, sm_90, sm_100 and compute_90 PTX).
   FASTRNN_WERROR=1      treat compiler warnings in our sources as errors (CI's compile gate).
   MAX_JOBS              parallel compile jobs (ninja), as for every torch extension.
 """
@@ -16,11 +17,18 @@ import sys
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_ARCH_LIST = "8.0;9.0"
+CUDA_ARCHS_FILE = os.path.join(ROOT, "csrc", "cuda", "cuda_archs.txt")
 
 
 def _flag(name):
     return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def _default_gencode():
+    """The -gencode flags of csrc/cuda/cuda_archs.txt (shared with CMakeLists.txt and tests/test_cuda_build.py)."""
+    with open(CUDA_ARCHS_FILE) as f:
+        values = [line.split("#", 1)[0].strip() for line in f]
+    return [f"-gencode={v}" for v in values if v]
 
 
 def _sources(pattern):
@@ -60,9 +68,9 @@ def _extension():
     use_cuda = not _flag("FASTRNN_SKIP_CUDA") and (cuda_home is not None or _flag("FASTRNN_FORCE_CUDA"))
     if _flag("FASTRNN_FORCE_CUDA") and cuda_home is None:
         raise RuntimeError("FASTRNN_FORCE_CUDA=1 but no CUDA toolkit was found: set CUDA_HOME")
-    if use_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
-        # With no GPU visible torch cannot detect the architecture; build for Ampere and Hopper.
-        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
+    # TORCH_CUDA_ARCH_LIST, when set, goes to torch's own flag generation; otherwise our -gencode list (with arch
+    # flags among the nvcc flags, torch adds none of its own, and never probes for a GPU).
+    arch_flags = [] if os.environ.get("TORCH_CUDA_ARCH_LIST") else _default_gencode()
 
     werror = ["-Werror"] if _flag("FASTRNN_WERROR") else []
     # -Wmaybe-uninitialized: GCC 12 reports false positives inside std::optional<at::Tensor> and its own
@@ -86,7 +94,7 @@ def _extension():
             "-Xptxas=-v",  # the resource report (registers, spills) the ptxas gate reads from the build log
             "-Xcompiler=-fvisibility=hidden",
             "--expt-relaxed-constexpr",
-        ] + (["-Werror=all-warnings", "-Xcompiler=-Wall,-Werror"] if werror else [])
+        ] + arch_flags + (["-Werror=all-warnings", "-Xcompiler=-Wall,-Werror"] if werror else [])
         ext_cls = cpp_extension.CUDAExtension
     else:
         ext_cls = cpp_extension.CppExtension

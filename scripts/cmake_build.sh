@@ -22,7 +22,8 @@ PY
 )"
   [ -n "$nvrtc" ] && args+=(-DCUDA_nvrtc_LIBRARY="$nvrtc")
 fi
-export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0}"
+# GPU code (with -DFASTRNN_CUDA=ON): TORCH_CUDA_ARCH_LIST when the caller sets it, else csrc/cuda/cuda_archs.txt,
+# as in setup.py (CMakeLists.txt).
 generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
 cmake -S "$ROOT" -B "$BUILD" "${generator[@]}" "${args[@]}" "$@" > "$BUILD.configure.log" 2>&1 ||

@@ -60,7 +60,7 @@ MODES = (("float32", "fp32-tf32"), ("float32", "fp32-exact"), ("bfloat16", "bf16
 # Workspace columns per row written in training (acc dtype): the drivers' ws tensors (lstm_cuda.cpp: i, f, g, o, c;
 # gru_cuda.cpp: r, z, n, hn; rnn_cuda.cpp: none).
 WS_WIDTH = {"lstm": 5, "gru": 4, "rnn": 0}
-KERNEL_RE = re.compile(r"(lstm|gru|rnn)_(fwd|bwd)_(step|persistent)_kernelI(f|d|6__half|13__nv_bfloat16)E")
+KERNEL_RE = re.compile(r"(lstm|gru|rnn)_(fwd|bwd)_(step|persistent|persistent_mma)_kernelI(f|d|6__half|13__nv_bfloat16)E")
 DTYPE_OF_MANGLED = {"f": "float32", "d": "float64", "6__half": "float16", "13__nv_bfloat16": "bfloat16"}
 
 
@@ -220,7 +220,7 @@ def persistent_hmma(lib: str, cuobjdump: str) -> Dict[Tuple[str, str], bool]:
         res = subprocess.run([cuobjdump, "-xelf", "all", os.path.abspath(lib)], cwd=tmp, capture_output=True, text=True)
         if res.returncode != 0:
             raise SystemExit(f"cuobjdump -xelf failed: {res.stderr}")
-        cubins = [p for p in sorted(Path(tmp).glob("*.cubin")) if b"_persistent_kernel" in p.read_bytes()]
+        cubins = [p for p in sorted(Path(tmp).glob("*.cubin")) if b"_persistent" in p.read_bytes()]
 
         def sass(p: Path) -> str:
             return subprocess.run([cuobjdump, "-sass", str(p)], capture_output=True, text=True, check=True).stdout
@@ -236,7 +236,7 @@ def persistent_hmma(lib: str, cuobjdump: str) -> Dict[Tuple[str, str], bool]:
 @dataclasses.dataclass
 class KernelInfo:
     cell: str  # lstm | gru | rnn
-    kind: str  # step_fwd | step_bwd | persistent_fwd | persistent_bwd
+    kind: str  # step_fwd | step_bwd | persistent_fwd | persistent_mma_fwd (| persistent_bwd: not modelled)
     dtype: str
     arch: str
     mangled: str
@@ -417,16 +417,11 @@ def persistent_fwd_model(gpu: Gpu, tr: dict, probe: Probe, k: KernelInfo, cell: 
     G, s, a = tr["gates"], tr["storage_bytes"], tr["acc_bytes"]
     R, tk, thr = p["rows_per_thread"], p["tile_k"], p["threads"]
     K = H
-    lim = ARCH_LIMITS[gpu.arch]
-    unit_counts = [1 << i for i in range(6)]
-    plans = {u: probe.one(f"psmem {dtype} {cell} {u} {K}") for u in unit_counts}
-    smems = {u: plans[u]["smem"] for u in unit_counts}
-    bpsm_of = {u: blocks_per_sm(lim, k.regs, thr, smems[u] + k.smem_static) for u in unit_counts}
-    units = probe.one(f"plan {H} {gpu.sms} " + " ".join(str(bpsm_of[u]) for u in unit_counts))["units"]
+    units, plans, bpsm_of = _persistent_units(gpu, probe, k, f"psmem {dtype} {cell}", thr, H)
     if units == 0:
         return None
     grid, chunk = plans[units]["grid"], plans[units]["chunk_rows"]
-    smem = smems[units] + k.smem_static
+    smem = plans[units]["smem"] + k.smem_static
     bpsm = bpsm_of[units]
     n_chunks, n_kt = -(-bs // chunk), -(-K // tk)
     warps = thr // 32
@@ -458,6 +453,56 @@ def persistent_fwd_model(gpu: Gpu, tr: dict, probe: Probe, k: KernelInfo, cell: 
     hbm = epi_hbm + (bs * G * H * s if gx_total > gpu.l2_bytes / 2 else 0)
     t = max(step_clk / gpu.clock_hz, l2 / gpu.l2_bw, hbm / gpu.hbm_bw) + gpu.grid_sync_s
     return Launch(grid, bpsm, smem, l2, hbm, flops * grid, t, units=units, math=math_path)
+
+
+def _persistent_units(gpu: Gpu, probe: Probe, k: KernelInfo, query: str, threads: int,
+                      H: int) -> Tuple[int, Dict[int, dict], Dict[int, int]]:
+    """choose_units (persistent_plan.h, through the probe) with this GPU's SM count and the kernel's occupancy for
+    each power-of-two unit count; `query` is the probe's traits query ("psmem ..." / "pmma ...") without units/K."""
+    lim = ARCH_LIMITS[gpu.arch]
+    unit_counts = [1 << i for i in range(6)]
+    plans = {u: probe.one(f"{query} {u} {H}") for u in unit_counts}
+    bpsm_of = {u: blocks_per_sm(lim, k.regs, threads, plans[u]["smem"] + k.smem_static) for u in unit_counts}
+    units = probe.one(f"plan {H} {gpu.sms} " + " ".join(str(bpsm_of[u]) for u in unit_counts))["units"]
+    return units, plans, bpsm_of
+
+
+def persistent_mma_model(gpu: Gpu, tr: dict, probe: Probe, k: KernelInfo, cell: str, dtype: str, H: int, bs: int,
+                         T: int, train: bool) -> Optional[Launch]:
+    """One step of the tensor-core persistent kernel ({cell}_fwd_persistent_mma_kernel, FwdPersistentMmaTraits): per
+    chunk of up to chunk_cols batch rows, K in passes of tile_k staged from L2 (one L2 latency each), the block's
+    m_tiles x ceil(rows/8) output tiles of mma.sync (k = 16 bf16/fp16, 8 tf32) spread over its warps (split-K when
+    fewer tiles than warps), then the partial tiles summed through shared memory and the cell epilogue."""
+    G, s, a = tr["gates"], tr["storage_bytes"], tr["acc_bytes"]
+    K = H
+    threads = probe.one(f"pmma {dtype} {cell} 1 {H}")["threads"]
+    units, plans, bpsm_of = _persistent_units(gpu, probe, k, f"pmma {dtype} {cell}", threads, H)
+    if units == 0:
+        return None
+    p = plans[units]
+    grid, smem, bpsm = p["grid"], p["smem"] + k.smem_static, bpsm_of[units]
+    cols, mt, tk, kk, eb = p["chunk_cols"], p["m_tiles"], p["tile_k"], p["k"], p["elem_bytes"]
+    op = "tf32" if dtype == "float32" else dtype
+    passes = -(-K // tk)
+    flops, step_clk = 0.0, 0.0
+    for c in range(-(-bs // cols)):
+        rows = min(cols, bs - c * cols)
+        nt = -(-rows // 8)
+        mmas = mt * nt * (tk // kk)  # per pass
+        mma_clk = mmas * 16 * 8 * kk / (gpu.tc_fma_per_clk[op] * gpu.mma_sync_fraction)
+        # A fragments 512 B and B fragments 256 B per mma (no reuse assumed), the staged h rows written once
+        smem_clk = (mmas * (512 + 256) + rows * tk * eb) / 128
+        issue = max(mma_clk, smem_clk)
+        step_clk += passes * (gpu.l2_latency_clk + max(issue, rows * tk * s / gpu.sm_l2_bytes_per_clk))
+        step_clk += 2 * mt * 16 * rows * 4 / 128  # partial tiles to shared memory and back (the split-K sum)
+        flops += 2.0 * mt * 16 * nt * 8 * K
+    step_clk += gpu.hbm_latency_clk  # the epilogue's gx/c loads
+    epi_l2, epi_hbm = _epilogue_bytes(cell, G, H, bs, s, a, train)
+    l2 = grid * bs * K * s + epi_l2
+    gx_total = T * bs * G * H * s
+    hbm = epi_hbm + (bs * G * H * s if gx_total > gpu.l2_bytes / 2 else 0)
+    t = max(step_clk / gpu.clock_hz, l2 / gpu.l2_bw, hbm / gpu.hbm_bw) + gpu.grid_sync_s
+    return Launch(grid, bpsm, smem, l2, hbm, flops * grid, t, units=units, math="tc (mma kernel)")
 
 
 def cudnn_model(gpu: Gpu, mode: str, G: int, H: int, I: int, B: int, T: int) -> Tuple[float, float]:
@@ -495,13 +540,23 @@ def model_rows(kernels, probe: Probe, math_override: str = "auto") -> List[dict]
                     kf = kernels.get((cell, "step_fwd", dtype, gpu.arch))
                     kb = kernels.get((cell, "step_bwd", dtype, gpu.arch))
                     kp = kernels.get((cell, "persistent_fwd", dtype, gpu.arch))
-                    if kf is None or kb is None or kp is None:
+                    km = kernels.get((cell, "persistent_mma_fwd", dtype, gpu.arch))
+                    if kf is None or kb is None or (kp is None and km is None):
                         raise SystemExit(f"{cell} {dtype}: a kernel is missing from the {gpu.arch} cubin")
-                    path = math_path_for(kp, mode, math_override)
                     sf = step_fwd_model(gpu, tr, cfg, kf, cell, H, H, B, T, train=True)
                     sb = step_bwd_model(gpu, tr, cfg, kb, cell, H, B)
-                    pf = persistent_fwd_model(gpu, tr, probe, kp, cell, dtype, H, B, T, True, path)
-                    pf_inf = persistent_fwd_model(gpu, tr, probe, kp, cell, dtype, H, B, T, False, path)
+                    # The persistent kernel the launcher picks (persistent_launcher.cuh): the tensor-core kernel for
+                    # bf16/fp16 and TF32 float32, the FMA kernel for exact float32 (and float64); --math fma forces
+                    # the FMA kernel, --math tc without a tensor-core kernel models the FMA kernel's tiling on mma.
+                    use_mma = km is not None and mode != "fp32-exact" and math_override != "fma"
+                    if use_mma:
+                        pf = persistent_mma_model(gpu, tr, probe, km, cell, dtype, H, B, T, True)
+                        pf_inf = persistent_mma_model(gpu, tr, probe, km, cell, dtype, H, B, T, False)
+                    else:
+                        k_fma = kp if kp is not None else km
+                        path = math_path_for(k_fma, mode, math_override)
+                        pf = persistent_fwd_model(gpu, tr, probe, k_fma, cell, dtype, H, B, T, True, path)
+                        pf_inf = persistent_fwd_model(gpu, tr, probe, k_fma, cell, dtype, H, B, T, False, path)
                     sf_inf = step_fwd_model(gpu, tr, cfg, kf, cell, H, H, B, T, train=False)
                     gemm_prec = "bfloat16" if dtype == "bfloat16" else "fp32"  # cuBLAS under torch's defaults
                     N = T * B
@@ -543,8 +598,9 @@ def kernel_rows(kernels, probe: Probe) -> List[dict]:
             dyn = probe.one(f"step {dtype} {cell} 512 512 64")[kind]["smem"]
             bpsm = blocks_per_sm(lim, k.regs, thr, dyn + k.smem_static) if lim else None
             note = ""
-        elif kind == "persistent_fwd":
-            thr = tr[kind]["threads"]
+        elif kind in ("persistent_fwd", "persistent_mma_fwd"):
+            thr = tr["persistent_fwd"]["threads"] if kind == "persistent_fwd" else \
+                probe.one(f"pmma {dtype} {cell} 1 512")["threads"]
             # the largest slice choose_units may pick at H = 1024 on this arch's SM count is shown in the shape
             # tables; here: registers alone (one block of `thr` threads must fit: the grid is one block per SM)
             dyn = None

@@ -8,6 +8,8 @@
 //   step <dtype> <cell> <H> <K> <bs>            grid and dynamic shared memory of the forward and backward step kernels
 //   psmem <dtype> <cell> <units> <K>            the persistent forward kernel's dynamic shared memory, grid (H = K)
 //                                               and batch rows per chunk
+//   pmma <dtype> <cell> <units> <K>             the same for the tensor-core persistent kernel (FwdPersistentMmaTraits),
+//                                               with its tiling; {"missing": true} when the headers have no such kernel
 //   plan <H> <num_sms> <bpsm_1> <bpsm_2> <bpsm_4> <bpsm_8> <bpsm_16> <bpsm_32>
 //                                               choose_units given the blocks per SM of each power-of-two unit count
 // <dtype>: float32 | float64 | float16 | bfloat16; <cell>: lstm | gru | rnn.
@@ -21,6 +23,32 @@
 #include "cuda/fwd_persistent_kernel.cuh"
 #include "cuda/fwd_step_kernel.cuh"
 #include "cuda/persistent_plan.h"
+
+// Fallback found by unqualified lookup from fastrnn::cuda::model_probe only when fastrnn::cuda has no
+// FwdPersistentMmaTraitsFor (headers from before the tensor-core kernels): the probe builds either way.
+template <class S, fastrnn::cuda::Cell C>
+struct FwdPersistentMmaTraitsFor {
+  static constexpr bool kProbeMissing = true;
+};
+
+namespace fastrnn::cuda::model_probe {
+
+template <class S, Cell C>
+void pmma(int units, int64_t K, int64_t H) {
+  using P = FwdPersistentMmaTraitsFor<S, C>;  // fastrnn::cuda's, or the fallback above
+  if constexpr (requires { P::kProbeMissing; }) {
+    std::printf("{\"missing\": true}\n");
+  } else {
+    std::printf(
+        "{\"smem\": %lld, \"grid\": %lld, \"threads\": %d, \"warps\": %d, \"chunk_cols\": %d, \"m_tiles\": %d,"
+        " \"k_steps\": %lld, \"tile_k\": %d, \"k\": %d, \"elem_bytes\": %d}\n",
+        static_cast<long long>(P::smem_bytes(units, K)), static_cast<long long>(P::grid(H, units)), P::kThreads,
+        P::kWarps, P::chunk_cols(units), P::m_tiles(units), static_cast<long long>(P::k_steps(K)), P::kTileK, P::kK,
+        P::kElemBytes);
+  }
+}
+
+}  // namespace fastrnn::cuda::model_probe
 
 namespace {
 
@@ -104,6 +132,12 @@ int main() {
       int64_t K = 0;
       in >> dtype >> cell >> units >> K;
       ok = bool(in) && dispatch(dtype, cell, [&]<class S, Cell C>() { psmem<S, C>(units, K, K); });
+    } else if (q == "pmma") {
+      int units = 0;
+      int64_t K = 0;
+      in >> dtype >> cell >> units >> K;
+      ok = bool(in) &&
+           dispatch(dtype, cell, [&]<class S, Cell C>() { fastrnn::cuda::model_probe::pmma<S, C>(units, K, K); });
     } else if (q == "plan") {
       int64_t H = 0, sms = 0;
       int bpsm[6] = {};

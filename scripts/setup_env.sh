@@ -24,13 +24,13 @@ if [ -z "${CUDA_HOME:-}" ] && [ "${FASTRNN_SKIP_CUDA:-0}" != "1" ]; then
     if [ -x "$d/bin/nvcc" ]; then export CUDA_HOME="$(cd "$d" && pwd -P)"; break; fi
   done
 fi
-export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0}"
+# GPU code: TORCH_CUDA_ARCH_LIST when the caller sets it, else csrc/cuda/cuda_archs.txt (setup.py reads it).
 export MAX_JOBS="${MAX_JOBS:-2}"
 # Warnings in fastrnn's sources are errors (the compile gate) for every caller alike: the flag is part of
 # the compile commands, so a caller that left it unset would make the next one rebuild everything.
 export FASTRNN_WERROR="${FASTRNN_WERROR:-1}"
 
-echo "== building fastrnn (CUDA_HOME=${CUDA_HOME:-none}, arch ${TORCH_CUDA_ARCH_LIST})" >&2
+echo "== building fastrnn (CUDA_HOME=${CUDA_HOME:-none}, arch ${TORCH_CUDA_ARCH_LIST:-csrc/cuda/cuda_archs.txt})" >&2
 mkdir -p build
 if ! python setup.py build_ext --inplace > build/setup.log 2>&1; then
   tail -n 80 build/setup.log >&2

@@ -1,8 +1,9 @@
 """Compile gate of the CUDA kernels, checked on the built extension (no GPU needed).
 
-Runs `cuobjdump --dump-resource-usage` on fastrnn/_C*.so and asserts that cubins for sm_80 and sm_90 are
-present, that every kernel listed in csrc/cuda/register_budget.txt is there for both architectures (and
-every fastrnn kernel there is listed), and that each uses no stack or local memory (no register spills)
+Runs `cuobjdump --dump-resource-usage` on fastrnn/_C*.so and asserts that cubins for every architecture built
+(csrc/cuda/cuda_archs.txt: sm_80, sm_90, sm_100) and PTX for the newest virtual one are present
+(`--list-elf`, `--list-ptx`), that every kernel listed in csrc/cuda/register_budget.txt is there for every
+architecture (and every fastrnn kernel there is listed), and that each uses no stack or local memory (no register spills)
 and at most its register budget. From `cuobjdump -sass`: the tensor-core persistent kernels (bf16, fp16, and the
 float32 TF32 kernel) contain HMMA instructions in every architecture, and the FMA persistent kernels (float64, exact
 float32) none. Residency (blocks per SM from the reported registers and the kernels' shared memory,
@@ -28,7 +29,33 @@ import persistent_residency as residency  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUDGET_FILE = os.path.join(ROOT, "csrc", "cuda", "register_budget.txt")
-ARCHS = ("sm_80", "sm_90")
+ARCHS_FILE = os.path.join(ROOT, "csrc", "cuda", "cuda_archs.txt")
+
+
+def built_archs():
+    """(SASS architectures, PTX architectures, virtual architectures) of the build, as 'sm_NN' (cuobjdump's names):
+    TORCH_CUDA_ARCH_LIST ("8.0;9.0+PTX") when set, as setup.py uses it, else csrc/cuda/cuda_archs.txt."""
+    sass, ptx, virtual = [], [], []
+    env = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if env:
+        for a in re.split(r"[;\s]+", env.strip()):
+            if a:
+                n = "sm_" + a.split("+")[0].replace(".", "")
+                sass.append(n)
+                virtual.append(n)
+                if a.endswith("+PTX"):
+                    ptx.append(n)
+    else:
+        with open(ARCHS_FILE) as f:
+            for line in f:
+                m = re.match(r"\s*arch=compute_(\d+a?),code=(sm|compute)_(\d+a?)\s*$", line)
+                if m:
+                    virtual.append(f"sm_{m.group(1)}")
+                    (sass if m.group(2) == "sm" else ptx).append(f"sm_{m.group(3)}")
+    return tuple(dict.fromkeys(sass)), tuple(dict.fromkeys(ptx)), tuple(dict.fromkeys(virtual))
+
+
+ARCHS, PTX_ARCHS, VIRTUAL_ARCHS = built_archs()
 
 pytestmark = pytest.mark.skipif(
     not torch._C._dispatch_has_kernel_for_dispatch_key("fastrnn::lstm_forward", "CUDA"),
@@ -116,6 +143,41 @@ def test_cubins_for_every_arch(usage):
     archs = {a for a, _, _ in usage}
     for a in ARCHS:
         assert a in archs, f"no {a} cubin in {_library()} (found {sorted(archs)})"
+
+
+def _arch_number(arch):
+    return int(re.sub(r"\D", "", arch))
+
+
+def _listing(flag):
+    res = subprocess.run([_cuobjdump(), flag, _library()], capture_output=True, text=True)
+    return res.stdout + res.stderr
+
+
+def test_archs_file_lists_sass_and_ptx():
+    assert ARCHS and PTX_ARCHS, (ARCHS, PTX_ARCHS)
+    assert max(map(_arch_number, PTX_ARCHS)) == max(map(_arch_number, VIRTUAL_ARCHS)), (
+        "PTX must be embedded for the newest virtual architecture compiled, so newer GPUs can JIT it")
+
+
+def test_elf_listing_every_arch_the_same_cubins():
+    """`cuobjdump --list-elf`: cubins for exactly the architectures built, as many for each (one per CUDA source)."""
+    elf = re.findall(r"ELF file\s+\d+:\s+\S+\.(sm_\d+a?)\.cubin", _listing("--list-elf"))
+    counts = {a: elf.count(a) for a in dict.fromkeys(elf)}
+    assert set(counts) == set(ARCHS), f"cubins for {sorted(counts)}, the build asks for {sorted(ARCHS)}"
+    assert len(set(counts.values())) == 1, f"not the same number of cubins for every architecture: {counts}"
+
+
+def test_ptx_for_the_newest_arch():
+    """`cuobjdump --list-ptx`: PTX for the newest virtual architecture built, in every object that has cubins, so a
+    GPU without SASS here (sm_110, sm_120 and newer architectures) JIT-compiles the kernels instead of
+    failing with "no kernel image"."""
+    ptx = re.findall(r"PTX file\s+\d+:\s+\S+\.(sm_\d+a?)\.ptx", _listing("--list-ptx"))
+    elf = re.findall(r"ELF file\s+\d+:\s+\S+\.(sm_\d+a?)\.cubin", _listing("--list-elf"))
+    assert set(ptx) == set(PTX_ARCHS), f"PTX for {sorted(set(ptx))}, the build asks for {sorted(PTX_ARCHS)}"
+    per_arch = len(elf) // max(1, len(set(elf)))
+    for a in PTX_ARCHS:
+        assert ptx.count(a) == per_arch, f"{ptx.count(a)} PTX files for {a}, {per_arch} cubins per architecture"
 
 
 def test_every_kernel_has_a_budget_and_every_budget_a_kernel(usage):
@@ -258,7 +320,8 @@ def test_step_kernels_keep_two_blocks_per_sm(usage):
     bad = []
     for a, n, f in usage:
         if "_step_kernel" in n:
-            occ = residency.blocks_per_sm(DEVICES[a], f["REG"], 0)
+            # by registers: 64K per SM on every architecture built (sm_100's limits are the H100's here)
+            occ = residency.blocks_per_sm(DEVICES.get(a, residency.H100), f["REG"], 0)
             if occ["regs"] < 2:
                 bad.append(f"{a} {n}: REG {f['REG']} -> {occ['regs']} blocks per SM by registers")
     assert not bad, "\n".join(bad)
