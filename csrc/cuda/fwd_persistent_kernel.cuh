@@ -36,6 +36,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "../cell_math.h"
@@ -315,6 +316,31 @@ __device__ __forceinline__ void mma_fp32_acc(float d[4], const std::uint32_t a[4
   else ::fastrnn::mma_m16n8k8_tf32(d, a, b, d);
 }
 
+// Two adjacent 16-bit values (the lower k in the low half, as the mma operands pack them) with one 32-bit load, from
+// memory written earlier in the same launch (ld.global.cg) or not (plain load); p is 4-byte aligned.
+template <typename S>
+__device__ __forceinline__ std::uint32_t load_cg_b32(const S* p) {
+  static_assert(sizeof(S) == 2, "pairs of 16-bit values");
+#if defined(FASTRNN_CUDA_EMU)
+  std::uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+#else
+  return __ldcg(reinterpret_cast<const unsigned int*>(p));
+#endif
+}
+template <typename S>
+__device__ __forceinline__ std::uint32_t load_b32(const S* p) {
+  static_assert(sizeof(S) == 2, "pairs of 16-bit values");
+#if defined(FASTRNN_CUDA_EMU)
+  std::uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+#else
+  return *reinterpret_cast<const unsigned int*>(p);
+#endif
+}
+
 // One lane's A fragment: four b32 words, one 128-bit shared-memory load on the GPU.
 __device__ __forceinline__ void load_a_fragment(const std::uint32_t* p, std::uint32_t a[4]) {
 #if defined(__CUDACC__)
@@ -390,6 +416,9 @@ __device__ __forceinline__ void fwd_persistent_mma(const FwdSeqParams& p) {
   A bias[G];
 #pragma unroll
   for (int g = 0; g < G; ++g) bias[g] = (bhh != nullptr && j < H) ? to_float(bhh[g * H + j]) : A(0);
+  // 16-bit h: a pair of k values in one 32-bit load when every pair is 4-byte aligned.
+  const bool pairs = !Tr::kTf32 && K % 2 == 0 && ld % 2 == 0 && reinterpret_cast<std::uintptr_t>(out) % 4 == 0 &&
+                     reinterpret_cast<std::uintptr_t>(h0) % 4 == 0;
 
   for (int64_t s = 0; s < p.T; ++s) {
     const FwdSeqStep st = p.steps[s];
@@ -407,6 +436,16 @@ __device__ __forceinline__ void fwd_persistent_mma(const FwdSeqParams& p) {
       while (2 * KS * tiles <= Tr::kWarps && 2 * KS <= KT) KS *= 2;
       const int items = tiles * KS;
 
+      // This warp's output tiles: items warp, warp + 8, ... (with KS > 1 only the first, at k-step phase ks_w).
+      const int mine = warp < items ? (items - warp + Tr::kWarps - 1) / Tr::kWarps : 0;
+      const int ks_w = warp / tiles;  // 0 when KS == 1 and the warp has tiles
+      int wa_off[Tr::kMaxTilesPerWarp], hb_off[Tr::kMaxTilesPerWarp];  // b32 offsets of its A / B fragments
+#pragma unroll
+      for (int t = 0; t < Tr::kMaxTilesPerWarp; ++t) {
+        const int tile = t < mine ? (warp + Tr::kWarps * t) % tiles : 0;
+        wa_off[t] = ((tile % MT) * static_cast<int>(KT) * 32 + lane) * 4;
+        hb_off[t] = ((tile / MT) * 8 + fg) * HSW + fq;
+      }
       float acc[Tr::kMaxTilesPerWarp][4];
 #pragma unroll
       for (int t = 0; t < Tr::kMaxTilesPerWarp; ++t)
@@ -425,25 +464,29 @@ __device__ __forceinline__ void fwd_persistent_mma(const FwdSeqParams& p) {
             Hs[c * HSW + wd] = ::fastrnn::f32_to_tf32(h_at(b, k0 + wd));
           } else {
             const int64_t k = k0 + 2 * wd;
-            Hs[c * HSW + wd] = operand_bits(h_at(b, k)) | (operand_bits(h_at(b, k + 1)) << 16);
+            if (pairs) {  // both values with one 32-bit load (k is even, K and the row strides are even)
+              Hs[c * HSW + wd] = (b >= st.bs || k >= K) ? 0u
+                                 : b < st.n_prev    ? load_cg_b32(hp + b * ld + k)
+                                                    : load_b32(h0 + b * K + k);
+            } else {
+              Hs[c * HSW + wd] = operand_bits(h_at(b, k)) | (operand_bits(h_at(b, k + 1)) << 16);
+            }
           }
         }
         __syncthreads();
-        const int64_t kt0 = k0 / kK;  // a multiple of KS (kTileK / kK is a multiple of 8)
+        const int kt0 = static_cast<int>(k0 / kK);  // a multiple of KS (kTileK / kK is a multiple of 8)
+        // k-steps outer, the warp's tiles inner: up to 4 independent mma chains in flight.
+        for (int kk = ks_w; kk < nsteps; kk += KS) {
+          const int a_off = (kt0 + kk) * 128, b_off = kk * kWordsPerStep;
 #pragma unroll
-        for (int t = 0; t < Tr::kMaxTilesPerWarp; ++t) {
-          const int it = warp + Tr::kWarps * t;
-          if (it >= items) break;  // warp-uniform: every lane of the warp takes part in each mma or none
-          const int tile = it % tiles, ks = it / tiles;
-          const int mt = tile % MT, nt = tile / MT;
-          const std::uint32_t* wa = Wf + ((int64_t(mt) * KT + kt0) * 32 + lane) * 4;
-          const std::uint32_t* hb = Hs + (nt * 8 + fg) * HSW + fq;
-          for (int kk = ks; kk < nsteps; kk += KS) {
-            std::uint32_t a[4], bfrag[2];
-            load_a_fragment(wa + int64_t(kk) * 128, a);
-            bfrag[0] = hb[kk * kWordsPerStep];
-            bfrag[1] = hb[kk * kWordsPerStep + 4];
-            mma_fp32_acc<S>(acc[t], a, bfrag);
+          for (int t = 0; t < Tr::kMaxTilesPerWarp; ++t) {
+            if (t < mine) {  // warp-uniform: every lane of the warp takes part in each mma or none
+              std::uint32_t a[4], bfrag[2];
+              load_a_fragment(Wf + wa_off[t] + a_off, a);
+              bfrag[0] = Hs[hb_off[t] + b_off];
+              bfrag[1] = Hs[hb_off[t] + b_off + 4];
+              mma_fp32_acc<S>(acc[t], a, bfrag);
+            }
           }
         }
         __syncthreads();  // every warp is done with this Hs tile before the next one is staged
@@ -490,18 +533,27 @@ __device__ __forceinline__ void fwd_persistent_mma(const FwdSeqParams& p) {
   }
 }
 
+// The tensor-core kernels run one block per SM by design (persistent_plan.h): __launch_bounds__(256, 1) lets ptxas
+// use the registers that allows (measured 102-126) instead of spilling to keep 3 blocks resident (without it, ptxas
+// for sm_90 held the float32 RNN kernel at 80 registers with a 32-byte spill).
+#if defined(__CUDACC__)
+#define FASTRNN_PERSISTENT_MMA_BOUNDS __launch_bounds__(kPersistentThreads, 1)
+#else
+#define FASTRNN_PERSISTENT_MMA_BOUNDS
+#endif
+
 template <typename S>
-__global__ void FASTRNN_LAUNCH_BOUNDS(kPersistentThreads) lstm_fwd_persistent_mma_kernel(const FwdSeqParams p) {
+__global__ void FASTRNN_PERSISTENT_MMA_BOUNDS lstm_fwd_persistent_mma_kernel(const FwdSeqParams p) {
   fwd_persistent_mma<S, Cell::kLstm>(p);
 }
 
 template <typename S>
-__global__ void FASTRNN_LAUNCH_BOUNDS(kPersistentThreads) gru_fwd_persistent_mma_kernel(const FwdSeqParams p) {
+__global__ void FASTRNN_PERSISTENT_MMA_BOUNDS gru_fwd_persistent_mma_kernel(const FwdSeqParams p) {
   fwd_persistent_mma<S, Cell::kGru>(p);
 }
 
 template <typename S>
-__global__ void FASTRNN_LAUNCH_BOUNDS(kPersistentThreads) rnn_fwd_persistent_mma_kernel(const FwdSeqParams p) {
+__global__ void FASTRNN_PERSISTENT_MMA_BOUNDS rnn_fwd_persistent_mma_kernel(const FwdSeqParams p) {
   fwd_persistent_mma<S, Cell::kRnn>(p);
 }
 
