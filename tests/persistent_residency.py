@@ -37,6 +37,14 @@ def mma_kernel(dtype: str, tf32: bool) -> bool:
     return dtype in ("float16", "bfloat16") or (dtype == "float32" and tf32)
 
 
+MMA_H_STRIDE_WORDS = 256 // 4 + 4  # FwdPersistentMmaTraits::kHStrideWords: 256 bytes of each h row, + 4 words
+
+
+def mma_g_stride(cell: str, units: int) -> int:
+    """FwdPersistentMmaTraits::g_stride: floats per column of the partial-tile buffer Gs."""
+    return -(-GATES[cell] * units // 32) * 32 + 4
+
+
 def smem_bytes(cell: str, dtype: str, tf32: bool, units: int, K: int) -> int:
     G = GATES[cell]
     if mma_kernel(dtype, tf32):  # FwdPersistentMmaTraits
@@ -44,9 +52,7 @@ def smem_bytes(cell: str, dtype: str, tf32: bool, units: int, K: int) -> int:
         kk = 8 if elem == 4 else 16
         m_tiles = -(-G * units // 16)
         k_steps = -(-K // kk)
-        h_stride_words = 256 // 4 + 4  # kTileK = 256 bytes of each h row per pass, + 4 words of padding
-        g_stride = -(-G * units // 32) * 32 + 4
-        return m_tiles * k_steps * 32 * 16 + 64 * h_stride_words * 4 + 64 * g_stride * 4
+        return m_tiles * k_steps * 32 * 16 + 64 * MMA_H_STRIDE_WORDS * 4 + 64 * mma_g_stride(cell, units) * 4
     acc = 8 if dtype == "float64" else 4  # FwdPersistentTraits: the accumulation type
     chunk_rows = THREADS // units * 4
     return (K * (G * units + 1) + chunk_rows * 33) * acc

@@ -316,6 +316,38 @@ def test_residency_model_transcribes_the_traits(cell, storage, tf32):
         assert int(out["smem"][0]) == residency.smem_bytes(name, dtype, bool(tf32), units, H), (name, dtype, H, units)
 
 
+def _wavefronts(words_per_lane):
+    """Shared-memory wavefronts of one warp-wide access: lanes' b32 word addresses (a list per lane, one access of
+    len(list) consecutive words each); 32 banks of 4 bytes, and an access of n words per lane is served 32/n lanes at
+    a time (64-bit: half-warps, 128-bit: quarter-warps), as the hardware does."""
+    n = len(words_per_lane[0])
+    per_phase = 32 // n
+    total = 0
+    for p0 in range(0, 32, per_phase):
+        banks = {}
+        for lane in range(p0, p0 + per_phase):
+            for w in words_per_lane[lane]:
+                banks.setdefault(w % 32, set()).add(w)
+        total += max(len(v) for v in banks.values())
+    return total
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_tensor_core_fragment_accesses_are_bank_conflict_free(cell):
+    """The shared-memory layouts of fwd_persistent_mma (strides from the traits' transcription, which
+    test_residency_model_transcribes_the_traits ties to the C++): the A-fragment loads (one 128-bit load per lane of
+    its 4 words), the B-fragment loads (lane (g, q): word g*stride + q, then + 4) and the fragment stores to Gs (lane
+    (g, q): column 2q and 2q + 1, row g and g + 8) take the minimum number of wavefronts."""
+    for lane_words in ([[(lane * 4 + i) for i in range(4)] for lane in range(32)],):  # Wf: [..][lane][4]
+        assert _wavefronts(lane_words) == 4
+    for off in (0, 4):  # Hs: both B registers
+        assert _wavefronts([[(lane // 4) * residency.MMA_H_STRIDE_WORDS + lane % 4 + off] for lane in range(32)]) == 1
+    for units in (1, 2, 4, 8, 16, 32):
+        gs = residency.mma_g_stride(cell, units)
+        for dc, dr in ((0, 0), (1, 0), (0, 8), (1, 8)):
+            assert _wavefronts([[(2 * (lane % 4) + dc) * gs + lane // 4 + dr] for lane in range(32)]) == 1, (units, gs)
+
+
 @pytest.mark.parametrize("H,num_sms,units", [(512, 132, 4), (1024, 132, 8), (40, 132, 1), (13, 4, 4)])
 def test_planner_spreads_units_over_the_sms(H, num_sms, units):
     out = emu.run_driver(SRC, "plan", {"storage": 0, "cell": 0, "H": H, "num_sms": num_sms})
