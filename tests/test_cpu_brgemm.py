@@ -56,11 +56,12 @@ CASES = [
     Case("B9_H64_2layer_packed", T=4, B=9, I=12, H=64, num_layers=2, lengths=[4, 3, 1, 2, 4, 4, 2, 1, 3]),
     Case("B33_H40_batchfirst_nobias", T=3, B=33, I=8, H=40, batch_first=True, bias=False),
 ]
-# The hidden split's small steps run on one thread by default ("auto" there); SERIAL_FLOPS=0 keeps both threads
-# and their per-step barrier on these small shapes.
+# Small sequences run on one thread by default ("auto" here); SERIAL_FLOPS=0 keeps both threads (and the hidden
+# split's per-step barrier) on these small shapes.
 SWITCHES = {
     "auto": {"FASTRNN_CPU_BRGEMM": "1"},
-    "batch_fold": {"FASTRNN_CPU_BRGEMM": "1", "FASTRNN_CPU_BRGEMM_SPLIT": "batch", "FASTRNN_CPU_BRGEMM_FOLD_X": "1"},
+    "batch_fold": {"FASTRNN_CPU_BRGEMM": "1", "FASTRNN_CPU_BRGEMM_SPLIT": "batch", "FASTRNN_CPU_BRGEMM_FOLD_X": "1",
+                   "FASTRNN_CPU_BRGEMM_SERIAL_FLOPS": "0"},
     "hidden_upfront": {"FASTRNN_CPU_BRGEMM": "1", "FASTRNN_CPU_BRGEMM_SPLIT": "hidden",
                        "FASTRNN_CPU_BRGEMM_FOLD_X": "0", "FASTRNN_CPU_BRGEMM_SERIAL_FLOPS": "0"},
     "hidden_fold_block16": {"FASTRNN_CPU_BRGEMM": "1", "FASTRNN_CPU_BRGEMM_SPLIT": "hidden",

@@ -76,17 +76,20 @@ bool brgemm_supported(at::ScalarType dt) {
 // thread (brgemm's checks) stops that thread's work but not its barriers, and is rethrown after the region.
 // tile_floats: the floats of one thread's tile.
 //
-// A hidden split whose step is too small to pay for a barrier (the recurrent GEMM under
-// FASTRNN_CPU_BRGEMM_SERIAL_FLOPS, default 2^20: a few microseconds on one core, with its weights in that
-// core's L2) runs on one thread instead. Measured (2-core Sapphire Rapids, loaded, interleaved medians),
-// GRU T=300 B=2 H=64 fp32 inference: 12.4 ms with a barrier per step, 7.7 ms on the per-step path.
+// One thread runs the sequence when the others would cost more than they save: a hidden split whose step is
+// too small to pay for a barrier (its recurrent GEMM under FASTRNN_CPU_BRGEMM_SERIAL_FLOPS, default 2^20: a few
+// microseconds on one core, with its weights in that core's L2), or a whole sequence under 4 times that (a
+// decoding step, T=1: waking the thread team is then most of the call, and under load it can wait for a
+// scheduler time slice). Measured (2-core Sapphire Rapids, loaded, interleaved medians), GRU T=300 B=2 H=64
+// fp32 inference: 12.4 ms with a barrier per step, 7.7 ms on the per-step path.
 template <typename Seq>
 void run_sequence(const Seq& s, int64_t steps, int64_t tile_floats,
                   void (*step)(const Seq&, int64_t, int64_t, int64_t, int64_t, int64_t, float*), bool vnni) {
   const int64_t nblk = (s.H + s.nb - 1) / s.nb;
   at::internal::lazy_init_num_threads();
   const int64_t step_flops = 2 * s.B * s.gates * s.H * s.P;
-  const bool tiny = !s.split_batch && step_flops < env_int("FASTRNN_CPU_BRGEMM_SERIAL_FLOPS", int64_t{1} << 20);
+  const int64_t serial_flops = env_int("FASTRNN_CPU_BRGEMM_SERIAL_FLOPS", int64_t{1} << 20);
+  const bool tiny = (!s.split_batch && step_flops < serial_flops) || step_flops * s.T < 4 * serial_flops;
   const bool parallel = !at::in_parallel_region() && at::get_num_threads() > 1 && !tiny;
   std::atomic_flag err_flag = ATOMIC_FLAG_INIT;
   std::exception_ptr eptr;
@@ -149,7 +152,9 @@ at::Tensor pack_gate_blocks(const at::Tensor& w_, int64_t G, int64_t nb, int64_t
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, w.scalar_type(), "fastrnn::pack_gate_blocks", [&] {
     const scalar_t* src = w.data_ptr<scalar_t>();
     scalar_t* dst_all = packed.data_ptr<scalar_t>();
-    at::parallel_for(0, nblk, 1, [&](int64_t blk0, int64_t blk1) {
+    // (grain: at least 2^16 elements per task, so a small weight is packed without waking other threads)
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, G * nb * kp));
+    at::parallel_for(0, nblk, grain, [&](int64_t blk0, int64_t blk1) {
       std::vector<const scalar_t*> rows;
       for (int64_t blk = blk0; blk < blk1; ++blk) {
         const int64_t j0 = blk * nb, nbj = std::min(nb, H - j0), N = G * nbj;
