@@ -236,7 +236,7 @@ def persistent_hmma(lib: str, cuobjdump: str) -> Dict[Tuple[str, str], bool]:
 @dataclasses.dataclass
 class KernelInfo:
     cell: str  # lstm | gru | rnn
-    kind: str  # step_fwd | step_bwd | persistent_fwd | persistent_mma_fwd (| persistent_bwd: not modelled)
+    kind: str  # step_fwd | step_bwd | persistent_fwd | persistent_mma_fwd | persistent_bwd (registers only)
     dtype: str
     arch: str
     mangled: str
@@ -606,6 +606,13 @@ def kernel_rows(kernels, probe: Probe) -> List[dict]:
             dyn = None
             bpsm = blocks_per_sm(lim, k.regs, thr, 0) if lim else None
             note = "registers only; shared memory per shape below"
+        elif kind == "persistent_bwd":
+            # bwd_persistent_kernel.cuh: kPersistentThreads as the forward's FMA kernel, one block per SM (choose_units);
+            # registers alone here. The shape tables below still time the backward on the step kernels.
+            thr = tr["persistent_fwd"]["threads"]
+            dyn = None
+            bpsm = blocks_per_sm(lim, k.regs, thr, 0) if lim else None
+            note = "registers only; the shape tables time the step backward"
         else:
             thr, dyn, bpsm, note = None, None, None, "not modelled"
         rows.append({"kernel": f"{cell}_{kind}", "dtype": dtype, "arch": arch, "regs": k.regs,

@@ -353,3 +353,190 @@ def test_planner_spreads_units_over_the_sms(H, num_sms, units):
     out = emu.run_driver(SRC, "plan", {"storage": 0, "cell": 0, "H": H, "num_sms": num_sms})
     assert int(out["units"][0]) == units
     assert int(out["grid"][0]) <= num_sms
+
+
+# ============================================================================================ persistent backward
+# The REAL persistent backward kernels of csrc/cuda/bwd_persistent_kernel.cuh (FMA for every dtype), one cooperative
+# launch per sequence, against a float64 autograd oracle of the same layer: the forward from gx with h rounded to the
+# storage dtype after every step as the kernel stores it (a straight-through rounding, so the saved values the kernel
+# reads are the oracle's), and the gradients of sum(out * grad_out) + sum(h_n * grad_hy) (+ sum(c_n * grad_cy)) with
+# respect to gx (dG; GRU: dG_x), the GRU's W_hn h + b_hn (dph_n), hx and cx.
+# Tolerances, stated once per dtype: float64 and float32 differ by accumulation order only (float32 also keeps the
+# workspace in fp32). bfloat16/float16 store each step's dG in the storage dtype, and the next step's dh is computed
+# from those rounded values (as the step kernels do), so a relative error of the storage's unit roundoff enters every
+# step: up to T = 4 steps here, 4 * u * (a growth of the gradients below 2) on gradients of order 1.
+BWD_TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-5),
+           torch.float16: dict(rtol=8 * 2.0 ** -11, atol=8 * 2.0 ** -11),
+           torch.bfloat16: dict(rtol=8 * 2.0 ** -8, atol=8 * 2.0 ** -8)}
+
+
+@dataclass(frozen=True)
+class BwdCase:
+    cell: str
+    H: int
+    batch_sizes: tuple
+    units: int
+    reverse: bool = False
+    dtype: torch.dtype = torch.float32
+    dense: bool = False  # grad_output as [T, B, H] (a step's rows at t * B * H) instead of packed rows
+
+    @property
+    def grid(self) -> int:
+        return -(-self.H // self.units)
+
+    @property
+    def id(self) -> str:
+        return (f"bwd-{self.cell}-H{self.H}-u{self.units}-{'x'.join(map(str, self.batch_sizes))}"
+                f"{'-rev' if self.reverse else ''}{'-dense' if self.dense else ''}-{str(self.dtype).split('.')[-1]}")
+
+
+def bwd_problem(case: BwdCase, seed: int = 0):
+    """(driver inputs, expected gradients): the forward and the oracle's gradients in float64."""
+    g = torch.Generator().manual_seed(1000 + seed)
+    H, G, bs = case.H, GATES[case.cell], list(case.batch_sizes)
+    B, N, T = bs[0], sum(bs), len(bs)
+    io = torch.float64 if case.dtype == torch.float64 else torch.float32
+    acc = torch.float64 if case.dtype == torch.float64 else torch.float32
+
+    def rnd(*shape, scale=1.0):
+        return ((torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * scale).to(case.dtype).to(torch.float64)
+
+    s = 1.0 / math.sqrt(H)
+    w, b_hh = rnd(G * H, H, scale=s), rnd(G * H, scale=s)
+    hx, gx = rnd(B, H, scale=0.5).requires_grad_(), rnd(N, G * H, scale=1.5).requires_grad_()
+    cx = rnd(B, H, scale=0.5).requires_grad_() if case.cell == "lstm" else None
+    go_dense = rnd(T, B, H)
+    go = torch.cat([go_dense[t, :bs[t]] for t in range(T)]) if case.dense else rnd(N, H)
+    ghy, gcy = rnd(B, H), (rnd(B, H) if case.cell == "lstm" else None)
+    offs = np.concatenate([[0], np.cumsum(bs)]).astype(int)
+    st = lambda t: t + (t.detach().to(case.dtype).to(torch.float64) - t.detach())  # noqa: E731  straight-through
+    h, c = hx, cx
+    outs, ws, ghn = [None] * T, [None] * T, {}
+    for t in (reversed(range(T)) if case.reverse else range(T)):
+        n, rows = bs[t], slice(offs[t], offs[t] + bs[t])
+        gh = h[:n] @ w.t() + b_hh
+        if case.cell == "lstm":
+            pre = gx[rows] + gh
+            i, fg, gg, o = (torch.sigmoid(pre[:, :H]), torch.sigmoid(pre[:, H:2 * H]), torch.tanh(pre[:, 2 * H:3 * H]),
+                            torch.sigmoid(pre[:, 3 * H:]))
+            cn = fg * c[:n] + i * gg
+            cn = cn + (cn.detach().to(acc).to(torch.float64) - cn.detach())
+            hn = o * torch.tanh(cn)
+            ws[t] = torch.cat([i, fg, gg, o, cn], 1)
+            c = torch.cat([cn, c[n:]])
+        elif case.cell == "gru":
+            x3, ghn[t] = gx[rows], gh[:, 2 * H:]
+            r = torch.sigmoid(x3[:, :H] + gh[:, :H])
+            z = torch.sigmoid(x3[:, H:2 * H] + gh[:, H:2 * H])
+            nn_ = torch.tanh(x3[:, 2 * H:] + r * ghn[t])
+            hn = (1 - z) * nn_ + z * h[:n]
+            ws[t] = torch.cat([r, z, nn_, ghn[t]], 1)
+        else:
+            pre = gx[rows] + gh
+            hn = torch.relu(pre) if case.cell == "rnn_relu" else torch.tanh(pre)
+        hn = st(hn)
+        outs[t] = hn
+        h = torch.cat([hn, h[n:]])
+    out = torch.cat(outs)
+    loss = (out * go).sum() + (h * ghy).sum() + ((c * gcy).sum() if c is not None else 0)
+    wrt = [gx, hx] + ([cx] if cx is not None else []) + [ghn[t] for t in sorted(ghn)]
+    grads = torch.autograd.grad(loss, wrt)
+    expected = {"dg": grads[0], "grad_hx": grads[1]}
+    if cx is not None:
+        expected["grad_cx"] = grads[2]
+    if case.cell == "gru":
+        expected["dph_n"] = torch.cat(grads[2:])
+    as_io = lambda t: t.detach().to(io)  # noqa: E731
+    d = {"backward": 1, "storage": STORAGE[case.dtype], "cell": CELL_CODE[case.cell],
+         "relu": int(case.cell == "rnn_relu"), "reverse": int(case.reverse), "units": case.units,
+         "num_sms": case.grid, "H": H, "batch_sizes": np.array(bs, dtype=np.int64), "w_hh": as_io(w),
+         "hx": as_io(hx), "out": as_io(out), "grad_out": as_io(go_dense if case.dense else go),
+         "go_dense": int(case.dense), "grad_hy": as_io(ghy)}
+    if case.cell in ("lstm", "gru"):
+        d["ws"] = as_io(torch.cat(ws))
+    if case.cell == "lstm":
+        d["cx"], d["grad_cy"] = as_io(cx), as_io(gcy)
+    return d, expected
+
+
+# Every cell and dtype; units 1..32 (a partial last unit tile at H = 13, 33, 40); packed batch sizes in both
+# directions (the reverse packed layer turns rows of `next` into grad_hx mid-sequence); grad_output dense and packed;
+# several row chunks (units = 32: 32-row chunks, B = 37); T = 1; G*H = 160 (5 staged K tiles).
+BWD_PLAIN_CASES = [
+    BwdCase("lstm", 40, (5, 5, 3, 1), 4),
+    BwdCase("lstm", 40, (5, 5, 3, 1), 8, reverse=True, dtype=torch.float64),
+    BwdCase("lstm", 13, (37, 37), 32, dense=True),
+    BwdCase("lstm", 33, (6, 4, 1), 4, reverse=True, dtype=torch.bfloat16),
+    BwdCase("lstm", 13, (4, 2, 2), 1, dtype=torch.float16),
+    BwdCase("lstm", 13, (1,), 2),
+    BwdCase("gru", 40, (5, 5, 3, 1), 4, reverse=True),
+    BwdCase("gru", 33, (37, 20, 3), 32, dtype=torch.float64),
+    BwdCase("gru", 13, (3, 3, 3), 1, dtype=torch.bfloat16, dense=True),
+    BwdCase("gru", 40, (4, 3, 1), 8, reverse=True, dtype=torch.float16),
+    BwdCase("rnn_tanh", 40, (4, 3, 3, 1), 4, reverse=True),
+    BwdCase("rnn_relu", 33, (37, 37), 32, dtype=torch.float64),
+    BwdCase("rnn_relu", 13, (5, 2), 2, reverse=True, dtype=torch.bfloat16),
+    BwdCase("rnn_tanh", 40, (3, 3), 8, dtype=torch.float16, dense=True),
+]
+BWD_ASAN_CASES = [BwdCase("lstm", 40, (5, 3, 1), 8, reverse=True), BwdCase("gru", 13, (37, 20), 32,
+                  dtype=torch.bfloat16), BwdCase("rnn_relu", 33, (4, 4), 4, dtype=torch.float64, dense=True)]
+BWD_TSAN_CASES = [BwdCase("lstm", 13, (5, 3, 1), 4, reverse=True), BwdCase("gru", 13, (4, 4), 8, dtype=torch.float16),
+                  BwdCase("rnn_tanh", 13, (3, 2, 1), 2)]
+BWD_CASES = {"plain": BWD_PLAIN_CASES, "asan": BWD_ASAN_CASES, "tsan": BWD_TSAN_CASES}
+
+
+def run_bwd_batch(cases, variant, defines=()):
+    problems = [bwd_problem(c, seed=k) for k, c in enumerate(cases)]
+    inputs = {"n": len(cases)}
+    for k, (d, _) in enumerate(problems):
+        inputs.update({f"{k}.{name}": v for name, v in d.items()})
+    exe = emu.compile_driver(SRC, variant, defines)
+    proc, outputs = emu.run_raw(exe, "batch", inputs, variant, None, RUN_TIMEOUT_S)
+    return problems, proc, outputs
+
+
+@pytest.mark.parametrize("variant", ["plain", "asan", "tsan"])
+def test_persistent_backward_vs_oracle(binaries, variant):
+    emu.require_variant(variant)
+    cases = BWD_CASES[variant]
+    problems, proc, outputs = run_bwd_batch(cases, variant)
+    report = emu.sanitizer_report(proc.stderr)
+    assert proc.returncode == 0 and not report and outputs is not None, proc.stderr[-8000:]
+    for k, (case, (_, expected)) in enumerate(zip(cases, problems)):
+        assert int(outputs[f"{k}.err"][0]) == 0, f"{case.id}: launch returned cudaError {int(outputs[f'{k}.err'][0])}"
+        for name, want in expected.items():
+            got = torch.as_tensor(np.asarray(outputs[f"{k}.{name}"])).to(torch.float64)
+            torch.testing.assert_close(got, want.detach(), **BWD_TOL[case.dtype],
+                                       msg=lambda m, name=name, case=case: f"{case.id}: {name}: {m}")
+
+
+def test_backward_cases_cover_every_kernel_and_dtype():
+    assert {(c.cell.split("_")[0], c.dtype) for c in BWD_PLAIN_CASES} == {
+        (cell, dt) for cell in ("lstm", "gru", "rnn") for dt in STORAGE}
+    assert {c.units for c in BWD_PLAIN_CASES} >= {1, 2, 4, 8, 32}
+    assert any(c.reverse and len(set(c.batch_sizes)) > 1 for c in BWD_PLAIN_CASES), "grad_hx mid-sequence"
+    assert any(c.dense for c in BWD_PLAIN_CASES) and any(c.batch_sizes[0] > 256 // c.units * 4 for c in BWD_PLAIN_CASES)
+
+
+@pytest.mark.parametrize("H,num_sms", [(512, 132), (1024, 132), (40, 132), (13, 4)])
+@pytest.mark.parametrize("storage", [0, 1, 2, 3])
+def test_backward_planner_spreads_units_over_the_sms(H, num_sms, storage):
+    """choose_units with the backward's occupancy: a grid of at most one block per SM where W_hh fits the device's
+    shared memory; none (the step kernels) for the float64 LSTM at H = 1024, whose W_hh (4H x H x 8 bytes = 32 MiB)
+    exceeds 132 SMs' 227 KiB."""
+    out = emu.run_driver(SRC, "bplan", {"storage": storage, "cell": 0, "H": H, "num_sms": num_sms})
+    units = int(out["units"][0])
+    if storage == 1 and H == 1024:
+        assert units == 0
+        return
+    assert units > 0 and int(out["grid"][0]) == -(-H // units) <= num_sms
+
+
+@pytest.mark.parametrize("case", [BwdCase("rnn_tanh", 13, (3, 3, 3), 2), BwdCase("gru", 13, (3, 3, 3), 4,
+                                                                                    dtype=torch.bfloat16)],
+                         ids=["rnn", "gru"])
+def test_dropped_grid_sync_is_a_tsan_race_backward(binaries, case):
+    """Without the barrier between steps, blocks stage dG rows other blocks are writing: TSan must say so."""
+    emu.require_variant("tsan")
+    _, proc, _ = run_bwd_batch([case], "tsan", (DROP_GRID_SYNC,))
+    assert proc.returncode != 0 and "ThreadSanitizer: data race" in proc.stderr, proc.stderr[-4000:]

@@ -59,6 +59,52 @@ struct BwdStepTraits {
 template <typename S, Cell C>
 using BwdTraitsFor = BwdStepTraits<gates_of(C), acc_t<S>>;
 
+// The pointwise backward of (row b of the step, unit j) from its full dh (everything that reaches h_t): reads
+// the workspace row (and, LSTM, c_prev and dc_state; RNN, h_cur), writes the gate gradients (GRU: dG_x, and
+// dG_h / dph_n where given), dc_state (LSTM) and r_out (LSTM with projection), and returns what is carried to
+// h_{t-1} outside W_hh (GRU: dh*z; else 0). p's row pointers (ws, c_prev, dg, dgh, dph_n, r_out, h_cur) start at
+// the step's first row; dc_state is [>= bs, H]. h_prev (GRU): the state row b started from. Shared by the step
+// kernel (below) and the persistent backward (bwd_persistent_kernel.cuh), so both compute the same cell.
+template <typename S, Cell C>
+__device__ __forceinline__ acc_t<S> bwd_cell_epilogue(const BwdStepParams& p, int64_t b, int64_t j, acc_t<S> dh,
+                                                      acc_t<S> h_prev) {
+  using A = acc_t<S>;
+  const int64_t H = p.H, bj = b * H + j;
+  if constexpr (C == Cell::kLstm) {
+    const A* wr = static_cast<const A*>(p.ws) + b * 5 * H + j;
+    const A gi = wr[0], gf = wr[H], gg = wr[2 * H], go_ = wr[3 * H], c = wr[4 * H];
+    A* dc = static_cast<A*>(p.dc_state) + bj;
+    const LstmGrads<A> d = lstm_backward<A>(gi, gf, gg, go_, c, static_cast<const A*>(p.c_prev)[bj], dh, *dc);
+    *dc = d.dc_prev;
+    S* dg = static_cast<S*>(p.dg) + b * 4 * H + j;
+    dg[0] = from_float<S>(d.di);
+    dg[H] = from_float<S>(d.df);
+    dg[2 * H] = from_float<S>(d.dg);
+    dg[3 * H] = from_float<S>(d.do_);
+    if (p.r_out != nullptr) static_cast<S*>(p.r_out)[bj] = from_float<S>(go_ * Math<A>::tanh(c));
+    return A(0);
+  } else if constexpr (C == Cell::kGru) {
+    const A* wr = static_cast<const A*>(p.ws) + b * 4 * H + j;
+    const GruGrads<A> d = gru_backward<A>(wr[0], wr[H], wr[2 * H], wr[3 * H], h_prev, dh);
+    S* dgx = static_cast<S*>(p.dg) + b * 3 * H + j;
+    dgx[0] = from_float<S>(d.dr);
+    dgx[H] = from_float<S>(d.dz);
+    dgx[2 * H] = from_float<S>(d.dpx_n);
+    if (p.dgh != nullptr) {
+      S* dgh = static_cast<S*>(p.dgh) + b * 3 * H + j;
+      dgh[0] = from_float<S>(d.dr);
+      dgh[H] = from_float<S>(d.dz);
+      dgh[2 * H] = from_float<S>(d.dph_n);
+    }
+    if (p.dph_n != nullptr) static_cast<S*>(p.dph_n)[bj] = from_float<S>(d.dph_n);
+    return d.dh_prev;
+  } else {
+    const A h = to_float(static_cast<const S*>(p.h_cur)[bj]);
+    static_cast<S*>(p.dg)[bj] = from_float<S>(rnn_backward<A>(h, dh, p.relu != 0));
+    return A(0);
+  }
+}
+
 template <typename S, Cell C>
 __device__ __forceinline__ void bwd_step(const BwdStepParams& p) {
   using A = acc_t<S>;
@@ -131,39 +177,9 @@ __device__ __forceinline__ void bwd_step(const BwdStepParams& p) {
     if (carry != nullptr) dh += carry[bj];
     if (go != nullptr) dh += to_float(go[b * ld_go + j]);
     if (dh_ext != nullptr) dh += to_float(dh_ext[bj]);
-    if constexpr (C == Cell::kLstm) {
-      const A* wr = static_cast<const A*>(p.ws) + b * 5 * H + j;
-      const A gi = wr[0], gf = wr[H], gg = wr[2 * H], go_ = wr[3 * H], c = wr[4 * H];
-      A* dc = static_cast<A*>(p.dc_state) + bj;
-      const LstmGrads<A> d =
-          lstm_backward<A>(gi, gf, gg, go_, c, static_cast<const A*>(p.c_prev)[bj], dh, *dc);
-      *dc = d.dc_prev;
-      S* dg = static_cast<S*>(p.dg) + b * 4 * H + j;
-      dg[0] = from_float<S>(d.di);
-      dg[H] = from_float<S>(d.df);
-      dg[2 * H] = from_float<S>(d.dg);
-      dg[3 * H] = from_float<S>(d.do_);
-      if (carry != nullptr) carry[bj] = A(0);
-      if (p.r_out != nullptr) static_cast<S*>(p.r_out)[bj] = from_float<S>(go_ * Math<A>::tanh(c));
-    } else if constexpr (C == Cell::kGru) {
-      const A* wr = static_cast<const A*>(p.ws) + b * 4 * H + j;
-      const GruGrads<A> d = gru_backward<A>(wr[0], wr[H], wr[2 * H], wr[3 * H],
-                                            to_float(static_cast<const S*>(p.h_prev)[bj]), dh);
-      S* dgx = static_cast<S*>(p.dg) + b * 3 * H + j;
-      S* dgh = static_cast<S*>(p.dgh) + b * 3 * H + j;
-      dgx[0] = from_float<S>(d.dr);
-      dgx[H] = from_float<S>(d.dz);
-      dgx[2 * H] = from_float<S>(d.dpx_n);
-      dgh[0] = from_float<S>(d.dr);
-      dgh[H] = from_float<S>(d.dz);
-      dgh[2 * H] = from_float<S>(d.dph_n);
-      if (p.dph_n != nullptr) static_cast<S*>(p.dph_n)[bj] = from_float<S>(d.dph_n);
-      if (carry != nullptr) carry[bj] = d.dh_prev;
-    } else {
-      const A h = to_float(static_cast<const S*>(p.h_cur)[bj]);
-      static_cast<S*>(p.dg)[bj] = from_float<S>(rnn_backward<A>(h, dh, p.relu != 0));
-      if (carry != nullptr) carry[bj] = A(0);
-    }
+    const A h_prev = C == Cell::kGru ? to_float(static_cast<const S*>(p.h_prev)[bj]) : A(0);
+    const A new_carry = bwd_cell_epilogue<S, C>(p, b, j, dh, h_prev);
+    if (carry != nullptr) carry[bj] = new_carry;
   }
 }
 

@@ -48,4 +48,13 @@ template <DType D>
 cudaError_t launch_fwd_persistent(Cell cell, const FwdSeqParams& p, const PersistentConfig& config,
                                   cudaStream_t stream);
 
+// The persistent backward kernel (bwd_persistent_kernel.cuh; FMA for every dtype): its configuration on the current
+// device (units 0 when it cannot run there) and one cooperative launch of the whole backward recurrence, returning
+// the launch's error without raising. Instantiated for every DType in pbwd_<dtype>.cu.
+template <DType D>
+PersistentConfig bwd_persistent_config(Cell cell, int64_t H);
+template <DType D>
+cudaError_t launch_bwd_persistent(Cell cell, const BwdSeqParams& p, const PersistentConfig& config,
+                                  cudaStream_t stream);
+
 }  // namespace fastrnn::cuda

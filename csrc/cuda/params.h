@@ -92,4 +92,42 @@ struct FwdSeqParams {
   int relu = 0;
 };
 
+// The persistent backward kernel (bwd_persistent_kernel.cuh) runs every step of a backward recurrence in one
+// cooperative launch, visiting the steps in the opposite order of the forward. Row s < T of its table describes
+// the step processed at iteration s, and its neighbours: `next` is the step processed just before it (the one that
+// continued it in the forward; its h-side gate gradients dG_next feed this step's dh through W_hh for rows
+// b < n_next), `prev` the step it continued in the forward (its rows b < n_prev started from that step's outputs,
+// the others from h_init). Row T has bs = 0 and names the last processed step as `next`: its rows all started from
+// h_init, and iteration T turns them into grad_hx. At every iteration the rows n_next <= b < bs_next of `next`
+// started from h_init too (a reverse layer with packed sequences), and also become grad_hx there.
+struct BwdSeqStep {
+  int64_t off = 0;       // first row of the step in ws / dg / out (and packed grad_out)
+  int64_t bs = 0;        // rows of the step (0 in row T)
+  int64_t off_next = 0;  // first row of `next` (meaningful when bs_next > 0)
+  int64_t bs_next = 0;   // rows of `next` (0 at iteration 0)
+  int64_t n_next = 0;    // rows of this step that `next` continued: min(bs, bs_next)
+  int64_t off_prev = 0;  // first row of `prev` (meaningful when n_prev > 0)
+  int64_t n_prev = 0;    // rows of this step that continued `prev`
+  int64_t go_off = 0;    // offset of the step's first grad_output row, in elements
+};
+
+struct BwdSeqParams {
+  void* dg = nullptr;              // S [N, G*H]: gate gradients (GRU: of the x-side pre-activations), written
+  void* dph_n = nullptr;           // S [N, H] (GRU): the gradient of W_hn h + b_hn, written
+  const void* w_hh = nullptr;      // S [G*H, H]
+  const void* grad_out = nullptr;  // S, step rows at go_off with row stride ld_grad_out; or nullptr
+  const void* ws = nullptr;        // A [N, ws_width] (LSTM 5H, GRU 4H): the forward's workspace
+  const void* c_prev = nullptr;    // A [N, H] (LSTM): the cell state each row started from
+  void* dc_state = nullptr;        // A [B, H] (LSTM): grad_cy in, grad_cx out
+  const void* out = nullptr;       // S [N, H] (GRU: h_prev of continuing rows; RNN: h_cur): the forward's output
+  const void* h_init = nullptr;    // S [B, H] (GRU): hx
+  void* carry = nullptr;           // A [B, H]: grad_hy in, grad_hx out
+  const BwdSeqStep* steps = nullptr;  // [T + 1], device memory
+  int64_t T = 0;
+  int64_t H = 0;
+  int64_t ld_grad_out = 0;
+  int units = 0;                   // hidden units per block (a power of two <= 32)
+  int relu = 0;
+};
+
 }  // namespace fastrnn::cuda

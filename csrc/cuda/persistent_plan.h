@@ -32,6 +32,37 @@ inline std::vector<FwdSeqStep> fwd_seq_steps(const std::vector<int64_t>& batch_s
   return steps;
 }
 
+// The persistent backward's table (params.h BwdSeqStep): the backward of a layer of direction `reverse` processes
+// the steps in the forward's opposite order, so its `next` is fwd_seq_steps(!reverse)'s prev and its `prev`
+// fwd_seq_steps(reverse)'s. go_stride: the elements between the first grad_output rows of consecutive packed rows
+// (packed) or timesteps (dense).
+inline std::vector<BwdSeqStep> bwd_seq_steps(const std::vector<int64_t>& batch_sizes, bool reverse, bool packed,
+                                             int64_t go_stride) {
+  const int64_t T = static_cast<int64_t>(batch_sizes.size());
+  const std::vector<FwdSeqStep> order = fwd_seq_steps(batch_sizes, !reverse);  // processing order of the backward
+  const std::vector<FwdSeqStep> fwd = fwd_seq_steps(batch_sizes, reverse);     // fwd[s']: step t's forward neighbour
+  std::vector<BwdSeqStep> steps(static_cast<size_t>(T) + 1);
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = reverse ? s : T - 1 - s;  // the backward of a forward layer starts at t = T - 1
+    const FwdSeqStep& o = order[s];
+    const FwdSeqStep& f = fwd[reverse ? T - 1 - t : t];
+    BwdSeqStep& st = steps[s];
+    st.off = o.off;
+    st.bs = o.bs;
+    st.off_next = o.off_prev;
+    st.bs_next = s > 0 ? order[s - 1].bs : 0;
+    st.n_next = o.n_prev;
+    st.off_prev = f.off_prev;
+    st.n_prev = f.n_prev;
+    st.go_off = (packed ? o.off : t) * go_stride;
+  }
+  if (T > 0) {
+    steps[T].off_next = order[T - 1].off;
+    steps[T].bs_next = order[T - 1].bs;
+  }
+  return steps;
+}
+
 // Hidden units per block. The grid must be co-resident (a cooperative launch), and the weights are spread over as
 // many SMs as possible, one block per SM: the smallest power of two u <= 32 with ceil(H / u) <= num_sms whose
 // block fits (blocks_per_sm(u) >= 1); failing that, the smallest u whose grid fits several blocks per SM

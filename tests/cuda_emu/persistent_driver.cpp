@@ -16,7 +16,16 @@
 //            out: err (the launch's cudaError_t), output [N, H], hy [B, H], cy [B, H] (LSTM), ws (train)
 //   plan     in:  storage, cell, H, num_sms, tf32 (optional)
 //            out: units (choose_units with the emulated occupancy), grid, smem
-//   batch    several forward sub-cases in one process ("k.<name>" arrays, `n` sub-cases).
+//   backward in:  storage, cell, relu, reverse, units, num_sms, batch_sizes, w_hh [G*H, H], hx [B, H], out [N, H]
+//                 (the forward's output), ws [N, 5H | 4H] (LSTM/GRU: the forward's workspace), cx [B, H] (LSTM),
+//                 grad_out ([N, H] packed, or [T, B, H] with go_dense = 1), grad_hy [B, H], grad_cy [B, H] (LSTM)
+//            out: err, dg [N, G*H] (GRU: dG_x), dph_n [N, H] (GRU), grad_hx [B, H], grad_cx [B, H] (LSTM)
+//            The persistent backward kernel (bwd_persistent_kernel.cuh; FMA for every dtype). Transcribed: the
+//            ATen driver's c_prev (cuda_common.h gather_prev).
+//   bplan    in: storage, cell, H, num_sms; out: units, grid, smem of the backward kernel
+//   batch    several forward/backward sub-cases in one process ("k.<name>" arrays, `n` sub-cases; a sub-case with
+//            an array "backward" runs the backward case).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -25,6 +34,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cuda/bwd_persistent_kernel.cuh"
 #include "cuda/fwd_persistent_kernel.cuh"
 #include "cuda/persistent_plan.h"
 #include "emu_io.h"
@@ -199,6 +209,143 @@ void plan(const emu_io::Arrays& in, emu_io::Arrays& out) {
   throw std::runtime_error("storage must be 0 (float32), 1 (float64), 2 (float16) or 3 (bfloat16)");
 }
 
+template <class S, Cell C>
+void (*bwd_kernel_of())(fastrnn::cuda::BwdSeqParams) {
+  if constexpr (C == Cell::kLstm) return fastrnn::cuda::lstm_bwd_persistent_kernel<S>;
+  else if constexpr (C == Cell::kGru) return fastrnn::cuda::gru_bwd_persistent_kernel<S>;
+  else return fastrnn::cuda::rnn_bwd_persistent_kernel<S>;
+}
+
+template <class S, class IO, Cell C>
+void backward(const emu_io::Arrays& in, emu_io::Arrays& out) {
+  using A = acc_t<S>;
+  using Tr = fastrnn::cuda::BwdPersistentTraitsFor<S, C>;
+  constexpr int G = gates_of(C);
+  const int64_t H = in.scalar<int64_t>("H");
+  const bool reverse = in.scalar<int>("reverse") != 0;
+  const bool dense = in.has("go_dense") && in.scalar<int>("go_dense") != 0;
+  const int units = in.scalar<int>("units");
+  const std::vector<int64_t> bsz = in.get<int64_t>("batch_sizes");
+  const int64_t T = static_cast<int64_t>(bsz.size()), B = T > 0 ? bsz[0] : 0;
+  int64_t N = 0;
+  for (int64_t b : bsz) N += b;
+  std::vector<int64_t> offs(static_cast<size_t>(T) + 1, 0);
+  for (int64_t t = 0; t < T; ++t) offs[t + 1] = offs[t] + bsz[t];
+
+  const std::vector<S> w_hh = to_storage<S>(in.get<IO>("w_hh")), hx = to_storage<S>(in.get<IO>("hx"));
+  const std::vector<S> output = to_storage<S>(in.get<IO>("out"));
+  const std::vector<S> go = to_storage<S>(in.get<IO>("grad_out"));
+  const int64_t ws_width = C == Cell::kLstm ? 5 * H : C == Cell::kGru ? 4 * H : 0;
+  std::vector<A> ws, c_prev, dc, carry;
+  if (ws_width > 0)
+    for (IO x : in.get<IO>("ws")) ws.push_back(static_cast<A>(x));
+  for (IO x : in.get<IO>("grad_hy")) carry.push_back(static_cast<A>(x));
+  if (C == Cell::kLstm) {
+    for (IO x : in.get<IO>("grad_cy")) dc.push_back(static_cast<A>(x));
+    // c_prev (transcribed from the ATen driver's gather_prev): row b of step t started from the c of the forward's
+    // previous step (rows b < rows_with_prev) or from cx.
+    const std::vector<IO> cx = in.get<IO>("cx");
+    c_prev.assign(static_cast<size_t>(N * H), A(0));
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t prev = reverse ? (t + 1 < T ? t + 1 : -1) : t - 1;
+      const int64_t n_prev = prev >= 0 ? std::min(bsz[t], bsz[prev]) : 0;
+      for (int64_t b = 0; b < bsz[t]; ++b)
+        for (int64_t j = 0; j < H; ++j)
+          c_prev[(offs[t] + b) * H + j] =
+              b < n_prev ? ws[(offs[prev] + b) * ws_width + 4 * H + j] : static_cast<A>(cx[b * H + j]);
+    }
+  }
+  std::vector<S> dg(static_cast<size_t>(N * G * H), from_float<S>(std::numeric_limits<A>::quiet_NaN()));
+  std::vector<S> dph_n(C == Cell::kGru ? static_cast<size_t>(N * H) : 0,
+                       from_float<S>(std::numeric_limits<A>::quiet_NaN()));
+  const std::vector<fastrnn::cuda::BwdSeqStep> steps =
+      fastrnn::cuda::bwd_seq_steps(bsz, reverse, !dense, dense ? B * H : H);
+
+  fastrnn::cuda::BwdSeqParams p;
+  p.dg = dg.data();
+  p.dph_n = dph_n.empty() ? nullptr : dph_n.data();
+  p.w_hh = w_hh.data();
+  p.grad_out = go.data();
+  p.ws = ws.empty() ? nullptr : ws.data();
+  p.c_prev = c_prev.empty() ? nullptr : c_prev.data();
+  p.dc_state = dc.empty() ? nullptr : dc.data();
+  p.out = output.data();
+  p.h_init = hx.data();
+  p.carry = carry.data();
+  p.steps = steps.data();
+  p.T = T;
+  p.H = H;
+  p.ld_grad_out = H;
+  p.units = units;
+  p.relu = in.scalar<int>("relu");
+
+  ::cuda_emu::device().num_sms = static_cast<unsigned>(in.scalar<int64_t>("num_sms"));
+  const cudaError_t err =
+      T > 0 && H > 0 ? ::cuda_emu::launch_cooperative(dim3(static_cast<unsigned>(Tr::grid(H, units))),
+                                                      dim3(Tr::kThreads), static_cast<size_t>(Tr::smem_bytes(units, H)),
+                                                      bwd_kernel_of<S, C>(), p)
+                     : cudaSuccess;
+  out.put("err", std::vector<int64_t>{static_cast<int64_t>(err)});
+  out.put("dg", to_io<IO>(dg), {N, G * H});
+  if (C == Cell::kGru) out.put("dph_n", to_io<IO>(dph_n), {N, H});
+  out.put("grad_hx", to_io<IO>(carry), {B, H});
+  if (C == Cell::kLstm) out.put("grad_cx", to_io<IO>(dc), {B, H});
+}
+
+template <class S, class IO>
+void backward_cell(const emu_io::Arrays& in, emu_io::Arrays& out) {
+  switch (in.scalar<int>("cell")) {
+    case 0: return backward<S, IO, Cell::kLstm>(in, out);
+    case 1: return backward<S, IO, Cell::kGru>(in, out);
+    case 2: return backward<S, IO, Cell::kRnn>(in, out);
+  }
+  throw std::runtime_error("cell must be 0 (LSTM), 1 (GRU) or 2 (RNN)");
+}
+
+void backward_any(const emu_io::Arrays& in, emu_io::Arrays& out) {
+  switch (in.scalar<int>("storage")) {
+    case 0: return backward_cell<float, float>(in, out);
+    case 1: return backward_cell<double, double>(in, out);
+    case 2: return backward_cell<__half, float>(in, out);
+    case 3: return backward_cell<__nv_bfloat16, float>(in, out);
+  }
+  throw std::runtime_error("storage must be 0 (float32), 1 (float64), 2 (float16) or 3 (bfloat16)");
+}
+
+template <class S, Cell C>
+void bplan_for(const emu_io::Arrays& in, emu_io::Arrays& out) {
+  using Tr = fastrnn::cuda::BwdPersistentTraitsFor<S, C>;
+  const int64_t H = in.scalar<int64_t>("H");
+  ::cuda_emu::device().num_sms = static_cast<unsigned>(in.scalar<int64_t>("num_sms"));
+  const int u = fastrnn::cuda::choose_units(H, ::cuda_emu::device().num_sms, [&](int units) {
+    return static_cast<int>(::cuda_emu::occupancy_max_active_blocks_per_sm(
+        Tr::kThreads, static_cast<size_t>(Tr::smem_bytes(units, H))));
+  });
+  out.put("units", std::vector<int64_t>{u});
+  out.put("grid", std::vector<int64_t>{u > 0 ? Tr::grid(H, u) : 0});
+  out.put("smem", std::vector<int64_t>{u > 0 ? Tr::smem_bytes(u, H) : 0});
+}
+
+template <class S>
+void bplan_cell(const emu_io::Arrays& in, emu_io::Arrays& out) {
+  switch (in.scalar<int>("cell")) {
+    case 0: return bplan_for<S, Cell::kLstm>(in, out);
+    case 1: return bplan_for<S, Cell::kGru>(in, out);
+    case 2: return bplan_for<S, Cell::kRnn>(in, out);
+  }
+  throw std::runtime_error("cell must be 0 (LSTM), 1 (GRU) or 2 (RNN)");
+}
+
+void bplan(const emu_io::Arrays& in, emu_io::Arrays& out) {
+  switch (in.scalar<int>("storage")) {
+    case 0: return bplan_cell<float>(in, out);
+    case 1: return bplan_cell<double>(in, out);
+    case 2: return bplan_cell<__half>(in, out);
+    case 3: return bplan_cell<__nv_bfloat16>(in, out);
+  }
+  throw std::runtime_error("storage must be 0 (float32), 1 (float64), 2 (float16) or 3 (bfloat16)");
+}
+
 void batch(const emu_io::Arrays& in, emu_io::Arrays& out) {
   const int n = in.scalar<int>("n");
   for (int k = 0; k < n; ++k) {
@@ -207,7 +354,8 @@ void batch(const emu_io::Arrays& in, emu_io::Arrays& out) {
     for (const auto& [name, a] : in.items)
       if (name.compare(0, prefix.size(), prefix) == 0) sub.items[name.substr(prefix.size())] = a;
     if (sub.items.empty()) throw std::runtime_error("batch: no arrays for sub-case " + std::to_string(k));
-    forward_any(sub, sub_out);
+    if (sub.has("backward")) backward_any(sub, sub_out);
+    else forward_any(sub, sub_out);
     for (auto& [name, a] : sub_out.items) out.items[prefix + name] = std::move(a);
   }
 }
@@ -215,5 +363,5 @@ void batch(const emu_io::Arrays& in, emu_io::Arrays& out) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  return emu_io::run_cases(argc, argv, {{"forward", forward_any}, {"plan", plan}, {"batch", batch}});
+  return emu_io::run_cases(argc, argv, {{"forward", forward_any}, {"plan", plan}, {"backward", backward_any}, {"bplan", bplan}, {"batch", batch}});
 }

@@ -1,0 +1,202 @@
+// Persistent backward kernels: ONE cooperative launch runs every step of a layer's direction's backward recurrence,
+// in the opposite order of the forward. Each block owns `units` hidden units j and keeps W_hh[:, its units] (all
+// G*H gate rows, the transpose side of the forward's slice) resident in shared memory for the whole sequence; per
+// step it computes its units' slice of dh = dG_next @ W_hh for the step's rows (dG_next: the h-side gate gradients
+// of the step processed just before, written by the whole grid; GRU: [dr, dz, dph_n]), adds grad_output and the
+// carried dh, runs the pointwise backward (bwd_cell_epilogue, shared with the step kernel bwd_step_kernel.cuh),
+// writes dG (GRU: dG_x and dph_n) and dc, then the grid meets at a grid-wide barrier before the next step reads dG.
+// One iteration past the last step (and, for a reverse layer with packed sequences, the rows of `next` that started
+// from h_init at every step: params.h BwdSeqStep) turns the rows that started from hx into grad_hx = carry +
+// dG @ W_hh, in place in `carry`: what the step path's driver computes with a GEMM after its last launch.
+//
+// Launch contract (lstm/gru/rnn_bwd_persistent_kernel<S>; Tr = BwdPersistentTraitsFor<S, C>):
+//   cooperative launch (cudaLaunchCooperativeKernel): every block resident at once, or the launch fails
+//   grid   = dim3(Tr::grid(p.H, p.units), 1, 1)    -- blockIdx.x: tile of p.units hidden units
+//   block  = dim3(Tr::kThreads, 1, 1)              -- 256 threads
+//   dynamic shared memory = Tr::smem_bytes(p.units, p.H)
+//   args   = one BwdSeqParams (params.h); p.units a power of two in [1, 32]; p.T >= 1; p.steps has T + 1 rows
+//            (persistent_plan.h bwd_seq_steps). No LSTM projection (the host keeps the step path for it).
+//
+// Work split inside a block, as the forward's FMA kernel: thread tid owns unit u = tid % units and batch group
+// bg = tid / units of groups = 256 / units; per chunk of groups * kRowsPerThread rows it accumulates rows
+// b = chunk0 + bg + groups * i (i < kRowsPerThread). The (b, j) -> thread map is the same at every step, so carry
+// and dc (rows of [B, H]) are read and written by their one owner only.
+//
+// Memory ordering: dG (and dph_n) rows are written by their owners and read by every block at the next iteration,
+// after grid_sync() (cooperative_groups' grid barrier); they are read with ld.global.cg (L2), never through the
+// read-only path.
+//
+// Shared memory (accumulation type): Ws [G*H][units]: Ws[g][u] = W_hh[g, j0 + u] (a warp reads one g: consecutive
+// units, or one broadcast address); Ds [chunk rows][kTileK + 1]: the dG_next tile of one slice of the G*H reduction.
+#pragma once
+
+#include <cstdint>
+
+#include "bwd_step_kernel.cuh"
+#include "fwd_persistent_kernel.cuh"  // kPersistentThreads, load_cg
+#include "params.h"
+
+namespace fastrnn::cuda {
+
+template <int kGates_, typename A>
+struct BwdPersistentTraits {
+  static constexpr int kGates = kGates_;
+  static constexpr int kThreads = kPersistentThreads;
+  static constexpr int kRowsPerThread = 4;
+  static constexpr int kTileK = 32;
+  static constexpr int kDStride = kTileK + 1;
+  static constexpr int kMaxUnits = 32;
+
+  static constexpr int groups(int units) { return kThreads / units; }
+  static constexpr int chunk_rows(int units) { return groups(units) * kRowsPerThread; }
+  static constexpr int64_t smem_bytes(int units, int64_t H) {
+    return (int64_t(kGates) * H * units + int64_t(chunk_rows(units)) * kDStride) * int64_t(sizeof(A));
+  }
+  static constexpr int64_t grid(int64_t H, int units) { return (H + units - 1) / units; }
+};
+
+template <typename S, Cell C>
+using BwdPersistentTraitsFor = BwdPersistentTraits<gates_of(C), acc_t<S>>;
+
+template <typename S, Cell C>
+__device__ __forceinline__ void bwd_persistent(const BwdSeqParams& p) {
+  using A = acc_t<S>;
+  using Tr = BwdPersistentTraitsFor<S, C>;
+  constexpr int G = Tr::kGates;
+  constexpr int R = Tr::kRowsPerThread;
+
+  const int U = p.units;
+  const int NG = Tr::groups(U);
+  const int chunk = Tr::chunk_rows(U);
+  const int64_t H = p.H, GH = int64_t(G) * p.H;
+
+  FASTRNN_DYNAMIC_SMEM(A, smem);
+  A* Ws = smem;           // [GH][U]
+  A* Ds = smem + GH * U;  // [chunk][kDStride]
+
+  const int tid = static_cast<int>(threadIdx.x);
+  const int u = tid % U;
+  const int bg = tid / U;
+  const int64_t j0 = int64_t(blockIdx.x) * U;
+  const int64_t j = j0 + u;
+
+  const S* __restrict__ w = static_cast<const S*>(p.w_hh);
+  const S* dgx = static_cast<const S*>(p.dg);
+  const S* dphn = static_cast<const S*>(p.dph_n);
+  A* carry = static_cast<A*>(p.carry);
+
+  // ---- W_hh[:, this block's units], once for the whole sequence: Ws[g][uu] = W_hh[g][j0 + uu]
+  for (int64_t idx = tid; idx < GH * U; idx += Tr::kThreads) {
+    const int64_t g = idx / U, jj = j0 + idx % U;
+    Ws[idx] = jj < H ? to_float(w[g * H + jj]) : A(0);
+  }
+  __syncthreads();
+
+  // The cell's row pointers for one step (bwd_cell_epilogue reads them relative to the step's first row).
+  BwdStepParams q;
+  q.H = H;
+  q.relu = p.relu;
+  q.dc_state = p.dc_state;
+
+  for (int64_t s = 0; s <= p.T; ++s) {
+    const BwdSeqStep st = p.steps[s];
+    q.dg = static_cast<S*>(p.dg) + st.off * GH;
+    if constexpr (C == Cell::kLstm) {
+      q.ws = static_cast<const A*>(p.ws) + st.off * 5 * H;
+      q.c_prev = static_cast<const A*>(p.c_prev) + st.off * H;
+    } else if constexpr (C == Cell::kGru) {
+      q.ws = static_cast<const A*>(p.ws) + st.off * 4 * H;
+      q.dph_n = static_cast<S*>(p.dph_n) + st.off * H;
+    } else {
+      q.h_cur = static_cast<const S*>(p.out) + st.off * H;
+    }
+    const S* go = p.grad_out != nullptr ? static_cast<const S*>(p.grad_out) + st.go_off : nullptr;
+    const int64_t rows = st.bs > st.bs_next ? st.bs : st.bs_next;
+    for (int64_t c0 = 0; c0 < rows; c0 += chunk) {
+      A acc[R];
+#pragma unroll
+      for (int i = 0; i < R; ++i) acc[i] = A(0);
+
+      // ---- acc[i] = sum_g dG_next[b_i, g] * W_hh[g, j] for the rows of `next` (uniform over the block)
+      if (c0 < st.bs_next) {
+        for (int64_t k0 = 0; k0 < GH; k0 += Tr::kTileK) {
+          // Stage dG_next[c0 .. c0+chunk, k0 .. k0+kTileK): consecutive threads read consecutive k of a row.
+          for (int idx = tid; idx < chunk * Tr::kTileK; idx += Tr::kThreads) {
+            const int rb = idx / Tr::kTileK, kk = idx % Tr::kTileK;
+            const int64_t b = c0 + rb, k = k0 + kk, row = st.off_next + b;
+            A v = A(0);
+            if (b < st.bs_next && k < GH) {
+              if constexpr (C == Cell::kGru)  // the h side: [dr, dz] from dG_x, dph_n from its own buffer
+                v = to_float(k < 2 * H ? load_cg(dgx + row * GH + k) : load_cg(dphn + row * H + (k - 2 * H)));
+              else
+                v = to_float(load_cg(dgx + row * GH + k));
+            }
+            Ds[rb * Tr::kDStride + kk] = v;
+          }
+          __syncthreads();
+          const int kn = GH - k0 < Tr::kTileK ? static_cast<int>(GH - k0) : Tr::kTileK;
+          const A* wk = Ws + k0 * U + u;
+          for (int k = 0; k < kn; ++k) {
+            const A wv = wk[k * U];
+#pragma unroll
+            for (int i = 0; i < R; ++i) acc[i] += Ds[(bg + i * NG) * Tr::kDStride + k] * wv;
+          }
+          __syncthreads();  // every warp is done with this Ds tile before the next one is staged
+        }
+      }
+
+      // ---- epilogue (no early return: every thread reaches grid_sync)
+      if (j < H) {
+#pragma unroll
+        for (int i = 0; i < R; ++i) {
+          const int64_t b = c0 + bg + i * NG;
+          if (b >= rows) continue;
+          const int64_t bj = b * H + j;
+          if (b >= st.bs) {  // a row of `next` that started from hx: grad_hx = carry + dG_next @ W_hh
+            carry[bj] += acc[i];
+            continue;
+          }
+          A dh = acc[i] + carry[bj];
+          if (go != nullptr) dh += to_float(go[b * p.ld_grad_out + j]);
+          A h_prev = A(0);
+          if constexpr (C == Cell::kGru) {
+            const S* hp = b < st.n_prev ? static_cast<const S*>(p.out) + (st.off_prev + b) * H
+                                        : static_cast<const S*>(p.h_init) + b * H;
+            h_prev = to_float(hp[j]);
+          }
+          carry[bj] = bwd_cell_epilogue<S, C>(q, b, j, dh, h_prev);
+        }
+      }
+    }
+    // Step s's dG rows are complete grid-wide before any block stages them at iteration s + 1.
+#ifndef FASTRNN_EMU_DROP_GRID_SYNC
+    if (s < p.T) ::fastrnn::grid_sync();
+#endif
+  }
+}
+
+// One block per SM is the design (choose_units spreads the grid over the SMs first), so the kernels are built with
+// __launch_bounds__(256, 1) as the tensor-core forward kernels: with __launch_bounds__(256) alone ptxas for sm_90 held
+// the LSTM and RNN kernels at 64 registers with a 24-byte spill.
+#if defined(__CUDACC__)
+#define FASTRNN_PERSISTENT_BWD_BOUNDS __launch_bounds__(kPersistentThreads, 1)
+#else
+#define FASTRNN_PERSISTENT_BWD_BOUNDS
+#endif
+
+template <typename S>
+__global__ void FASTRNN_PERSISTENT_BWD_BOUNDS lstm_bwd_persistent_kernel(const BwdSeqParams p) {
+  bwd_persistent<S, Cell::kLstm>(p);
+}
+
+template <typename S>
+__global__ void FASTRNN_PERSISTENT_BWD_BOUNDS gru_bwd_persistent_kernel(const BwdSeqParams p) {
+  bwd_persistent<S, Cell::kGru>(p);
+}
+
+template <typename S>
+__global__ void FASTRNN_PERSISTENT_BWD_BOUNDS rnn_bwd_persistent_kernel(const BwdSeqParams p) {
+  bwd_persistent<S, Cell::kRnn>(p);
+}
+
+}  // namespace fastrnn::cuda

@@ -1,0 +1,6 @@
+// Persistent backward kernels (LSTM, GRU, RNN) for fp32 tensors: one instantiation set per file, so the build is parallel.
+#include "persistent_bwd_launcher.cuh"
+
+namespace fastrnn::cuda {
+FASTRNN_INSTANTIATE_PERSISTENT_BWD(DType::kFloat);
+}  // namespace fastrnn::cuda
