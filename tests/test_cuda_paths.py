@@ -1,6 +1,7 @@
-"""The two CUDA forward paths, forced with FASTRNN_CUDA_ALGO (csrc/cuda/persistent.h): the per-step kernels and the
-persistent cooperative kernel give the same numbers as each other and as the CPU ops, for every cell, dtype,
-direction and layout; a forced persistent path that cannot serve a call raises instead of silently stepping.
+"""The two CUDA paths, forward and backward, forced with FASTRNN_CUDA_ALGO (csrc/cuda/persistent.h): the per-step
+kernels and the persistent cooperative kernels give the same numbers as each other and as the CPU ops, for every
+cell, dtype, direction and layout; a forced persistent path that cannot serve a call raises instead of silently
+stepping.
 Needs a GPU (the kernels' device code is also executed without one by tests/test_cuda_emu_persistent.py)."""
 import pytest
 import torch
@@ -41,6 +42,60 @@ def test_persistent_equals_step(cell, dtype, reverse, packed, monkeypatch):
     pers = run(cell, dtype, reverse, packed, monkeypatch, "persistent")
     for a, b in zip(pers, step):
         torch.testing.assert_close(a.float(), b.float(), **TOL[dtype])
+
+
+def run_backward(cell, dtype, reverse, packed, monkeypatch, algo, H=40, I=7, seed=0):
+    """The forward on the step kernels, then the backward with `algo`: every gradient the op returns. grad_output of
+    the dense layout is a transposed view (read in place with its strides)."""
+    monkeypatch.setenv("FASTRNN_CUDA_ALGO", "step")
+    g = torch.Generator().manual_seed(seed)
+    G = GATES[cell]
+    lengths = [6, 5, 5, 2]
+    B = len(lengths)
+    rnd = lambda *s: (torch.rand(*s, generator=g, dtype=torch.float64) * 2 - 1).to("cuda", dtype)  # noqa: E731
+    x = rnd(sum(lengths), I) if packed else rnd(6, B, I)
+    bsz = torch.tensor([4, 4, 3, 3, 3, 1]) if packed else None
+    hx, cx = rnd(B, H), rnd(B, H)
+    w_ih, w_hh, b_ih, b_hh = rnd(G * H, I), rnd(G * H, H) * 0.3, rnd(G * H), rnd(G * H)
+    go = rnd(sum(lengths), H) if packed else rnd(B, 6, H).transpose(0, 1)
+    ghy, gcy = rnd(B, H), rnd(B, H)
+    ops = torch.ops.fastrnn
+    if cell == "lstm":
+        out, _, _, ws = ops.lstm_forward(x, bsz, hx, cx, w_ih, w_hh, b_ih, b_hh, None, reverse, True)
+        monkeypatch.setenv("FASTRNN_CUDA_ALGO", algo)
+        return ops.lstm_backward(go, ghy, gcy, x, bsz, hx, cx, w_ih, w_hh, None, out, ws, reverse, True)[:7]
+    if cell == "gru":
+        out, _, ws = ops.gru_forward(x, bsz, hx, w_ih, w_hh, b_ih, b_hh, reverse, True)
+        monkeypatch.setenv("FASTRNN_CUDA_ALGO", algo)
+        return ops.gru_backward(go, ghy, x, bsz, hx, w_ih, w_hh, out, ws, reverse, True)
+    relu = cell == "rnn_relu"
+    out, _ = ops.rnn_forward(x, bsz, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse)
+    monkeypatch.setenv("FASTRNN_CUDA_ALGO", algo)
+    return ops.rnn_backward(go, ghy, x, bsz, hx, w_ih, w_hh, out, relu, reverse, True)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("cell", list(GATES))
+def test_persistent_backward_equals_step(cell, dtype, reverse, packed, monkeypatch):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    step = run_backward(cell, dtype, reverse, packed, monkeypatch, "step")
+    pers = run_backward(cell, dtype, reverse, packed, monkeypatch, "persistent")
+    for a, b in zip(pers, step):
+        torch.testing.assert_close(a.float(), b.float(), **TOL[dtype])
+
+
+def test_forced_persistent_backward_with_projection_raises(monkeypatch):
+    monkeypatch.setenv("FASTRNN_CUDA_ALGO", "persistent")
+    d = dict(device="cuda")
+    T, B, I, H, P = 3, 2, 4, 5, 3
+    x, hx, cx = torch.randn(T, B, I, **d), torch.randn(B, P, **d), torch.randn(B, H, **d)
+    w_ih, w_hh, w_hr = torch.randn(4 * H, I, **d), torch.randn(4 * H, P, **d), torch.randn(P, H, **d)
+    with pytest.raises(ValueError, match="projection"):
+        torch.ops.fastrnn.lstm_backward(torch.randn(T, B, P, **d), torch.randn(B, P, **d), torch.randn(B, H, **d), x,
+                                        None, hx, cx, w_ih, w_hh, w_hr, torch.randn(T, B, P, **d),
+                                        torch.randn(T * B, 5 * H, **d), False, False)
 
 
 def test_forced_persistent_with_projection_raises(monkeypatch):

@@ -86,9 +86,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor dph_n = at::empty({L.N, H}, input.options());
   const at::Tensor dgh_step = at::empty({2, L.B, 3 * H}, input.options());
 
-  if (L.B > 0 && H > 0) check_launch(kBwd, "gru_bwd_step_kernel", bwd_launch_config(dt, Cell::kGru, H, L.B));
+  // The persistent backward (one cooperative launch) reads the h side [dr, dz, dph_n] from dgx and dph_n directly
+  // and leaves grad_hx in carry.
+  BwdPersistentArgs pa;
+  pa.dg = dgx.data_ptr();
+  pa.dph_n = dph_n.data_ptr();
+  pa.ws = ws.data_ptr();
+  pa.out = out.data_ptr();
+  pa.h_init = h0.data_ptr();
+  const bool persistent =
+      run_bwd_persistent(kBwd, dt, Cell::kGru, L, reverse, H, go, w_hh, carry, pa, /*projection=*/false);
+  if (!persistent && L.B > 0 && H > 0)
+    check_launch(kBwd, "gru_bwd_step_kernel", bwd_launch_config(dt, Cell::kGru, H, L.B));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  for (int64_t k = 0; k < L.T; ++k) {
+  for (int64_t k = 0; k < (persistent ? 0 : L.T); ++k) {
     const int64_t t = L.step(k, !reverse), bs = L.batch_sizes[t], off = L.offsets[t];
     const int64_t nxt = next_step(L, t, reverse);  // processed at k - 1, into dgh_step[(k - 1) % 2]
     const int64_t n_next = nxt < 0 ? 0 : L.rows_with_prev(nxt, reverse);
@@ -117,8 +128,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   }
   // dL/dhx[b] = dh*z (left in carry) + dG_h @ W_hh of the step that started from hx[b], its dG_h rebuilt
   // from dgx (r, z) and dph_n (n).
-  at::Tensor grad_hx = grad_hy.contiguous().clone();
-  if (L.T > 0) {
+  at::Tensor grad_hx = persistent ? carry.to(input.scalar_type()) : grad_hy.contiguous().clone();
+  if (L.T > 0 && !persistent) {
     const at::Tensor rows = sequence_rows(L, /*last=*/reverse, input.device());
     const at::Tensor dh0 = at::mm(dgx.index_select(0, rows).narrow(1, 0, 2 * H), w_hh.narrow(0, 0, 2 * H))
                                .addmm_(dph_n.index_select(0, rows), w_hh.narrow(0, 2 * H, H));

@@ -7,7 +7,8 @@
 // every step. Then one fused step kernel per timestep (fwd_step_kernel.cuh). With a projection the step
 // kernel writes r = o*tanh(c) to a [B, H] buffer and h = r @ W_hr^T is a cuBLAS GEMM (at::mm_out) straight
 // into the step's output rows, which the next step reads as its h_{t-1}.
-// Backward: one fused step kernel per timestep (bwd_step_kernel.cuh) computing dh = dG_next @ W_hh for its
+// Backward without a projection: the persistent kernel (bwd_persistent_kernel.cuh, one cooperative launch for every
+// step; persistent.h says when) or one fused step kernel per timestep (bwd_step_kernel.cuh) computing dh = dG_next @ W_hh for its
 // units plus grad_output and the carried dh, then the pointwise backward. With a projection, dh and
 // dr = dh @ W_hr and dh_{t-1} = dG_t @ W_hh are GEMMs between the launches (as in the CPU code) and the step
 // kernel runs its pointwise part only. Weight, input and bias gradients: sequence_grads (GEMMs and
@@ -106,11 +107,21 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at
   at::Tensor dh_all = proj ? at::empty({L.N, P}, input.options()) : at::Tensor();
   at::Tensor r_all = proj ? at::empty({L.N, H}, input.options()) : at::Tensor();
 
-  if (L.B > 0 && H > 0) check_launch(kBwd, "lstm_bwd_step_kernel", bwd_launch_config(dt, Cell::kLstm, H, L.B));
+  // The persistent backward (one cooperative launch; no projection): carry leaves as grad_hx.
+  at::Tensor carry = proj ? at::Tensor() : grad_hy.to(acc_opts, false, /*copy=*/true).contiguous();
+  BwdPersistentArgs pa;
+  pa.dg = dgates.data_ptr();
+  pa.ws = ws.data_ptr();
+  pa.c_prev = c_prev.data_ptr();
+  pa.dc_state = dc_state.data_ptr();
+  const bool persistent = run_bwd_persistent(kBwd, dt, Cell::kLstm, L, reverse, H, go, w_hh, carry, pa, proj);
+  if (!persistent && L.B > 0 && H > 0)
+    check_launch(kBwd, "lstm_bwd_step_kernel", bwd_launch_config(dt, Cell::kLstm, H, L.B));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  if (!proj) {
+  if (persistent) {
+    grad_hx = carry.to(input.scalar_type());
+  } else if (!proj) {
     // carry: the part of dL/dh not yet sent through W_hh: grad_hy for rows that end at a step, then 0.
-    at::Tensor carry = grad_hy.to(acc_opts, false, /*copy=*/true).contiguous();
     for (int64_t k = 0; k < L.T; ++k) {
       const int64_t t = L.step(k, !reverse), bs = L.batch_sizes[t], off = L.offsets[t];
       const int64_t nxt = next_step(L, t, reverse);

@@ -1,5 +1,6 @@
-// Choice between the per-step kernels and the persistent kernel for a forward pass, and the persistent run itself
-// (host code of the ATen drivers lstm_cuda.cpp / gru_cuda.cpp / rnn_cuda.cpp).
+// Choice between the per-step kernels and the persistent kernels for a forward or a backward pass, and the persistent
+// runs themselves (host code of the ATen drivers lstm_cuda.cpp / gru_cuda.cpp / rnn_cuda.cpp). The backward's
+// persistent kernel (bwd_persistent_kernel.cuh) is FMA for every dtype and follows the same FASTRNN_CUDA_ALGO rules.
 //
 // FASTRNN_CUDA_ALGO (read at every call, for tests and benchmarks):
 // Precision of the persistent kernel (fwd_persistent_kernel.cuh): bf16/fp16 on tensor cores (mma.sync m16n8k16, fp32
@@ -104,6 +105,90 @@ inline bool run_fwd_persistent(const char* op, DType dt, Cell cell, const SeqLay
   p.units = config.units;
   p.relu = relu;
   const cudaError_t err = launch_fwd_persistent(dt, cell, p, config, at::cuda::getCurrentCUDAStream());
+  if (err == cudaSuccess) return true;
+  (void)cudaGetLastError();  // clear the refused launch's error before the step kernels run
+  TORCH_CHECK(!forced, op, ": FASTRNN_CUDA_ALGO=persistent, but the cooperative launch of ", config.grid,
+              " blocks was refused: ", cudaGetErrorString(err));
+  return false;
+}
+
+inline PersistentConfig bwd_persistent_config(DType d, Cell cell, int64_t H) {
+  switch (d) {
+    case DType::kFloat: return bwd_persistent_config<DType::kFloat>(cell, H);
+    case DType::kDouble: return bwd_persistent_config<DType::kDouble>(cell, H);
+    case DType::kHalf: return bwd_persistent_config<DType::kHalf>(cell, H);
+    case DType::kBFloat16: return bwd_persistent_config<DType::kBFloat16>(cell, H);
+  }
+  return PersistentConfig{};
+}
+inline cudaError_t launch_bwd_persistent(DType d, Cell cell, const BwdSeqParams& p, const PersistentConfig& c,
+                                         cudaStream_t stream) {
+  switch (d) {
+    case DType::kFloat: return launch_bwd_persistent<DType::kFloat>(cell, p, c, stream);
+    case DType::kDouble: return launch_bwd_persistent<DType::kDouble>(cell, p, c, stream);
+    case DType::kHalf: return launch_bwd_persistent<DType::kHalf>(cell, p, c, stream);
+    case DType::kBFloat16: return launch_bwd_persistent<DType::kBFloat16>(cell, p, c, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+// The pointers of one persistent backward run (params.h BwdSeqParams; the caller's tensors, already contiguous).
+struct BwdPersistentArgs {
+  void* dg = nullptr;             // S [N, G*H] (GRU: dG_x)
+  void* dph_n = nullptr;          // S [N, H] (GRU)
+  const void* ws = nullptr;       // A [N, 5H | 4H] (LSTM, GRU)
+  const void* c_prev = nullptr;   // A [N, H] (LSTM)
+  void* dc_state = nullptr;       // A [B, H] (LSTM): grad_cy in, grad_cx out
+  const void* out = nullptr;      // S [N, H] (GRU, RNN): the forward's output rows
+  const void* h_init = nullptr;   // S [B, H] (GRU): hx
+  int relu = 0;
+};
+
+// Runs the whole backward recurrence of one direction through the persistent kernel and returns true, or returns
+// false when the step kernels must run it (auto mode only; a forced persistent path raises instead). carry [B, H] in
+// the accumulation dtype holds grad_hy and, after a true return, grad_hx (the step path's carry + dG @ W_hh of each
+// sequence's first step). go: grad_output read in place.
+inline bool run_bwd_persistent(const char* op, DType dt, Cell cell, const SeqLayout& L, bool reverse, int64_t H,
+                               const StepRows& go, const at::Tensor& w_hh, const at::Tensor& carry,
+                               const BwdPersistentArgs& a, bool projection) {
+  const Algo algo = requested_algo();
+  if (algo == Algo::kStep || L.T == 0 || L.B == 0 || H == 0) return false;
+  const bool forced = algo == Algo::kPersistent;
+  if (projection) {
+    TORCH_CHECK_VALUE(!forced, op, ": FASTRNN_CUDA_ALGO=persistent, but the persistent kernel does not serve an "
+                      "LSTM projection (proj_size > 0); unset FASTRNN_CUDA_ALGO or set it to step");
+    return false;
+  }
+  const PersistentConfig config = bwd_persistent_config(dt, cell, H);
+  if (config.units == 0) {
+    TORCH_CHECK(!forced, op, ": FASTRNN_CUDA_ALGO=persistent, but the persistent backward kernel cannot run "
+                "hidden_size ", H, " on this device (no cooperative launch, or no grid of it fits the device at once); "
+                "unset FASTRNN_CUDA_ALGO or set it to step");
+    return false;
+  }
+  static_assert(sizeof(BwdSeqStep) == 8 * sizeof(int64_t), "the step table travels as an int64 tensor");
+  const std::vector<BwdSeqStep> steps = bwd_seq_steps(L.batch_sizes, reverse, go.packed, go.t.stride(0));
+  const at::Tensor table =
+      at::from_blob(const_cast<BwdSeqStep*>(steps.data()), {static_cast<int64_t>(steps.size() * 8)}, at::kLong)
+          .to(w_hh.device(), /*non_blocking=*/false, /*copy=*/true);
+  BwdSeqParams p;
+  p.dg = a.dg;
+  p.dph_n = a.dph_n;
+  p.w_hh = w_hh.data_ptr();
+  p.grad_out = go.t.const_data_ptr();
+  p.ws = a.ws;
+  p.c_prev = a.c_prev;
+  p.dc_state = a.dc_state;
+  p.out = a.out;
+  p.h_init = a.h_init;
+  p.carry = carry.data_ptr();
+  p.steps = static_cast<const BwdSeqStep*>(table.data_ptr());
+  p.T = L.T;
+  p.H = H;
+  p.ld_grad_out = go.ld;
+  p.units = config.units;
+  p.relu = a.relu;
+  const cudaError_t err = launch_bwd_persistent(dt, cell, p, config, at::cuda::getCurrentCUDAStream());
   if (err == cudaSuccess) return true;
   (void)cudaGetLastError();  // clear the refused launch's error before the step kernels run
   TORCH_CHECK(!forced, op, ": FASTRNN_CUDA_ALGO=persistent, but the cooperative launch of ", config.grid,

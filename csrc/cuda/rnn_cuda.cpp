@@ -69,9 +69,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const GateGradBuffer dg = gate_grad_buffer(L.N, H, input);  // in grad_input's storage when I >= H
   const at::Tensor& dgates = dg.dgx;
 
-  if (L.B > 0 && H > 0) check_launch(kBwd, "rnn_bwd_step_kernel", bwd_launch_config(dt, Cell::kRnn, H, L.B));
+  BwdPersistentArgs pa;  // the persistent backward (one cooperative launch) leaves grad_hx in carry
+  pa.dg = dgates.data_ptr();
+  pa.out = out.data_ptr();
+  pa.relu = relu ? 1 : 0;
+  const bool persistent =
+      run_bwd_persistent(kBwd, dt, Cell::kRnn, L, reverse, H, go, w_hh, carry, pa, /*projection=*/false);
+  if (!persistent && L.B > 0 && H > 0)
+    check_launch(kBwd, "rnn_bwd_step_kernel", bwd_launch_config(dt, Cell::kRnn, H, L.B));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  for (int64_t k = 0; k < L.T; ++k) {
+  for (int64_t k = 0; k < (persistent ? 0 : L.T); ++k) {
     const int64_t t = L.step(k, !reverse), bs = L.batch_sizes[t], off = L.offsets[t];
     const int64_t nxt = next_step(L, t, reverse);
     const int64_t n_next = nxt < 0 ? 0 : L.rows_with_prev(nxt, reverse);
@@ -91,7 +98,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   }
   // The gradient reaching hx[b] through W_hh, from the step that started from it (carry is 0 by now).
   at::Tensor grad_hx =
-      L.T == 0 ? grad_hy.contiguous().clone()
+      persistent ? carry.to(input.scalar_type())
+      : L.T == 0 ? grad_hy.contiguous().clone()
                : at::mm(dgates.index_select(0, sequence_rows(L, /*last=*/reverse, input.device())), w_hh);
 
   // The weight gradient against the states each step started from reads them in place from out and hx.
