@@ -188,16 +188,16 @@ bool applies(const at::Tensor& input, int64_t I, int64_t H, const SeqLayout& L) 
   return L.T > 0 && L.B > 0 && I > 0 && H > 0;
 }
 
-// B >= 8: threads own batch rows, no per-step synchronisation; else hidden blocks and a barrier per step
-// (FASTRNN_CPU_BRGEMM_SPLIT=batch|hidden overrides, for tests and A/B). Measured (2-core Sapphire Rapids,
-// loaded, interleaved medians), LSTM T=100 B=8 H=512 fp32 inference: the batch split 1.5-1.8x faster than the
-// hidden split (each thread reads all of W_hh, but waits for no one: under load a per-step barrier waits for
-// the slowest, descheduled thread).
+// B >= 16: threads own batch rows, no per-step synchronisation; else hidden blocks and a barrier per step, each
+// thread's half of W_hh staying in its own L2 (FASTRNN_CPU_BRGEMM_SPLIT=batch|hidden overrides, for tests and
+// A/B). Measured on a quiet 2-core Sapphire Rapids (interleaved medians, ratio to torch.nn, inference, x side up
+// front, batch -> hidden split): LSTM T=100 B=8 H=512 fp32 0.89x -> 1.04x, bf16 0.68x -> 1.32x; at B=32 and 64
+// the two are within noise in fp32. Under heavy load the batch split is the more robust (no barrier).
 bool split_by_batch(const SeqLayout& L) {
   const char* split_env = std::getenv("FASTRNN_CPU_BRGEMM_SPLIT");
   if (split_env != nullptr && std::strcmp(split_env, "batch") == 0) return true;
   if (split_env != nullptr && std::strcmp(split_env, "hidden") == 0) return false;
-  return L.B >= 8;
+  return L.B >= 16;
 }
 
 std::optional<at::Tensor> fp32_or_null(const std::optional<at::Tensor>& b) {
@@ -241,11 +241,11 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>> lstm_f
   if (dt == at::kBFloat16 && P % 2 != 0) return std::nullopt;  // VNNI pairs over K = P
 
   const int64_t nb = std::min(block_units(), H);
-  // The x-projection folds into the step's tile for batches of 16 rows or more (one pass over x_t while the
-  // tile is in L1); below that a step's x GEMM is nearly a GEMV over all of W_ih, so it is done up front as
-  // one large GEMM (FASTRNN_CPU_BRGEMM_FOLD_X=0|1 overrides). Measured (2-core Sapphire Rapids, loaded,
-  // interleaved medians): T=100 B=8 H=512 fp32 inference, up front 1.3x faster than folded.
-  const bool fold_x = env_int("FASTRNN_CPU_BRGEMM_FOLD_X", L.B >= 16 ? 1 : 0) != 0;
+  // The x-projection is done up front as one large GEMM (at::mm, near the machine's peak); folding it into the
+  // step's tile (FASTRNN_CPU_BRGEMM_FOLD_X=1) streams W_ih through every step as well. Measured on a quiet 2-core
+  // Sapphire Rapids (interleaved medians, ratio to torch.nn, inference, folded -> up front): T=100 B=64 H=512
+  // fp32 0.88x -> 0.99x, bf16 0.96x -> 1.18x; T=50 B=64 H=1024 fp32 0.83x -> 0.98x, bf16 1.10x -> 1.40x.
+  const bool fold_x = env_int("FASTRNN_CPU_BRGEMM_FOLD_X", 0) != 0;
   const at::Tensor x = rows2d(input.contiguous());
   const at::Tensor hxc = hx.contiguous();
   int64_t k_hh = 0, k_ih = 0;

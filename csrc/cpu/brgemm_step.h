@@ -14,9 +14,9 @@
 // fp32 row, b_ih + b_hh, in the same blocked order) and, when the x-projection was done up front as one
 // large GEMM, that GEMM's row.
 //
-// Threads. One parallel region per sequence (OpenMP; the extension is built with it). B >= 8: each thread
+// Threads. One parallel region per sequence (OpenMP; the extension is built with it). B >= 16: each thread
 // owns a contiguous range of batch rows for the whole sequence and needs no synchronisation at all (rows of
-// an RNN are independent). B < 8: each thread owns a range of hidden blocks (its part of the weights stays
+// an RNN are independent). B < 16: each thread owns a range of hidden blocks (its part of the weights stays
 // in its own L2) and the threads meet at one barrier per step (OpenMP's, which spins briefly and then
 // sleeps, so it holds up under load), or, when a step is too small to pay for the barrier, one thread runs
 // them all (run_sequence in brgemm_step.cpp). The previous step's h is read straight from the output rows of
