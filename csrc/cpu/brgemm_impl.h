@@ -211,10 +211,7 @@ void lstm_bwd_tile(const BrgemmBwdSeq& s, const float* tile, int64_t b0, int64_t
     S* dhs = dh_state + b * H + j0;
     const bool carried = proj || b < R.with_next;
     if (b >= R.bs) {  // a row of `next` that starts there: its carry is grad_hx
-      for (int64_t u = 0; u < nbj; u += V::size()) {
-        const int64_t n = std::min<int64_t>(V::size(), nbj - u);
-        store(load(tr + u, n), dhs + u, n);
-      }
+      store_row(tr, dhs, nbj);
       continue;
     }
     const int64_t row = R.off + b;
@@ -328,10 +325,7 @@ void rnn_bwd_tile(const BrgemmBwdSeq& s, const float* tile, int64_t b0, int64_t 
     S* dhs = dh_state + b * H + j0;
     const bool carried = b < R.with_next;
     if (b >= R.bs) {
-      for (int64_t u = 0; u < nbj; u += V::size()) {
-        const int64_t n = std::min<int64_t>(V::size(), nbj - u);
-        store(load(tr + u, n), dhs + u, n);
-      }
+      store_row(tr, dhs, nbj);
       continue;
     }
     const int64_t row = R.off + b;
