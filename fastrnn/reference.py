@@ -178,3 +178,85 @@ def rnn(mode: str, x: Tensor, lengths, hx, params: Dict[str, Tensor], num_layers
     if mode == "LSTM":
         return inp, (h_n, torch.stack(c_n))
     return inp, h_n
+
+
+# ------------------------------------------------------------------------------ options beyond torch.nn
+# fastrnn.LSTM/GRU's keyword options (all off by default; with them off the cells above are exactly the ones
+# computed). With W x the input side and W h the recurrent side of the gates:
+#
+#   layer_norm (Ba et al. 2016, sec. 3.1; Haste's LayerNormLSTM/GRU): LN_ih(W_ih x) and LN_hh(W_hh h) are
+#       normalised separately, each over all G*H gates of a row (eps 1e-5, biased variance, like
+#       torch.nn.LayerNorm), each with its own gain and bias; the biases b_ih, b_hh are added after them.
+#       LSTM:  gates = LN_ih(W_ih x) + b_ih + LN_hh(W_hh h) + b_hh;  h' = o * tanh(LN_c(c'))
+#       GRU:   r, z = sigmoid(LN_ih(W_ih x)_{r,z} + b_i{r,z} + LN_hh(W_hh h)_{r,z} + b_h{r,z})
+#              n    = tanh(LN_ih(W_ih x)_n + b_in + r * (LN_hh(W_hh h)_n + b_hn))
+#   recurrent_dropout (Gal and Ghahramani 2016): h enters W_hh h as h * m, m one 0 or 1/(1-p) mask per
+#       sequence, layer and direction, the same at every step; nothing else sees the mask (the GRU's z * h
+#       and zoneout use h itself).
+#   zoneout (Krueger et al. 2016): with k the weight of the previous state (a Bernoulli(p) draw per unit and
+#       step in training, the constant p in eval), h' <- k * h + (1 - k) * h', and for the LSTM
+#       c' <- k_c * c + (1 - k_c) * c' (h' itself is computed from the new c' before its zoneout).
+#   weight_drop (DropConnect on W_hh, Merity et al. 2017): W_hh * M / (1 - p), one Bernoulli(1 - p) mask M
+#       per forward call, layer and direction, in training only; the cells see the masked weight.
+LN_EPS = 1e-5
+
+
+def layer_norm(a: Tensor, weight: Tensor, bias: Tensor, eps: float = LN_EPS) -> Tensor:
+    """LayerNorm over the last dimension, from its definition."""
+    mean = a.mean(-1, keepdim=True)
+    var = ((a - mean) ** 2).mean(-1, keepdim=True)
+    return (a - mean) / torch.sqrt(var + eps) * weight + bias
+
+
+def _mix(k: Optional[Tensor], prev: Tensor, new: Tensor) -> Tensor:
+    return new if k is None else k * prev + (1 - k) * new
+
+
+def lstm_ext_cell(gx: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, w_hr: Optional[Tensor] = None,
+                  ln_hh: Optional[Tuple[Tensor, Tensor]] = None, ln_c: Optional[Tuple[Tensor, Tensor]] = None,
+                  k_h: Optional[Tensor] = None, k_c: Optional[Tensor] = None,
+                  m_rec: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """One step of the LSTM with fastrnn's options, from its input-side gates gx = LN_ih(W_ih x) + b_ih + b_hh
+    (what fastrnn::lstm_ext_forward takes): returns (h', c'). ln_*: (weight, bias); k_*: zoneout weights of the
+    previous state; m_rec: the recurrent dropout mask."""
+    a = (h if m_rec is None else h * m_rec) @ w_hh.t()
+    if ln_hh is not None:
+        a = layer_norm(a, *ln_hh)
+    i, f, g, o = (gx + a).chunk(4, dim=-1)
+    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+    c_new = f * c + i * g
+    h_new = o * torch.tanh(c_new if ln_c is None else layer_norm(c_new, *ln_c))
+    if w_hr is not None:
+        h_new = h_new @ w_hr.t()
+    return _mix(k_h, h, h_new), _mix(k_c, c, c_new)
+
+
+def gru_ext_cell(gx: Tensor, h: Tensor, w_hh: Tensor, b_hh: Optional[Tensor] = None,
+                 ln_hh: Optional[Tuple[Tensor, Tensor]] = None, k_h: Optional[Tensor] = None,
+                 m_rec: Optional[Tensor] = None) -> Tensor:
+    """One step of the GRU with fastrnn's options, from gx = LN_ih(W_ih x) + b_ih (what fastrnn::gru_ext_forward
+    takes): returns h'."""
+    a = (h if m_rec is None else h * m_rec) @ w_hh.t()
+    if ln_hh is not None:
+        a = layer_norm(a, *ln_hh)
+    if b_hh is not None:
+        a = a + b_hh
+    x_r, x_z, x_n = gx.chunk(3, dim=-1)
+    h_r, h_z, h_n = a.chunk(3, dim=-1)
+    r = torch.sigmoid(x_r + h_r)
+    z = torch.sigmoid(x_z + h_z)
+    n = torch.tanh(x_n + r * h_n)
+    return _mix(k_h, h, (1 - z) * n + z * h)
+
+
+def input_gates(mode: str, x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
+                ln_ih: Optional[Tuple[Tensor, Tensor]]) -> Tensor:
+    """The input side gx of lstm_ext_cell / gru_ext_cell: LN_ih(W_ih x) + b_ih (+ b_hh for the LSTM)."""
+    a = x @ w_ih.t()
+    if ln_ih is not None:
+        a = layer_norm(a, *ln_ih)
+    if b_ih is not None:
+        a = a + b_ih
+    if mode == "LSTM" and b_hh is not None:
+        a = a + b_hh
+    return a
