@@ -14,8 +14,9 @@ import torch
 
 from . import __doc__ as _package_doc
 from .cases import CASES, DEVICE_DTYPES, Case, DTYPES, MODES, QUICK_SHAPES, quick_cases, select_cases, summarize_cases
+from .cases import HANDWRITTEN_CASES
 from .measure import MAX_REPEATS, MIN_REPEATS, gemm_peak, run_case, set_gemm_fractions
-from .report import LEGEND, format_markdown, format_table, header_lines, machine_info, write_outputs
+from .report import LEGEND, format_markdown, format_table, handwritten_note, header_lines, machine_info, write_outputs
 
 BUDGET_S = 3.0  # seconds of timed pairs per run (full run)
 QUICK_BUDGET_S = 0.5  # --quick: the same minimum of pairs, less time for the cheap cases to add more
@@ -57,15 +58,20 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--stem", default=None, help="file name stem in --out (default: the device, +'-quick')")
     p.add_argument("--markdown", default=None, help="also write the results as a markdown report here")
     p.add_argument("--list", action="store_true", help="print the case names and exit")
+    p.add_argument("--handwritten", action="store_true",
+                   help="(unless --cases) the cases of fastrnn's options beyond torch.nn (layer norm, zoneout) "
+                        "against the hand-written Python-loop LSTM/GRU of fastrnn.bench.handwritten: "
+                        + ", ".join(c.name for c in HANDWRITTEN_CASES if not c.smoke))
     return p.parse_args(argv)
 
 
 def _list_cases() -> None:
-    for c in CASES:
+    for c in CASES + HANDWRITTEN_CASES:
         print(f"{c.name:18s} T={c.T}{f' (cpu {c.T_cpu})' if c.T_cpu else ''} B={c.B} I={c.I} H={c.H}"
               f"{f' layers={c.layers}' if c.layers != 1 else ''}{' bidirectional' if c.bidirectional else ''}"
               f"{f' packed lengths {c.packed[0]}..{c.packed[1]}' if c.packed else ''}"
               f"{' (smoke; only when named)' if c.smoke else ''}"
+              f"{' ' + ' '.join(f'{k}={v}' for k, v in c.options) + ' vs hand-written' if c.options else ''}"
               f"{' [quick]' if not c.smoke and c.shape_name in QUICK_SHAPES else ''}")
 
 
@@ -92,6 +98,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("fastrnn.bench: --device cuda but torch.cuda.is_available() is False", file=sys.stderr)
         return 2
     cases = select_cases(args.cases) if args.cases or not args.quick else quick_cases()
+    if args.handwritten and not args.cases:
+        cases = [c for c in HANDWRITTEN_CASES if not c.smoke]
     modes = [m.strip() for m in args.mode.split(",") if m.strip()]
     for m in modes:
         if m not in MODES:
@@ -193,6 +201,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(format_table(rows))
     print()
     print(LEGEND)
+    note = handwritten_note(rows)
+    if note:
+        print(note)
     sys.stdout.flush()
     paths, chart_note = save(done=True)
     print(f"fastrnn.bench: wrote {', '.join(paths)} ({info['wall_s']}s)", file=sys.stderr)

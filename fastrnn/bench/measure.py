@@ -40,7 +40,11 @@ OUT_COLUMNS = [
 
 # --------------------------------------------------------------------------------------------- modules
 def build_pair(case: Case, device: str, dtype: torch.dtype, seed: int = 0):
-    """(torch.nn module, fastrnn module with the same state_dict, input, upstream grad for the output)."""
+    """(torch.nn module, fastrnn module with the same state_dict, input, upstream grad for the output).
+    A case with fastrnn options: (the hand-written peer, fastrnn with the options, ...), handwritten.build_pair."""
+    if case.options:
+        from .handwritten import build_pair as build_handwritten_pair
+        return build_handwritten_pair(case, device, dtype, seed)
     import fastrnn
 
     shape = case.shape(device)
@@ -148,7 +152,18 @@ def check_parity(ref, fast, inp, grad, mode: str, dtype: torch.dtype) -> Tuple[f
     gradients in the half type: measured 8e-2 off a float64 run on rnn_tanh-long's grad_weight_hh, where
     fastrnn is 4e-3 off). So a half-precision tensor that misses torch.nn by more than the tolerance is judged
     against float64 instead: torch.nn run in float64 on the same (already rounded) weights, input and gradient;
-    it passes only if fastrnn is within the tolerance of that, and the note says so."""
+    it passes only if fastrnn is within the tolerance of that, and the note says so.
+
+    A peer that draws random masks in training (handwritten's zoneout: ref.random_in_training) is compared
+    with both modules in eval mode, where the masks are their expectation; the modes are restored after."""
+    if getattr(ref, "random_in_training", False) and (ref.training or fast.training):
+        was = [(m, m.training) for m in (ref, fast)]
+        ref.eval(), fast.eval()
+        try:
+            return check_parity(ref, fast, inp, grad, mode, dtype)
+        finally:
+            for m, training in was:
+                m.train(training)
     tol = TOLERANCE[dtype]
     want = run_once_for_parity(ref, inp, grad, mode)
     got = run_once_for_parity(fast, inp, grad, mode)

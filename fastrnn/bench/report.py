@@ -68,6 +68,19 @@ LEGEND = (f"speedup = torch.nn median / fastrnn median; IQR = first..third quart
           f"(B >= {GEMM_BOUND_MIN_B} and H >= {GEMM_BOUND_MIN_H}; see benchmarks/README.md).")
 
 
+def handwritten_note(rows) -> str:
+    """The note for rows of fastrnn's options beyond torch.nn, whose reference side is not torch.nn; "" if none."""
+    from .cases import HANDWRITTEN_BY_NAME
+
+    names = [n for n in dict.fromkeys(r["case"] for r in rows) if n in HANDWRITTEN_BY_NAME]
+    if not names:
+        return ""
+    return (f"{', '.join(names)}: fastrnn with the options named by the case against the hand-written peer "
+            f"(fastrnn.bench.handwritten: a Python loop over the steps in plain PyTorch, input GEMM up front, the "
+            f"same parameters); the torch.nn columns are that peer's. Parity in eval mode where zoneout draws "
+            f"masks in training; no target.")
+
+
 def _fmt(v, spec: str) -> str:
     return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v or "-")
 
@@ -139,6 +152,8 @@ def format_markdown(rows, info, command: str, date: str) -> str:
             "Parity err: worst max|fastrnn - torch.nn| / max(1, max|torch.nn|) over outputs, states and "
             "gradients; tolerance " + ", ".join(f"{str(k).replace('torch.', '')} {v:g}"
                                                 for k, v in TOLERANCE.items()) + ".", ""]
+    if handwritten_note(rows):
+        out += [handwritten_note(rows), ""]
     head, body = _table(rows)
     out.append("| " + " | ".join(head) + " |")
     out.append("|" + "|".join("---" for _ in head) + "|")
