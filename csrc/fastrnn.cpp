@@ -60,6 +60,46 @@ TORCH_LIBRARY(fastrnn, m) {
       "-> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
       "Tensor grad_b_hh)");
 
+  // The regularised cells of fastrnn's options beyond torch.nn (layer_norm, zoneout, recurrent_dropout; the
+  // modules do weight_drop on W_hh themselves): the recurrence of one layer and direction, with the input
+  // side already computed as `gates_x` = LN_ih(x @ W_ih^T) + b_ih (+ b_hh for the LSTM), [T, B, G*H] or
+  // packed [N, G*H], in the input's dtype. Equations: fastrnn/reference.py (lstm_ext_cell, gru_ext_cell).
+  //   ln_hh_weight/ln_hh_bias [G*H]: LayerNorm (eps 1e-5, over the G*H gates of a row) of W_hh h, both or neither.
+  //   ln_c_weight/ln_c_bias [H] (LSTM): h = o * tanh(LN(c)) instead of o * tanh(c), both or neither.
+  //   zoneout_h [T, B, D] or [N, D] (D: the state size), zoneout_c likewise over H (LSTM): the weight k of the
+  //     previous state, h_t = k * h_{t-1} + (1 - k) * h~_t; 0/1 masks in training, or a tensor of one element
+  //     (the expectation p in eval); the accumulation dtype (fp32 for half types). None: no zoneout.
+  //   recurrent_mask [B, D], accumulation dtype: multiplies h_{t-1} where it enters W_hh (variational
+  //     dropout; already scaled by 1/(1-p)); the zoneout and GRU z-paths use the unmasked h_{t-1}.
+  // workspace (train) [N, W], accumulation dtype:
+  //   LSTM: W = 6H + (ln_hh ? 4H + 1 : 0) + (ln_c ? H + 1 : 0): i, f, g, o after activation; c (after
+  //         zoneout); tanh(LN_c(c~) or c~); then with ln_hh the normalised W_hh h (4H) and its 1/sigma;
+  //         then with ln_c the normalised c~ (H) and its 1/sigma.
+  //   GRU:  W = 4H + (ln_hh ? 3H + 1 : 0): r, z, n after activation, the n-gate's recurrent term (after
+  //         LN and b_hn, what r multiplies); then with ln_hh the normalised W_hh h (3H) and its 1/sigma.
+  // The backward returns empty [0] tensors for the gradients of absent optional arguments.
+  m.def(
+      "lstm_ext_forward(Tensor gates_x, Tensor? batch_sizes, Tensor hx, Tensor cx, Tensor w_hh, Tensor? w_hr, "
+      "Tensor? ln_hh_weight, Tensor? ln_hh_bias, Tensor? ln_c_weight, Tensor? ln_c_bias, Tensor? zoneout_h, "
+      "Tensor? zoneout_c, Tensor? recurrent_mask, bool reverse, bool train) "
+      "-> (Tensor output, Tensor hy, Tensor cy, Tensor workspace)");
+  m.def(
+      "lstm_ext_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_cy, Tensor? batch_sizes, Tensor hx, "
+      "Tensor cx, Tensor w_hh, Tensor? w_hr, Tensor? ln_hh_weight, Tensor? ln_c_weight, Tensor? zoneout_h, "
+      "Tensor? zoneout_c, Tensor? recurrent_mask, Tensor output, Tensor workspace, bool reverse) "
+      "-> (Tensor grad_gates_x, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_hh, Tensor grad_w_hr, "
+      "Tensor grad_ln_hh_weight, Tensor grad_ln_hh_bias, Tensor grad_ln_c_weight, Tensor grad_ln_c_bias)");
+  m.def(
+      "gru_ext_forward(Tensor gates_x, Tensor? batch_sizes, Tensor hx, Tensor w_hh, Tensor? b_hh, "
+      "Tensor? ln_hh_weight, Tensor? ln_hh_bias, Tensor? zoneout_h, Tensor? recurrent_mask, bool reverse, "
+      "bool train) -> (Tensor output, Tensor hy, Tensor workspace)");
+  m.def(
+      "gru_ext_backward(Tensor grad_output, Tensor grad_hy, Tensor? batch_sizes, Tensor hx, Tensor w_hh, "
+      "Tensor? ln_hh_weight, Tensor? zoneout_h, Tensor? recurrent_mask, Tensor output, Tensor workspace, "
+      "bool reverse, bool has_bias) "
+      "-> (Tensor grad_gates_x, Tensor grad_hx, Tensor grad_w_hh, Tensor grad_b_hh, Tensor grad_ln_hh_weight, "
+      "Tensor grad_ln_hh_bias)");
+
   // Test-only ops (fakes in fastrnn/_testing_ops.py; implementations in cpu/testing_ops.cpp).
   // How many distinct threads ran the chunks of the drivers' row-parallel loop (for_rows) over `rows` wide
   // rows: 1 when fastrnn's parallel loops run serially (an extension built without OpenMP).

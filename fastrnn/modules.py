@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import ops  # noqa: F401  (registers autograd and fake kernels)
+from . import ops, reference  # ops registers the autograd and fake kernels
 
 _ops = torch.ops.fastrnn
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
@@ -117,12 +117,166 @@ def _refuse_scripting(module: nn.Module):
         f"instead, or script a torch.nn.{name}, into which fastrnn's state_dict loads with strict=True.")
 
 
-class _RNNBase(nn.RNNBase):
+class _Options:
+    """fastrnn's options beyond torch.nn, shared by the layer modules and the cells (mixed in before
+    torch.nn's base class)."""
+
+    # fastrnn's options beyond torch.nn (issue 10; equations in fastrnn/reference.py), all off by default: with
+    # them off the module is exactly torch.nn's. Class attributes, so that RNN (which has none of them) and
+    # modules pickled before they existed read them as off.
+    layer_norm: bool = False
+    weight_drop: float = 0.0
+    recurrent_dropout: float = 0.0
+    _zoneout_rates = (0.0, 0.0)  # (h, c)
+
+    def _init_options(self, suffixes, layer_norm, zoneout, weight_drop, recurrent_dropout, factory_kwargs) -> None:
+        """Checks the options and adds the LayerNorm parameters ln_{part}_{weight,bias}{suffix} for each suffix
+        (after torch.nn's, so the first entries of the state_dict are torch.nn's own), gain 1 and bias 0."""
+        name = type(self).__name__
+        is_lstm = self.mode == "LSTM"
+        if not isinstance(layer_norm, bool):
+            raise TypeError(f"{name}: layer_norm must be a bool, got {type(layer_norm).__name__}")
+
+        def rate(value, arg: str) -> float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ValueError(f"{name}: {arg} must be a probability in [0, 1), got {value!r}")
+            return float(value)
+
+        if isinstance(zoneout, (tuple, list)):
+            if not is_lstm or len(zoneout) != 2:
+                raise ValueError(f"{name}: zoneout must be a probability" +
+                                 (" or a pair (p_h, p_c)" if is_lstm else "") + f", got {zoneout!r}")
+            rates = (rate(zoneout[0], "zoneout[0] (h)"), rate(zoneout[1], "zoneout[1] (c)"))
+        else:
+            p = rate(zoneout, "zoneout")
+            rates = (p, p if is_lstm else 0.0)
+        self._zoneout_rates = rates
+        self.weight_drop = rate(weight_drop, "weight_drop")
+        self.recurrent_dropout = rate(recurrent_dropout, "recurrent_dropout")
+        self.layer_norm = layer_norm
+        if layer_norm:
+            gate_width = _GATES[self.mode] * self.hidden_size
+            shapes = [("ih", gate_width), ("hh", gate_width)] + ([("c", self.hidden_size)] if is_lstm else [])
+            for suffix in suffixes:
+                for part, width in shapes:
+                    for kind in ("weight", "bias"):
+                        self.register_parameter(f"ln_{part}_{kind}{suffix}",
+                                                nn.Parameter(torch.empty(width, **factory_kwargs)))
+            self._reset_layer_norm()
+
+    @property
+    def zoneout(self):
+        """The zoneout probability (LSTM with different rates for h and c: the pair (p_h, p_c))."""
+        p_h, p_c = self._zoneout_rates
+        return p_h if self.mode != "LSTM" or p_h == p_c else (p_h, p_c)
+
+    @property
+    def _uses_ext_ops(self) -> bool:
+        """Whether the layers run on the ext ops (weight_drop alone needs no more than torch.nn's cells)."""
+        return self.layer_norm or self.recurrent_dropout > 0 or any(p > 0 for p in self._zoneout_rates)
+
+    def _reset_layer_norm(self) -> None:
+        with torch.no_grad():
+            for pname, param in self.named_parameters(recurse=False):
+                if pname.startswith("ln_"):
+                    param.fill_(1.0 if "_weight" in pname else 0.0)
+
+    def reset_parameters(self) -> None:
+        """torch.nn's initialisation (uniform in +-1/sqrt(hidden_size)), then gain 1 and bias 0 for the
+        LayerNorm parameters of layer_norm=True."""
+        super().reset_parameters()
+        self._reset_layer_norm()
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        if self.layer_norm:
+            s += ", layer_norm=True"
+        if any(p > 0 for p in self._zoneout_rates):
+            s += f", zoneout={self.zoneout}"
+        if self.weight_drop > 0:
+            s += f", weight_drop={self.weight_drop}"
+        if self.recurrent_dropout > 0:
+            s += f", recurrent_dropout={self.recurrent_dropout}"
+        return s
+
+    def _ln_pairs(self, suffix: str):
+        """(ln_ih, ln_hh, ln_c) as (weight, bias) pairs, ln_c None for the GRU; None without layer_norm."""
+        if not self.layer_norm:
+            return None
+        pair = lambda n: (getattr(self, f"ln_{n}_weight{suffix}"), getattr(self, f"ln_{n}_bias{suffix}"))  # noqa
+        return pair("ih"), pair("hh"), (pair("c") if self.mode == "LSTM" else None)
+
+    def _draw_masks(self, rows_shape, batch: int, state_size: int, like: Tensor):
+        """The random masks of one layer and direction, in this order (torch's generator: torch.manual_seed
+        reproduces them): zoneout of h [*rows_shape, D] and, LSTM, of c [*rows_shape, H] (the weight of the
+        previous state: Bernoulli(p) in training, the constant p in eval), then the recurrent-dropout mask
+        [B, D] (0 or 1/(1-p), training only). None where an option is off. In the accumulation dtype."""
+        opts = like.new_empty(()).to(ops.accumulation_dtype(like.dtype))
+
+        def zoneout(p: float, size: int):
+            if p == 0:
+                return None
+            if not self.training:
+                return opts.new_full((), p)
+            return torch.bernoulli(opts.new_full((*rows_shape, size), p))
+
+        p_h, p_c = self._zoneout_rates
+        k_h = zoneout(p_h, state_size)
+        k_c = zoneout(p_c, self.hidden_size) if self.mode == "LSTM" else None
+        mask = None
+        if self.recurrent_dropout > 0 and self.training:
+            mask = F.dropout(opts.new_ones((batch, state_size)), p=self.recurrent_dropout, training=True)
+        return k_h, k_c, mask
+
+    def _run_ext(self, x, batch_sizes, h0, c0, params, ln, reverse, train):
+        """The recurrence with layer_norm, zoneout or recurrent_dropout over x in the ops' layout: the input side
+        LN_ih(W_ih x) + biases for all steps at once (torch's linear and layer_norm), then fastrnn's ext op.
+        params: (w_ih, w_hh, b_ih, b_hh, w_hr); ln: _ln_pairs(). Returns (output, h_n, c_n or None)."""
+        w_ih, w_hh, b_ih, b_hh, w_hr = params
+        is_lstm = self.mode == "LSTM"
+        bias = b_ih
+        if is_lstm and b_ih is not None:
+            bias = b_ih + b_hh  # the LSTM adds both biases to the gates; the GRU's b_hn sits inside r * (...)
+        if ln is None:
+            gates_x = F.linear(x, w_ih, bias)
+        else:
+            gates_x = F.layer_norm(F.linear(x, w_ih), (w_ih.shape[0],), ln[0][0], ln[0][1], eps=reference.LN_EPS)
+            if bias is not None:
+                gates_x = gates_x + bias
+        k_h, k_c, mask = self._draw_masks(x.shape[:-1], h0.shape[0], h0.shape[-1], x)
+        ln_hh = ln[1] if ln is not None else (None, None)
+        if is_lstm:
+            ln_c = ln[2] if ln is not None else (None, None)
+            out, hy, cy, _ = _ops.lstm_ext_forward(gates_x, batch_sizes, h0, c0, w_hh, w_hr, *ln_hh, *ln_c, k_h, k_c,
+                                                   mask, reverse, train)
+            return out, hy, cy
+        out, hy, _ = _ops.gru_ext_forward(gates_x, batch_sizes, h0, w_hh, b_hh, *ln_hh, k_h, mask, reverse, train)
+        return out, hy, None
+
+    def _check_ext_device(self, x: Tensor, name: str) -> None:
+        opts = ", ".join(o for o, on in (("layer_norm", self.layer_norm),
+                                         ("zoneout", any(p > 0 for p in self._zoneout_rates)),
+                                         ("recurrent_dropout", self.recurrent_dropout > 0)) if on)
+        if x.device.type not in ("cpu", "meta"):
+            raise NotImplementedError(
+                f"{name}({opts}) runs on the CPU only for now: the {x.device.type.upper()} kernels of these options "
+                f"are not written yet (fastrnn issue 10). weight_drop works on every device.")
+        if torch.onnx.is_in_onnx_export():
+            raise RuntimeError(f"{name}: ONNX export of a module with {opts} is not supported: ONNX's LSTM/GRU "
+                               f"operators have no such options")
+
+
+
+class _RNNBase(_Options, nn.RNNBase):
     """The forward shared by LSTM, GRU and RNN. The constructor (argument checks, parameters, initialisation),
     extra_repr, all_weights and pickling are torch.nn.RNNBase's own."""
 
     def __prepare_scriptable__(self):
         _refuse_scripting(self)
+
+    def _layer_suffixes(self):
+        return [f"_l{layer}{sfx}" for layer in range(self.num_layers)
+                for sfx in ("", "_reverse")[:2 if self.bidirectional else 1]]
 
     def flatten_parameters(self) -> None:
         """Kept for drop-in compatibility. fastrnn's kernels read each parameter where it lives, so there is
@@ -146,11 +300,16 @@ class _RNNBase(nn.RNNBase):
         w_ih, w_hh = get("weight_ih"), get("weight_hh")
         b_ih, b_hh = (get("bias_ih"), get("bias_hh")) if self.bias else (None, None)
         w_hr = get("weight_hr") if self.proj_size > 0 else None
+        if self.weight_drop > 0 and self.training:  # DropConnect: one mask per forward call, layer and direction
+            w_hh = F.dropout(w_hh, p=self.weight_drop, training=True)
         return w_ih, w_hh, b_ih, b_hh, w_hr
 
-    def _run_layer(self, x, batch_sizes, h0, c0, params, reverse, train):
+    def _run_layer(self, x, batch_sizes, h0, c0, params, reverse, train, layer=0, direction=0):
         """One layer in one direction; returns (output, h_n, c_n or None)."""
         w_ih, w_hh, b_ih, b_hh, w_hr = params
+        if self._uses_ext_ops:
+            suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+            return self._run_ext(x, batch_sizes, h0, c0, params, self._ln_pairs(suffix), reverse, train)
         if self.mode == "LSTM":
             out, hy, cy, _ = _ops.lstm_forward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, train)
             return out, hy, cy
@@ -239,7 +398,9 @@ class _RNNBase(nn.RNNBase):
             h0 = torch.zeros(h_shape, dtype=x.dtype, device=x.device)
             c0 = torch.zeros(c_shape, dtype=x.dtype, device=x.device) if is_lstm else None
 
-        needs_grad = _saves_activations(self._flat_weights, x, h0, c0)
+        needs_grad = _saves_activations(list(self.parameters()), x, h0, c0)
+        if self._uses_ext_ops:
+            self._check_ext_device(x, name)
         h_n, c_n = [], []
         layer_input = x
         for layer in range(self.num_layers):
@@ -247,7 +408,8 @@ class _RNNBase(nn.RNNBase):
             for direction in range(num_directions):
                 idx = layer * num_directions + direction
                 out, hy, cy = self._run_layer(layer_input, batch_sizes, h0[idx], c0[idx] if is_lstm else None,
-                                              self._layer_params(layer, direction), direction == 1, needs_grad)
+                                              self._layer_params(layer, direction), direction == 1, needs_grad,
+                                              layer, direction)
                 outs.append(out)
                 h_n.append(hy)
                 c_n.append(cy)
@@ -278,26 +440,45 @@ class _RNNBase(nn.RNNBase):
 
 
 class LSTM(_RNNBase):
-    """Drop-in torch.nn.LSTM: same constructor, parameters and outputs (output, (h_n, c_n))."""
+    """Drop-in torch.nn.LSTM: same constructor, parameters and outputs (output, (h_n, c_n)).
+
+    Keyword-only options beyond torch.nn (all off by default; equations in fastrnn/reference.py):
+      layer_norm=True      LayerNorm of W_ih x, of W_hh h (each over the 4H gates) and of c before its tanh;
+                           adds ln_{ih,hh,c}_{weight,bias}_l{k}[_reverse] (gain 1, bias 0)
+      zoneout=p            each unit of h and c keeps its previous value with probability p in training, the
+                           expectation p * prev + (1 - p) * new in eval; a pair (p_h, p_c) sets them apart
+      weight_drop=p        DropConnect on W_hh: one mask per forward call in training (AWD-LSTM)
+      recurrent_dropout=p  variational dropout of h where it enters W_hh h, one mask per sequence
+    layer_norm, zoneout and recurrent_dropout run on the CPU for now (CUDA: NotImplementedError)."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0, device=None, dtype=None, **kwargs) -> None:
+                 proj_size: int = 0, device=None, dtype=None, *, layer_norm: bool = False, zoneout=0.0,
+                 weight_drop: float = 0.0, recurrent_dropout: float = 0.0, **kwargs) -> None:
         # kwargs: none; passed on so that an unknown one raises torch.nn.RNNBase's TypeError, as torch.nn's does
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          proj_size, device, dtype, **kwargs)
+        self._init_options(self._layer_suffixes(), layer_norm, zoneout, weight_drop, recurrent_dropout,
+                           {"device": device, "dtype": dtype})
 
 
 class GRU(_RNNBase):
-    """Drop-in torch.nn.GRU: same constructor, parameters and outputs (output, h_n)."""
+    """Drop-in torch.nn.GRU: same constructor, parameters and outputs (output, h_n).
+
+    Keyword-only options beyond torch.nn as for fastrnn.LSTM (layer_norm normalises W_ih x and W_hh h over the
+    3H gates, b_hn stays inside r * (...); zoneout is on h only): layer_norm, zoneout, weight_drop,
+    recurrent_dropout."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None, **kwargs) -> None:
+                 device=None, dtype=None, *, layer_norm: bool = False, zoneout: float = 0.0,
+                 weight_drop: float = 0.0, recurrent_dropout: float = 0.0, **kwargs) -> None:
         if "proj_size" in kwargs:  # first, as torch.nn.GRU checks it; other kwargs: RNNBase's TypeError
             raise ValueError("GRU: proj_size argument is only supported for LSTM, not RNN or GRU")
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          0, device, dtype, **kwargs)
+        self._init_options(self._layer_suffixes(), layer_norm, zoneout, weight_drop, recurrent_dropout,
+                           {"device": device, "dtype": dtype})
 
 
 class RNN(_RNNBase):
@@ -316,7 +497,7 @@ class RNN(_RNNBase):
 
 
 # ------------------------------------------------------------------------------------------------ cells
-class _CellBase(nn.RNNCellBase):
+class _CellBase(_Options, nn.RNNCellBase):
     """The forward shared by the single-step cells: one step of the sequence op (T=1). Parameters,
     initialisation and extra_repr are torch.nn.RNNCellBase's own."""
 
@@ -381,6 +562,12 @@ class _CellBase(nn.RNNCellBase):
         needs_grad = _saves_activations(list(self.parameters()), x, h0, c0)
         seq = x.unsqueeze(0)  # one step: [1, B, I]
         args = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        if self._uses_ext_ops:
+            self._check_ext_device(x, name)
+            _, hy, cy = self._run_ext(seq, None, h0, c0, (*args, None), self._ln_pairs(""), False, needs_grad)
+            if is_lstm:
+                return (hy, cy) if batched else (hy.squeeze(0), cy.squeeze(0))
+            return hy if batched else hy.squeeze(0)
         out_dtype, c_dtype = _autocast_dtypes(self.mode, x, packed=False, proj=False, cell=True)
         if is_lstm:
             _, hy, cy, _ = _ops.lstm_forward(seq, None, h0, c0, *args, None, False, needs_grad)
@@ -401,21 +588,28 @@ class _CellBase(nn.RNNCellBase):
 
 
 class LSTMCell(_CellBase):
-    """Drop-in torch.nn.LSTMCell: returns (h_1, c_1)."""
+    """Drop-in torch.nn.LSTMCell: returns (h_1, c_1). Options beyond torch.nn, as fastrnn.LSTM's: layer_norm
+    (parameters ln_{ih,hh,c}_{weight,bias}) and zoneout (each call draws its masks); the sequence-level
+    weight_drop and recurrent_dropout need the whole sequence in one call: use fastrnn.LSTM."""
 
     mode = "LSTM"
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
+                 layer_norm: bool = False, zoneout=0.0) -> None:
         super().__init__("LSTM", input_size, hidden_size, bias, device, dtype)
+        self._init_options([""], layer_norm, zoneout, 0.0, 0.0, {"device": device, "dtype": dtype})
 
 
 class GRUCell(_CellBase):
-    """Drop-in torch.nn.GRUCell: returns h_1."""
+    """Drop-in torch.nn.GRUCell: returns h_1. Options beyond torch.nn: layer_norm and zoneout, as
+    fastrnn.LSTMCell's."""
 
     mode = "GRU"
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
+                 layer_norm: bool = False, zoneout: float = 0.0) -> None:
         super().__init__("GRU", input_size, hidden_size, bias, device, dtype)
+        self._init_options([""], layer_norm, zoneout, 0.0, 0.0, {"device": device, "dtype": dtype})
 
 
 class RNNCell(_CellBase):

@@ -11,7 +11,7 @@ Nothing here calls into the extension other than through torch.ops.fastrnn.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -110,6 +110,59 @@ def _rnn_backward_fake(grad_output, grad_hy, input, batch_sizes, hx, w_ih, w_hh,
                    w_hh=w_hh, output=output)
     return (_like(input), _like(hx), _like(w_ih), _like(w_hh),
             _bias_grad(w_ih, has_bias), _bias_grad(w_ih, has_bias))
+
+
+
+# The ops of fastrnn's options (layer_norm, zoneout, recurrent_dropout): csrc/fastrnn.cpp states their layout.
+def lstm_ext_workspace_width(hidden: int, ln_hh: bool, ln_c: bool) -> int:
+    return 6 * hidden + (4 * hidden + 1 if ln_hh else 0) + (hidden + 1 if ln_c else 0)
+
+
+def gru_ext_workspace_width(hidden: int, ln_hh: bool) -> int:
+    return 4 * hidden + (3 * hidden + 1 if ln_hh else 0)
+
+
+def _empty_or_like(t: Optional[Tensor], like: Tensor) -> Tensor:
+    return _like(t) if t is not None else like.new_empty((0,))
+
+
+@torch.library.register_fake("fastrnn::lstm_ext_forward")
+def _lstm_ext_forward_fake(gates_x, batch_sizes, hx, cx, w_hh, w_hr, ln_hh_weight, ln_hh_bias, ln_c_weight,
+                           ln_c_bias, zoneout_h, zoneout_c, recurrent_mask, reverse, train):
+    _check_devices("lstm_ext_forward", gates_x, batch_sizes, hx=hx, cx=cx, w_hh=w_hh, w_hr=w_hr,
+                   ln_hh_weight=ln_hh_weight, ln_hh_bias=ln_hh_bias, ln_c_weight=ln_c_weight, ln_c_bias=ln_c_bias,
+                   zoneout_h=zoneout_h, zoneout_c=zoneout_c, recurrent_mask=recurrent_mask)
+    width = lstm_ext_workspace_width(w_hh.shape[0] // 4, ln_hh_weight is not None, ln_c_weight is not None)
+    return _output(gates_x, hx.shape[-1]), _like(hx), _like(cx), _workspace(gates_x, batch_sizes, width, train)
+
+
+@torch.library.register_fake("fastrnn::lstm_ext_backward")
+def _lstm_ext_backward_fake(grad_output, grad_hy, grad_cy, batch_sizes, hx, cx, w_hh, w_hr, ln_hh_weight,
+                            ln_c_weight, zoneout_h, zoneout_c, recurrent_mask, output, workspace, reverse):
+    _check_devices("lstm_ext_backward", output, batch_sizes, grad_output=grad_output, grad_hy=grad_hy,
+                   grad_cy=grad_cy, hx=hx, cx=cx, w_hh=w_hh, w_hr=w_hr, ln_hh_weight=ln_hh_weight,
+                   ln_c_weight=ln_c_weight, workspace=workspace)
+    return (_output(output, w_hh.shape[0]), _like(hx), _like(cx), _like(w_hh), _empty_or_like(w_hr, w_hh),
+            _empty_or_like(ln_hh_weight, w_hh), _empty_or_like(ln_hh_weight, w_hh),
+            _empty_or_like(ln_c_weight, w_hh), _empty_or_like(ln_c_weight, w_hh))
+
+
+@torch.library.register_fake("fastrnn::gru_ext_forward")
+def _gru_ext_forward_fake(gates_x, batch_sizes, hx, w_hh, b_hh, ln_hh_weight, ln_hh_bias, zoneout_h,
+                          recurrent_mask, reverse, train):
+    _check_devices("gru_ext_forward", gates_x, batch_sizes, hx=hx, w_hh=w_hh, b_hh=b_hh, ln_hh_weight=ln_hh_weight,
+                   ln_hh_bias=ln_hh_bias, zoneout_h=zoneout_h, recurrent_mask=recurrent_mask)
+    width = gru_ext_workspace_width(w_hh.shape[0] // 3, ln_hh_weight is not None)
+    return _output(gates_x, hx.shape[-1]), _like(hx), _workspace(gates_x, batch_sizes, width, train)
+
+
+@torch.library.register_fake("fastrnn::gru_ext_backward")
+def _gru_ext_backward_fake(grad_output, grad_hy, batch_sizes, hx, w_hh, ln_hh_weight, zoneout_h, recurrent_mask,
+                           output, workspace, reverse, has_bias):
+    _check_devices("gru_ext_backward", output, batch_sizes, grad_output=grad_output, grad_hy=grad_hy, hx=hx,
+                   w_hh=w_hh, ln_hh_weight=ln_hh_weight, workspace=workspace)
+    return (_output(output, w_hh.shape[0]), _like(hx), _like(w_hh), _bias_grad(w_hh, has_bias),
+            _empty_or_like(ln_hh_weight, w_hh), _empty_or_like(ln_hh_weight, w_hh))
 
 
 # -------------------------------------------------------------------------------------------- autograd
@@ -217,6 +270,58 @@ def _rnn_backward(ctx, grad_out, grad_hy):
     return gi, None, ghx, gw_ih, gw_hh, gb_ih if bias else None, gb_hh if bias else None, None, None
 
 
+
+def _lstm_ext_setup(ctx, inputs, output):
+    (gates_x, batch_sizes, hx, cx, w_hh, w_hr, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, zoneout_h, zoneout_c, mask,
+     reverse, train) = inputs
+    out, _, _, workspace = output
+    _no_zero_grads(ctx)
+    # gates_x and the LayerNorm biases only for the differentiable (create_graph) backward, which recomputes
+    ctx.save_for_backward(gates_x, batch_sizes, hx, cx, w_hh, w_hr, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, zoneout_h,
+                          zoneout_c, mask, out, workspace)
+    ctx.reverse, ctx.train = reverse, train
+
+
+def _lstm_ext_backward(ctx, grad_out, grad_hy, grad_cy, _grad_workspace):
+    _require_train(ctx, "lstm_ext_forward")
+    (gates_x, batch_sizes, hx, cx, w_hh, w_hr, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, zoneout_h, zoneout_c, mask, out,
+     workspace) = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        args = (gates_x, batch_sizes, hx, cx, w_hh, w_hr, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, zoneout_h, zoneout_c,
+                mask, ctx.reverse, ctx.train)
+        return _differentiable_backward(ctx, lambda *a: composite.lstm_ext_forward(*a[:-1]), args,
+                                        (grad_out, grad_hy, grad_cy))
+    ggx, ghx, gcx, gw_hh, gw_hr, g_lnhw, g_lnhb, g_lncw, g_lncb = _ops.lstm_ext_backward(
+        _grad(grad_out, out), _grad(grad_hy, hx), _grad(grad_cy, cx), batch_sizes, hx, cx, w_hh, w_hr, ln_hh_w,
+        ln_c_w, zoneout_h, zoneout_c, mask, out, workspace, ctx.reverse)
+    some = lambda g, t: g if t is not None else None  # noqa: E731
+    return (ggx, None, ghx, gcx, gw_hh, some(gw_hr, w_hr), some(g_lnhw, ln_hh_w), some(g_lnhb, ln_hh_b),
+            some(g_lncw, ln_c_w), some(g_lncb, ln_c_b), None, None, None, None, None)
+
+
+def _gru_ext_setup(ctx, inputs, output):
+    gates_x, batch_sizes, hx, w_hh, b_hh, ln_hh_w, ln_hh_b, zoneout_h, mask, reverse, train = inputs
+    out, _, workspace = output
+    _no_zero_grads(ctx)
+    ctx.save_for_backward(gates_x, batch_sizes, hx, w_hh, b_hh, ln_hh_w, ln_hh_b, zoneout_h, mask, out, workspace)
+    ctx.reverse, ctx.train, ctx.has_bias = reverse, train, b_hh is not None
+
+
+def _gru_ext_backward(ctx, grad_out, grad_hy, _grad_workspace):
+    _require_train(ctx, "gru_ext_forward")
+    gates_x, batch_sizes, hx, w_hh, b_hh, ln_hh_w, ln_hh_b, zoneout_h, mask, out, workspace = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        args = (gates_x, batch_sizes, hx, w_hh, b_hh, ln_hh_w, ln_hh_b, zoneout_h, mask, ctx.reverse, ctx.train)
+        return _differentiable_backward(ctx, lambda *a: composite.gru_ext_forward(*a[:-1]), args,
+                                        (grad_out, grad_hy))
+    ggx, ghx, gw_hh, gb_hh, g_lnw, g_lnb = _ops.gru_ext_backward(
+        _grad(grad_out, out), _grad(grad_hy, hx), batch_sizes, hx, w_hh, ln_hh_w, zoneout_h, mask, out, workspace,
+        ctx.reverse, ctx.has_bias)
+    some = lambda g, t: g if t is not None else None  # noqa: E731
+    return (ggx, None, ghx, gw_hh, some(gb_hh, b_hh), some(g_lnw, ln_hh_w), some(g_lnb, ln_hh_b), None, None, None,
+            None)
+
+
 # The composite forwards under torch.func transforms / forward-mode AD, returning what the op returns (the
 # workspace, which nothing can consume there, as zeros of its contracted shape).
 def _lstm_composite(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, train):
@@ -227,6 +332,21 @@ def _lstm_composite(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, re
 def _gru_composite(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, train):
     out, hy = composite.gru_forward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse)
     return out, hy, _workspace(input, batch_sizes, 4 * (w_ih.shape[0] // 3), train).zero_()
+
+
+def _lstm_ext_composite(gates_x, batch_sizes, hx, cx, w_hh, w_hr, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, zoneout_h,
+                        zoneout_c, mask, reverse, train):
+    out, hy, cy = composite.lstm_ext_forward(gates_x, batch_sizes, hx, cx, w_hh, w_hr, ln_hh_w, ln_hh_b, ln_c_w,
+                                             ln_c_b, zoneout_h, zoneout_c, mask, reverse)
+    width = lstm_ext_workspace_width(w_hh.shape[0] // 4, ln_hh_w is not None, ln_c_w is not None)
+    return out, hy, cy, _workspace(gates_x, batch_sizes, width, train).zero_()
+
+
+def _gru_ext_composite(gates_x, batch_sizes, hx, w_hh, b_hh, ln_hh_w, ln_hh_b, zoneout_h, mask, reverse, train):
+    out, hy = composite.gru_ext_forward(gates_x, batch_sizes, hx, w_hh, b_hh, ln_hh_w, ln_hh_b, zoneout_h, mask,
+                                        reverse)
+    width = gru_ext_workspace_width(w_hh.shape[0] // 3, ln_hh_w is not None)
+    return out, hy, _workspace(gates_x, batch_sizes, width, train).zero_()
 
 
 def _has_tangent(args) -> bool:
@@ -256,6 +376,8 @@ def _register_autograd(name, backward, setup_context, composite_forward):
 _register_autograd("lstm_forward", _lstm_backward, _lstm_setup, _lstm_composite)
 _register_autograd("gru_forward", _gru_backward, _gru_setup, _gru_composite)
 _register_autograd("rnn_forward", _rnn_backward, _rnn_setup, composite.rnn_forward)
+_register_autograd("lstm_ext_forward", _lstm_ext_backward, _lstm_ext_setup, _lstm_ext_composite)
+_register_autograd("gru_ext_forward", _gru_ext_backward, _gru_ext_setup, _gru_ext_composite)
 
 
 # -------------------------------------------------------------------------------------------- autocast
@@ -275,7 +397,9 @@ def _check_autocast_dtypes(name: str, args, dtype: torch.dtype) -> None:
             "the same dtype (e.g. module.double() for float64 input) or leave float64 out of the autocast region")
 
 
-def _register_autocast(name: str, cast: bool) -> None:
+def _register_autocast(name: str, cast: bool, keep: Tuple[int, ...] = ()) -> None:
+    """keep: positions of arguments left as they are (the options' masks, which stay in the accumulation
+    dtype)."""
     op = getattr(_ops, name).default
     for device_type in ("cpu", "cuda"):
         key_name = "Autocast" + torch._C._dispatch_key_for_device(device_type)
@@ -284,9 +408,10 @@ def _register_autocast(name: str, cast: bool) -> None:
         def kernel(keyset, *args, _device_type=device_type, _exclude=exclude):
             if cast:
                 dtype = torch.get_autocast_dtype(_device_type)
-                args = tuple(a.to(dtype) if isinstance(a, Tensor) and a.is_floating_point()
-                             and a.dtype != torch.float64 and a.device.type == _device_type else a for a in args)
-                _check_autocast_dtypes(name, args, dtype)
+                args = tuple(a.to(dtype) if isinstance(a, Tensor) and a.is_floating_point() and i not in keep
+                             and a.dtype != torch.float64 and a.device.type == _device_type else a
+                             for i, a in enumerate(args))
+                _check_autocast_dtypes(name, [a for i, a in enumerate(args) if i not in keep], dtype)
             with torch._C._ExcludeDispatchKeyGuard(_exclude):
                 return op(*args)
 
@@ -296,6 +421,11 @@ def _register_autocast(name: str, cast: bool) -> None:
 for _cell in ("lstm", "gru", "rnn"):
     _register_autocast(f"{_cell}_forward", cast=True)
     _register_autocast(f"{_cell}_backward", cast=False)
+# positions of zoneout_h, zoneout_c, recurrent_mask / zoneout_h, recurrent_mask in the ext forwards
+_register_autocast("lstm_ext_forward", cast=True, keep=(10, 11, 12))
+_register_autocast("gru_ext_forward", cast=True, keep=(7, 8))
+_register_autocast("lstm_ext_backward", cast=False)
+_register_autocast("gru_ext_backward", cast=False)
 
 # The public op handles, for users who drive single layers themselves.
 lstm_forward = _ops.lstm_forward
@@ -304,3 +434,7 @@ gru_forward = _ops.gru_forward
 gru_backward = _ops.gru_backward
 rnn_forward = _ops.rnn_forward
 rnn_backward = _ops.rnn_backward
+lstm_ext_forward = _ops.lstm_ext_forward
+lstm_ext_backward = _ops.lstm_ext_backward
+gru_ext_forward = _ops.gru_ext_forward
+gru_ext_backward = _ops.gru_ext_backward
