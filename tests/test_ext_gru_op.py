@@ -152,6 +152,12 @@ def test_larger_batch(packed, reverse, dtype):
     check_against_composite(dtype, packed, reverse, "all", seed=3, hidden=12, batch_sizes=[7, 6, 4, 4, 2, 1])
 
 
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_parallel_rows(reverse):
+    """Steps wide enough for the row-parallel pointwise passes to split across threads."""
+    check_against_composite(torch.float32, True, reverse, "all", seed=4, hidden=16, batch_sizes=[400, 350, 20])
+
+
 @pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
 def test_eval_forward(packed):
     """train=False: an empty workspace and the same outputs as train=True."""
