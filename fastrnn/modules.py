@@ -23,6 +23,12 @@ from torch.nn.utils.rnn import PackedSequence
 from . import ops, reference  # ops registers the autograd and fake kernels
 
 _ops = torch.ops.fastrnn
+# The devices this build has kernels of the options' ext ops for (asked once: torch.compile cannot trace the
+# dispatcher query), plus meta, where the fake kernels serve.
+_EXT_DEVICES = frozenset(["meta"] + [
+    device for device, key in (("cpu", "CPU"), ("cuda", "CUDA"))
+    if all(torch._C._dispatch_has_kernel_for_dispatch_key(f"fastrnn::{op}", key)
+           for op in ("lstm_ext_forward", "lstm_ext_backward", "gru_ext_forward", "gru_ext_backward"))])
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 
 
@@ -257,10 +263,10 @@ class _Options:
         opts = ", ".join(o for o, on in (("layer_norm", self.layer_norm),
                                          ("zoneout", any(p > 0 for p in self._zoneout_rates)),
                                          ("recurrent_dropout", self.recurrent_dropout > 0)) if on)
-        if x.device.type not in ("cpu", "meta"):
+        if x.device.type not in _EXT_DEVICES:
             raise NotImplementedError(
-                f"{name}({opts}) runs on the CPU only for now: the {x.device.type.upper()} kernels of these options "
-                f"are not written yet (fastrnn issue 10). weight_drop works on every device.")
+                f"{name}({opts}): this build of fastrnn has no {x.device.type} kernel for these options (the CPU has "
+                f"them; CUDA needs an extension built with CUDA). weight_drop alone works on every device.")
         if torch.onnx.is_in_onnx_export():
             raise RuntimeError(f"{name}: ONNX export of a module with {opts} is not supported: ONNX's LSTM/GRU "
                                f"operators have no such options")
@@ -449,7 +455,7 @@ class LSTM(_RNNBase):
                            expectation p * prev + (1 - p) * new in eval; a pair (p_h, p_c) sets them apart
       weight_drop=p        DropConnect on W_hh: one mask per forward call in training (AWD-LSTM)
       recurrent_dropout=p  variational dropout of h where it enters W_hh h, one mask per sequence
-    layer_norm, zoneout and recurrent_dropout run on the CPU for now (CUDA: NotImplementedError)."""
+    layer_norm, zoneout and recurrent_dropout need fastrnn's ext kernels for the device (see README)."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
