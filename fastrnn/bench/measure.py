@@ -25,6 +25,10 @@ TOLERANCE = {torch.float32: 2e-4, torch.float16: 2e-2, torch.bfloat16: 6e-2}
 # spread of the per-pair ratios (speedup_q1..speedup_q3, their interquartile range) means something, then as
 # many as fit in the run's time budget, at most MAX_REPEATS.
 MIN_REPEATS = 5
+
+# check_parity: a peer with ref.rounding_amplified passes fastrnn within this many times the peer's own error
+# off float64 (a real bug is off by O(1), not by a small factor of the rounding both sides amplify).
+ROUNDING_AMPLIFIED_FACTOR = 4.0
 MAX_REPEATS = 50
 
 # The columns of a result row (JSON "results", CSV). Targets: see cases.target_for(). GEMM columns: see
@@ -154,6 +158,12 @@ def check_parity(ref, fast, inp, grad, mode: str, dtype: torch.dtype) -> Tuple[f
     against float64 instead: torch.nn run in float64 on the same (already rounded) weights, input and gradient;
     it passes only if fastrnn is within the tolerance of that, and the note says so.
 
+    A layer-normalised recurrence is not contractive (LN rescales W_hh h to unit variance however small h is),
+    so rounding grows along the sequence in every dtype: on lstm-layernorm (T=100) float32 the hand-written
+    peer ends 5.6e-4 and fastrnn 1.1e-3 off float64, both above the float32 tolerance. A peer that says so
+    (ref.rounding_amplified) has every tensor out of tolerance judged against float64 as above, and it also
+    passes when fastrnn is within ROUNDING_AMPLIFIED_FACTOR times the peer's own distance from float64.
+
     A peer that draws random masks in training (handwritten's zoneout: ref.random_in_training) is compared
     with both modules in eval mode, where the masks are their expectation; the modes are restored after."""
     if getattr(ref, "random_in_training", False) and (ref.training or fast.training):
@@ -175,19 +185,23 @@ def check_parity(ref, fast, inp, grad, mode: str, dtype: torch.dtype) -> Tuple[f
         if a.shape != b.shape:
             raise ParityError(f"{name}: shape {tuple(b.shape)} != torch.nn's {tuple(a.shape)}")
         err = _norm_err(a, b)
-        if not err <= tol and dtype in (torch.float16, torch.bfloat16) and math.isfinite(err):
+        # rel: a peer whose recurrence amplifies rounding (handwritten's layer norm: ref.rounding_amplified)
+        # is judged against float64 in every dtype, relative to its own distance from float64
+        rel = getattr(ref, "rounding_amplified", False)
+        if not err <= tol and (dtype in (torch.float16, torch.bfloat16) or rel) and math.isfinite(err):
             if exact is None:
                 ref64 = copy.deepcopy(ref).double()
                 inp64 = (PackedSequence(inp.data.double(), inp.batch_sizes, inp.sorted_indices,
                                         inp.unsorted_indices) if isinstance(inp, PackedSequence) else inp.double())
                 exact = dict(run_once_for_parity(ref64, inp64, grad.double(), mode))
             err64, ref_err64 = _norm_err(exact[name], b), _norm_err(exact[name], a)
-            if err64 <= tol:
+            if err64 <= tol or (rel and err64 <= ROUNDING_AMPLIFIED_FACTOR * ref_err64):
                 arbitrated.append(f"{name} (torch.nn {ref_err64:.1e} / fastrnn {err64:.1e} off float64)")
                 worst = max(worst, err64)
                 continue
             raise ParityError(f"{name}: max|fastrnn - torch.nn| / max(1, max|torch.nn|) = {err:.3g} and "
-                              f"{err64:.3g} against float64 > tolerance {tol:g} ({dtype})")
+                              f"{err64:.3g} against float64 > tolerance {tol:g} ({dtype})"
+                              + (f" and > {ROUNDING_AMPLIFIED_FACTOR:g} x the peer's {ref_err64:.3g}" if rel else ""))
         if not err <= tol:  # also catches NaN
             raise ParityError(f"{name}: max|fastrnn - torch.nn| / max(1, max|torch.nn|) = {err:.3g} > "
                               f"tolerance {tol:g} ({dtype})")
