@@ -18,6 +18,8 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <type_traits>
+#include <vector>
 
 #include "step_loop.h"
 
@@ -124,9 +126,16 @@ Zoneout zoneout_of(const std::optional<at::Tensor>& k, int64_t N, int64_t H) {
 
 inline at::Tensor to_acc(const at::Tensor& t) { return t.to(acc_dtype(t.scalar_type())).contiguous(); }
 
+// y = sigmoid(y) or tanh(y) over n elements in place: float32 through the step kernels' vectorised
+// activations of the active instruction set (pointwise.h), double with libm.
 template <typename A>
-inline A sigmoid(A x) {
-  return A(1) / (A(1) + std::exp(-x));
+inline void activate(ActivationFn act, A* y, int64_t n, Activation fn) {
+  if constexpr (std::is_same_v<A, float>) {
+    act(y, y, n, fn);
+  } else {
+    for (int64_t i = 0; i < n; ++i)
+      y[i] = fn == Activation::kSigmoid ? A(1) / (A(1) + std::exp(-y[i])) : std::tanh(y[i]);
+  }
 }
 
 // ----------------------------------------------------------------------------------------------- forward
@@ -199,11 +208,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_ext_forward(
     acc* ws_p = train ? ws.data_ptr<acc>() : nullptr;
     const bool has_k = zo.on;
     const acc inv_g = acc(1) / static_cast<acc>(G);
+    const ActivationFn act = activation_kernel(active_isa());
 
     for (int64_t s = 0; s < L.T; ++s) {
       const int64_t t = L.step(s, reverse), bs = L.batch_sizes[t], off = L.offsets[t];
       gemm_hh.run(hm.narrow(0, 0, bs), gh.narrow(0, 0, bs));
       for_rows(bs, G, [&](int64_t b0, int64_t b1) {
+        std::vector<acc> buf(4 * H);
         for (int64_t b = b0; b < b1; ++b) {
           const int64_t row = off + b;
           const acc* a = gh_p + b * G;
@@ -229,13 +240,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_ext_forward(
             if (bh_p) v += bh_p[i];
             return v;
           };
+          // The gate pre-activations, then the activations over whole arrays (vectorised for float32).
+          acc* pre = buf.data();  // r, z pre-activations (then r, z), then the n-gate's recurrent term
+          acc* nn = pre + G;      // n's pre-activation, then n
+          for (int64_t i = 0; i < 2 * H; ++i) pre[i] = static_cast<acc>(x[i]) + rec(i);
+          for (int64_t j = 0; j < H; ++j) pre[2 * H + j] = rec(2 * H + j);
+          activate(act, pre, 2 * H, Activation::kSigmoid);
+          for (int64_t j = 0; j < H; ++j) nn[j] = static_cast<acc>(x[2 * H + j]) + pre[j] * pre[2 * H + j];
+          activate(act, nn, H, Activation::kTanh);
           const acc* kr = k_rows ? k_rows + row * H : nullptr;
           const acc* mr = m_p ? m_p + b * H : nullptr;
           for (int64_t j = 0; j < H; ++j) {
-            const acc ar = rec(j), az = rec(H + j), an = rec(2 * H + j);
-            const acc r = sigmoid<acc>(static_cast<acc>(x[j]) + ar);
-            const acc z = sigmoid<acc>(static_cast<acc>(x[H + j]) + az);
-            const acc n = std::tanh(static_cast<acc>(x[2 * H + j]) + r * an);
+            const acc z = pre[H + j], n = nn[j];
             const acc hp = static_cast<acc>(h_p[b * H + j]);
             acc hn = (acc(1) - z) * n + z * hp;
             if (has_k) {
@@ -247,10 +263,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_ext_forward(
             h_p[b * H + j] = hs;
             hm_p[b * H + j] = mr ? static_cast<acc>(hs) * mr[j] : static_cast<acc>(hs);
             if (w) {
-              w[j] = r;
+              w[j] = pre[j];
               w[H + j] = z;
               w[2 * H + j] = n;
-              w[3 * H + j] = an;
+              w[3 * H + j] = pre[2 * H + j];
             }
           }
           if (ln && w) w[7 * H] = rstd;
