@@ -158,6 +158,34 @@ def test_parallel_rows(reverse):
     check_against_composite(torch.float32, True, reverse, "all", seed=4, hidden=16, batch_sizes=[400, 350, 20])
 
 
+@pytest.mark.parametrize("fast_math", ["1", "0"])
+@pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
+def test_capabilities(capability, fast_math, monkeypatch):
+    """The vectorised gate activations of every instruction-set variant (FASTRNN_CPU_CAPABILITY, read per
+    call; a variant the processor lacks falls back to the best it has), hidden sizes around the widths."""
+    monkeypatch.setenv("FASTRNN_CPU_CAPABILITY", capability)
+    monkeypatch.setenv("FASTRNN_CPU_FAST_MATH", fast_math)
+    for hidden in (3, 8, 13):
+        check_against_composite(torch.float32, True, False, "all", seed=5, hidden=hidden)
+        check_against_composite(torch.bfloat16, False, True, "ln_bias", seed=5, hidden=hidden)
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+def test_opcheck(packed, train):
+    """The ops against their schemas and their fake (meta) implementations in fastrnn/ops.py."""
+    a = make_args(torch.float32, packed, "all")
+    args = (a["gates_x"], a["batch_sizes"], a["hx"], a["w_hh"], a["b_hh"], a["ln_hh_weight"], a["ln_hh_bias"],
+            a["zoneout_h"], a["recurrent_mask"], False, train)
+    utils = ("test_schema", "test_faketensor")
+    torch.library.opcheck(ops.gru_ext_forward.default, args, test_utils=utils)
+    if train:
+        out, hy, ws = ops.gru_ext_forward(*args)
+        bargs = (torch.randn_like(out), torch.randn_like(hy), a["batch_sizes"], a["hx"], a["w_hh"],
+                 a["ln_hh_weight"], a["zoneout_h"], a["recurrent_mask"], out, ws, False, True)
+        torch.library.opcheck(ops.gru_ext_backward.default, bargs, test_utils=utils)
+
+
 @pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
 def test_eval_forward(packed):
     """train=False: an empty workspace and the same outputs as train=True."""
