@@ -1,0 +1,516 @@
+// The LSTM with fastrnn's options (LayerNorm of W_hh h and of c, zoneout, recurrent dropout) on the CPU:
+// fastrnn::lstm_ext_forward / lstm_ext_backward, one layer and direction of a whole (packed) sequence. The
+// schemas, argument meanings and the workspace layout are stated in csrc/fastrnn.cpp; the equations are
+// fastrnn/reference.py's lstm_ext_cell (the op-layout oracle: fastrnn/composite.py lstm_ext_forward).
+//
+// Forward, per step (the per-step path of lstm_cpu.cpp): one GEMM h_{t-1} * m @ W_hh^T into a [B, 4H] buffer,
+// then one fused pass over the step's rows (parallel over rows): the LayerNorm statistics of the row (two-pass
+// mean and variance in the accumulation dtype), the gates, the cell update, LN_c, zoneout of c and, without a
+// projection, of h; the output, the states and the workspace row are written there. With a projection the
+// pass writes r = o * tanh(u), a second GEMM r @ W_hr^T writes the output rows and a small pass applies the
+// zoneout of h over the P units.
+// Backward, per step in reverse order: the pointwise backward (zoneout split, LN_c and LN_hh backward from the
+// saved normalised values and 1/sigma), then the GEMM da @ W_hh for the gradient reaching h_{t-1} through
+// W_hh (times the mask), added to the direct zoneout term. The weight and LayerNorm gradients are
+// whole-sequence GEMMs and column sums afterwards. The backward computes in the accumulation dtype throughout
+// (its GEMMs too, on weights converted once per call for bfloat16).
+#include <torch/library.h>
+
+#include <cmath>
+#include <vector>
+
+#include "step_loop.h"
+
+namespace fastrnn::cpu {
+namespace {
+
+constexpr const char* kFwd = "fastrnn::lstm_ext_forward";
+constexpr const char* kBwd = "fastrnn::lstm_ext_backward";
+constexpr double kLnEps = 1e-5;
+
+// The workspace's columns (csrc/fastrnn.cpp): gates i, f, g, o [0, 4H); c [4H, 5H); tanh(u) [5H, 6H);
+// with ln_hh the normalised W_hh h [6H, 10H) and its 1/sigma at 10H; with ln_c the normalised c~ [c0, c0 + H)
+// and its 1/sigma at c0 + H.
+struct WsLayout {
+  int64_t H, width, ln_hh, ln_c;  // ln_hh, ln_c: first column of each block, -1 when absent
+  WsLayout(int64_t H_, bool has_ln_hh, bool has_ln_c) : H(H_) {
+    int64_t w = 6 * H;
+    ln_hh = has_ln_hh ? w : -1;
+    if (has_ln_hh) w += 4 * H + 1;
+    ln_c = has_ln_c ? w : -1;
+    if (has_ln_c) w += H + 1;
+    width = w;
+  }
+};
+
+// A zoneout weight as [N, D] rows of the accumulation dtype read through strides: a full tensor (its rows),
+// or the one-element eval constant expanded with zero strides. Absent: p == nullptr.
+template <typename acc>
+struct Rows {
+  const acc* p = nullptr;
+  int64_t ld = 0, cs = 0;
+  acc at(int64_t row, int64_t j) const { return p[row * ld + j * cs]; }
+};
+template <typename acc>
+Rows<acc> rows_of(const at::Tensor& t) {  // t: [N, D] (possibly expanded) or undefined
+  Rows<acc> r;
+  if (t.defined() && t.numel() > 0) {
+    r.p = t.const_data_ptr<acc>();
+    r.ld = t.stride(0);
+    r.cs = t.stride(1);
+  }
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------- checks
+std::vector<int64_t> lead_sizes(const at::Tensor& t, int64_t last) {
+  std::vector<int64_t> s = t.sizes().vec();
+  s.back() = last;
+  return s;
+}
+
+// A parameter row (LayerNorm weight or bias) of `n` elements in the input's dtype.
+void check_param(const char* op, const char* name, const std::optional<at::Tensor>& t, int64_t n,
+                 const at::Tensor& like) {
+  if (t.has_value()) check_like(op, name, *t, {n}, like);
+}
+
+// A tensor of the accumulation dtype (masks, zoneout weights) with the given sizes; `one_ok`: a one-element
+// tensor (the eval constant of zoneout) is accepted too.
+void check_acc(const char* op, const char* name, const std::optional<at::Tensor>& t, at::IntArrayRef sizes,
+               const at::Tensor& like, bool one_ok) {
+  if (!t.has_value()) return;
+  const auto acc = acc_dtype(like.scalar_type());
+  TORCH_CHECK_VALUE(t->sizes() == sizes || (one_ok && t->numel() == 1), op, ": expected ", name, " of shape ",
+                    sizes, one_ok ? " (or a one-element tensor: the eval constant)" : "", ", got ", t->sizes());
+  TORCH_CHECK_TYPE(t->scalar_type() == acc, op, ": expected ", name, " of dtype ", acc,
+                   " (the accumulation dtype of the input's ", like.scalar_type(), "), got ", t->scalar_type());
+  TORCH_CHECK(t->device() == like.device(), op, ": expected ", name, " on ", like.device(),
+              " (the input's device), got ", t->device());
+}
+
+// The checks both ops share. `seq` is the op's per-row tensor (gates_x for the forward, output for the
+// backward) and `features` its expected last size. Returns {H, P}.
+std::pair<int64_t, int64_t> check_ext_args(const char* op, const at::Tensor& seq, const char* seq_name,
+                                           int64_t seq_gates, const std::optional<at::Tensor>& batch_sizes,
+                                           const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_hh,
+                                           const std::optional<at::Tensor>& w_hr) {
+  TORCH_CHECK_VALUE(w_hh.dim() == 2 && w_hh.size(0) % 4 == 0, op, ": w_hh must be [4*hidden_size, state_size], got ",
+                    w_hh.sizes());
+  const int64_t H = w_hh.size(0) / 4;
+  TORCH_CHECK_VALUE(!w_hr.has_value() || (w_hr->dim() == 2 && w_hr->size(1) == H), op,
+                    ": w_hr must be [proj_size, hidden_size=", H, "], got ",
+                    w_hr.has_value() ? w_hr->sizes() : at::IntArrayRef());
+  const int64_t P = w_hr.has_value() ? w_hr->size(0) : H;
+  const int64_t F = seq_gates > 0 ? seq_gates * H : P;
+  TORCH_CHECK_VALUE(seq.dim() == (batch_sizes.has_value() ? 2 : 3) && seq.size(-1) == F, op, ": expected ",
+                    seq_name, " of shape ", batch_sizes.has_value() ? "[N, " : "[T, B, ", F, "] (w_hh is ",
+                    w_hh.sizes(), w_hr.has_value() ? " and w_hr gives the state size" : "", "), got ",
+                    seq.sizes());
+  // The remaining checks (dtypes, w_hh/w_hr/hx/cx shapes, batch_sizes) are check_forward_args's: `seq` plays
+  // the input of an LSTM whose w_ih (an expanded placeholder, no memory) is [4H, F].
+  const at::Tensor w_ih = at::empty({1, 1}, seq.options()).expand({4 * H, F});
+  check_forward_args(op, 4, seq, batch_sizes, hx, &cx, w_ih, w_hh, {}, {}, w_hr);
+  return {H, P};
+}
+
+void check_ln_pair(const char* op, const char* what, const std::optional<at::Tensor>& w,
+                   const std::optional<at::Tensor>& b) {
+  TORCH_CHECK_VALUE(w.has_value() == b.has_value(), op, ": ", what, "_weight and ", what,
+                    "_bias must be given together (both or neither), got only ", what,
+                    w.has_value() ? "_weight" : "_bias");
+}
+
+// The zoneout weight `z` of the rows of `seq` with D units as [N, D] (expanded for the constant), in the
+// accumulation dtype; undefined when absent.
+at::Tensor zoneout_rows(const std::optional<at::Tensor>& z, int64_t N, int64_t D) {
+  if (!z.has_value()) return at::Tensor();
+  if (z->numel() == 1 && !(N == 1 && D == 1)) return z->reshape({1, 1}).expand({N, D});
+  return z->contiguous().reshape({N, D});
+}
+
+at::Tensor acc_contiguous(const std::optional<at::Tensor>& t, at::ScalarType acc) {
+  return t.has_value() ? t->to(acc).contiguous() : at::Tensor();
+}
+
+template <typename acc>
+inline acc sigmoid(acc x) {
+  return acc(1) / (acc(1) + std::exp(-x));
+}
+
+// Two-pass mean and 1/sigma of x[0, n).
+template <typename acc>
+inline std::pair<acc, acc> moments(const acc* x, int64_t n) {
+  acc s = 0;
+  for (int64_t j = 0; j < n; ++j) s += x[j];
+  const acc mean = s / acc(n);
+  acc v = 0;
+  for (int64_t j = 0; j < n; ++j) v += (x[j] - mean) * (x[j] - mean);
+  return {mean, acc(1) / std::sqrt(v / acc(n) + acc(kLnEps))};
+}
+
+// The LayerNorm backward of one row: dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), with
+// dxhat = dy * w. dx may alias dy.
+template <typename acc>
+inline void ln_backward(const acc* dy, const acc* w, const acc* xhat, acc rstd, acc* dx, int64_t n) {
+  acc s1 = 0, s2 = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const acc d = dy[j] * w[j];
+    s1 += d;
+    s2 += d * xhat[j];
+  }
+  s1 /= acc(n);
+  s2 /= acc(n);
+  for (int64_t j = 0; j < n; ++j) dx[j] = rstd * (dy[j] * w[j] - s1 - xhat[j] * s2);
+}
+
+// ---------------------------------------------------------------------------------------------- forward
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_ext_forward(
+    const at::Tensor& gates_x, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
+    const at::Tensor& cx, const at::Tensor& w_hh_, const std::optional<at::Tensor>& w_hr_,
+    const std::optional<at::Tensor>& ln_hh_weight, const std::optional<at::Tensor>& ln_hh_bias,
+    const std::optional<at::Tensor>& ln_c_weight, const std::optional<at::Tensor>& ln_c_bias,
+    const std::optional<at::Tensor>& zoneout_h, const std::optional<at::Tensor>& zoneout_c,
+    const std::optional<at::Tensor>& recurrent_mask, bool reverse, bool train) {
+  const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
+  const std::pair<int64_t, int64_t> sizes =
+      check_ext_args(kFwd, gates_x, "gates_x", 4, batch_sizes, hx, cx, w_hh_, w_hr_);
+  const int64_t H = sizes.first, P = sizes.second;
+  check_ln_pair(kFwd, "ln_hh", ln_hh_weight, ln_hh_bias);
+  check_ln_pair(kFwd, "ln_c", ln_c_weight, ln_c_bias);
+  check_param(kFwd, "ln_hh_weight", ln_hh_weight, 4 * H, gates_x);
+  check_param(kFwd, "ln_hh_bias", ln_hh_bias, 4 * H, gates_x);
+  check_param(kFwd, "ln_c_weight", ln_c_weight, H, gates_x);
+  check_param(kFwd, "ln_c_bias", ln_c_bias, H, gates_x);
+  check_acc(kFwd, "zoneout_h", zoneout_h, lead_sizes(gates_x, P), gates_x, true);
+  check_acc(kFwd, "zoneout_c", zoneout_c, lead_sizes(gates_x, H), gates_x, true);
+  check_acc(kFwd, "recurrent_mask", recurrent_mask, hx.sizes(), gates_x, false);
+
+  const SeqLayout L = make_layout(gates_x, batch_sizes);
+  const bool proj = w_hr_.has_value(), has_ln_hh = ln_hh_weight.has_value(), has_ln_c = ln_c_weight.has_value();
+  const WsLayout wl(H, has_ln_hh, has_ln_c);
+  const auto dt = gates_x.scalar_type();
+  const auto acc_type = acc_dtype(dt);
+  const auto acc_opts = gates_x.options().dtype(acc_type);
+  // The GEMMs run in the accumulation dtype (weights converted once per call for bfloat16): W_hh h reaches
+  // LN_hh and the projection reaches zoneout unrounded; only the h state itself is kept in the input's dtype.
+  const at::Tensor w_hh = w_hh_.to(acc_type).contiguous();
+  const at::Tensor w_hr = proj ? w_hr_->to(acc_type).contiguous() : at::Tensor();
+  const at::Tensor lnh_w = acc_contiguous(ln_hh_weight, acc_type), lnh_b = acc_contiguous(ln_hh_bias, acc_type);
+  const at::Tensor lnc_w = acc_contiguous(ln_c_weight, acc_type), lnc_b = acc_contiguous(ln_c_bias, acc_type);
+  const at::Tensor kh_t = zoneout_rows(zoneout_h, L.N, P), kc_t = zoneout_rows(zoneout_c, L.N, H);
+  const at::Tensor mask = recurrent_mask.has_value() ? recurrent_mask->contiguous() : at::Tensor();
+
+  at::Tensor output = at::empty(lead_sizes(gates_x, P), gates_x.options());
+  const at::Tensor out = rows2d(output);
+  const at::Tensor gx = rows2d(gates_x.contiguous());
+  at::Tensor h_state = hx.contiguous().clone();
+  at::Tensor c_state = cx.to(acc_opts, /*non_blocking=*/false, /*copy=*/true).contiguous();
+  at::Tensor ws = at::empty({train ? L.N : 0, train ? wl.width : 0}, acc_opts);
+  const at::Tensor gh = at::empty({L.B, 4 * H}, acc_opts);
+  // h_{t-1} * m in the accumulation dtype, the GEMM's operand (h_state itself where neither applies).
+  const bool use_hm = mask.defined() || acc_type != dt;
+  const at::Tensor hm = use_hm ? at::empty({L.B, P}, acc_opts) : at::Tensor();
+  const at::Tensor r = proj ? at::empty({L.B, H}, acc_opts) : at::Tensor();      // o * tanh(u)
+  const at::Tensor hp = proj ? at::empty({L.B, P}, acc_opts) : at::Tensor();     // r @ W_hr^T
+
+  const StepGemm gemm_hh(w_hh, /*transpose_w=*/true, L.B);
+  const StepGemm gemm_hr = proj ? StepGemm(w_hr, /*transpose_w=*/true, L.B) : StepGemm(w_hh, true, 0);
+  FASTRNN_CPU_DISPATCH(dt, kFwd, [&] {
+    using acc = acc_t<scalar_t>;
+    const Rows<acc> kh = rows_of<acc>(kh_t), kc = rows_of<acc>(kc_t);
+    const acc* m = mask.defined() ? mask.const_data_ptr<acc>() : nullptr;
+    const acc* lhw = ptr_or_null<acc>(lnh_w);
+    const acc* lhb = ptr_or_null<acc>(lnh_b);
+    const acc* lcw = ptr_or_null<acc>(lnc_w);
+    const acc* lcb = ptr_or_null<acc>(lnc_b);
+    const scalar_t* gx_p = gx.const_data_ptr<scalar_t>();
+    const acc* gh_p = gh.const_data_ptr<acc>();
+    scalar_t* out_p = out.data_ptr<scalar_t>();
+    scalar_t* h_p = h_state.data_ptr<scalar_t>();
+    acc* c_p = c_state.data_ptr<acc>();
+    acc* ws_p = train ? ws.data_ptr<acc>() : nullptr;
+    acc* r_p = proj ? r.data_ptr<acc>() : nullptr;
+    const acc* hp_p = proj ? hp.const_data_ptr<acc>() : nullptr;
+    acc* hm_p = use_hm ? hm.data_ptr<acc>() : nullptr;
+    const int64_t G = 4 * H, W = wl.width;
+
+    for (int64_t k = 0; k < L.T; ++k) {
+      const int64_t t = L.step(k, reverse), bs = L.batch_sizes[t], off = L.offsets[t];
+      if (use_hm) {
+        for_rows(bs, P, [&](int64_t b0, int64_t b1) {
+          for (int64_t i = b0 * P; i < b1 * P; ++i)
+            hm_p[i] = m != nullptr ? static_cast<acc>(h_p[i]) * m[i] : static_cast<acc>(h_p[i]);
+        });
+        gemm_hh.run(hm.narrow(0, 0, bs), gh.narrow(0, 0, bs));
+      } else {
+        gemm_hh.run(h_state.narrow(0, 0, bs), gh.narrow(0, 0, bs));
+      }
+      for_rows(bs, G, [&](int64_t b0, int64_t b1) {
+        std::vector<acc> scratch(train ? 0 : W);
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t row = off + b;
+          acc* w = train ? ws_p + row * W : scratch.data();
+          acc* gates = w;
+          acc* cc = w + 4 * H;
+          acc* tu = w + 5 * H;
+          const acc* a = gh_p + b * G;
+          const scalar_t* x = gx_p + row * G;
+          if (lhw != nullptr) {  // LN_hh(a) * w + b, over the 4H gates
+            acc* xa = w + wl.ln_hh;
+            for (int64_t j = 0; j < G; ++j) xa[j] = a[j];
+            const auto [mean, rstd] = moments(xa, G);
+            for (int64_t j = 0; j < G; ++j) {
+              xa[j] = (xa[j] - mean) * rstd;
+              gates[j] = static_cast<acc>(x[j]) + xa[j] * lhw[j] + lhb[j];
+            }
+            xa[G] = rstd;
+          } else {
+            for (int64_t j = 0; j < G; ++j) gates[j] = static_cast<acc>(x[j]) + a[j];
+          }
+          acc* cs = c_p + b * H;
+          for (int64_t j = 0; j < H; ++j) {
+            const acc i = sigmoid(gates[j]), f = sigmoid(gates[H + j]), g = std::tanh(gates[2 * H + j]);
+            gates[j] = i;
+            gates[H + j] = f;
+            gates[2 * H + j] = g;
+            gates[3 * H + j] = sigmoid(gates[3 * H + j]);
+            cc[j] = f * cs[j] + i * g;  // c~ (before zoneout)
+          }
+          if (lcw != nullptr) {  // u = LN_c(c~)
+            acc* xc = w + wl.ln_c;
+            const auto [mean, rstd] = moments(cc, H);
+            for (int64_t j = 0; j < H; ++j) {
+              xc[j] = (cc[j] - mean) * rstd;
+              tu[j] = std::tanh(xc[j] * lcw[j] + lcb[j]);
+            }
+            xc[H] = rstd;
+          } else {
+            for (int64_t j = 0; j < H; ++j) tu[j] = std::tanh(cc[j]);
+          }
+          for (int64_t j = 0; j < H; ++j) {
+            const acc c_new = kc.p != nullptr ? kc.at(row, j) * cs[j] + (acc(1) - kc.at(row, j)) * cc[j] : cc[j];
+            cc[j] = c_new;
+            cs[j] = c_new;
+          }
+          const acc* o = gates + 3 * H;
+          if (proj) {
+            for (int64_t j = 0; j < H; ++j) r_p[b * H + j] = o[j] * tu[j];
+          } else {
+            scalar_t* hs = h_p + b * P;
+            scalar_t* ho = out_p + row * P;
+            for (int64_t j = 0; j < H; ++j) {
+              acc h = o[j] * tu[j];
+              if (kh.p != nullptr) h = kh.at(row, j) * static_cast<acc>(hs[j]) + (acc(1) - kh.at(row, j)) * h;
+              hs[j] = static_cast<scalar_t>(h);
+              ho[j] = hs[j];
+            }
+          }
+        }
+      });
+      if (proj) {
+        gemm_hr.run(r.narrow(0, 0, bs), hp.narrow(0, 0, bs));
+        for_rows(bs, P, [&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; ++b) {
+            const int64_t row = off + b;
+            scalar_t* hs = h_p + b * P;
+            scalar_t* ho = out_p + row * P;
+            const acc* h_new = hp_p + b * P;
+            for (int64_t j = 0; j < P; ++j) {
+              const acc k_h = kh.p != nullptr ? kh.at(row, j) : acc(0);
+              const acc h = kh.p != nullptr ? k_h * static_cast<acc>(hs[j]) + (acc(1) - k_h) * h_new[j] : h_new[j];
+              hs[j] = static_cast<scalar_t>(h);
+              ho[j] = hs[j];
+            }
+          }
+        });
+      }
+    }
+  });
+  return {output, h_state, c_state.to(dt), ws};
+}
+
+// --------------------------------------------------------------------------------------------- backward
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+           at::Tensor>
+lstm_ext_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& grad_cy,
+                  const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx, const at::Tensor& cx,
+                  const at::Tensor& w_hh_, const std::optional<at::Tensor>& w_hr_,
+                  const std::optional<at::Tensor>& ln_hh_weight, const std::optional<at::Tensor>& ln_c_weight,
+                  const std::optional<at::Tensor>& zoneout_h, const std::optional<at::Tensor>& zoneout_c,
+                  const std::optional<at::Tensor>& recurrent_mask, const at::Tensor& output,
+                  const at::Tensor& workspace, bool reverse) {
+  const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
+  const std::pair<int64_t, int64_t> sizes =
+      check_ext_args(kBwd, output, "output", 0, batch_sizes, hx, cx, w_hh_, w_hr_);
+  const int64_t H = sizes.first, P = sizes.second;
+  check_like(kBwd, "grad_output", grad_output, output.sizes(), output);
+  check_like(kBwd, "grad_hy", grad_hy, hx.sizes(), hx);
+  check_like(kBwd, "grad_cy", grad_cy, cx.sizes(), cx);
+  check_param(kBwd, "ln_hh_weight", ln_hh_weight, 4 * H, output);
+  check_param(kBwd, "ln_c_weight", ln_c_weight, H, output);
+  check_acc(kBwd, "zoneout_h", zoneout_h, output.sizes(), output, true);
+  check_acc(kBwd, "zoneout_c", zoneout_c, lead_sizes(output, H), output, true);
+  check_acc(kBwd, "recurrent_mask", recurrent_mask, hx.sizes(), output, false);
+
+  const SeqLayout L = make_layout(output, batch_sizes);
+  const bool proj = w_hr_.has_value(), has_ln_hh = ln_hh_weight.has_value(), has_ln_c = ln_c_weight.has_value();
+  const WsLayout wl(H, has_ln_hh, has_ln_c);
+  const auto dt = output.scalar_type();
+  const auto acc_type = acc_dtype(dt);
+  const auto acc_opts = output.options().dtype(acc_type);
+  TORCH_CHECK_VALUE(workspace.sizes() == at::IntArrayRef({L.N, wl.width}) && workspace.scalar_type() == acc_type,
+                    kBwd, ": workspace must be the [", L.N, ", ", wl.width, "] ", acc_type,
+                    " tensor the forward returned with train=True (for these ln_hh/ln_c options), got ",
+                    workspace.scalar_type(), " ", workspace.sizes(), " (was the forward run with train=False?)");
+  TORCH_CHECK(workspace.device() == output.device(), kBwd, ": expected workspace on ", output.device(),
+              " (the input's device), got ", workspace.device());
+
+  const at::Tensor ws = workspace.contiguous();
+  const at::Tensor w_hh = w_hh_.to(acc_type).contiguous();
+  const at::Tensor w_hr = proj ? w_hr_->to(acc_type).contiguous() : at::Tensor();
+  const at::Tensor lnh_w = acc_contiguous(ln_hh_weight, acc_type), lnc_w = acc_contiguous(ln_c_weight, acc_type);
+  const at::Tensor kh_t = zoneout_rows(zoneout_h, L.N, P), kc_t = zoneout_rows(zoneout_c, L.N, H);
+  const at::Tensor mask = recurrent_mask.has_value() ? recurrent_mask->contiguous() : at::Tensor();
+  const at::Tensor cx_acc = cx.to(acc_type).contiguous();
+  const StepRows go(grad_output, batch_sizes.has_value());  // read in place
+
+  at::Tensor dh_state = grad_hy.to(acc_opts, false, /*copy=*/true).contiguous();
+  at::Tensor dc_state = grad_cy.to(acc_opts, false, /*copy=*/true).contiguous();
+  const int64_t G = 4 * H, W = wl.width;
+  at::Tensor dgates = at::empty({L.N, G}, acc_opts);           // d pre (= grad_gates_x)
+  at::Tensor da = has_ln_hh ? at::empty({L.N, G}, acc_opts) : dgates;  // d (W_hh h m)
+  at::Tensor du = has_ln_c ? at::empty({L.N, H}, acc_opts) : at::Tensor();   // d u (for LN_c's gradients)
+  at::Tensor dht = proj ? at::empty({L.N, P}, acc_opts) : at::Tensor();     // d h~ (for dW_hr)
+  at::Tensor dr = proj ? at::empty({L.B, H}, acc_opts) : at::Tensor();
+  at::Tensor carry = mask.defined() ? at::empty({L.B, P}, acc_opts) : at::Tensor();
+
+  {  // scoped: the packed weights are freed before the whole-sequence GEMMs
+    const StepGemm gemm_hh(w_hh, /*transpose_w=*/false, L.B, dgates.nbytes());
+    const StepGemm gemm_hr = proj ? StepGemm(w_hr, /*transpose_w=*/false, L.B, dgates.nbytes())
+                                  : StepGemm(w_hh, false, 0);
+    FASTRNN_CPU_DISPATCH(dt, kBwd, [&] {
+      using acc = acc_t<scalar_t>;
+      const Rows<acc> kh = rows_of<acc>(kh_t), kc = rows_of<acc>(kc_t);
+      const acc* m = mask.defined() ? mask.const_data_ptr<acc>() : nullptr;
+      const acc* lhw = ptr_or_null<acc>(lnh_w);
+      const acc* lcw = ptr_or_null<acc>(lnc_w);
+      const acc* ws_p = ws.const_data_ptr<acc>();
+      const acc* cx_p = cx_acc.const_data_ptr<acc>();
+      acc* dh_p = dh_state.data_ptr<acc>();
+      acc* dc_p = dc_state.data_ptr<acc>();
+      acc* dg_p = dgates.data_ptr<acc>();
+      acc* da_p = da.data_ptr<acc>();
+      acc* du_p = has_ln_c ? du.data_ptr<acc>() : nullptr;
+      acc* dht_p = proj ? dht.data_ptr<acc>() : nullptr;
+      acc* dr_p = proj ? dr.data_ptr<acc>() : nullptr;
+      acc* carry_p = m != nullptr ? carry.data_ptr<acc>() : nullptr;
+
+      for (int64_t k = 0; k < L.T; ++k) {
+        const int64_t t = L.step(k, !reverse), bs = L.batch_sizes[t], off = L.offsets[t];
+        const int64_t p = L.prev_step(t, reverse), with_prev = L.rows_with_prev(t, reverse);
+        const scalar_t* go_t = go.step<scalar_t>(L, t);
+        // dh = the gradient reaching h_t; dh_state keeps k_h * dh (the direct path to h_{t-1}), h~ gets the rest.
+        auto split_dh = [&](int64_t b, int64_t j, acc* dst) {
+          const acc d = dh_p[b * P + j] + static_cast<acc>(go_t[b * go.ld + j]);
+          const acc kk = kh.p != nullptr ? kh.at(off + b, j) : acc(0);
+          dh_p[b * P + j] = kk * d;
+          dst[j] = (acc(1) - kk) * d;
+        };
+        if (proj) {
+          for_rows(bs, P, [&](int64_t b0, int64_t b1) {
+            for (int64_t b = b0; b < b1; ++b)
+              for (int64_t j = 0; j < P; ++j) split_dh(b, j, dht_p + (off + b) * P);
+          });
+          gemm_hr.run(dht.narrow(0, off, bs), dr.narrow(0, 0, bs));
+        }
+        for_rows(bs, G, [&](int64_t b0, int64_t b1) {
+          std::vector<acc> scratch(H);
+          for (int64_t b = b0; b < b1; ++b) {
+            const int64_t row = off + b;
+            const acc* w = ws_p + row * W;
+            const acc *gi = w, *gf = w + H, *gg = w + 2 * H, *go_ = w + 3 * H, *tu = w + 5 * H;
+            const acc* c_prev = b < with_prev ? ws_p + (L.offsets[p] + b) * W + 4 * H : cx_p + b * H;
+            acc* dg = dg_p + row * G;
+            const acc* drow;
+            if (proj) {
+              drow = dr_p + b * H;
+            } else {  // dr is d h~ here; dg's i-block holds it until overwritten below
+              for (int64_t j = 0; j < H; ++j) split_dh(b, j, dg);
+              drow = dg;
+            }
+            acc* dU = has_ln_c ? du_p + row * H : scratch.data();  // d u
+            for (int64_t j = 0; j < H; ++j) {
+              const acc d = drow[j], o = go_[j], th = tu[j];
+              dU[j] = d * o * (acc(1) - th * th);
+              dg[3 * H + j] = d * th * o * (acc(1) - o);
+            }
+            // dcu: the gradient reaching c~ through u (dU itself without LN_c; kept for LN_c's gradients).
+            const acc* dcu = dU;
+            if (lcw != nullptr) {
+              ln_backward(dU, lcw, w + wl.ln_c, w[wl.ln_c + H], scratch.data(), H);
+              dcu = scratch.data();
+            }
+            acc* dc = dc_p + b * H;
+            for (int64_t j = 0; j < H; ++j) {
+              const acc kk = kc.p != nullptr ? kc.at(row, j) : acc(0);
+              const acc dct = (acc(1) - kk) * dc[j] + dcu[j];  // d c~
+              const acc i = gi[j], f = gf[j], g = gg[j];
+              dc[j] = dct * f + kk * dc[j];
+              dg[j] = dct * g * i * (acc(1) - i);
+              dg[H + j] = dct * c_prev[j] * f * (acc(1) - f);
+              dg[2 * H + j] = dct * i * (acc(1) - g * g);
+            }
+            if (lhw != nullptr) ln_backward(dg, lhw, w + wl.ln_hh, w[wl.ln_hh + G], da_p + row * G, G);
+          }
+        });
+        // The gradient reaching h_{t-1} through W_hh: (da @ W_hh) * m, added to the direct zoneout term.
+        if (m != nullptr) {
+          gemm_hh.run(da.narrow(0, off, bs), carry.narrow(0, 0, bs));
+          for_rows(bs, P, [&](int64_t b0, int64_t b1) {
+            for (int64_t i = b0 * P; i < b1 * P; ++i) dh_p[i] += carry_p[i] * m[i];
+          });
+        } else {
+          gemm_hh.run(da.narrow(0, off, bs), dh_state.narrow(0, 0, bs), /*accumulate=*/true);
+        }
+      }
+    });
+  }
+
+  // Whole-sequence weight gradients, against the states each step started from (rows of output and hx).
+  const at::Tensor out_acc = rows2d(output.contiguous()).to(acc_type);
+  const at::Tensor hx_acc = hx.to(acc_type).contiguous();
+  at::Tensor grad_w_hh = at::empty({G, P}, acc_opts);
+  if (mask.defined()) {
+    at::Tensor h_prev = gather_prev(out_acc, hx_acc, L, reverse);
+    for (int64_t t = 0; t < L.T; ++t)
+      h_prev.narrow(0, L.offsets[t], L.batch_sizes[t]).mul_(mask.narrow(0, 0, L.batch_sizes[t]));
+    at::mm_out(grad_w_hh, da.t(), h_prev);
+  } else {
+    addmm_prev(grad_w_hh, da, out_acc, hx_acc, L, reverse);
+  }
+  const auto empty = [&] { return at::empty({0}, output.options()); };
+  at::Tensor grad_w_hr = empty();
+  if (proj) grad_w_hr = at::mm(dht.t(), ws.narrow(1, 3 * H, H) * ws.narrow(1, 5 * H, H)).to(dt);
+  at::Tensor g_lnh_w = empty(), g_lnh_b = empty(), g_lnc_w = empty(), g_lnc_b = empty();
+  if (has_ln_hh) {
+    g_lnh_w = (dgates * ws.narrow(1, wl.ln_hh, G)).sum(0).to(dt);
+    g_lnh_b = dgates.sum(0).to(dt);
+  }
+  if (has_ln_c) {
+    g_lnc_w = (du * ws.narrow(1, wl.ln_c, H)).sum(0).to(dt);
+    g_lnc_b = du.sum(0).to(dt);
+  }
+  at::Tensor grad_gates_x = dgates.to(dt).view(lead_sizes(output, G));
+  return {grad_gates_x, dh_state.to(dt), dc_state.to(dt), grad_w_hh.to(dt), grad_w_hr,
+          g_lnh_w, g_lnh_b, g_lnc_w, g_lnc_b};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastrnn, CPU, m) {
+  m.impl("lstm_ext_forward", &lstm_ext_forward);
+  m.impl("lstm_ext_backward", &lstm_ext_backward);
+}
+
+}  // namespace fastrnn::cpu
