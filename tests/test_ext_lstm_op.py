@@ -41,17 +41,20 @@ GRAD_OF = {"gates_x": 0, "hx": 1, "cx": 2, "w_hh": 3, "w_hr": 4, "ln_hh_weight":
 
 
 def make_args(dtype, packed: bool, proj=False, ln_hh=False, ln_c=False, zo_h=None, zo_c=None, mask=False,
-              seed=0) -> dict:
-    """The forward op's arguments (without reverse/train) as a dict, in `dtype` (masks: accumulation dtype)."""
+              seed=0, hidden=H, proj_size=P_PROJ, sizes=None, dense=(T_DENSE, B_DENSE)) -> dict:
+    """The forward op's arguments (without reverse/train) as a dict, in `dtype` (masks: accumulation dtype).
+    sizes: the packed batch sizes (default PACKED_SIZES); dense: (T, B) of the dense layout."""
     g = torch.Generator().manual_seed(seed)
     acc = accumulation_dtype(dtype)
     rnd = lambda *s, scale=1.0: (torch.randn(*s, generator=g, dtype=torch.float64) * scale).to(dtype)  # noqa: E731
-    P = P_PROJ if proj else H
+    H = hidden
+    P = proj_size if proj else H
     if packed:
-        batch_sizes = torch.tensor(PACKED_SIZES, dtype=torch.int64)
-        lead, B = [sum(PACKED_SIZES)], PACKED_SIZES[0]
+        sizes = PACKED_SIZES if sizes is None else sizes
+        batch_sizes = torch.tensor(sizes, dtype=torch.int64)
+        lead, B = [sum(sizes)], sizes[0]
     else:
-        batch_sizes, lead, B = None, [T_DENSE, B_DENSE], B_DENSE
+        batch_sizes, lead, B = None, list(dense), dense[1]
     a = dict(gates_x=rnd(*lead, 4 * H), batch_sizes=batch_sizes, hx=rnd(B, P, scale=0.5), cx=rnd(B, H, scale=0.5),
              w_hh=rnd(4 * H, P, scale=0.4), w_hr=rnd(P, H, scale=0.5) if proj else None,
              ln_hh_weight=None, ln_hh_bias=None, ln_c_weight=None, ln_c_bias=None, zoneout_h=None, zoneout_c=None,
@@ -257,3 +260,90 @@ def test_bad_backward_args():
     with pytest.raises(ERRORS, match="grad_cy"):
         bwd(workspace=ws, grads=(grads[0], grads[1], grads[2][:-1]))
     bwd(workspace=ws)  # and the right arguments pass
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+@pytest.mark.parametrize("config", ["all_masks", "all_const", "all_no_proj"])
+def test_bfloat16_against_state_rounding(config, packed, reverse, seed, monkeypatch):
+    """bfloat16 keeps the h state in bfloat16 (the only rounding of its forward: the GEMMs, LayerNorms and the
+    backward run in float32). Against the float32 composite whose h state is rounded the same way after every
+    step the kernels agree far more closely than against the plain float32 composite, whose gradients can
+    differ by ~10% of their scale on these LayerNorm configurations from that rounding alone."""
+    from fastrnn import reference
+    cell = reference.lstm_ext_cell
+
+    def rounded_cell(*args, **kw):
+        h, c = cell(*args, **kw)
+        return h.to(torch.bfloat16).float(), c
+
+    a = make_args(torch.bfloat16, packed, seed=seed, **CONFIGS[config])
+    monkeypatch.setattr(reference, "lstm_ext_cell", rounded_cell)
+    check_against_oracle(a, reverse, torch.bfloat16, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+def test_larger_batches(packed, reverse, dtype):
+    """Batches of 4+ rows (float32 GEMMs on MKL's packed weights for the full steps, at::mm for the shorter
+    ones), all options on."""
+    a = make_args(dtype, packed, seed=3, hidden=12, proj_size=7, sizes=[7, 6, 4, 4, 2, 1], dense=(4, 6),
+                  **CONFIGS["all_masks"])
+    check_against_oracle(a, reverse, dtype, torch.float64 if dtype == torch.float32 else torch.float32)
+
+
+@pytest.mark.parametrize("config", ["all_masks", "all_no_proj"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_parallel_rows(reverse, config):
+    """Steps wide enough for the row-parallel pointwise passes to split across threads."""
+    a = make_args(torch.float32, True, seed=4, hidden=16, proj_size=9, sizes=[400, 350, 20], **CONFIGS[config])
+    check_against_oracle(a, reverse, torch.float32, torch.float64)
+
+
+@pytest.mark.parametrize("fast_math", ["1", "0"])
+@pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
+def test_capabilities(capability, fast_math, monkeypatch):
+    """The vectorised gate activations of every instruction-set variant (FASTRNN_CPU_CAPABILITY, read per
+    call; a variant the processor lacks falls back to the best it has), hidden sizes around the widths."""
+    monkeypatch.setenv("FASTRNN_CPU_CAPABILITY", capability)
+    monkeypatch.setenv("FASTRNN_CPU_FAST_MATH", fast_math)
+    for hidden in (3, 8, 13):
+        a = make_args(torch.float32, True, seed=5, hidden=hidden, proj_size=2, **CONFIGS["all_masks"])
+        check_against_oracle(a, False, torch.float32, torch.float64)
+        a = make_args(torch.bfloat16, False, seed=5, hidden=hidden, **CONFIGS["all_no_proj"])
+        check_against_oracle(a, True, torch.bfloat16, torch.float32)
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+def test_opcheck(packed, train):
+    """The ops against their schemas and their fake (meta) implementations in fastrnn/ops.py."""
+    a = make_args(torch.float32, packed, **CONFIGS["all_masks"])
+    args = (*positional(a), False, train)
+    utils = ("test_schema", "test_faketensor")
+    torch.library.opcheck(ops.lstm_ext_forward.default, args, test_utils=utils)
+    if train:
+        out, hy, cy, ws = ops.lstm_ext_forward(*args)
+        bargs = (torch.randn_like(out), torch.randn_like(hy), torch.randn_like(cy), a["batch_sizes"], a["hx"],
+                 a["cx"], a["w_hh"], a["w_hr"], a["ln_hh_weight"], a["ln_c_weight"], a["zoneout_h"],
+                 a["zoneout_c"], a["recurrent_mask"], out, ws, False)
+        torch.library.opcheck(ops.lstm_ext_backward.default, bargs, test_utils=utils)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_empty_sequence(reverse):
+    """T = 0: the states pass through, the gradients of the initial states are those of the final ones."""
+    a = make_args(torch.float64, False, dense=(0, 3), **CONFIGS["all_masks"])
+    out, hy, cy, ws = ops.lstm_ext_forward(*positional(a), reverse, True)
+    assert out.shape == (0, 3, P_PROJ) and ws.shape[0] == 0
+    torch.testing.assert_close(hy, a["hx"])
+    torch.testing.assert_close(cy, a["cx"])
+    grads = random_grads(a, torch.float64)
+    _, res = run_op(a, reverse, grads)
+    assert res[0].shape == (0, 3, 4 * H)
+    torch.testing.assert_close(res[1], grads[1])
+    torch.testing.assert_close(res[2], grads[2])
+    for i in range(3, 9):
+        assert (res[i] == 0).all()

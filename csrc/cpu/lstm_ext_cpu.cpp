@@ -17,6 +17,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "step_loop.h"
@@ -133,9 +134,17 @@ at::Tensor acc_contiguous(const std::optional<at::Tensor>& t, at::ScalarType acc
   return t.has_value() ? t->to(acc).contiguous() : at::Tensor();
 }
 
+// y = sigmoid(y) or tanh(y) over n elements in place: float32 (also bfloat16's accumulation dtype) through
+// the step kernels' vectorised activations of the active instruction set (pointwise.h: FASTRNN_CPU_CAPABILITY
+// and FASTRNN_CPU_FAST_MATH apply, as in the other ops), double with libm.
 template <typename acc>
-inline acc sigmoid(acc x) {
-  return acc(1) / (acc(1) + std::exp(-x));
+inline void activate(ActivationFn act, acc* y, int64_t n, Activation fn) {
+  if constexpr (std::is_same_v<acc, float>) {
+    act(y, y, n, fn);
+  } else {
+    for (int64_t i = 0; i < n; ++i)
+      y[i] = fn == Activation::kSigmoid ? acc(1) / (acc(1) + std::exp(-y[i])) : std::tanh(y[i]);
+  }
 }
 
 // Two-pass mean and 1/sigma of x[0, n).
@@ -218,6 +227,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_ext_forward(
   const StepGemm gemm_hr = proj ? StepGemm(w_hr, /*transpose_w=*/true, L.B) : StepGemm(w_hh, true, 0);
   FASTRNN_CPU_DISPATCH(dt, kFwd, [&] {
     using acc = acc_t<scalar_t>;
+    const ActivationFn act = activation_kernel(active_isa());
     const Rows<acc> kh = rows_of<acc>(kh_t), kc = rows_of<acc>(kc_t);
     const acc* m = mask.defined() ? mask.const_data_ptr<acc>() : nullptr;
     const acc* lhw = ptr_or_null<acc>(lnh_w);
@@ -268,26 +278,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_ext_forward(
           } else {
             for (int64_t j = 0; j < G; ++j) gates[j] = static_cast<acc>(x[j]) + a[j];
           }
+          activate(act, gates, 2 * H, Activation::kSigmoid);  // i, f
+          activate(act, gates + 2 * H, H, Activation::kTanh);  // g
+          activate(act, gates + 3 * H, H, Activation::kSigmoid);  // o
           acc* cs = c_p + b * H;
-          for (int64_t j = 0; j < H; ++j) {
-            const acc i = sigmoid(gates[j]), f = sigmoid(gates[H + j]), g = std::tanh(gates[2 * H + j]);
-            gates[j] = i;
-            gates[H + j] = f;
-            gates[2 * H + j] = g;
-            gates[3 * H + j] = sigmoid(gates[3 * H + j]);
-            cc[j] = f * cs[j] + i * g;  // c~ (before zoneout)
-          }
+          for (int64_t j = 0; j < H; ++j) cc[j] = gates[H + j] * cs[j] + gates[j] * gates[2 * H + j];  // c~
+
           if (lcw != nullptr) {  // u = LN_c(c~)
             acc* xc = w + wl.ln_c;
             const auto [mean, rstd] = moments(cc, H);
             for (int64_t j = 0; j < H; ++j) {
               xc[j] = (cc[j] - mean) * rstd;
-              tu[j] = std::tanh(xc[j] * lcw[j] + lcb[j]);
+              tu[j] = xc[j] * lcw[j] + lcb[j];
             }
             xc[H] = rstd;
           } else {
-            for (int64_t j = 0; j < H; ++j) tu[j] = std::tanh(cc[j]);
+            for (int64_t j = 0; j < H; ++j) tu[j] = cc[j];
           }
+          activate(act, tu, H, Activation::kTanh);
           for (int64_t j = 0; j < H; ++j) {
             const acc c_new = kc.p != nullptr ? kc.at(row, j) * cs[j] + (acc(1) - kc.at(row, j)) * cc[j] : cc[j];
             cc[j] = c_new;
