@@ -10,7 +10,7 @@ import torch
 import fastrnn  # noqa: F401  (loads the extension and the fake kernels)
 from fastrnn import composite
 from fastrnn.composite import accumulation_dtype
-from tests.common import TOL, assert_close, assert_close_scaled
+from common import assert_close, assert_close_scaled
 
 ops = torch.ops.fastrnn
 T_DENSE, B_DENSE = 5, 3

@@ -8,7 +8,10 @@
 // mean and variance in the accumulation dtype), the gates, the cell update, LN_c, zoneout of c and, without a
 // projection, of h; the output, the states and the workspace row are written there. With a projection the
 // pass writes r = o * tanh(u), a second GEMM r @ W_hr^T writes the output rows and a small pass applies the
-// zoneout of h over the P units.
+// zoneout of h over the P units. The GEMMs run in the accumulation dtype (for bfloat16 on float32 copies of
+// the weights, made once per call), so W_hh h reaches LN_hh and r @ W_hr^T reaches zoneout unrounded; the h
+// state itself stays in the input's dtype (as in lstm_cpu.cpp), the c state in the accumulation dtype. The gate
+// activations of float32 rows are the step kernels' vectorised ones (pointwise.h).
 // Backward, per step in reverse order: the pointwise backward (zoneout split, LN_c and LN_hh backward from the
 // saved normalised values and 1/sigma), then the GEMM da @ W_hh for the gradient reaching h_{t-1} through
 // W_hh (times the mask), added to the direct zoneout term. The weight and LayerNorm gradients are
