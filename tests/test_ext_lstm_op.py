@@ -347,3 +347,21 @@ def test_empty_sequence(reverse):
     torch.testing.assert_close(res[2], grads[2])
     for i in range(3, 9):
         assert (res[i] == 0).all()
+
+
+def test_strided_arguments():
+    """Transposed (batch_first) gates_x, a non-contiguous hx and an expanded zoneout weight read like their
+    contiguous copies."""
+    a = make_args(torch.float64, False, **CONFIGS["all_masks"])
+    grads = random_grads(a, torch.float64)
+    (out, hy, cy, ws), res = run_op(a, True, grads)
+    b = dict(a)
+    b["gates_x"] = a["gates_x"].transpose(0, 1).contiguous().transpose(0, 1)
+    b["hx"] = a["hx"].t().contiguous().t()
+    b["zoneout_c"] = torch.tensor([[[1.0]]], dtype=torch.float64).expand(*a["gates_x"].shape[:-1], H)
+    a2 = dict(a, zoneout_c=b["zoneout_c"].contiguous())
+    assert not b["gates_x"].is_contiguous() and not b["hx"].is_contiguous()
+    for x, y in zip(run_op(b, True, grads), run_op(a2, True, grads)):
+        for u, v in zip(x, y):
+            torch.testing.assert_close(u, v, rtol=0, atol=0)
+    assert (out != run_op(a2, True, grads)[0][0]).any()  # the zoneout weight did change the result
