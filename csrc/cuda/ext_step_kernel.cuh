@@ -72,14 +72,20 @@ __device__ __forceinline__ void block_sum2(A& x, A& y, A* red) {
   y = sy;
 }
 
-// 1 / sqrt(var + eps), correctly rounded square root and division in A (sqrtf for float: an unqualified sqrt
-// would take the double overload under the host compiler and round differently from the CPU kernels).
+// 1 / n and 1 / sqrt(var + eps) as correctly rounded reciprocals (Math<A>::recip: __frcp_rn / __drcp_rn on the
+// GPU) rather than IEEE divisions, whose out-of-line slow path made ptxas spill the values live across its call
+// (float64 LSTM backward, sm_80); the results differ from the CPU kernels' divisions by at most an ulp. sqrtf
+// for float: an unqualified sqrt would take the double overload under the host compiler.
+template <typename A>
+__device__ __forceinline__ A inv_count(int64_t n) {
+  return Math<A>::recip(static_cast<A>(n));
+}
 template <typename A>
 __device__ __forceinline__ A ln_rstd(A var) {
   if constexpr (std::is_same_v<A, float>) {
-    return 1.f / sqrtf(var + static_cast<float>(kExtLnEps));
+    return Math<float>::recip(sqrtf(var + static_cast<float>(kExtLnEps)));
   } else {
-    return A(1) / sqrt(var + static_cast<A>(kExtLnEps));
+    return Math<A>::recip(sqrt(var + static_cast<A>(kExtLnEps)));
   }
 }
 
@@ -90,7 +96,8 @@ __device__ __forceinline__ void row_stats(const A* __restrict__ v, int64_t n, A*
   A s = A(0), unused = A(0);
   for (int64_t i = tid; i < n; i += kExtThreads) s += v[i];
   block_sum2(s, unused, red);
-  mean = s / static_cast<A>(n);
+  const A inv_n = inv_count<A>(n);
+  mean = s * inv_n;
   A q = A(0);
   unused = A(0);
   for (int64_t i = tid; i < n; i += kExtThreads) {
@@ -98,7 +105,7 @@ __device__ __forceinline__ void row_stats(const A* __restrict__ v, int64_t n, A*
     q += d * d;
   }
   block_sum2(q, unused, red);
-  rstd = ln_rstd(q / static_cast<A>(n));
+  rstd = ln_rstd(q * inv_n);
 }
 
 // The zoneout weight of unit j of row b (zero without zoneout).
@@ -191,7 +198,8 @@ __device__ __forceinline__ void lstm_ext_fwd(const LstmExtFwdParams& p) {
   // LN_c: two-pass statistics of c~ over the H units (the sum of pass one is already in csum).
   A unused = A(0);
   block_sum2(csum, unused, red);
-  const A cmean = csum / static_cast<A>(H);
+  const A inv_h = inv_count<A>(H);
+  const A cmean = csum * inv_h;
   A q = A(0);
   for (int64_t j = tid; j < H; j += kExtThreads) {
     const A d = scr[j] - cmean;
@@ -199,7 +207,7 @@ __device__ __forceinline__ void lstm_ext_fwd(const LstmExtFwdParams& p) {
   }
   unused = A(0);
   block_sum2(q, unused, red);
-  const A crstd = ln_rstd(q / static_cast<A>(H));
+  const A crstd = ln_rstd(q * inv_h);
   if (ws != nullptr && tid == 0) ws[xc_col + H] = crstd;
   for (int64_t j = tid; j < H; j += kExtThreads) {
     const A xh = (scr[j] - cmean) * crstd;
@@ -273,8 +281,9 @@ __device__ __forceinline__ void ln_backward_row(const acc_t<S>* __restrict__ dl,
     }
   }
   block_sum2(s1, s2, red);
-  s1 /= static_cast<A>(G);
-  s2 /= static_cast<A>(G);
+  const A inv_g = inv_count<A>(G);
+  s1 *= inv_g;
+  s2 *= inv_g;
   for (int64_t j = threadIdx.x; j < H; j += kExtThreads) {
 #pragma unroll
     for (int g = 0; g < kGates; ++g) {
@@ -350,8 +359,9 @@ __device__ __forceinline__ void lstm_ext_bwd(const LstmExtBwdParams& p) {
   }
   if (lnc) {  // uniform over the block
     block_sum2(s1, s2, red);
-    s1 /= static_cast<A>(H);
-    s2 /= static_cast<A>(H);
+    const A inv_h = inv_count<A>(H);
+    s1 *= inv_h;
+    s2 *= inv_h;
     const A crstd = ws[xc_col + H];
     for (int64_t j = tid; j < H; j += kExtThreads)
       gates(j, crstd * (dyc[j] * to_float(lcw[j]) - s1 - ws[xc_col + j] * s2));
@@ -436,28 +446,37 @@ __device__ __forceinline__ void gru_ext_bwd(const GruExtBwdParams& p) {
   if (lnw != nullptr) ln_backward_row<S, 3>(dl, ws + 4 * H, ws[4 * H + G], lnw, H, static_cast<A*>(p.da) + b * G, red);
 }
 
+// __launch_bounds__(256, 2): with __launch_bounds__(256) alone ptxas (nvcc 13.0) held the float32 LSTM forward (sm_80)
+// and the float64 LSTM/GRU backward (sm_80, sm_90) at 64 registers with 4-12 byte spills. A minimum of 2 resident
+// blocks (<= 128 registers) lets it use what it needs while an SM still overlaps two rows' memory traffic.
+#if defined(__CUDACC__)
+#define FASTRNN_EXT_BOUNDS __launch_bounds__(kExtThreads, 2)
+#else
+#define FASTRNN_EXT_BOUNDS
+#endif
+
 template <typename S>
-__global__ void FASTRNN_LAUNCH_BOUNDS(kExtThreads) lstm_ext_fwd_kernel(const LstmExtFwdParams p) {
+__global__ void FASTRNN_EXT_BOUNDS lstm_ext_fwd_kernel(const LstmExtFwdParams p) {
   lstm_ext_fwd<S>(p);
 }
 template <typename S>
-__global__ void FASTRNN_LAUNCH_BOUNDS(kExtThreads) lstm_ext_bwd_kernel(const LstmExtBwdParams p) {
+__global__ void FASTRNN_EXT_BOUNDS lstm_ext_bwd_kernel(const LstmExtBwdParams p) {
   lstm_ext_bwd<S>(p);
 }
 template <typename S>
-__global__ void FASTRNN_LAUNCH_BOUNDS(kExtThreads) gru_ext_fwd_kernel(const GruExtFwdParams p) {
+__global__ void FASTRNN_EXT_BOUNDS gru_ext_fwd_kernel(const GruExtFwdParams p) {
   gru_ext_fwd<S>(p);
 }
 template <typename S>
-__global__ void FASTRNN_LAUNCH_BOUNDS(kExtThreads) gru_ext_bwd_kernel(const GruExtBwdParams p) {
+__global__ void FASTRNN_EXT_BOUNDS gru_ext_bwd_kernel(const GruExtBwdParams p) {
   gru_ext_bwd<S>(p);
 }
 template <typename S>
-__global__ void FASTRNN_LAUNCH_BOUNDS(kExtThreads) ext_mix_kernel(const ExtMixParams p) {
+__global__ void FASTRNN_EXT_BOUNDS ext_mix_kernel(const ExtMixParams p) {
   ext_mix<S>(p);
 }
 template <typename S>
-__global__ void FASTRNN_LAUNCH_BOUNDS(kExtThreads) ext_split_kernel(const ExtSplitParams p) {
+__global__ void FASTRNN_EXT_BOUNDS ext_split_kernel(const ExtSplitParams p) {
   ext_split<S>(p);
 }
 

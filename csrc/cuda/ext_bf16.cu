@@ -1,0 +1,7 @@
+// Pointwise step kernels of the regularised cells (ext_step_kernel.cuh) for bf16 tensors: one dtype per file, so
+// the build is parallel.
+#include "ext_launcher.cuh"
+
+namespace fastrnn::cuda {
+FASTRNN_INSTANTIATE_EXT(DType::kBFloat16);
+}  // namespace fastrnn::cuda

@@ -1,0 +1,368 @@
+// The LSTM with fastrnn's options (LayerNorm of W_hh h and of c, zoneout, recurrent dropout) on CUDA:
+// fastrnn::lstm_ext_forward / lstm_ext_backward, one layer and direction of a whole (packed) sequence. Schemas,
+// argument meanings and the workspace layout: csrc/fastrnn.cpp; equations: fastrnn/reference.py lstm_ext_cell;
+// the argument checks and the results are those of cpu/lstm_ext_cpu.cpp (same messages).
+//
+// The first CUDA step for these options (the persistent kernels will absorb it later), the CPU kernel's plan:
+// forward, per step, the recurrent GEMM a = (h_{t-1} * m) @ W_hh^T with cuBLAS (at::mm_out, accumulation dtype)
+// into a [B, 4H] buffer, then ONE launch of lstm_ext_fwd_kernel (ext_step_kernel.cuh, one block per row: LN
+// statistics, gates, cell, LN_c, zoneout; output, states, workspace). With a projection the kernel writes
+// r = o * tanh(u), the host runs r @ W_hr^T and ext_mix_kernel applies zoneout over the P units.
+// Backward, per step in reverse: (projection: ext_split_kernel, the zoneout split of dh on P units, and
+// dh_new @ W_hr) lstm_ext_bwd_kernel (gates, LN_c and LN_hh backward with block reductions), then the carry GEMM
+// (da @ W_hh) * m into dL/dh_{t-1}. The weight and LayerNorm gradients are whole-sequence GEMMs and column sums
+// (at::sum, no atomics) afterwards.
+#include <torch/library.h>
+
+#include <vector>
+
+#include "cuda_common.h"
+#include "ext_launch.h"
+
+namespace fastrnn::cuda {
+namespace {
+
+constexpr const char* kFwd = "fastrnn::lstm_ext_forward";
+constexpr const char* kBwd = "fastrnn::lstm_ext_backward";
+
+// The workspace's columns (csrc/fastrnn.cpp): i, f, g, o [0, 4H); c [4H, 5H); tanh(u) [5H, 6H); with ln_hh the
+// normalised W_hh h [6H, 10H) and its 1/sigma; with ln_c the normalised c~ [ln_c, ln_c + H) and its 1/sigma.
+struct WsLayout {
+  int64_t width, ln_hh, ln_c;  // first column of each LN block, -1 when absent
+  WsLayout(int64_t H, bool has_ln_hh, bool has_ln_c) {
+    int64_t w = 6 * H;
+    ln_hh = has_ln_hh ? w : -1;
+    if (has_ln_hh) w += 4 * H + 1;
+    ln_c = has_ln_c ? w : -1;
+    if (has_ln_c) w += H + 1;
+    width = w;
+  }
+};
+
+// ---------------------------------------------------------------------------------------------- checks
+// (cpu/lstm_ext_cpu.cpp's, message for message)
+std::vector<int64_t> lead_sizes(const at::Tensor& t, int64_t last) {
+  std::vector<int64_t> s = t.sizes().vec();
+  s.back() = last;
+  return s;
+}
+
+void check_param(const char* op, const char* name, const std::optional<at::Tensor>& t, int64_t n,
+                 const at::Tensor& like) {
+  if (t.has_value()) check_like(op, name, *t, {n}, like);
+}
+
+void check_acc(const char* op, const char* name, const std::optional<at::Tensor>& t, at::IntArrayRef sizes,
+               const at::Tensor& like, bool one_ok) {
+  if (!t.has_value()) return;
+  const auto acc = acc_dtype(like.scalar_type());
+  TORCH_CHECK_VALUE(t->sizes() == sizes || (one_ok && t->numel() == 1), op, ": expected ", name, " of shape ",
+                    sizes, one_ok ? " (or a one-element tensor: the eval constant)" : "", ", got ", t->sizes());
+  TORCH_CHECK_TYPE(t->scalar_type() == acc, op, ": expected ", name, " of dtype ", acc,
+                   " (the accumulation dtype of the input's ", like.scalar_type(), "), got ", t->scalar_type());
+  TORCH_CHECK(t->device() == like.device(), op, ": expected ", name, " on ", like.device(),
+              " (the input's device), got ", t->device());
+}
+
+std::pair<int64_t, int64_t> check_ext_args(const char* op, const at::Tensor& seq, const char* seq_name,
+                                           int64_t seq_gates, const std::optional<at::Tensor>& batch_sizes,
+                                           const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_hh,
+                                           const std::optional<at::Tensor>& w_hr) {
+  TORCH_CHECK_VALUE(w_hh.dim() == 2 && w_hh.size(0) % 4 == 0, op, ": w_hh must be [4*hidden_size, state_size], got ",
+                    w_hh.sizes());
+  const int64_t H = w_hh.size(0) / 4;
+  TORCH_CHECK_VALUE(!w_hr.has_value() || (w_hr->dim() == 2 && w_hr->size(1) == H), op,
+                    ": w_hr must be [proj_size, hidden_size=", H, "], got ",
+                    w_hr.has_value() ? w_hr->sizes() : at::IntArrayRef());
+  const int64_t P = w_hr.has_value() ? w_hr->size(0) : H;
+  const int64_t F = seq_gates > 0 ? seq_gates * H : P;
+  TORCH_CHECK_VALUE(seq.dim() == (batch_sizes.has_value() ? 2 : 3) && seq.size(-1) == F, op, ": expected ",
+                    seq_name, " of shape ", batch_sizes.has_value() ? "[N, " : "[T, B, ", F, "] (w_hh is ",
+                    w_hh.sizes(), w_hr.has_value() ? " and w_hr gives the state size" : "", "), got ",
+                    seq.sizes());
+  // dtypes, devices, w_hh/w_hr/hx/cx shapes and batch_sizes: check_forward_args, with `seq` as the input of an
+  // LSTM whose w_ih (an expanded placeholder, no memory) is [4H, F].
+  const at::Tensor w_ih = at::empty({1, 1}, seq.options()).expand({4 * H, F});
+  check_forward_args(op, 4, seq, batch_sizes, hx, &cx, w_ih, w_hh, {}, {}, w_hr);
+  return {H, P};
+}
+
+void check_ln_pair(const char* op, const char* what, const std::optional<at::Tensor>& w,
+                   const std::optional<at::Tensor>& b) {
+  TORCH_CHECK_VALUE(w.has_value() == b.has_value(), op, ": ", what, "_weight and ", what,
+                    "_bias must be given together (both or neither), got only ", what,
+                    w.has_value() ? "_weight" : "_bias");
+}
+
+// ---------------------------------------------------------------------------------------------- helpers
+at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->contiguous() : at::Tensor();
+}
+const void* ptr_of(const at::Tensor& t) { return t.defined() && t.numel() > 0 ? t.const_data_ptr() : nullptr; }
+
+// The zoneout weights of the step starting at row `off` (ExtZoneout): rows of the contiguous [N, D] tensor, the
+// one-element eval constant (read on the device: no host synchronisation), or none.
+ExtZoneout zoneout_at(const at::Tensor& k, int64_t off, int64_t D) {
+  ExtZoneout z;
+  if (!k.defined()) return z;
+  if (k.numel() == 1) {
+    z.k = k.const_data_ptr();
+    z.scalar = 1;
+  } else {
+    z.k = static_cast<const char*>(k.const_data_ptr()) + off * D * static_cast<int64_t>(k.element_size());
+  }
+  return z;
+}
+
+// ---------------------------------------------------------------------------------------------- forward
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_ext_forward(
+    const at::Tensor& gates_x, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
+    const at::Tensor& cx, const at::Tensor& w_hh_, const std::optional<at::Tensor>& w_hr_,
+    const std::optional<at::Tensor>& ln_hh_weight, const std::optional<at::Tensor>& ln_hh_bias,
+    const std::optional<at::Tensor>& ln_c_weight, const std::optional<at::Tensor>& ln_c_bias,
+    const std::optional<at::Tensor>& zoneout_h, const std::optional<at::Tensor>& zoneout_c,
+    const std::optional<at::Tensor>& recurrent_mask, bool reverse, bool train) {
+  const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
+  check_cuda(kFwd, "gates_x", gates_x);
+  const std::pair<int64_t, int64_t> sizes =
+      check_ext_args(kFwd, gates_x, "gates_x", 4, batch_sizes, hx, cx, w_hh_, w_hr_);
+  const int64_t H = sizes.first, P = sizes.second;
+  check_ln_pair(kFwd, "ln_hh", ln_hh_weight, ln_hh_bias);
+  check_ln_pair(kFwd, "ln_c", ln_c_weight, ln_c_bias);
+  check_param(kFwd, "ln_hh_weight", ln_hh_weight, 4 * H, gates_x);
+  check_param(kFwd, "ln_hh_bias", ln_hh_bias, 4 * H, gates_x);
+  check_param(kFwd, "ln_c_weight", ln_c_weight, H, gates_x);
+  check_param(kFwd, "ln_c_bias", ln_c_bias, H, gates_x);
+  check_acc(kFwd, "zoneout_h", zoneout_h, lead_sizes(gates_x, P), gates_x, true);
+  check_acc(kFwd, "zoneout_c", zoneout_c, lead_sizes(gates_x, H), gates_x, true);
+  check_acc(kFwd, "recurrent_mask", recurrent_mask, hx.sizes(), gates_x, false);
+  const c10::cuda::CUDAGuard guard(gates_x.device());
+
+  const SeqLayout L = make_layout(gates_x, batch_sizes);
+  const bool proj = w_hr_.has_value(), has_ln_hh = ln_hh_weight.has_value(), has_ln_c = ln_c_weight.has_value();
+  const WsLayout wl(H, has_ln_hh, has_ln_c);
+  const auto dt = gates_x.scalar_type();
+  const auto acc_type = acc_dtype(dt);
+  const auto acc_opts = gates_x.options().dtype(acc_type);
+  const DType d = dtype_of(kFwd, dt);
+  // The GEMMs run in the accumulation dtype (the weights converted once per call for half types), as on the CPU:
+  // W_hh h reaches LN_hh and the projection reaches zoneout unrounded; only the h state is kept in the input's dtype.
+  const at::Tensor w_hh = w_hh_.to(acc_type).contiguous();
+  const at::Tensor w_hr = proj ? w_hr_->to(acc_type).contiguous() : at::Tensor();
+  const at::Tensor lnh_w = contiguous_or_undefined(ln_hh_weight), lnh_b = contiguous_or_undefined(ln_hh_bias);
+  const at::Tensor lnc_w = contiguous_or_undefined(ln_c_weight), lnc_b = contiguous_or_undefined(ln_c_bias);
+  const at::Tensor kh = contiguous_or_undefined(zoneout_h), kc = contiguous_or_undefined(zoneout_c);
+  const at::Tensor mask = contiguous_or_undefined(recurrent_mask);
+
+  at::Tensor output = at::empty(lead_sizes(gates_x, P), gates_x.options());
+  const at::Tensor out = rows2d(output);
+  const at::Tensor gx = rows2d(gates_x.contiguous());
+  at::Tensor h_state = hx.contiguous().clone();
+  at::Tensor c_state = cx.to(acc_opts, /*non_blocking=*/false, /*copy=*/true).contiguous();
+  at::Tensor ws = at::empty({train ? L.N : 0, train ? wl.width : 0}, acc_opts);
+  // h_{t-1} * m in the accumulation dtype: the GEMM's operand, rewritten by the kernels for the next step.
+  at::Tensor hm = h_state.to(acc_opts, /*non_blocking=*/false, /*copy=*/true);
+  if (mask.defined()) hm.mul_(mask);
+  const at::Tensor a = at::empty({L.B, 4 * H}, acc_opts);
+  const at::Tensor r = proj ? at::empty({L.B, H}, acc_opts) : at::Tensor();             // o * tanh(u)
+  const at::Tensor hp = proj ? at::empty({L.B, P}, acc_opts) : at::Tensor();            // r @ W_hr^T
+  const at::Tensor scratch = has_ln_c ? at::empty({L.B, 2 * H}, acc_opts) : at::Tensor();  // c~, o
+
+  if (L.N > 0 && L.B > 0) check_launch(kFwd, "lstm_ext_fwd_kernel", ext_launch_config(d, L.B));
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  for (int64_t s = 0; s < L.T; ++s) {
+    const int64_t t = L.step(s, reverse), bs = L.batch_sizes[t], off = L.offsets[t];
+    mm_into(a.narrow(0, 0, bs), hm.narrow(0, 0, bs), w_hh.t());
+    LstmExtFwdParams p;
+    p.a = a.data_ptr();
+    p.gx = row_ptr(gx, off);
+    p.ln_hh_w = ptr_of(lnh_w);
+    p.ln_hh_b = ptr_of(lnh_b);
+    p.ln_c_w = ptr_of(lnc_w);
+    p.ln_c_b = ptr_of(lnc_b);
+    if (!proj) p.zh = zoneout_at(kh, off, P);
+    p.zc = zoneout_at(kc, off, H);
+    p.mask = proj ? nullptr : ptr_of(mask);
+    p.c_state = c_state.data_ptr();
+    p.h_state = proj ? nullptr : h_state.data_ptr();
+    p.hm = proj ? nullptr : hm.data_ptr();
+    p.out = proj ? nullptr : row_ptr(out, off);
+    p.r_out = proj ? r.data_ptr() : nullptr;
+    p.scratch = has_ln_c ? scratch.data_ptr() : nullptr;
+    p.ws = train ? row_ptr(ws, off) : nullptr;
+    p.bs = bs;
+    p.H = H;
+    p.ld_out = P;
+    p.ws_width = wl.width;
+    p.proj = proj ? 1 : 0;
+    launch_lstm_ext_fwd(d, p, stream);
+    if (proj) {
+      mm_into(hp.narrow(0, 0, bs), r.narrow(0, 0, bs), w_hr.t());
+      ExtMixParams m;
+      m.hnew = hp.data_ptr();
+      m.zh = zoneout_at(kh, off, P);
+      m.mask = ptr_of(mask);
+      m.h_state = h_state.data_ptr();
+      m.hm = hm.data_ptr();
+      m.out = row_ptr(out, off);
+      m.bs = bs;
+      m.D = P;
+      m.ld_out = P;
+      launch_ext_mix(d, m, stream);
+    }
+  }
+  return {output, h_state, c_state.to(dt), ws};
+}
+
+// --------------------------------------------------------------------------------------------- backward
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+           at::Tensor>
+lstm_ext_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& grad_cy,
+                  const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx, const at::Tensor& cx,
+                  const at::Tensor& w_hh_, const std::optional<at::Tensor>& w_hr_,
+                  const std::optional<at::Tensor>& ln_hh_weight, const std::optional<at::Tensor>& ln_c_weight,
+                  const std::optional<at::Tensor>& zoneout_h, const std::optional<at::Tensor>& zoneout_c,
+                  const std::optional<at::Tensor>& recurrent_mask, const at::Tensor& output,
+                  const at::Tensor& workspace, bool reverse) {
+  const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
+  check_cuda(kBwd, "output", output);
+  const std::pair<int64_t, int64_t> sizes =
+      check_ext_args(kBwd, output, "output", 0, batch_sizes, hx, cx, w_hh_, w_hr_);
+  const int64_t H = sizes.first, P = sizes.second;
+  check_like(kBwd, "grad_output", grad_output, output.sizes(), output);
+  check_like(kBwd, "grad_hy", grad_hy, hx.sizes(), hx);
+  check_like(kBwd, "grad_cy", grad_cy, cx.sizes(), cx);
+  check_param(kBwd, "ln_hh_weight", ln_hh_weight, 4 * H, output);
+  check_param(kBwd, "ln_c_weight", ln_c_weight, H, output);
+  check_acc(kBwd, "zoneout_h", zoneout_h, output.sizes(), output, true);
+  check_acc(kBwd, "zoneout_c", zoneout_c, lead_sizes(output, H), output, true);
+  check_acc(kBwd, "recurrent_mask", recurrent_mask, hx.sizes(), output, false);
+  const c10::cuda::CUDAGuard guard(output.device());
+
+  const SeqLayout L = make_layout(output, batch_sizes);
+  const bool proj = w_hr_.has_value(), has_ln_hh = ln_hh_weight.has_value(), has_ln_c = ln_c_weight.has_value();
+  const WsLayout wl(H, has_ln_hh, has_ln_c);
+  const auto dt = output.scalar_type();
+  const auto acc_type = acc_dtype(dt);
+  const auto acc_opts = output.options().dtype(acc_type);
+  const DType d = dtype_of(kBwd, dt);
+  TORCH_CHECK_VALUE(workspace.sizes() == at::IntArrayRef({L.N, wl.width}) && workspace.scalar_type() == acc_type,
+                    kBwd, ": workspace must be the [", L.N, ", ", wl.width, "] ", acc_type,
+                    " tensor the forward returned with train=True (for these ln_hh/ln_c options), got ",
+                    workspace.scalar_type(), " ", workspace.sizes(), " (was the forward run with train=False?)");
+  TORCH_CHECK(workspace.device() == output.device(), kBwd, ": expected workspace on ", output.device(),
+              " (the input's device), got ", workspace.device());
+
+  const int64_t G = 4 * H, W = wl.width;
+  const at::Tensor ws = workspace.contiguous();
+  const at::Tensor w_hh = w_hh_.to(acc_type).contiguous();
+  const at::Tensor w_hr = proj ? w_hr_->to(acc_type).contiguous() : at::Tensor();
+  const at::Tensor lnh_w = contiguous_or_undefined(ln_hh_weight), lnc_w = contiguous_or_undefined(ln_c_weight);
+  const at::Tensor kh = contiguous_or_undefined(zoneout_h), kc = contiguous_or_undefined(zoneout_c);
+  const at::Tensor mask = contiguous_or_undefined(recurrent_mask);
+  const StepRows go(grad_output, batch_sizes.has_value());  // read in place
+
+  at::Tensor dh_state = grad_hy.to(acc_opts, false, /*copy=*/true).contiguous();
+  at::Tensor dc_state = grad_cy.to(acc_opts, false, /*copy=*/true).contiguous();
+  // grad_gates_x in the input's dtype; the pre-activations' gradient (= LN_hh's output's) in the accumulation
+  // dtype for the reductions, and with LN_hh that of a = W_hh (h * m) itself.
+  at::Tensor dgx = at::empty({L.N, G}, output.options());
+  const at::Tensor dgates = at::empty({L.N, G}, acc_opts);
+  const at::Tensor da = has_ln_hh ? at::empty({L.N, G}, acc_opts) : dgates;
+  const at::Tensor du = has_ln_c ? at::empty({L.N, H}, acc_opts) : at::Tensor();  // LN_c's output's gradient
+  const at::Tensor dht = proj ? at::empty({L.N, P}, acc_opts) : at::Tensor();     // d(r @ W_hr^T) per row
+  const at::Tensor dr = proj ? at::empty({L.B, H}, acc_opts) : at::Tensor();
+  const at::Tensor carry = mask.defined() ? at::empty({L.B, P}, acc_opts) : at::Tensor();
+
+  if (L.N > 0 && H > 0) {
+    // The cell state each row started from: the workspace's c (after zoneout) of the previous step, or cx.
+    const at::Tensor c_prev = gather_prev(ws.narrow(1, 4 * H, H), cx.to(acc_type).contiguous(), L, reverse);
+    check_launch(kBwd, "lstm_ext_bwd_kernel", ext_launch_config(d, L.B));
+    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    for (int64_t s = 0; s < L.T; ++s) {
+      const int64_t t = L.step(s, !reverse), bs = L.batch_sizes[t], off = L.offsets[t];
+      if (proj) {
+        ExtSplitParams sp;
+        sp.grad_out = go.ptr(L, t);
+        sp.zh = zoneout_at(kh, off, P);
+        sp.dh_state = dh_state.data_ptr();
+        sp.dh_new = row_ptr(dht, off);
+        sp.bs = bs;
+        sp.D = P;
+        sp.ld_grad_out = go.ld;
+        launch_ext_split(d, sp, stream);
+        mm_into(dr.narrow(0, 0, bs), dht.narrow(0, off, bs), w_hr);
+      }
+      LstmExtBwdParams p;
+      p.grad_out = proj ? nullptr : go.ptr(L, t);
+      p.dr = proj ? dr.data_ptr() : nullptr;
+      p.ws = row_ptr(ws, off);
+      p.c_prev = row_ptr(c_prev, off);
+      p.ln_hh_w = ptr_of(lnh_w);
+      p.ln_c_w = ptr_of(lnc_w);
+      if (!proj) p.zh = zoneout_at(kh, off, P);
+      p.zc = zoneout_at(kc, off, H);
+      p.dh_state = proj ? nullptr : dh_state.data_ptr();
+      p.dc_state = dc_state.data_ptr();
+      p.dgx = row_ptr(dgx, off);
+      p.da_ln = row_ptr(dgates, off);
+      p.da = has_ln_hh ? row_ptr(da, off) : nullptr;
+      p.dy_c = has_ln_c ? row_ptr(du, off) : nullptr;
+      p.bs = bs;
+      p.H = H;
+      p.ld_grad_out = go.ld;
+      p.ws_width = W;
+      launch_lstm_ext_bwd(d, p, stream);
+      // dL/dh_{t-1} through W_hh, times the mask, on top of the direct (zoneout) part the kernel left.
+      if (mask.defined()) {
+        mm_into(carry.narrow(0, 0, bs), da.narrow(0, off, bs), w_hh);
+        dh_state.narrow(0, 0, bs).addcmul_(carry.narrow(0, 0, bs), mask.narrow(0, 0, bs));
+      } else {
+        dh_state.narrow(0, 0, bs).addmm_(da.narrow(0, off, bs), w_hh);
+      }
+    }
+  } else {
+    dgx.zero_();
+    dgates.zero_();
+    da.zero_();
+    if (du.defined()) du.zero_();
+    if (dht.defined()) dht.zero_();
+  }
+
+  // Whole-sequence weight gradients, against the states each step started from (rows of output and hx).
+  const at::Tensor out_acc = rows2d(output.contiguous()).to(acc_type);
+  const at::Tensor hx_acc = hx.to(acc_type).contiguous();
+  at::Tensor grad_w_hh = at::empty({G, P}, acc_opts);
+  if (mask.defined()) {
+    at::Tensor h_prev = gather_prev(out_acc, hx_acc, L, reverse);
+    for (int64_t t = 0; t < L.T; ++t)
+      h_prev.narrow(0, L.offsets[t], L.batch_sizes[t]).mul_(mask.narrow(0, 0, L.batch_sizes[t]));
+    mm_into(grad_w_hh, da.t(), h_prev);
+  } else {
+    addmm_prev(grad_w_hh, da, out_acc, hx_acc, L, reverse);
+  }
+  const auto empty = [&] { return at::empty({0}, output.options()); };
+  at::Tensor grad_w_hr = empty();
+  if (proj) grad_w_hr = at::mm(dht.t(), ws.narrow(1, 3 * H, H) * ws.narrow(1, 5 * H, H)).to(dt);
+  at::Tensor g_lnh_w = empty(), g_lnh_b = empty(), g_lnc_w = empty(), g_lnc_b = empty();
+  if (has_ln_hh) {
+    g_lnh_w = (dgates * ws.narrow(1, wl.ln_hh, G)).sum(0).to(dt);
+    g_lnh_b = dgates.sum(0).to(dt);
+  }
+  if (has_ln_c) {
+    g_lnc_w = (du * ws.narrow(1, wl.ln_c, H)).sum(0).to(dt);
+    g_lnc_b = du.sum(0).to(dt);
+  }
+  at::Tensor grad_gates_x = dgx.view(lead_sizes(output, G));
+  return {grad_gates_x, dh_state.to(dt), dc_state.to(dt), grad_w_hh.to(dt), grad_w_hr,
+          g_lnh_w, g_lnh_b, g_lnc_w, g_lnc_b};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastrnn, CUDA, m) {
+  m.impl("lstm_ext_forward", &lstm_ext_forward);
+  m.impl("lstm_ext_backward", &lstm_ext_backward);
+}
+
+}  // namespace fastrnn::cuda
