@@ -33,6 +33,7 @@ from fastrnn import composite  # noqa: E402  (plain PyTorch: the oracle needs no
 
 SRC = emu.EMU_DIR / "ext_kernels_driver.cpp"
 VARIANTS = ("plain", "asan", "tsan")
+DROP_SYNC = "FASTRNN_EMU_DROP_EXT_SYNC"
 RUN_TIMEOUT_S = 600.0
 
 
@@ -238,8 +239,10 @@ def close(actual, expected, case: Case, what: str, scale: float = 1.0):
 def binaries():
     support = {v: emu.sanitizer_support(v) for v in VARIANTS}
     jobs = [(SRC, v) for v in VARIANTS if support[v][0]]
+    if support["tsan"][0]:
+        jobs.append((SRC, "tsan", (DROP_SYNC,)))
     exes = emu.compile_many(jobs)
-    return {j[1]: e for j, e in zip(jobs, exes)}, support
+    return {j[1] + ("-drop" if j[2:] else ""): e for j, e in zip(jobs, exes)}, support
 
 
 _results: dict = {}
@@ -353,3 +356,19 @@ def test_cases_cover_the_options():
         assert any(c.reverse for c in cases) and any(c.packed for c in cases), v
     assert {"off", "mask", "const"} == {c.zo for c in PLAIN_CASES}
     assert any(not c.train for c in PLAIN_CASES)
+
+
+# --------------------------------------------------------------------------------------------- the harness bites
+def test_dropped_syncthreads_in_block_reduction_is_a_tsan_race(binaries):
+    """ext_step_kernel.cuh with the barrier that ends block_sum2 removed (-DFASTRNN_EMU_DROP_EXT_SYNC): the next
+    reduction's partial sums (LayerNorm's variance pass right after its mean) then overwrite shared memory that
+    slower warps still read. TSan must report it."""
+    exes, support = binaries
+    if "tsan-drop" not in exes:
+        pytest.skip(f"tsan unavailable: {support['tsan'][1]}")
+    case = C("gru", 40, [2, 1], packed=True, ln=True, train=False)
+    proc, _ = emu.run_raw(exes["tsan-drop"], "run", driver_inputs(make_problem(case, 7)), "tsan",
+                          timeout=RUN_TIMEOUT_S)
+    assert proc.returncode != 0, "TSan did not stop the run"
+    assert "WARNING: ThreadSanitizer: data race" in proc.stderr, proc.stderr[-4000:]
+    assert "block_sum2" in proc.stderr, proc.stderr[-4000:]
