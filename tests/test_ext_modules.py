@@ -480,3 +480,25 @@ def test_opcheck_ext_backward(mode, proj):
         out, hy, ws = torch.ops.fastrnn.gru_ext_forward(*args)
         bwd = (torch.randn_like(out), torch.randn_like(hy), bs, hx, w_hh, lnw, k_h, mask, out, ws, reverse, True)
         torch.library.opcheck(torch.ops.fastrnn.gru_ext_backward, bwd)
+
+
+# ---------------------------------------------------------------------------- beyond first derivatives
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_double_backward_and_torch_func(mode):
+    """create_graph=True (gradgradcheck) and torch.func run through the plain-PyTorch equations of the ext ops
+    (composite.ext_sequence), and agree with the fused first derivatives."""
+    m = make(mode, H=4, layer_norm=True, zoneout=0.3, recurrent_dropout=0.2).train()
+    names = [n for n, _ in m.named_parameters()]
+    x = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, *ps):
+        with torch.random.fork_rng():
+            torch.manual_seed(3)
+            return torch.func.functional_call(m, dict(zip(names, ps)), (x,))[0]
+
+    params = [p.detach().requires_grad_(True) for p in m.parameters()]
+    assert torch.autograd.gradgradcheck(lambda x: fn(x, *params), (x,), eps=1e-6, atol=1e-5)
+    # torch.func.grad of a scalar loss equals the fused backward's gradient
+    fused = torch.autograd.grad(fn(x, *params).sum(), x)[0]
+    functorch = torch.func.grad(lambda x: fn(x, *params).sum())(x)
+    assert_close(functorch, fused, torch.float64, "torch.func.grad vs fused backward")
