@@ -21,6 +21,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../ext_args.h"
 #include "step_loop.h"
 
 namespace fastrnn::cpu {
@@ -30,81 +31,7 @@ constexpr const char* kFwd = "fastrnn::gru_ext_forward";
 constexpr const char* kBwd = "fastrnn::gru_ext_backward";
 constexpr double kLnEps = 1e-5;  // fastrnn/reference.py LN_EPS
 
-// Workspace columns of a row: r, z, n, the n-gate's recurrent term, then with ln_hh xhat [3H] and 1/sigma.
-inline int64_t ws_width(int64_t H, bool ln) { return 4 * H + (ln ? 3 * H + 1 : 0); }
-
-// ------------------------------------------------------------------------------------------------ checks
-void check_floating(const char* op, const at::Tensor& t) {
-  const auto dt = t.scalar_type();
-  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16 || dt == at::kHalf, op,
-                   ": gates_x must be float32, float64, bfloat16 or float16, got ", dt);
-}
-
-// The layout of gates_x (dense [T, B, G] or packed [N, G] with batch_sizes), with batch_sizes checked.
-SeqLayout checked_layout(const char* op, const char* name, const at::Tensor& x,
-                         const std::optional<at::Tensor>& batch_sizes) {
-  if (batch_sizes.has_value()) {
-    const at::Tensor& bs = *batch_sizes;
-    TORCH_CHECK_VALUE(bs.dim() == 1 && bs.scalar_type() == at::kLong && bs.device().is_cpu(), op,
-                      ": batch_sizes must be a 1-D int64 CPU tensor (PackedSequence.batch_sizes), got ",
-                      bs.scalar_type(), " ", bs.sizes(), " on ", bs.device());
-    TORCH_CHECK_VALUE(x.dim() == 2, op, ": packed ", name, " (batch_sizes given) must be 2-D [N, features], got ",
-                      x.sizes());
-    const at::Tensor bsc = bs.contiguous();
-    const int64_t* p = bsc.data_ptr<int64_t>();
-    int64_t remaining = x.size(0);
-    for (int64_t t = 0; t < bsc.numel(); ++t) {
-      TORCH_CHECK_VALUE(p[t] > 0 && (t == 0 || p[t] <= p[t - 1]), op,
-                        ": batch_sizes must be positive and non-increasing, got ", bs);
-      TORCH_CHECK_VALUE(p[t] <= remaining, op, ": batch_sizes sum to more than ", name, "'s ", x.size(0),
-                        " rows (exceeded at step ", t, " with batch size ", p[t], ")");
-      remaining -= p[t];
-    }
-    TORCH_CHECK_VALUE(remaining == 0, op, ": batch_sizes sum to ", x.size(0) - remaining, " but ", name, " has ",
-                      x.size(0), " rows");
-  } else {
-    TORCH_CHECK_VALUE(x.dim() == 3, op, ": ", name, " must be 3-D [seq_len, batch, features] (or packed [N, "
-                      "features] with batch_sizes), got ", x.sizes());
-  }
-  return make_layout(x, batch_sizes);
-}
-
-void check_acc(const char* op, const char* name, const at::Tensor& t, const at::Tensor& like) {
-  const auto acc = acc_dtype(like.scalar_type());
-  TORCH_CHECK_TYPE(t.scalar_type() == acc, op, ": expected ", name, " of dtype ", acc,
-                   " (the accumulation dtype of the input's ", like.scalar_type(), "), got ", t.scalar_type());
-  TORCH_CHECK(t.device() == like.device(), op, ": expected ", name, " on ", like.device(),
-              " (the input's device), got ", t.device());
-}
-
-// zoneout_h: the weights of the previous state per row ([T, B, H] dense, [N, H] either way) or one element.
-void check_zoneout(const char* op, const std::optional<at::Tensor>& k, const SeqLayout& L, bool packed,
-                   int64_t H, const at::Tensor& like) {
-  if (!k.has_value()) return;
-  check_acc(op, "zoneout_h", *k, like);
-  if (k->numel() == 1) return;
-  const bool rows = k->dim() == 2 && k->size(0) == L.N && k->size(1) == H;
-  const bool dense = !packed && k->dim() == 3 && k->size(0) == L.T && k->size(1) == L.B && k->size(2) == H;
-  TORCH_CHECK_VALUE(rows || dense, op, ": expected zoneout_h of shape ",
-                    packed ? at::IntArrayRef({L.N, H}) : at::IntArrayRef({L.T, L.B, H}),
-                    " (one weight per row and unit) or a one-element tensor (the eval constant), got ",
-                    k->sizes());
-}
-
-void check_mask(const char* op, const std::optional<at::Tensor>& m, int64_t B, int64_t H, const at::Tensor& like) {
-  if (!m.has_value()) return;
-  check_acc(op, "recurrent_mask", *m, like);
-  TORCH_CHECK_VALUE(m->dim() == 2 && m->size(0) == B && m->size(1) == H, op, ": expected recurrent_mask of shape [",
-                    B, ", ", H, "] (batch, hidden_size), got ", m->sizes());
-}
-
-// w_hh [3H, H]: returns H.
-int64_t check_w_hh(const char* op, const at::Tensor& w_hh, const at::Tensor& like) {
-  TORCH_CHECK_VALUE(w_hh.dim() == 2 && w_hh.size(0) == 3 * w_hh.size(1), op,
-                    ": w_hh must be [3*hidden_size, hidden_size], got ", w_hh.sizes());
-  check_like(op, "w_hh", w_hh, w_hh.sizes(), like);
-  return w_hh.size(1);
-}
+// The workspace columns of a row (ext_args.h gru_ext_ws_width) and the argument checks: ext_args.h.
 
 // The zoneout weights as the kernels read them: rows [N, H] (contiguous) or a constant.
 struct Zoneout {
@@ -145,28 +72,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_ext_forward(
     const std::optional<at::Tensor>& ln_hh_bias, const std::optional<at::Tensor>& zoneout_h,
     const std::optional<at::Tensor>& recurrent_mask, bool reverse, bool train) {
   const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
-  check_floating(kFwd, gates_x);
-  const int64_t H = check_w_hh(kFwd, w_hh, gates_x), G = 3 * H;
-  const bool packed = batch_sizes.has_value();
-  const SeqLayout L = checked_layout(kFwd, "gates_x", gates_x, batch_sizes);
-  TORCH_CHECK_VALUE(gates_x.size(-1) == G, kFwd, ": gates_x has ", gates_x.size(-1),
-                    " features but w_hh expects 3*hidden_size=", G);
-  check_like(kFwd, "hx", hx, {L.B, H}, gates_x);
-  if (b_hh.has_value()) check_like(kFwd, "b_hh", *b_hh, {G}, gates_x);
-  TORCH_CHECK_VALUE(ln_hh_weight.has_value() == ln_hh_bias.has_value(), kFwd,
-                    ": ln_hh_weight and ln_hh_bias must be given together (both or neither), got ",
-                    ln_hh_weight.has_value() ? "ln_hh_weight only" : "ln_hh_bias only");
+  const ExtShape s = check_gru_ext_forward_args(kFwd, gates_x, batch_sizes, hx, w_hh, b_hh, ln_hh_weight, ln_hh_bias,
+                                                zoneout_h, recurrent_mask);
+  const int64_t H = s.H, G = 3 * H;
+  const SeqLayout& L = s.L;
   const bool ln = ln_hh_weight.has_value();
-  if (ln) {
-    check_like(kFwd, "ln_hh_weight", *ln_hh_weight, {G}, gates_x);
-    check_like(kFwd, "ln_hh_bias", *ln_hh_bias, {G}, gates_x);
-  }
-  check_zoneout(kFwd, zoneout_h, L, packed, H, gates_x);
-  check_mask(kFwd, recurrent_mask, L.B, H, gates_x);
 
   const auto dtype = gates_x.scalar_type();
   const auto acc_opts = gates_x.options().dtype(acc_dtype(dtype));
-  const int64_t W = ws_width(H, ln);
+  const int64_t W = gru_ext_ws_width(H, ln);
   auto out_sizes = gates_x.sizes().vec();
   out_sizes.back() = H;
   at::Tensor output = at::empty(out_sizes, gates_x.options());
@@ -284,19 +198,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& zoneout_h, const std::optional<at::Tensor>& recurrent_mask,
     const at::Tensor& output, const at::Tensor& workspace, bool reverse, bool has_bias) {
   const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
-  check_floating(kBwd, output);
-  const int64_t H = check_w_hh(kBwd, w_hh, output), G = 3 * H;
+  const ExtShape s = check_gru_ext_backward_args(kBwd, grad_output, grad_hy, batch_sizes, hx, w_hh, ln_hh_weight,
+                                                 zoneout_h, recurrent_mask, output, workspace);
+  const int64_t H = s.H, G = 3 * H;
+  const SeqLayout& L = s.L;
   const bool packed = batch_sizes.has_value();
-  const SeqLayout L = checked_layout(kBwd, "output", output, batch_sizes);
-  TORCH_CHECK_VALUE(output.size(-1) == H, kBwd, ": output has ", output.size(-1),
-                    " features but w_hh expects hidden_size=", H);
-  check_like(kBwd, "hx", hx, {L.B, H}, output);
   const bool ln = ln_hh_weight.has_value();
-  if (ln) check_like(kBwd, "ln_hh_weight", *ln_hh_weight, {G}, output);
-  const int64_t W = ws_width(H, ln);
-  check_backward_args(kBwd, output, H, grad_output, output, grad_hy, hx, &workspace, {L.N, W});
-  check_zoneout(kBwd, zoneout_h, L, packed, H, output);
-  check_mask(kBwd, recurrent_mask, L.B, H, output);
+  const int64_t W = gru_ext_ws_width(H, ln);
 
   const auto dtype = output.scalar_type();
   const auto acc_opts = output.options().dtype(acc_dtype(dtype));

@@ -23,6 +23,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../ext_args.h"
 #include "step_loop.h"
 
 namespace fastrnn::cpu {
@@ -32,20 +33,7 @@ constexpr const char* kFwd = "fastrnn::lstm_ext_forward";
 constexpr const char* kBwd = "fastrnn::lstm_ext_backward";
 constexpr double kLnEps = 1e-5;
 
-// The workspace's columns (csrc/fastrnn.cpp): gates i, f, g, o [0, 4H); c [4H, 5H); tanh(u) [5H, 6H);
-// with ln_hh the normalised W_hh h [6H, 10H) and its 1/sigma at 10H; with ln_c the normalised c~ [c0, c0 + H)
-// and its 1/sigma at c0 + H.
-struct WsLayout {
-  int64_t H, width, ln_hh, ln_c;  // ln_hh, ln_c: first column of each block, -1 when absent
-  WsLayout(int64_t H_, bool has_ln_hh, bool has_ln_c) : H(H_) {
-    int64_t w = 6 * H;
-    ln_hh = has_ln_hh ? w : -1;
-    if (has_ln_hh) w += 4 * H + 1;
-    ln_c = has_ln_c ? w : -1;
-    if (has_ln_c) w += H + 1;
-    width = w;
-  }
-};
+// The workspace's columns: ext_args.h LstmExtWorkspace.
 
 // A zoneout weight as [N, D] rows of the accumulation dtype read through strides: a full tensor (its rows),
 // or the one-element eval constant expanded with zero strides. Absent: p == nullptr.
@@ -66,65 +54,7 @@ Rows<acc> rows_of(const at::Tensor& t) {  // t: [N, D] (possibly expanded) or un
   return r;
 }
 
-// ---------------------------------------------------------------------------------------------- checks
-std::vector<int64_t> lead_sizes(const at::Tensor& t, int64_t last) {
-  std::vector<int64_t> s = t.sizes().vec();
-  s.back() = last;
-  return s;
-}
-
-// A parameter row (LayerNorm weight or bias) of `n` elements in the input's dtype.
-void check_param(const char* op, const char* name, const std::optional<at::Tensor>& t, int64_t n,
-                 const at::Tensor& like) {
-  if (t.has_value()) check_like(op, name, *t, {n}, like);
-}
-
-// A tensor of the accumulation dtype (masks, zoneout weights) with the given sizes; `one_ok`: a one-element
-// tensor (the eval constant of zoneout) is accepted too.
-void check_acc(const char* op, const char* name, const std::optional<at::Tensor>& t, at::IntArrayRef sizes,
-               const at::Tensor& like, bool one_ok) {
-  if (!t.has_value()) return;
-  const auto acc = acc_dtype(like.scalar_type());
-  TORCH_CHECK_VALUE(t->sizes() == sizes || (one_ok && t->numel() == 1), op, ": expected ", name, " of shape ",
-                    sizes, one_ok ? " (or a one-element tensor: the eval constant)" : "", ", got ", t->sizes());
-  TORCH_CHECK_TYPE(t->scalar_type() == acc, op, ": expected ", name, " of dtype ", acc,
-                   " (the accumulation dtype of the input's ", like.scalar_type(), "), got ", t->scalar_type());
-  TORCH_CHECK(t->device() == like.device(), op, ": expected ", name, " on ", like.device(),
-              " (the input's device), got ", t->device());
-}
-
-// The checks both ops share. `seq` is the op's per-row tensor (gates_x for the forward, output for the
-// backward) and `features` its expected last size. Returns {H, P}.
-std::pair<int64_t, int64_t> check_ext_args(const char* op, const at::Tensor& seq, const char* seq_name,
-                                           int64_t seq_gates, const std::optional<at::Tensor>& batch_sizes,
-                                           const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_hh,
-                                           const std::optional<at::Tensor>& w_hr) {
-  TORCH_CHECK_VALUE(w_hh.dim() == 2 && w_hh.size(0) % 4 == 0, op, ": w_hh must be [4*hidden_size, state_size], got ",
-                    w_hh.sizes());
-  const int64_t H = w_hh.size(0) / 4;
-  TORCH_CHECK_VALUE(!w_hr.has_value() || (w_hr->dim() == 2 && w_hr->size(1) == H), op,
-                    ": w_hr must be [proj_size, hidden_size=", H, "], got ",
-                    w_hr.has_value() ? w_hr->sizes() : at::IntArrayRef());
-  const int64_t P = w_hr.has_value() ? w_hr->size(0) : H;
-  const int64_t F = seq_gates > 0 ? seq_gates * H : P;
-  TORCH_CHECK_VALUE(seq.dim() == (batch_sizes.has_value() ? 2 : 3) && seq.size(-1) == F, op, ": expected ",
-                    seq_name, " of shape ", batch_sizes.has_value() ? "[N, " : "[T, B, ", F, "] (w_hh is ",
-                    w_hh.sizes(), w_hr.has_value() ? " and w_hr gives the state size" : "", "), got ",
-                    seq.sizes());
-  // The remaining checks (dtypes, w_hh/w_hr/hx/cx shapes, batch_sizes) are check_forward_args's: `seq` plays
-  // the input of an LSTM whose w_ih (an expanded placeholder, no memory) is [4H, F].
-  const at::Tensor w_ih = at::empty({1, 1}, seq.options()).expand({4 * H, F});
-  check_forward_args(op, 4, seq, batch_sizes, hx, &cx, w_ih, w_hh, {}, {}, w_hr);
-  return {H, P};
-}
-
-void check_ln_pair(const char* op, const char* what, const std::optional<at::Tensor>& w,
-                   const std::optional<at::Tensor>& b) {
-  TORCH_CHECK_VALUE(w.has_value() == b.has_value(), op, ": ", what, "_weight and ", what,
-                    "_bias must be given together (both or neither), got only ", what,
-                    w.has_value() ? "_weight" : "_bias");
-}
-
+// ---------------------------------------------------------------------------------------------- inputs
 // The zoneout weight `z` of the rows of `seq` with D units as [N, D] (expanded for the constant), in the
 // accumulation dtype; undefined when absent.
 at::Tensor zoneout_rows(const std::optional<at::Tensor>& z, int64_t N, int64_t D) {
@@ -185,22 +115,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_ext_forward(
     const std::optional<at::Tensor>& zoneout_h, const std::optional<at::Tensor>& zoneout_c,
     const std::optional<at::Tensor>& recurrent_mask, bool reverse, bool train) {
   const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
-  const std::pair<int64_t, int64_t> sizes =
-      check_ext_args(kFwd, gates_x, "gates_x", 4, batch_sizes, hx, cx, w_hh_, w_hr_);
-  const int64_t H = sizes.first, P = sizes.second;
-  check_ln_pair(kFwd, "ln_hh", ln_hh_weight, ln_hh_bias);
-  check_ln_pair(kFwd, "ln_c", ln_c_weight, ln_c_bias);
-  check_param(kFwd, "ln_hh_weight", ln_hh_weight, 4 * H, gates_x);
-  check_param(kFwd, "ln_hh_bias", ln_hh_bias, 4 * H, gates_x);
-  check_param(kFwd, "ln_c_weight", ln_c_weight, H, gates_x);
-  check_param(kFwd, "ln_c_bias", ln_c_bias, H, gates_x);
-  check_acc(kFwd, "zoneout_h", zoneout_h, lead_sizes(gates_x, P), gates_x, true);
-  check_acc(kFwd, "zoneout_c", zoneout_c, lead_sizes(gates_x, H), gates_x, true);
-  check_acc(kFwd, "recurrent_mask", recurrent_mask, hx.sizes(), gates_x, false);
-
-  const SeqLayout L = make_layout(gates_x, batch_sizes);
+  const ExtShape s = check_lstm_ext_forward_args(kFwd, gates_x, batch_sizes, hx, cx, w_hh_, w_hr_, ln_hh_weight,
+                                                 ln_hh_bias, ln_c_weight, ln_c_bias, zoneout_h, zoneout_c,
+                                                 recurrent_mask);
+  const int64_t H = s.H, P = s.P;
+  const SeqLayout& L = s.L;
   const bool proj = w_hr_.has_value(), has_ln_hh = ln_hh_weight.has_value(), has_ln_c = ln_c_weight.has_value();
-  const WsLayout wl(H, has_ln_hh, has_ln_c);
+  const LstmExtWorkspace wl(H, has_ln_hh, has_ln_c);
   const auto dt = gates_x.scalar_type();
   const auto acc_type = acc_dtype(dt);
   const auto acc_opts = gates_x.options().dtype(acc_type);
@@ -352,30 +273,16 @@ lstm_ext_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, cons
                   const std::optional<at::Tensor>& recurrent_mask, const at::Tensor& output,
                   const at::Tensor& workspace, bool reverse) {
   const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
-  const std::pair<int64_t, int64_t> sizes =
-      check_ext_args(kBwd, output, "output", 0, batch_sizes, hx, cx, w_hh_, w_hr_);
-  const int64_t H = sizes.first, P = sizes.second;
-  check_like(kBwd, "grad_output", grad_output, output.sizes(), output);
-  check_like(kBwd, "grad_hy", grad_hy, hx.sizes(), hx);
-  check_like(kBwd, "grad_cy", grad_cy, cx.sizes(), cx);
-  check_param(kBwd, "ln_hh_weight", ln_hh_weight, 4 * H, output);
-  check_param(kBwd, "ln_c_weight", ln_c_weight, H, output);
-  check_acc(kBwd, "zoneout_h", zoneout_h, output.sizes(), output, true);
-  check_acc(kBwd, "zoneout_c", zoneout_c, lead_sizes(output, H), output, true);
-  check_acc(kBwd, "recurrent_mask", recurrent_mask, hx.sizes(), output, false);
-
-  const SeqLayout L = make_layout(output, batch_sizes);
+  const ExtShape s = check_lstm_ext_backward_args(kBwd, grad_output, grad_hy, grad_cy, batch_sizes, hx, cx, w_hh_,
+                                                  w_hr_, ln_hh_weight, ln_c_weight, zoneout_h, zoneout_c,
+                                                  recurrent_mask, output, workspace);
+  const int64_t H = s.H, P = s.P;
+  const SeqLayout& L = s.L;
   const bool proj = w_hr_.has_value(), has_ln_hh = ln_hh_weight.has_value(), has_ln_c = ln_c_weight.has_value();
-  const WsLayout wl(H, has_ln_hh, has_ln_c);
+  const LstmExtWorkspace wl(H, has_ln_hh, has_ln_c);
   const auto dt = output.scalar_type();
   const auto acc_type = acc_dtype(dt);
   const auto acc_opts = output.options().dtype(acc_type);
-  TORCH_CHECK_VALUE(workspace.sizes() == at::IntArrayRef({L.N, wl.width}) && workspace.scalar_type() == acc_type,
-                    kBwd, ": workspace must be the [", L.N, ", ", wl.width, "] ", acc_type,
-                    " tensor the forward returned with train=True (for these ln_hh/ln_c options), got ",
-                    workspace.scalar_type(), " ", workspace.sizes(), " (was the forward run with train=False?)");
-  TORCH_CHECK(workspace.device() == output.device(), kBwd, ": expected workspace on ", output.device(),
-              " (the input's device), got ", workspace.device());
 
   const at::Tensor ws = workspace.contiguous();
   const at::Tensor w_hh = w_hh_.to(acc_type).contiguous();

@@ -1,7 +1,7 @@
 // The LSTM with fastrnn's options (LayerNorm of W_hh h and of c, zoneout, recurrent dropout) on CUDA:
 // fastrnn::lstm_ext_forward / lstm_ext_backward, one layer and direction of a whole (packed) sequence. Schemas,
 // argument meanings and the workspace layout: csrc/fastrnn.cpp; equations: fastrnn/reference.py lstm_ext_cell;
-// the argument checks and the results are those of cpu/lstm_ext_cpu.cpp (same messages).
+// the argument checks (ext_args.h) and the results are those of cpu/lstm_ext_cpu.cpp.
 //
 // The first CUDA step for these options (the persistent kernels will absorb it later), the CPU kernel's plan:
 // forward, per step, the recurrent GEMM a = (h_{t-1} * m) @ W_hh^T with cuBLAS (at::mm_out, accumulation dtype)
@@ -16,6 +16,7 @@
 
 #include <vector>
 
+#include "../ext_args.h"
 #include "cuda_common.h"
 #include "ext_launch.h"
 
@@ -25,74 +26,8 @@ namespace {
 constexpr const char* kFwd = "fastrnn::lstm_ext_forward";
 constexpr const char* kBwd = "fastrnn::lstm_ext_backward";
 
-// The workspace's columns (csrc/fastrnn.cpp): i, f, g, o [0, 4H); c [4H, 5H); tanh(u) [5H, 6H); with ln_hh the
-// normalised W_hh h [6H, 10H) and its 1/sigma; with ln_c the normalised c~ [ln_c, ln_c + H) and its 1/sigma.
-struct WsLayout {
-  int64_t width, ln_hh, ln_c;  // first column of each LN block, -1 when absent
-  WsLayout(int64_t H, bool has_ln_hh, bool has_ln_c) {
-    int64_t w = 6 * H;
-    ln_hh = has_ln_hh ? w : -1;
-    if (has_ln_hh) w += 4 * H + 1;
-    ln_c = has_ln_c ? w : -1;
-    if (has_ln_c) w += H + 1;
-    width = w;
-  }
-};
-
-// ---------------------------------------------------------------------------------------------- checks
-// (cpu/lstm_ext_cpu.cpp's, message for message)
-std::vector<int64_t> lead_sizes(const at::Tensor& t, int64_t last) {
-  std::vector<int64_t> s = t.sizes().vec();
-  s.back() = last;
-  return s;
-}
-
-void check_param(const char* op, const char* name, const std::optional<at::Tensor>& t, int64_t n,
-                 const at::Tensor& like) {
-  if (t.has_value()) check_like(op, name, *t, {n}, like);
-}
-
-void check_acc(const char* op, const char* name, const std::optional<at::Tensor>& t, at::IntArrayRef sizes,
-               const at::Tensor& like, bool one_ok) {
-  if (!t.has_value()) return;
-  const auto acc = acc_dtype(like.scalar_type());
-  TORCH_CHECK_VALUE(t->sizes() == sizes || (one_ok && t->numel() == 1), op, ": expected ", name, " of shape ",
-                    sizes, one_ok ? " (or a one-element tensor: the eval constant)" : "", ", got ", t->sizes());
-  TORCH_CHECK_TYPE(t->scalar_type() == acc, op, ": expected ", name, " of dtype ", acc,
-                   " (the accumulation dtype of the input's ", like.scalar_type(), "), got ", t->scalar_type());
-  TORCH_CHECK(t->device() == like.device(), op, ": expected ", name, " on ", like.device(),
-              " (the input's device), got ", t->device());
-}
-
-std::pair<int64_t, int64_t> check_ext_args(const char* op, const at::Tensor& seq, const char* seq_name,
-                                           int64_t seq_gates, const std::optional<at::Tensor>& batch_sizes,
-                                           const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_hh,
-                                           const std::optional<at::Tensor>& w_hr) {
-  TORCH_CHECK_VALUE(w_hh.dim() == 2 && w_hh.size(0) % 4 == 0, op, ": w_hh must be [4*hidden_size, state_size], got ",
-                    w_hh.sizes());
-  const int64_t H = w_hh.size(0) / 4;
-  TORCH_CHECK_VALUE(!w_hr.has_value() || (w_hr->dim() == 2 && w_hr->size(1) == H), op,
-                    ": w_hr must be [proj_size, hidden_size=", H, "], got ",
-                    w_hr.has_value() ? w_hr->sizes() : at::IntArrayRef());
-  const int64_t P = w_hr.has_value() ? w_hr->size(0) : H;
-  const int64_t F = seq_gates > 0 ? seq_gates * H : P;
-  TORCH_CHECK_VALUE(seq.dim() == (batch_sizes.has_value() ? 2 : 3) && seq.size(-1) == F, op, ": expected ",
-                    seq_name, " of shape ", batch_sizes.has_value() ? "[N, " : "[T, B, ", F, "] (w_hh is ",
-                    w_hh.sizes(), w_hr.has_value() ? " and w_hr gives the state size" : "", "), got ",
-                    seq.sizes());
-  // dtypes, devices, w_hh/w_hr/hx/cx shapes and batch_sizes: check_forward_args, with `seq` as the input of an
-  // LSTM whose w_ih (an expanded placeholder, no memory) is [4H, F].
-  const at::Tensor w_ih = at::empty({1, 1}, seq.options()).expand({4 * H, F});
-  check_forward_args(op, 4, seq, batch_sizes, hx, &cx, w_ih, w_hh, {}, {}, w_hr);
-  return {H, P};
-}
-
-void check_ln_pair(const char* op, const char* what, const std::optional<at::Tensor>& w,
-                   const std::optional<at::Tensor>& b) {
-  TORCH_CHECK_VALUE(w.has_value() == b.has_value(), op, ": ", what, "_weight and ", what,
-                    "_bias must be given together (both or neither), got only ", what,
-                    w.has_value() ? "_weight" : "_bias");
-}
+// The workspace's columns: ext_args.h LstmExtWorkspace; the argument checks: ext_args.h (shared with
+// cpu/lstm_ext_cpu.cpp).
 
 // ---------------------------------------------------------------------------------------------- helpers
 at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
@@ -124,23 +59,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_ext_forward(
     const std::optional<at::Tensor>& recurrent_mask, bool reverse, bool train) {
   const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
   check_cuda(kFwd, "gates_x", gates_x);
-  const std::pair<int64_t, int64_t> sizes =
-      check_ext_args(kFwd, gates_x, "gates_x", 4, batch_sizes, hx, cx, w_hh_, w_hr_);
-  const int64_t H = sizes.first, P = sizes.second;
-  check_ln_pair(kFwd, "ln_hh", ln_hh_weight, ln_hh_bias);
-  check_ln_pair(kFwd, "ln_c", ln_c_weight, ln_c_bias);
-  check_param(kFwd, "ln_hh_weight", ln_hh_weight, 4 * H, gates_x);
-  check_param(kFwd, "ln_hh_bias", ln_hh_bias, 4 * H, gates_x);
-  check_param(kFwd, "ln_c_weight", ln_c_weight, H, gates_x);
-  check_param(kFwd, "ln_c_bias", ln_c_bias, H, gates_x);
-  check_acc(kFwd, "zoneout_h", zoneout_h, lead_sizes(gates_x, P), gates_x, true);
-  check_acc(kFwd, "zoneout_c", zoneout_c, lead_sizes(gates_x, H), gates_x, true);
-  check_acc(kFwd, "recurrent_mask", recurrent_mask, hx.sizes(), gates_x, false);
+  const ExtShape s = check_lstm_ext_forward_args(kFwd, gates_x, batch_sizes, hx, cx, w_hh_, w_hr_, ln_hh_weight,
+                                                 ln_hh_bias, ln_c_weight, ln_c_bias, zoneout_h, zoneout_c,
+                                                 recurrent_mask);
   const c10::cuda::CUDAGuard guard(gates_x.device());
 
-  const SeqLayout L = make_layout(gates_x, batch_sizes);
+  const int64_t H = s.H, P = s.P;
+  const SeqLayout& L = s.L;
   const bool proj = w_hr_.has_value(), has_ln_hh = ln_hh_weight.has_value(), has_ln_c = ln_c_weight.has_value();
-  const WsLayout wl(H, has_ln_hh, has_ln_c);
+  const LstmExtWorkspace wl(H, has_ln_hh, has_ln_c);
   const auto dt = gates_x.scalar_type();
   const auto acc_type = acc_dtype(dt);
   const auto acc_opts = gates_x.options().dtype(acc_type);
@@ -226,32 +153,19 @@ lstm_ext_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, cons
                   const at::Tensor& workspace, bool reverse) {
   const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
   check_cuda(kBwd, "output", output);
-  const std::pair<int64_t, int64_t> sizes =
-      check_ext_args(kBwd, output, "output", 0, batch_sizes, hx, cx, w_hh_, w_hr_);
-  const int64_t H = sizes.first, P = sizes.second;
-  check_like(kBwd, "grad_output", grad_output, output.sizes(), output);
-  check_like(kBwd, "grad_hy", grad_hy, hx.sizes(), hx);
-  check_like(kBwd, "grad_cy", grad_cy, cx.sizes(), cx);
-  check_param(kBwd, "ln_hh_weight", ln_hh_weight, 4 * H, output);
-  check_param(kBwd, "ln_c_weight", ln_c_weight, H, output);
-  check_acc(kBwd, "zoneout_h", zoneout_h, output.sizes(), output, true);
-  check_acc(kBwd, "zoneout_c", zoneout_c, lead_sizes(output, H), output, true);
-  check_acc(kBwd, "recurrent_mask", recurrent_mask, hx.sizes(), output, false);
+  const ExtShape s = check_lstm_ext_backward_args(kBwd, grad_output, grad_hy, grad_cy, batch_sizes, hx, cx, w_hh_,
+                                                  w_hr_, ln_hh_weight, ln_c_weight, zoneout_h, zoneout_c,
+                                                  recurrent_mask, output, workspace);
   const c10::cuda::CUDAGuard guard(output.device());
 
-  const SeqLayout L = make_layout(output, batch_sizes);
+  const int64_t H = s.H, P = s.P;
+  const SeqLayout& L = s.L;
   const bool proj = w_hr_.has_value(), has_ln_hh = ln_hh_weight.has_value(), has_ln_c = ln_c_weight.has_value();
-  const WsLayout wl(H, has_ln_hh, has_ln_c);
+  const LstmExtWorkspace wl(H, has_ln_hh, has_ln_c);
   const auto dt = output.scalar_type();
   const auto acc_type = acc_dtype(dt);
   const auto acc_opts = output.options().dtype(acc_type);
   const DType d = dtype_of(kBwd, dt);
-  TORCH_CHECK_VALUE(workspace.sizes() == at::IntArrayRef({L.N, wl.width}) && workspace.scalar_type() == acc_type,
-                    kBwd, ": workspace must be the [", L.N, ", ", wl.width, "] ", acc_type,
-                    " tensor the forward returned with train=True (for these ln_hh/ln_c options), got ",
-                    workspace.scalar_type(), " ", workspace.sizes(), " (was the forward run with train=False?)");
-  TORCH_CHECK(workspace.device() == output.device(), kBwd, ": expected workspace on ", output.device(),
-              " (the input's device), got ", workspace.device());
 
   const int64_t G = 4 * H, W = wl.width;
   const at::Tensor ws = workspace.contiguous();
