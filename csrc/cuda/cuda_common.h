@@ -26,6 +26,8 @@ inline DType dtype_of(const char* op, at::ScalarType t) {
   return DType::kFloat;
 }
 
+// return F<D>(args...) for the runtime dtype D: the host-side dispatch to the .cu launchers, which instantiate
+// each dtype in its own file (also ext_launch.h's).
 #define FASTRNN_DTYPE_SWITCH(D, F, ...)                             \
   switch (D) {                                                      \
     case DType::kFloat: return F<DType::kFloat>(__VA_ARGS__);       \
@@ -47,7 +49,6 @@ inline LaunchConfig bwd_launch_config(DType d, Cell cell, int64_t H, int64_t bs)
 inline void launch_bwd_step(DType d, Cell cell, const BwdStepParams& p, cudaStream_t stream) {
   FASTRNN_DTYPE_SWITCH(d, launch_bwd_step, cell, p, stream);
 }
-#undef FASTRNN_DTYPE_SWITCH
 
 inline void check_cuda(const char* op, const char* name, const at::Tensor& t) {
   TORCH_CHECK(t.is_cuda(), op, ": expected ", name, " on a CUDA device, got ", t.device());

@@ -22,43 +22,44 @@ LaunchConfig ext_launch_config(int64_t bs) {
 }
 
 template <DType D, typename Params>
-void launch_ext(void (*kernel)(Params), const Params& p, int64_t width, cudaStream_t stream) {
+void launch_ext_kernel(void (*kernel)(Params), const Params& p, int64_t width, cudaStream_t stream) {
   if (p.bs <= 0 || width <= 0) return;
   launch_kernel(kernel, ext_launch_config<D>(p.bs), p, stream);
 }
 
+// Each params type's kernel and row width.
 template <DType D>
-void launch_lstm_ext_fwd(const LstmExtFwdParams& p, cudaStream_t stream) {
-  launch_ext<D>(lstm_ext_fwd_kernel<typename StorageOf<D>::type>, p, p.H, stream);
+void launch_ext(const LstmExtFwdParams& p, cudaStream_t stream) {
+  launch_ext_kernel<D>(lstm_ext_fwd_kernel<typename StorageOf<D>::type>, p, p.H, stream);
 }
 template <DType D>
-void launch_lstm_ext_bwd(const LstmExtBwdParams& p, cudaStream_t stream) {
-  launch_ext<D>(lstm_ext_bwd_kernel<typename StorageOf<D>::type>, p, p.H, stream);
+void launch_ext(const LstmExtBwdParams& p, cudaStream_t stream) {
+  launch_ext_kernel<D>(lstm_ext_bwd_kernel<typename StorageOf<D>::type>, p, p.H, stream);
 }
 template <DType D>
-void launch_gru_ext_fwd(const GruExtFwdParams& p, cudaStream_t stream) {
-  launch_ext<D>(gru_ext_fwd_kernel<typename StorageOf<D>::type>, p, p.H, stream);
+void launch_ext(const GruExtFwdParams& p, cudaStream_t stream) {
+  launch_ext_kernel<D>(gru_ext_fwd_kernel<typename StorageOf<D>::type>, p, p.H, stream);
 }
 template <DType D>
-void launch_gru_ext_bwd(const GruExtBwdParams& p, cudaStream_t stream) {
-  launch_ext<D>(gru_ext_bwd_kernel<typename StorageOf<D>::type>, p, p.H, stream);
+void launch_ext(const GruExtBwdParams& p, cudaStream_t stream) {
+  launch_ext_kernel<D>(gru_ext_bwd_kernel<typename StorageOf<D>::type>, p, p.H, stream);
 }
 template <DType D>
-void launch_ext_mix(const ExtMixParams& p, cudaStream_t stream) {
-  launch_ext<D>(ext_mix_kernel<typename StorageOf<D>::type>, p, p.D, stream);
+void launch_ext(const ExtMixParams& p, cudaStream_t stream) {
+  launch_ext_kernel<D>(ext_mix_kernel<typename StorageOf<D>::type>, p, p.D, stream);
 }
 template <DType D>
-void launch_ext_split(const ExtSplitParams& p, cudaStream_t stream) {
-  launch_ext<D>(ext_split_kernel<typename StorageOf<D>::type>, p, p.D, stream);
+void launch_ext(const ExtSplitParams& p, cudaStream_t stream) {
+  launch_ext_kernel<D>(ext_split_kernel<typename StorageOf<D>::type>, p, p.D, stream);
 }
 
-#define FASTRNN_INSTANTIATE_EXT(D)                                            \
-  template LaunchConfig ext_launch_config<D>(int64_t);                        \
-  template void launch_lstm_ext_fwd<D>(const LstmExtFwdParams&, cudaStream_t); \
-  template void launch_lstm_ext_bwd<D>(const LstmExtBwdParams&, cudaStream_t); \
-  template void launch_gru_ext_fwd<D>(const GruExtFwdParams&, cudaStream_t);   \
-  template void launch_gru_ext_bwd<D>(const GruExtBwdParams&, cudaStream_t);   \
-  template void launch_ext_mix<D>(const ExtMixParams&, cudaStream_t);          \
-  template void launch_ext_split<D>(const ExtSplitParams&, cudaStream_t)
+#define FASTRNN_INSTANTIATE_EXT(D)                                     \
+  template LaunchConfig ext_launch_config<D>(int64_t);                 \
+  template void launch_ext<D>(const LstmExtFwdParams&, cudaStream_t); \
+  template void launch_ext<D>(const LstmExtBwdParams&, cudaStream_t); \
+  template void launch_ext<D>(const GruExtFwdParams&, cudaStream_t);  \
+  template void launch_ext<D>(const GruExtBwdParams&, cudaStream_t);  \
+  template void launch_ext<D>(const ExtMixParams&, cudaStream_t);     \
+  template void launch_ext<D>(const ExtSplitParams&, cudaStream_t)
 
 }  // namespace fastrnn::cuda

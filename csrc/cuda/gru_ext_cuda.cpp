@@ -23,26 +23,6 @@ constexpr const char* kBwd = "fastrnn::gru_ext_backward";
 // The workspace columns of a row (ext_args.h gru_ext_ws_width) and the argument checks: ext_args.h (shared
 // with cpu/gru_ext_cpu.cpp).
 
-// ---------------------------------------------------------------------------------------------- helpers
-at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->contiguous() : at::Tensor();
-}
-const void* ptr_of(const at::Tensor& t) { return t.defined() && t.numel() > 0 ? t.const_data_ptr() : nullptr; }
-
-// The zoneout weights of the step starting at row `off`: rows of the contiguous tensor, the one-element eval
-// constant (read on the device: no host synchronisation), or none.
-ExtZoneout zoneout_at(const at::Tensor& k, int64_t off, int64_t D) {
-  ExtZoneout z;
-  if (!k.defined()) return z;
-  if (k.numel() == 1) {
-    z.k = k.const_data_ptr();
-    z.scalar = 1;
-  } else {
-    z.k = static_cast<const char*>(k.const_data_ptr()) + off * D * static_cast<int64_t>(k.element_size());
-  }
-  return z;
-}
-
 // ----------------------------------------------------------------------------------------------- forward
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_ext_forward(
     const at::Tensor& gates_x, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
@@ -108,7 +88,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_ext_forward(
     p.H = H;
     p.ld_out = H;
     p.ws_width = W;
-    launch_gru_ext_fwd(d, p, stream);
+    launch_ext(d, p, stream);
   }
   return {output, h_state, ws};
 }
@@ -174,14 +154,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       p.H = H;
       p.ld_grad_out = go.ld;
       p.ws_width = W;
-      launch_gru_ext_bwd(d, p, stream);
+      launch_ext(d, p, stream);
       // The carry into the previous state: (da @ W_hh) * m on top of the direct terms the kernel left.
-      if (mask.defined()) {
-        mm_into(carry.narrow(0, 0, bs), da.narrow(0, off, bs), w_acc);
-        dh_state.narrow(0, 0, bs).addcmul_(carry.narrow(0, 0, bs), mask.narrow(0, 0, bs));
-      } else {
-        dh_state.narrow(0, 0, bs).addmm_(da.narrow(0, off, bs), w_acc);
-      }
+      add_recurrent_grad(dh_state, da, off, bs, w_acc, mask, carry);
     }
   } else {
     da.zero_();

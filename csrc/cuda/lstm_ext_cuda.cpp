@@ -29,26 +29,6 @@ constexpr const char* kBwd = "fastrnn::lstm_ext_backward";
 // The workspace's columns: ext_args.h LstmExtWorkspace; the argument checks: ext_args.h (shared with
 // cpu/lstm_ext_cpu.cpp).
 
-// ---------------------------------------------------------------------------------------------- helpers
-at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->contiguous() : at::Tensor();
-}
-const void* ptr_of(const at::Tensor& t) { return t.defined() && t.numel() > 0 ? t.const_data_ptr() : nullptr; }
-
-// The zoneout weights of the step starting at row `off` (ExtZoneout): rows of the contiguous [N, D] tensor, the
-// one-element eval constant (read on the device: no host synchronisation), or none.
-ExtZoneout zoneout_at(const at::Tensor& k, int64_t off, int64_t D) {
-  ExtZoneout z;
-  if (!k.defined()) return z;
-  if (k.numel() == 1) {
-    z.k = k.const_data_ptr();
-    z.scalar = 1;
-  } else {
-    z.k = static_cast<const char*>(k.const_data_ptr()) + off * D * static_cast<int64_t>(k.element_size());
-  }
-  return z;
-}
-
 // ---------------------------------------------------------------------------------------------- forward
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_ext_forward(
     const at::Tensor& gates_x, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
@@ -122,7 +102,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_ext_forward(
     p.ld_out = P;
     p.ws_width = wl.width;
     p.proj = proj ? 1 : 0;
-    launch_lstm_ext_fwd(d, p, stream);
+    launch_ext(d, p, stream);
     if (proj) {
       mm_into(hp.narrow(0, 0, bs), r.narrow(0, 0, bs), w_hr.t());
       ExtMixParams m;
@@ -135,7 +115,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_ext_forward(
       m.bs = bs;
       m.D = P;
       m.ld_out = P;
-      launch_ext_mix(d, m, stream);
+      launch_ext(d, m, stream);
     }
   }
   return {output, h_state, c_state.to(dt), ws};
@@ -204,7 +184,7 @@ lstm_ext_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, cons
         sp.bs = bs;
         sp.D = P;
         sp.ld_grad_out = go.ld;
-        launch_ext_split(d, sp, stream);
+        launch_ext(d, sp, stream);
         mm_into(dr.narrow(0, 0, bs), dht.narrow(0, off, bs), w_hr);
       }
       LstmExtBwdParams p;
@@ -226,14 +206,9 @@ lstm_ext_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, cons
       p.H = H;
       p.ld_grad_out = go.ld;
       p.ws_width = W;
-      launch_lstm_ext_bwd(d, p, stream);
+      launch_ext(d, p, stream);
       // dL/dh_{t-1} through W_hh, times the mask, on top of the direct (zoneout) part the kernel left.
-      if (mask.defined()) {
-        mm_into(carry.narrow(0, 0, bs), da.narrow(0, off, bs), w_hh);
-        dh_state.narrow(0, 0, bs).addcmul_(carry.narrow(0, 0, bs), mask.narrow(0, 0, bs));
-      } else {
-        dh_state.narrow(0, 0, bs).addmm_(da.narrow(0, off, bs), w_hh);
-      }
+      add_recurrent_grad(dh_state, da, off, bs, w_hh, mask, carry);
     }
   } else {
     dgx.zero_();
