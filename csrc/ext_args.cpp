@@ -2,8 +2,6 @@
 
 #include <c10/util/Exception.h>
 
-#include <utility>
-
 namespace fastrnn {
 namespace {
 
@@ -35,11 +33,10 @@ void check_acc(const char* op, const char* name, const std::optional<at::Tensor>
 }
 
 // The checks both LSTM ops share. `seq` is the op's per-row tensor (gates_x for the forward, output for the
-// backward) and `seq_gates` its width in units of H (0: the state width P). Returns {H, P}.
-std::pair<int64_t, int64_t> check_lstm_seq(const char* op, const at::Tensor& seq, const char* seq_name,
-                                           int64_t seq_gates, const std::optional<at::Tensor>& batch_sizes,
-                                           const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_hh,
-                                           const std::optional<at::Tensor>& w_hr) {
+// backward) and `seq_gates` its width in units of H (0: the state width P). Returns {H, P, seq's layout}.
+ExtShape check_lstm_seq(const char* op, const at::Tensor& seq, const char* seq_name, int64_t seq_gates,
+                        const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx, const at::Tensor& cx,
+                        const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr) {
   TORCH_CHECK_VALUE(w_hh.dim() == 2 && w_hh.size(0) % 4 == 0, op, ": w_hh must be [4*hidden_size, state_size], got ",
                     w_hh.sizes());
   const int64_t H = w_hh.size(0) / 4;
@@ -56,7 +53,11 @@ std::pair<int64_t, int64_t> check_lstm_seq(const char* op, const at::Tensor& seq
   // the input of an LSTM whose w_ih (an expanded placeholder, no memory) is [4H, F].
   const at::Tensor w_ih = at::empty({1, 1}, seq.options()).expand({4 * H, F});
   check_forward_args(op, 4, seq, batch_sizes, hx, &cx, w_ih, w_hh, {}, {}, w_hr);
-  return {H, P};
+  ExtShape s;
+  s.H = H;
+  s.P = P;
+  s.L = make_layout(seq, batch_sizes);
+  return s;
 }
 
 void check_ln_pair(const char* op, const char* what, const std::optional<at::Tensor>& w,
@@ -151,7 +152,8 @@ ExtShape check_lstm_ext_forward_args(const char* op, const at::Tensor& gates_x,
                                      const std::optional<at::Tensor>& zoneout_h,
                                      const std::optional<at::Tensor>& zoneout_c,
                                      const std::optional<at::Tensor>& recurrent_mask) {
-  const auto [H, P] = check_lstm_seq(op, gates_x, "gates_x", 4, batch_sizes, hx, cx, w_hh, w_hr);
+  const ExtShape s = check_lstm_seq(op, gates_x, "gates_x", 4, batch_sizes, hx, cx, w_hh, w_hr);
+  const int64_t H = s.H, P = s.P;
   check_ln_pair(op, "ln_hh", ln_hh_weight, ln_hh_bias);
   check_ln_pair(op, "ln_c", ln_c_weight, ln_c_bias);
   check_param(op, "ln_hh_weight", ln_hh_weight, 4 * H, gates_x);
@@ -161,10 +163,6 @@ ExtShape check_lstm_ext_forward_args(const char* op, const at::Tensor& gates_x,
   check_acc(op, "zoneout_h", zoneout_h, lead_sizes(gates_x, P), gates_x, true);
   check_acc(op, "zoneout_c", zoneout_c, lead_sizes(gates_x, H), gates_x, true);
   check_acc(op, "recurrent_mask", recurrent_mask, hx.sizes(), gates_x, false);
-  ExtShape s;
-  s.H = H;
-  s.P = P;
-  s.L = make_layout(gates_x, batch_sizes);
   return s;
 }
 
@@ -178,7 +176,8 @@ ExtShape check_lstm_ext_backward_args(const char* op, const at::Tensor& grad_out
                                       const std::optional<at::Tensor>& zoneout_c,
                                       const std::optional<at::Tensor>& recurrent_mask, const at::Tensor& output,
                                       const at::Tensor& workspace) {
-  const auto [H, P] = check_lstm_seq(op, output, "output", 0, batch_sizes, hx, cx, w_hh, w_hr);
+  const ExtShape s = check_lstm_seq(op, output, "output", 0, batch_sizes, hx, cx, w_hh, w_hr);
+  const int64_t H = s.H;
   check_like(op, "grad_output", grad_output, output.sizes(), output);
   check_like(op, "grad_hy", grad_hy, hx.sizes(), hx);
   check_like(op, "grad_cy", grad_cy, cx.sizes(), cx);
@@ -187,11 +186,6 @@ ExtShape check_lstm_ext_backward_args(const char* op, const at::Tensor& grad_out
   check_acc(op, "zoneout_h", zoneout_h, output.sizes(), output, true);
   check_acc(op, "zoneout_c", zoneout_c, lead_sizes(output, H), output, true);
   check_acc(op, "recurrent_mask", recurrent_mask, hx.sizes(), output, false);
-  ExtShape s;
-  s.H = H;
-  s.P = P;
-  s.L = make_layout(output, batch_sizes);
-
   const LstmExtWorkspace wl(H, ln_hh_weight.has_value(), ln_c_weight.has_value());
   const auto acc_type = acc_dtype(output.scalar_type());
   TORCH_CHECK_VALUE(workspace.sizes() == at::IntArrayRef({s.L.N, wl.width}) && workspace.scalar_type() == acc_type,

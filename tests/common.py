@@ -34,6 +34,16 @@ TOL: Dict[torch.dtype, Dict[str, float]] = {
 
 MODES = ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"]
 
+# The CPU pointwise kernels' instruction-set variants, chosen per call by FASTRNN_CPU_CAPABILITY (a variant the
+# processor lacks falls back to the best it has) with FASTRNN_CPU_FAST_MATH, and hidden sizes around their widths.
+CPU_CAPABILITIES = ["default", "avx2", "avx512"]
+CAPABILITY_HIDDEN = (3, 8, 13)
+
+
+def use_cpu_capability(monkeypatch, capability: str, fast_math: str) -> None:
+    monkeypatch.setenv("FASTRNN_CPU_CAPABILITY", capability)
+    monkeypatch.setenv("FASTRNN_CPU_FAST_MATH", fast_math)
+
 
 def assert_close(actual, expected, dtype: torch.dtype, msg: str = "") -> None:
     """Compares with TOL[dtype]; expected may be of a wider dtype (it is compared in that dtype)."""

@@ -3,7 +3,7 @@ CPU, called directly, against fastrnn.composite.gru_ext_forward (plain PyTorch) 
 import pytest
 import torch
 
-from common import TOL, assert_close, assert_close_scaled
+from common import CAPABILITY_HIDDEN, CPU_CAPABILITIES, TOL, assert_close, assert_close_scaled, use_cpu_capability
 from fastrnn import composite
 
 ops = torch.ops.fastrnn
@@ -159,13 +159,12 @@ def test_parallel_rows(reverse):
 
 
 @pytest.mark.parametrize("fast_math", ["1", "0"])
-@pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
+@pytest.mark.parametrize("capability", CPU_CAPABILITIES)
 def test_capabilities(capability, fast_math, monkeypatch):
-    """The vectorised gate activations of every instruction-set variant (FASTRNN_CPU_CAPABILITY, read per
-    call; a variant the processor lacks falls back to the best it has), hidden sizes around the widths."""
-    monkeypatch.setenv("FASTRNN_CPU_CAPABILITY", capability)
-    monkeypatch.setenv("FASTRNN_CPU_FAST_MATH", fast_math)
-    for hidden in (3, 8, 13):
+    """The vectorised gate activations of every instruction-set variant (common.use_cpu_capability), all
+    options on in float32 and with the LN bias in bfloat16."""
+    use_cpu_capability(monkeypatch, capability, fast_math)
+    for hidden in CAPABILITY_HIDDEN:
         check_against_composite(torch.float32, True, False, "all", seed=5, hidden=hidden)
         check_against_composite(torch.bfloat16, False, True, "ln_bias", seed=5, hidden=hidden)
 

@@ -10,7 +10,7 @@ import torch
 import fastrnn  # noqa: F401  (loads the extension and the fake kernels)
 from fastrnn import composite
 from fastrnn.composite import accumulation_dtype
-from common import assert_close, assert_close_scaled
+from common import CAPABILITY_HIDDEN, CPU_CAPABILITIES, assert_close, assert_close_scaled, use_cpu_capability
 
 ops = torch.ops.fastrnn
 T_DENSE, B_DENSE = 5, 3
@@ -303,13 +303,12 @@ def test_parallel_rows(reverse, config):
 
 
 @pytest.mark.parametrize("fast_math", ["1", "0"])
-@pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
+@pytest.mark.parametrize("capability", CPU_CAPABILITIES)
 def test_capabilities(capability, fast_math, monkeypatch):
-    """The vectorised gate activations of every instruction-set variant (FASTRNN_CPU_CAPABILITY, read per
-    call; a variant the processor lacks falls back to the best it has), hidden sizes around the widths."""
-    monkeypatch.setenv("FASTRNN_CPU_CAPABILITY", capability)
-    monkeypatch.setenv("FASTRNN_CPU_FAST_MATH", fast_math)
-    for hidden in (3, 8, 13):
+    """The vectorised gate activations of every instruction-set variant (common.use_cpu_capability), with a
+    projection and all masks in float32, without one in bfloat16."""
+    use_cpu_capability(monkeypatch, capability, fast_math)
+    for hidden in CAPABILITY_HIDDEN:
         a = make_args(torch.float32, True, seed=5, hidden=hidden, proj_size=2, **CONFIGS["all_masks"])
         check_against_oracle(a, False, torch.float32, torch.float64)
         a = make_args(torch.bfloat16, False, seed=5, hidden=hidden, **CONFIGS["all_no_proj"])
