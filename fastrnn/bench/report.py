@@ -78,7 +78,8 @@ def handwritten_note(rows) -> str:
     return (f"{', '.join(names)}: fastrnn with the options named by the case against the hand-written peer "
             f"(fastrnn.bench.handwritten: a Python loop over the steps in plain PyTorch, input GEMM up front, the "
             f"same parameters); the torch.nn columns are that peer's. Parity in eval mode where zoneout draws "
-            f"masks in training; no target.")
+            f"masks in training, and with layer norm, which amplifies rounding along the sequence on both sides, "
+            f"judged against float64 (measure.check_parity); no target.")
 
 
 def _fmt(v, spec: str) -> str:
