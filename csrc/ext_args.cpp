@@ -84,18 +84,7 @@ SeqLayout checked_layout(const char* op, const char* name, const at::Tensor& x,
                       bs.scalar_type(), " ", bs.sizes(), " on ", bs.device());
     TORCH_CHECK_VALUE(x.dim() == 2, op, ": packed ", name, " (batch_sizes given) must be 2-D [N, features], got ",
                       x.sizes());
-    const at::Tensor bsc = bs.contiguous();
-    const int64_t* p = bsc.data_ptr<int64_t>();
-    int64_t remaining = x.size(0);
-    for (int64_t t = 0; t < bsc.numel(); ++t) {
-      TORCH_CHECK_VALUE(p[t] > 0 && (t == 0 || p[t] <= p[t - 1]), op,
-                        ": batch_sizes must be positive and non-increasing, got ", bs);
-      TORCH_CHECK_VALUE(p[t] <= remaining, op, ": batch_sizes sum to more than ", name, "'s ", x.size(0),
-                        " rows (exceeded at step ", t, " with batch size ", p[t], ")");
-      remaining -= p[t];
-    }
-    TORCH_CHECK_VALUE(remaining == 0, op, ": batch_sizes sum to ", x.size(0) - remaining, " but ", name, " has ",
-                      x.size(0), " rows");
+    check_batch_sizes_sum(op, bs, x.size(0), name);
   } else {
     TORCH_CHECK_VALUE(x.dim() == 3, op, ": ", name, " must be 3-D [seq_len, batch, features] (or packed [N, "
                       "features] with batch_sizes), got ", x.sizes());

@@ -22,6 +22,24 @@ SeqLayout make_layout(const at::Tensor& input, const std::optional<at::Tensor>& 
   return l;
 }
 
+int64_t check_batch_sizes_sum(const char* op, const at::Tensor& bs, int64_t rows, const char* what) {
+  const at::Tensor bsc = bs.contiguous();
+  const int64_t* p = bsc.data_ptr<int64_t>();
+  // Each entry is checked against the rows still unclaimed, so the running sum never exceeds the row count
+  // and cannot overflow (entries of 2^61 would wrap a plain sum around to a "valid" total).
+  int64_t remaining = rows;
+  for (int64_t t = 0; t < bsc.numel(); ++t) {
+    TORCH_CHECK_VALUE(p[t] > 0 && (t == 0 || p[t] <= p[t - 1]), op,
+                      ": batch_sizes must be positive and non-increasing, got ", bs);
+    TORCH_CHECK_VALUE(p[t] <= remaining, op, ": batch_sizes sum to more than ", what, "'s ", rows,
+                      " rows (exceeded at step ", t, " with batch size ", p[t], ")");
+    remaining -= p[t];
+  }
+  TORCH_CHECK_VALUE(remaining == 0, op, ": batch_sizes sum to ", rows - remaining, " but ", what, " has ", rows,
+                    " rows");
+  return bsc.numel() > 0 ? p[0] : 0;
+}
+
 void check_like(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef sizes,
                 const at::Tensor& like) {
   TORCH_CHECK_VALUE(t.sizes() == sizes, op, ": expected ", name, " of shape ", sizes, ", got ", t.sizes());
@@ -65,21 +83,7 @@ CellShape check_forward_args(const char* op, int64_t gates, const at::Tensor& in
                       bs.scalar_type(), " ", bs.sizes(), " on ", bs.device());
     TORCH_CHECK_VALUE(input.dim() == 2, op, ": packed input (batch_sizes given) must be [N, input_size], got ",
                       input.sizes());
-    const at::Tensor bsc = bs.contiguous();
-    const int64_t* p = bsc.data_ptr<int64_t>();
-    // Each entry is checked against the rows still unclaimed, so the running sum never exceeds the input's
-    // row count and cannot overflow (entries of 2^61 would wrap a plain sum around to a "valid" total).
-    int64_t remaining = input.size(0);
-    for (int64_t t = 0; t < bsc.numel(); ++t) {
-      TORCH_CHECK_VALUE(p[t] > 0 && (t == 0 || p[t] <= p[t - 1]), op,
-                        ": batch_sizes must be positive and non-increasing, got ", bs);
-      TORCH_CHECK_VALUE(p[t] <= remaining, op, ": batch_sizes sum to more than the packed input's ",
-                        input.size(0), " rows (exceeded at step ", t, " with batch size ", p[t], ")");
-      remaining -= p[t];
-    }
-    TORCH_CHECK_VALUE(remaining == 0, op, ": batch_sizes sum to ", input.size(0) - remaining,
-                      " but the packed input has ", input.size(0), " rows");
-    B = bsc.numel() > 0 ? p[0] : 0;
+    B = check_batch_sizes_sum(op, bs, input.size(0), "the packed input");
   } else {
     TORCH_CHECK_VALUE(input.dim() == 3, op, ": input must be [seq_len, batch, input_size], got ",
                       input.sizes());

@@ -51,6 +51,10 @@ CellShape check_forward_args(const char* op, int64_t gates, const at::Tensor& in
                              const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
                              const std::optional<at::Tensor>& w_hr);
 
+// Checks the entries of a packed sequence's batch_sizes (a 1-D int64 CPU tensor) against the `rows` rows of
+// `what` (for messages, e.g. "the packed input"): positive, non-increasing, summing to `rows`. Returns B.
+int64_t check_batch_sizes_sum(const char* op, const at::Tensor& batch_sizes, int64_t rows, const char* what);
+
 // Checks that `t` has `sizes`, the dtype of `like` and its device.
 void check_like(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef sizes,
                 const at::Tensor& like);
