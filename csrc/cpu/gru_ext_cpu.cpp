@@ -18,10 +18,11 @@
 #include <torch/library.h>
 
 #include <cmath>
-#include <type_traits>
 #include <vector>
 
 #include "../ext_args.h"
+#include "../ext_grads.h"
+#include "ext_activate.h"
 #include "step_loop.h"
 
 namespace fastrnn::cpu {
@@ -53,17 +54,7 @@ Zoneout zoneout_of(const std::optional<at::Tensor>& k, int64_t N, int64_t H) {
 
 inline at::Tensor to_acc(const at::Tensor& t) { return t.to(acc_dtype(t.scalar_type())).contiguous(); }
 
-// y = sigmoid(y) or tanh(y) over n elements in place: float32 through the step kernels' vectorised
-// activations of the active instruction set (pointwise.h), double with libm.
-template <typename A>
-inline void activate(ActivationFn act, A* y, int64_t n, Activation fn) {
-  if constexpr (std::is_same_v<A, float>) {
-    act(y, y, n, fn);
-  } else {
-    for (int64_t i = 0; i < n; ++i)
-      y[i] = fn == Activation::kSigmoid ? A(1) / (A(1) + std::exp(-y[i])) : std::tanh(y[i]);
-  }
-}
+// activate: ext_activate.h.
 
 // ----------------------------------------------------------------------------------------------- forward
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_ext_forward(
@@ -192,7 +183,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_ext_forward(
 }
 
 // ---------------------------------------------------------------------------------------------- backward
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_ext_backward(
+GruExtBackwardResult gru_ext_backward(
     const at::Tensor& grad_output, const at::Tensor& grad_hy, const std::optional<at::Tensor>& batch_sizes,
     const at::Tensor& hx, const at::Tensor& w_hh, const std::optional<at::Tensor>& ln_hh_weight,
     const std::optional<at::Tensor>& zoneout_h, const std::optional<at::Tensor>& recurrent_mask,
@@ -218,7 +209,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   // normalised value (the gradient of b_hh and of the LN bias: da_ln = [d r, d z, d n * r]).
   at::Tensor da = at::empty({L.N, G}, acc_opts);
   at::Tensor da_ln = ln ? at::empty({L.N, G}, acc_opts) : da;
-  const auto empty = [&] { return at::empty({0}, output.options()); };
 
   if (L.N > 0 && H > 0) {
     const at::Tensor ws = workspace.contiguous();
@@ -320,26 +310,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     grad_gates_x.zero_();
   }
 
-  // Whole-sequence: the weight gradient against the masked states the rows started from, and the reductions.
-  at::Tensor hp = gather_prev(rows2d(output), hx, L, reverse).to(acc_opts.dtype());
-  if (recurrent_mask.has_value() && hp.numel() > 0) {
-    const at::Tensor m = recurrent_mask->contiguous();
-    if (!packed) {
-      hp.view({L.T, L.B, H}).mul_(m);
-    } else {
-      for (int64_t t = 0; t < L.T; ++t)
-        hp.narrow(0, L.offsets[t], L.batch_sizes[t]).mul_(m.narrow(0, 0, L.batch_sizes[t]));
-    }
-  }
-  const at::Tensor grad_w_hh = at::mm(da.t(), hp).to(dtype);
-  const at::Tensor grad_b_hh = has_bias ? da_ln.sum(0).to(dtype) : empty();
-  at::Tensor grad_ln_w = empty(), grad_ln_b = empty();
-  if (ln) {
-    const at::Tensor xhat = workspace.narrow(1, 4 * H, G);
-    grad_ln_w = (da_ln * xhat).sum(0).to(dtype);
-    grad_ln_b = da_ln.sum(0).to(dtype);
-  }
-  return {grad_gates_x, dh_state.to(dtype), grad_w_hh, grad_b_hh, grad_ln_w, grad_ln_b};
+  // Whole-sequence: the weight gradient against the masked states the rows started from, the reductions and the
+  // returned tuple: ext_grads.h.
+  return gru_ext_backward_result(grad_gates_x, dh_state, da, da_ln, output, hx, workspace, recurrent_mask, L, H,
+                                 packed, reverse, has_bias, ln);
 }
 
 }  // namespace

@@ -20,10 +20,11 @@
 #include <torch/library.h>
 
 #include <cmath>
-#include <type_traits>
 #include <vector>
 
 #include "../ext_args.h"
+#include "../ext_grads.h"
+#include "ext_activate.h"
 #include "step_loop.h"
 
 namespace fastrnn::cpu {
@@ -67,18 +68,7 @@ at::Tensor acc_contiguous(const std::optional<at::Tensor>& t, at::ScalarType acc
   return t.has_value() ? t->to(acc).contiguous() : at::Tensor();
 }
 
-// y = sigmoid(y) or tanh(y) over n elements in place: float32 (also bfloat16's accumulation dtype) through
-// the step kernels' vectorised activations of the active instruction set (pointwise.h: FASTRNN_CPU_CAPABILITY
-// and FASTRNN_CPU_FAST_MATH apply, as in the other ops), double with libm.
-template <typename acc>
-inline void activate(ActivationFn act, acc* y, int64_t n, Activation fn) {
-  if constexpr (std::is_same_v<acc, float>) {
-    act(y, y, n, fn);
-  } else {
-    for (int64_t i = 0; i < n; ++i)
-      y[i] = fn == Activation::kSigmoid ? acc(1) / (acc(1) + std::exp(-y[i])) : std::tanh(y[i]);
-  }
-}
+// activate: ext_activate.h.
 
 // Two-pass mean and 1/sigma of x[0, n).
 template <typename acc>
@@ -263,15 +253,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_ext_forward(
 }
 
 // --------------------------------------------------------------------------------------------- backward
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-           at::Tensor>
-lstm_ext_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& grad_cy,
-                  const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx, const at::Tensor& cx,
-                  const at::Tensor& w_hh_, const std::optional<at::Tensor>& w_hr_,
-                  const std::optional<at::Tensor>& ln_hh_weight, const std::optional<at::Tensor>& ln_c_weight,
-                  const std::optional<at::Tensor>& zoneout_h, const std::optional<at::Tensor>& zoneout_c,
-                  const std::optional<at::Tensor>& recurrent_mask, const at::Tensor& output,
-                  const at::Tensor& workspace, bool reverse) {
+LstmExtBackwardResult lstm_ext_backward(
+    const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& grad_cy,
+    const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_hh_,
+    const std::optional<at::Tensor>& w_hr_, const std::optional<at::Tensor>& ln_hh_weight,
+    const std::optional<at::Tensor>& ln_c_weight, const std::optional<at::Tensor>& zoneout_h,
+    const std::optional<at::Tensor>& zoneout_c, const std::optional<at::Tensor>& recurrent_mask,
+    const at::Tensor& output, const at::Tensor& workspace, bool reverse) {
   const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
   const ExtShape s = check_lstm_ext_backward_args(kBwd, grad_output, grad_hy, grad_cy, batch_sizes, hx, cx, w_hh_,
                                                   w_hr_, ln_hh_weight, ln_c_weight, zoneout_h, zoneout_c,
@@ -395,33 +383,9 @@ lstm_ext_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, cons
     });
   }
 
-  // Whole-sequence weight gradients, against the states each step started from (rows of output and hx).
-  const at::Tensor out_acc = rows2d(output.contiguous()).to(acc_type);
-  const at::Tensor hx_acc = hx.to(acc_type).contiguous();
-  at::Tensor grad_w_hh = at::empty({G, P}, acc_opts);
-  if (mask.defined()) {
-    at::Tensor h_prev = gather_prev(out_acc, hx_acc, L, reverse);
-    for (int64_t t = 0; t < L.T; ++t)
-      h_prev.narrow(0, L.offsets[t], L.batch_sizes[t]).mul_(mask.narrow(0, 0, L.batch_sizes[t]));
-    at::mm_out(grad_w_hh, da.t(), h_prev);
-  } else {
-    addmm_prev(grad_w_hh, da, out_acc, hx_acc, L, reverse);
-  }
-  const auto empty = [&] { return at::empty({0}, output.options()); };
-  at::Tensor grad_w_hr = empty();
-  if (proj) grad_w_hr = at::mm(dht.t(), ws.narrow(1, 3 * H, H) * ws.narrow(1, 5 * H, H)).to(dt);
-  at::Tensor g_lnh_w = empty(), g_lnh_b = empty(), g_lnc_w = empty(), g_lnc_b = empty();
-  if (has_ln_hh) {
-    g_lnh_w = (dgates * ws.narrow(1, wl.ln_hh, G)).sum(0).to(dt);
-    g_lnh_b = dgates.sum(0).to(dt);
-  }
-  if (has_ln_c) {
-    g_lnc_w = (du * ws.narrow(1, wl.ln_c, H)).sum(0).to(dt);
-    g_lnc_b = du.sum(0).to(dt);
-  }
-  at::Tensor grad_gates_x = dgates.to(dt).view(lead_sizes(output, G));
-  return {grad_gates_x, dh_state.to(dt), dc_state.to(dt), grad_w_hh.to(dt), grad_w_hr,
-          g_lnh_w, g_lnh_b, g_lnc_w, g_lnc_b};
+  // The whole-sequence weight and LayerNorm gradients and the returned tuple: ext_grads.h.
+  return lstm_ext_backward_result(dgates.to(dt).view(lead_sizes(output, G)), dh_state, dc_state, da, dgates, du,
+                                  dht, output, hx, ws, recurrent_mask, L, wl, H, P, reverse);
 }
 
 }  // namespace

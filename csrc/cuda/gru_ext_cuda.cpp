@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include "../ext_args.h"
+#include "../ext_grads.h"
 #include "cuda_common.h"
 #include "ext_launch.h"
 
@@ -94,7 +95,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_ext_forward(
 }
 
 // ---------------------------------------------------------------------------------------------- backward
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_ext_backward(
+GruExtBackwardResult gru_ext_backward(
     const at::Tensor& grad_output, const at::Tensor& grad_hy, const std::optional<at::Tensor>& batch_sizes,
     const at::Tensor& hx, const at::Tensor& w_hh, const std::optional<at::Tensor>& ln_hh_weight,
     const std::optional<at::Tensor>& zoneout_h, const std::optional<at::Tensor>& recurrent_mask,
@@ -124,7 +125,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   // value (the gradient of b_hh and of the LN bias: da_ln = [d r, d z, d n * r]).
   at::Tensor da = at::empty({L.N, G}, acc_opts);
   at::Tensor da_ln = ln ? at::empty({L.N, G}, acc_opts) : da;
-  const auto empty = [&] { return at::empty({0}, output.options()); };
   const at::Tensor mask = contiguous_or_undefined(recurrent_mask);
 
   if (L.N > 0 && H > 0) {
@@ -164,25 +164,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     grad_gates_x.zero_();
   }
 
-  // Whole-sequence: the weight gradient against the masked states the rows started from, and the reductions.
-  at::Tensor hp = gather_prev(rows2d(output), hx, L, reverse).to(acc_type);
-  if (mask.defined() && hp.numel() > 0) {
-    if (!packed) {
-      hp.view({L.T, L.B, H}).mul_(mask);
-    } else {
-      for (int64_t t = 0; t < L.T; ++t)
-        hp.narrow(0, L.offsets[t], L.batch_sizes[t]).mul_(mask.narrow(0, 0, L.batch_sizes[t]));
-    }
-  }
-  const at::Tensor grad_w_hh = at::mm(da.t(), hp).to(dtype);
-  const at::Tensor grad_b_hh = has_bias ? da_ln.sum(0).to(dtype) : empty();
-  at::Tensor grad_ln_w = empty(), grad_ln_b = empty();
-  if (ln) {
-    const at::Tensor xhat = workspace.narrow(1, 4 * H, G);
-    grad_ln_w = (da_ln * xhat).sum(0).to(dtype);
-    grad_ln_b = da_ln.sum(0).to(dtype);
-  }
-  return {grad_gates_x, dh_state.to(dtype), grad_w_hh, grad_b_hh, grad_ln_w, grad_ln_b};
+  // Whole-sequence: the weight gradient against the masked states the rows started from, the reductions and the
+  // returned tuple: ext_grads.h.
+  return gru_ext_backward_result(grad_gates_x, dh_state, da, da_ln, output, hx, workspace, recurrent_mask, L, H,
+                                 packed, reverse, has_bias, ln);
 }
 
 }  // namespace
