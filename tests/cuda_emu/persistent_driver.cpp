@@ -347,17 +347,10 @@ void bplan(const emu_io::Arrays& in, emu_io::Arrays& out) {
 }
 
 void batch(const emu_io::Arrays& in, emu_io::Arrays& out) {
-  const int n = in.scalar<int>("n");
-  for (int k = 0; k < n; ++k) {
-    const std::string prefix = std::to_string(k) + ".";
-    emu_io::Arrays sub, sub_out;
-    for (const auto& [name, a] : in.items)
-      if (name.compare(0, prefix.size(), prefix) == 0) sub.items[name.substr(prefix.size())] = a;
-    if (sub.items.empty()) throw std::runtime_error("batch: no arrays for sub-case " + std::to_string(k));
+  emu_io::run_batch(in, out, [](const emu_io::Arrays& sub, emu_io::Arrays& sub_out) {
     if (sub.has("backward")) backward_any(sub, sub_out);
     else forward_any(sub, sub_out);
-    for (auto& [name, a] : sub_out.items) out.items[prefix + name] = std::move(a);
-  }
+  });
 }
 
 }  // namespace
