@@ -177,9 +177,13 @@ class _Options:
         return p_h if self.mode != "LSTM" or p_h == p_c else (p_h, p_c)
 
     @property
+    def _zoneout_on(self) -> bool:
+        return any(p > 0 for p in self._zoneout_rates)
+
+    @property
     def _uses_ext_ops(self) -> bool:
         """Whether the layers run on the ext ops (weight_drop alone needs no more than torch.nn's cells)."""
-        return self.layer_norm or self.recurrent_dropout > 0 or any(p > 0 for p in self._zoneout_rates)
+        return self.layer_norm or self.recurrent_dropout > 0 or self._zoneout_on
 
     def _reset_layer_norm(self) -> None:
         with torch.no_grad():
@@ -197,7 +201,7 @@ class _Options:
         s = super().extra_repr()
         if self.layer_norm:
             s += ", layer_norm=True"
-        if any(p > 0 for p in self._zoneout_rates):
+        if self._zoneout_on:
             s += f", zoneout={self.zoneout}"
         if self.weight_drop > 0:
             s += f", weight_drop={self.weight_drop}"
@@ -259,17 +263,20 @@ class _Options:
         out, hy, _ = _ops.gru_ext_forward(gates_x, batch_sizes, h0, w_hh, b_hh, *ln_hh, k_h, mask, reverse, train)
         return out, hy, None
 
-    def _check_ext_device(self, x: Tensor, name: str) -> None:
-        opts = ", ".join(o for o, on in (("layer_norm", self.layer_norm),
-                                         ("zoneout", any(p > 0 for p in self._zoneout_rates)),
+    def _ext_option_names(self) -> str:
+        """The options that need the ext ops, for error messages."""
+        return ", ".join(o for o, on in (("layer_norm", self.layer_norm), ("zoneout", self._zoneout_on),
                                          ("recurrent_dropout", self.recurrent_dropout > 0)) if on)
+
+    def _check_ext_device(self, x: Tensor, name: str) -> None:
         if x.device.type not in _EXT_DEVICES:
             raise NotImplementedError(
-                f"{name}({opts}): this build of fastrnn has no {x.device.type} kernel for these options (the CPU has "
-                f"them; CUDA needs an extension built with CUDA). weight_drop alone works on every device.")
+                f"{name}({self._ext_option_names()}): this build of fastrnn has no {x.device.type} kernel for these "
+                f"options (the CPU has them; CUDA needs an extension built with CUDA). weight_drop alone works on "
+                f"every device.")
         if torch.onnx.is_in_onnx_export():
-            raise RuntimeError(f"{name}: ONNX export of a module with {opts} is not supported: ONNX's LSTM/GRU "
-                               f"operators have no such options")
+            raise RuntimeError(f"{name}: ONNX export of a module with {self._ext_option_names()} is not supported: "
+                               f"ONNX's LSTM/GRU operators have no such options")
 
 
 
