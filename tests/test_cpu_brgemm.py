@@ -67,7 +67,19 @@ SWITCHES = {
     "hidden_fold_block16": {"FASTRNN_CPU_BRGEMM": "1", "FASTRNN_CPU_BRGEMM_SPLIT": "hidden",
                             "FASTRNN_CPU_BRGEMM_FOLD_X": "1", "FASTRNN_CPU_BRGEMM_BLOCK": "16",
                             "FASTRNN_CPU_BRGEMM_SERIAL_FLOPS": "0"},
+    # Every block product through brgemm, or every one through fastrnn's few-row vector code (GEMV_ROWS; groups
+    # of 4 rows and the rest, partial column vectors), that code's bf16 shift-and-FMA loop, and its AVX2 build.
+    "brgemm_only": {"FASTRNN_CPU_BRGEMM": "1", "FASTRNN_CPU_BRGEMM_GEMV_ROWS": "0",
+                    "FASTRNN_CPU_BRGEMM_SERIAL_FLOPS": "0"},
+    "gemv_all": {"FASTRNN_CPU_BRGEMM": "1", "FASTRNN_CPU_BRGEMM_GEMV_ROWS": "1000",
+                 "FASTRNN_CPU_BRGEMM_SPLIT": "hidden", "FASTRNN_CPU_BRGEMM_SERIAL_FLOPS": "0"},
+    "gemv_all_nodot": {"FASTRNN_CPU_BRGEMM": "1", "FASTRNN_CPU_BRGEMM_GEMV_ROWS": "1000",
+                       "FASTRNN_CPU_BRGEMM_GEMV_DOT": "0", "FASTRNN_CPU_BRGEMM_FOLD_X": "1"},
+    "gemv_all_avx2": {"FASTRNN_CPU_BRGEMM": "1", "FASTRNN_CPU_BRGEMM_GEMV_ROWS": "1000",
+                      "FASTRNN_CPU_CAPABILITY": "avx2"},
 }
+BF16_ONLY = {"gemv_all_nodot"}  # the bfloat16 loop's switch
+FLOAT32_ONLY = {"gemv_all_avx2"}  # bf16 brgemm needs AVX-512
 
 
 @pytest.mark.skipif(not HAS_AVX2, reason="the brgemm path needs AVX2")
@@ -78,6 +90,8 @@ SWITCHES = {
 def test_brgemm_parity(mode, switches, case, dtype, monkeypatch):
     if dtype == torch.bfloat16 and not HAS_BF16:
         pytest.skip("bf16 brgemm needs AVX-512 with bf16")
+    if (dtype == torch.bfloat16 and switches in FLOAT32_ONLY) or (dtype == torch.float32 and switches in BF16_ONLY):
+        pytest.skip(f"{switches} is a {'float32' if switches in FLOAT32_ONLY else 'bfloat16'} switch")
     for k, v in SWITCHES[switches].items():
         monkeypatch.setenv(k, v)
     assert _ops._cpu_brgemm_enabled(dtype)

@@ -7,7 +7,10 @@
 
 #include <ATen/native/CPUBlas.h>
 
+#include <cstring>
 #include <type_traits>
+
+#include <c10/util/bit_cast.h>
 
 #include "brgemm_step.h"
 
@@ -21,6 +24,176 @@ void store_row(const float* src, S* dst, int64_t n) {
   for (int64_t u = 0; u < n; u += V::size()) {
     const int64_t m = std::min<int64_t>(V::size(), n - u);
     store(load(src + u, m), dst + u, m);
+  }
+}
+
+// ------------------------------------------------------------------------- few-row block products
+// A step's block product C[M, N] (+)= A[M, K] @ B[K, N], B one packed block (float32 [K][N]; bfloat16 VNNI
+// [K/2][N][2]), C the fp32 tile (ldc = N). brgemm runs it as tiles of 16 (AMX) or a register block of rows;
+// with one to a few rows (decoding, B = 1..4) most of each tile is empty and the call runs at about 20 GB/s of
+// B, L3's rate, though each thread's weights sit in its L2 (measured: T=100..400 B=1 H=512 bf16 LSTM, 60 us
+// a step where the 1 MB a thread reads takes about 10 us from L2). Such products run here instead: each
+// vector of B, loaded once, is multiplied into every row's accumulators (R rows x NV vectors in registers).
+// The column tail runs with masked (AVX-512) or scalar code.
+template <int R, int NV>
+inline void gemv_f32(const float* A, int64_t lda, const float* B, int64_t ldb, int64_t K, float* C, int64_t ldc,
+                     bool add) {
+  using V = Vectorized<float>;
+  V acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = add ? V::loadu(C + r * ldc + v * V::size()) : V(0.f);
+  for (int64_t k = 0; k < K; ++k) {
+    V bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = V::loadu(B + k * ldb + v * V::size());
+    for (int r = 0; r < R; ++r) {
+      const V a(A[r * lda + k]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = at::vec::fmadd(a, bv[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v].store(C + r * ldc + v * V::size());
+}
+
+// Rows [0, R) of C over all N columns: full chunks of kNv vectors, then the remaining whole vectors, then
+// (float32 only, fewer than a vector's columns) scalar code.
+template <int R>
+void gemv_rows_f32(const float* A, int64_t lda, const float* B, int64_t N, int64_t K, float* C, int64_t ldc,
+                   bool add) {
+  using V = Vectorized<float>;
+  constexpr int kNv = 4;
+  int64_t n0 = 0;
+  for (; n0 + kNv * V::size() <= N; n0 += kNv * V::size()) gemv_f32<R, kNv>(A, lda, B + n0, N, K, C + n0, ldc, add);
+  switch ((N - n0) / V::size()) {
+    case 3: gemv_f32<R, 3>(A, lda, B + n0, N, K, C + n0, ldc, add); n0 += 3 * V::size(); break;
+    case 2: gemv_f32<R, 2>(A, lda, B + n0, N, K, C + n0, ldc, add); n0 += 2 * V::size(); break;
+    case 1: gemv_f32<R, 1>(A, lda, B + n0, N, K, C + n0, ldc, add); n0 += V::size(); break;
+    default: break;
+  }
+  for (int r = 0; r < R; ++r)
+    for (int64_t n = n0; n < N; ++n) {
+      float sum = add ? C[r * ldc + n] : 0.f;
+      for (int64_t k = 0; k < K; ++k) sum += A[r * lda + k] * B[k * N + n];
+      C[r * ldc + n] = sum;
+    }
+}
+
+#if defined(CPU_CAPABILITY_AVX512)
+// bfloat16: a 64-byte vector of the VNNI block holds 16 columns x (k, k+1); shifting each 32-bit pair left by
+// 16 gives the k elements as floats and masking off the low half the k+1 elements (exact), multiplied by
+// A[r][k] and A[r][k+1] and accumulated in fp32. The last vector of a chunk may be partial (mask).
+template <int R, int NV>
+inline void gemv_bf16(const c10::BFloat16* A, int64_t lda, const c10::BFloat16* B, int64_t ldb, int64_t K,
+                      float* C, int64_t ldc, bool add, __mmask16 last) {
+  auto mask = [&](int v) -> __mmask16 { return v == NV - 1 ? last : __mmask16(0xFFFF); };
+  __m512 acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v)
+      acc[r][v] = add ? _mm512_maskz_loadu_ps(mask(v), C + r * ldc + v * 16) : _mm512_setzero_ps();
+  const __m512i hi = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  for (int64_t k = 0; k < K; k += 2) {
+    __m512 even[NV], odd[NV];
+    for (int v = 0; v < NV; ++v) {
+      const __m512i w = _mm512_maskz_loadu_epi32(mask(v), B + k * ldb + v * 32);
+      even[v] = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+      odd[v] = _mm512_castsi512_ps(_mm512_and_si512(w, hi));
+    }
+    for (int r = 0; r < R; ++r) {
+      uint32_t pair;
+      std::memcpy(&pair, A + r * lda + k, sizeof(pair));
+      const __m512 a0 = _mm512_set1_ps(c10::bit_cast<float>(pair << 16));
+      const __m512 a1 = _mm512_set1_ps(c10::bit_cast<float>(pair & 0xFFFF0000u));
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(a1, odd[v], _mm512_fmadd_ps(a0, even[v], acc[r][v]));
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(C + r * ldc + v * 16, mask(v), acc[r][v]);
+}
+
+// The same with AVX512_BF16's dot product (Zen 4, Sapphire Rapids): one instruction per vector of B instead of
+// a shift, a mask and two FMAs, which on two vector ports bounded the loop above at about 32 bytes of B a
+// cycle. Products are exact in fp32 either way; this one flushes denormals (values under 1e-38).
+template <int R, int NV>
+__attribute__((target("avx512bf16"))) inline void gemv_bf16_dp(const c10::BFloat16* A, int64_t lda,
+                                                               const c10::BFloat16* B, int64_t ldb, int64_t K,
+                                                               float* C, int64_t ldc, bool add, __mmask16 last) {
+  auto mask = [&](int v) -> __mmask16 { return v == NV - 1 ? last : __mmask16(0xFFFF); };
+  __m512 acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v)
+      acc[r][v] = add ? _mm512_maskz_loadu_ps(mask(v), C + r * ldc + v * 16) : _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += 2) {
+    __m512bh w[NV];
+    for (int v = 0; v < NV; ++v) w[v] = (__m512bh)_mm512_maskz_loadu_epi32(mask(v), B + k * ldb + v * 32);
+    for (int r = 0; r < R; ++r) {
+      uint32_t pair;
+      std::memcpy(&pair, A + r * lda + k, sizeof(pair));
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, w[v]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(C + r * ldc + v * 16, mask(v), acc[r][v]);
+}
+
+template <int R>
+void gemv_rows_bf16(const c10::BFloat16* A, int64_t lda, const c10::BFloat16* B, int64_t N, int64_t K, float* C,
+                    int64_t ldc, bool add, bool dp) {
+  constexpr int kNv = 4;
+  auto chunk = [&](auto nv_const, int64_t n0, __mmask16 last) {
+    constexpr int NV = decltype(nv_const)::value;
+    if (dp) gemv_bf16_dp<R, NV>(A, lda, B + 2 * n0, N, K, C + n0, ldc, add, last);
+    else gemv_bf16<R, NV>(A, lda, B + 2 * n0, N, K, C + n0, ldc, add, last);
+  };
+  int64_t n0 = 0;
+  for (; n0 + kNv * 16 <= N; n0 += kNv * 16) chunk(std::integral_constant<int, kNv>{}, n0, 0xFFFF);
+  const int64_t rest = N - n0;
+  if (rest == 0) return;
+  const int64_t nv = (rest + 15) / 16;
+  const auto last = static_cast<__mmask16>((1u << (rest - 16 * (nv - 1))) - 1u);
+  switch (nv) {
+    case 3: chunk(std::integral_constant<int, 3>{}, n0, last); break;
+    case 2: chunk(std::integral_constant<int, 2>{}, n0, last); break;
+    default: chunk(std::integral_constant<int, 1>{}, n0, last); break;
+  }
+}
+#endif
+
+// The block product of a step: up to s.gemv_rows rows as vector code above (float32 everywhere, bfloat16 on
+// AVX-512 with an even K, as the VNNI blocks have; s.gemv_bf16_dot picks the dot-product loop), more rows
+// through brgemm.
+template <typename S, typename Seq>
+void block_gemm(const Seq& s, int64_t M, int64_t N, int64_t K, int64_t lda, bool add, const S* A, const S* B,
+                float* C) {
+  const int64_t gemv_rows = s.gemv_rows;
+  constexpr bool kBf16 = std::is_same_v<S, c10::BFloat16>;
+#if defined(CPU_CAPABILITY_AVX512)
+  constexpr int kRows = 4;  // R x 4 accumulators + 8 converted vectors of B within 32 registers
+  constexpr bool kGemv = true;
+#else
+  constexpr int kRows = 2;  // within AVX2's 16 registers
+  constexpr bool kGemv = !kBf16;
+#endif
+  if (!kGemv || M > gemv_rows || (kBf16 && K % 2 != 0)) {
+    at::native::cpublas::brgemm(M, N, K, lda, N, N, add, A, B, C, kBf16);
+    return;
+  }
+  auto rows = [&](auto r_const, int64_t m) {
+    constexpr int R = decltype(r_const)::value;
+    if constexpr (kBf16) {
+#if defined(CPU_CAPABILITY_AVX512)
+      gemv_rows_bf16<R>(A + m * lda, lda, B, N, K, C + m * N, N, add, s.gemv_bf16_dot);
+#endif
+    } else {
+      gemv_rows_f32<R>(A + m * lda, lda, B, N, K, C + m * N, N, add);
+    }
+  };
+  int64_t m = 0;
+  for (; m + kRows <= M; m += kRows) rows(std::integral_constant<int, kRows>{}, m);
+  switch (M - m) {
+    case 3: if constexpr (kRows > 3) rows(std::integral_constant<int, 3>{}, m); break;
+    case 2: if constexpr (kRows > 2) rows(std::integral_constant<int, 2>{}, m); break;
+    case 1: rows(std::integral_constant<int, 1>{}, m); break;
+    default: break;
   }
 }
 
@@ -127,7 +300,6 @@ void rnn_tile(const LstmBrgemmSeq& s, const float* tile, int64_t b0, int64_t b1,
 template <typename S>
 void fwd_brgemm_step(const LstmBrgemmSeq& s, int64_t k, int64_t r0, int64_t r1, int64_t blk0, int64_t blk1,
                      float* tile) {
-  constexpr bool kVnni = std::is_same_v<S, c10::BFloat16>;
   const int64_t phase = s.w_hr != nullptr ? k % 2 : 0;  // with a projection: gates, then h = r @ W_hr^T
   if (s.w_hr != nullptr) k /= 2;
   const int64_t T = s.T, H = s.H, P = s.P, I = s.I, nb = s.nb, G = s.gates;
@@ -150,8 +322,7 @@ void fwd_brgemm_step(const LstmBrgemmSeq& s, int64_t k, int64_t r0, int64_t r1, 
       const int64_t c1 = std::min(end, c0 + kBrgemmTileRows);
       for (int64_t pb = pb0; pb < pb1; ++pb) {
         const int64_t p0 = pb * nb, npb = std::min(nb, P - p0);
-        at::native::cpublas::brgemm(c1 - c0, npb, H, H, npb, npb, false, r + c0 * H,
-                                    static_cast<const S*>(s.w_hr) + p0 * H, tile, kVnni);
+        block_gemm<S>(s, c1 - c0, npb, H, H, false, r + c0 * H, static_cast<const S*>(s.w_hr) + p0 * H, tile);
         for (int64_t b = c0; b < c1; ++b) store_row(tile + (b - c0) * npb, o + (off + b) * P + p0, npb);
       }
     }
@@ -165,15 +336,12 @@ void fwd_brgemm_step(const LstmBrgemmSeq& s, int64_t k, int64_t r0, int64_t r1, 
       // h_prev: the previous step's output rows, or hx for rows that start at this step.
       const int64_t a1 = std::min(c1, with_prev);
       if (a1 > c0)
-        at::native::cpublas::brgemm(a1 - c0, N, s.k_hh, P, N, N, false, out + (prev_off + c0) * P, bhh, tile,
-                                    kVnni);
+        block_gemm<S>(s, a1 - c0, N, s.k_hh, P, false, out + (prev_off + c0) * P, bhh, tile);
       const int64_t h0 = std::max(c0, with_prev);
       if (c1 > h0)
-        at::native::cpublas::brgemm(c1 - h0, N, s.k_hh, P, N, N, false, hx + h0 * P, bhh, tile + (h0 - c0) * N,
-                                    kVnni);
+        block_gemm<S>(s, c1 - h0, N, s.k_hh, P, false, hx + h0 * P, bhh, tile + (h0 - c0) * N);
       if (wih != nullptr)
-        at::native::cpublas::brgemm(c1 - c0, N, s.k_ih, I, N, N, true, x + (off + c0) * I, wih + j0 * G * s.k_ih,
-                                    tile, kVnni);
+        block_gemm<S>(s, c1 - c0, N, s.k_ih, I, true, x + (off + c0) * I, wih + j0 * G * s.k_ih, tile);
       switch (s.cell) {
         case BrgemmCell::kLstm: lstm_tile<S>(s, tile, c0, c1, off, j0, nbj); break;
         case BrgemmCell::kGru: gru_tile<S>(s, tile, c0, c1, off, prev_off, with_prev, j0, nbj); break;
@@ -343,7 +511,6 @@ void rnn_bwd_tile(const BrgemmBwdSeq& s, const float* tile, int64_t b0, int64_t 
 template <typename S>
 void bwd_brgemm_step(const BrgemmBwdSeq& s, int64_t k, int64_t r0, int64_t r1, int64_t blk0, int64_t blk1,
                      float* tile) {
-  constexpr bool kVnni = std::is_same_v<S, c10::BFloat16>;
   const bool proj = s.w_hr != nullptr;
   const int64_t phase = proj ? k % 2 : 0;  // with a projection: dh, then dr = dh @ W_hr and the gates
   if (proj) k /= 2;
@@ -375,8 +542,8 @@ void bwd_brgemm_step(const BrgemmBwdSeq& s, int64_t k, int64_t r0, int64_t r1, i
         for (int64_t pb = pb0; pb < pb1; ++pb) {
           const int64_t p0 = pb * nb, npb = std::min(nb, P - p0);
           if (a1 > c0)
-            at::native::cpublas::brgemm(a1 - c0, npb, s.k_w, 4 * H, npb, npb, false, dg + (off_next + c0) * 4 * H,
-                                        wt + p0 * s.k_w, tile, kVnni);
+            block_gemm<S>(s, a1 - c0, npb, s.k_w, 4 * H, false, dg + (off_next + c0) * 4 * H,
+                          wt + p0 * s.k_w, tile);
           proj_dh_tile<S>(s, tile, c0, c1, R, p0, npb);
         }
       }
@@ -387,8 +554,8 @@ void bwd_brgemm_step(const BrgemmBwdSeq& s, int64_t k, int64_t r0, int64_t r1, i
         const int64_t c1 = std::min(end, c0 + kBrgemmTileRows);
         for (int64_t blk = blk0; blk < blk1; ++blk) {
           const int64_t j0 = blk * nb, nbj = std::min(nb, H - j0);
-          at::native::cpublas::brgemm(c1 - c0, nbj, P, P, nbj, nbj, false, dh_all + (R.off + c0) * P,
-                                      static_cast<const S*>(s.w_hr) + j0 * P, tile, kVnni);
+          block_gemm<S>(s, c1 - c0, nbj, P, P, false, dh_all + (R.off + c0) * P,
+                        static_cast<const S*>(s.w_hr) + j0 * P, tile);
           lstm_bwd_tile<S>(s, tile, c0, c1, R, j0, nbj);
         }
       }
@@ -404,13 +571,10 @@ void bwd_brgemm_step(const BrgemmBwdSeq& s, int64_t k, int64_t r0, int64_t r1, i
       const S* bw = wt + j0 * s.k_w;
       if (a1 > c0) {
         if (s.cell == BrgemmCell::kGru) {  // [dr, dz] from dG_x, then dG_h's n part: K = 2H + H
-          at::native::cpublas::brgemm(a1 - c0, nbj, 2 * H, 3 * H, nbj, nbj, false, dg + (off_next + c0) * 3 * H, bw,
-                                      tile, kVnni);
-          at::native::cpublas::brgemm(a1 - c0, nbj, H, H, nbj, nbj, true, dph_n + (off_next + c0) * H,
-                                      bw + 2 * H * nbj, tile, kVnni);
+          block_gemm<S>(s, a1 - c0, nbj, 2 * H, 3 * H, false, dg + (off_next + c0) * 3 * H, bw, tile);
+          block_gemm<S>(s, a1 - c0, nbj, H, H, true, dph_n + (off_next + c0) * H, bw + 2 * H * nbj, tile);
         } else {
-          at::native::cpublas::brgemm(a1 - c0, nbj, s.k_w, G * H, nbj, nbj, false, dg + (off_next + c0) * G * H, bw,
-                                      tile, kVnni);
+          block_gemm<S>(s, a1 - c0, nbj, s.k_w, G * H, false, dg + (off_next + c0) * G * H, bw, tile);
         }
       }
       switch (s.cell) {

@@ -29,6 +29,22 @@ int64_t env_int(const char* name, int64_t dflt) {
 // [rows, 4 * 32] floats, 16 KB at 32 rows.
 int64_t block_units() { return std::max<int64_t>(1, env_int("FASTRNN_CPU_BRGEMM_BLOCK", 32)); }
 
+// Block products of up to this many rows run as fastrnn's vector code instead of brgemm (brgemm_impl.h,
+// block_gemm: brgemm is slow on one to a few rows). Measured (2-core Sapphire Rapids, T=100 I=H=512 LSTM and
+// GRU, interleaved medians against brgemm): float32 gains 2-20% up to 4 rows and is level at 8; bfloat16 (AMX
+// under brgemm) gains 1.5x at one row, 10% at two, and loses 15% at three and four.
+int64_t gemv_rows(bool bf16) { return env_int("FASTRNN_CPU_BRGEMM_GEMV_ROWS", bf16 ? 2 : 4); }
+// Their bfloat16 loop uses AVX512_BF16's dot product where the processor has it (FASTRNN_CPU_BRGEMM_GEMV_DOT=0:
+// the shift-and-FMA loop every AVX-512 processor runs, for testing it here).
+bool gemv_bf16_dot() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool has = __builtin_cpu_supports("avx512bf16");
+#else
+  constexpr bool has = false;
+#endif
+  return has && env_int("FASTRNN_CPU_BRGEMM_GEMV_DOT", 1) != 0;
+}
+
 // Checks brgemm once per dtype on a small product against at::mm: where oneDNN's ukernel is missing
 // brgemm either raises or runs a plain GEMM that would misread the VNNI layout; both disable the path.
 bool probe(at::ScalarType dt) {
@@ -83,8 +99,11 @@ bool brgemm_supported(at::ScalarType dt) {
 // scheduler time slice). Measured (2-core Sapphire Rapids, loaded, interleaved medians), GRU T=300 B=2 H=64
 // fp32 inference: 12.4 ms with a barrier per step, 7.7 ms on the per-step path.
 template <typename Seq>
-void run_sequence(const Seq& s, int64_t steps, int64_t tile_floats,
+void run_sequence(const Seq& seq, int64_t steps, int64_t tile_floats,
                   void (*step)(const Seq&, int64_t, int64_t, int64_t, int64_t, int64_t, float*), bool vnni) {
+  Seq s = seq;
+  s.gemv_rows = gemv_rows(vnni);
+  s.gemv_bf16_dot = gemv_bf16_dot();
   const int64_t nblk = (s.H + s.nb - 1) / s.nb;
   at::internal::lazy_init_num_threads();
   const int64_t step_flops = 2 * s.B * s.gates * s.H * s.P;
