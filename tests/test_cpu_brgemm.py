@@ -204,3 +204,35 @@ def test_fused_backward_is_a_different_code_path(cell, monkeypatch):
             assert not all(torch.equal(a, b) for a, b in zip(fused, old))
             for a, b in zip(fused, ref):
                 assert_close_scaled(a, b, torch.bfloat16, f"{cell} {split} reverse={reverse}")
+
+
+
+
+@pytest.mark.skipif(not HAS_BF16, reason="bf16 brgemm needs AVX-512 with bf16")
+def test_few_row_products_are_a_different_code_path(monkeypatch):
+    """FASTRNN_CPU_BRGEMM_GEMV_ROWS really moves one-row step products off brgemm, and GEMV_DOT picks the loop.
+    The float32 loop sums in brgemm's order, and on ordinary numbers the bf16 loops' outputs round to the same
+    bf16 values as brgemm's, so those cannot tell the paths apart; these can: every gate's h product is [1, 1, 1, 1] . [2^24, 1, -2^24, 1] (exactly 2). The
+    shift-and-FMA loop adds each pair's even element first: ((2^24 + 1) - 2^24) + 1 = 1 in float32; AVX512_BF16's
+    dot product adds the odd one first (its definition): ((1 + 2^24) + 1) - 2^24 = 0; brgemm gives neither of
+    the first (AMX sums these exactly: 2; AVX512_BF16 brgemm: 0). The LSTM's h then reads s back:
+    h = sigmoid(s) * tanh(sigmoid(s) * tanh(s)) from c0 = 0."""
+    H, I, bf16 = 4, 2, torch.bfloat16
+    x, h0, c0 = torch.zeros(1, 1, I, dtype=bf16), torch.ones(1, H, dtype=bf16), torch.zeros(1, H, dtype=bf16)
+    w_ih = torch.zeros(4 * H, I, dtype=bf16)
+    w_hh = torch.tensor([[2.0**24, 1.0, -(2.0**24), 1.0]] * (4 * H), dtype=bf16)
+
+    def h_of(s):
+        s = torch.tensor(float(s), dtype=torch.float64)
+        return (torch.sigmoid(s) * torch.tanh(torch.sigmoid(s) * torch.tanh(s))).to(bf16).item()
+
+    def run(rows, dot):
+        monkeypatch.setenv("FASTRNN_CPU_BRGEMM", "1")
+        monkeypatch.setenv("FASTRNN_CPU_BRGEMM_GEMV_ROWS", rows)
+        monkeypatch.setenv("FASTRNN_CPU_BRGEMM_GEMV_DOT", dot)
+        out = _ops.lstm_forward(x, None, h0, c0, w_ih, w_hh, None, None, None, False, False)[0]
+        return set(out.flatten().tolist())
+
+    assert run("1000", "0") == {h_of(1)}
+    assert run("1000", "1") == {h_of(0)}
+    assert run("0", "0") != {h_of(1)}
