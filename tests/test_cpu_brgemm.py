@@ -68,17 +68,17 @@ SWITCHES = {
                             "FASTRNN_CPU_BRGEMM_FOLD_X": "1", "FASTRNN_CPU_BRGEMM_BLOCK": "16",
                             "FASTRNN_CPU_BRGEMM_SERIAL_FLOPS": "0"},
     # Every block product through brgemm, or every one through fastrnn's few-row vector code (GEMV_ROWS; groups
-    # of 4 rows and the rest, partial column vectors), that code's bf16 shift-and-FMA loop, and its AVX2 build.
+    # of 4 rows and the rest, partial column vectors), with the x-projection folded in (products added onto the
+    # tile), and its AVX2 build.
     "brgemm_only": {"FASTRNN_CPU_BRGEMM": "1", "FASTRNN_CPU_BRGEMM_GEMV_ROWS": "0",
                     "FASTRNN_CPU_BRGEMM_SERIAL_FLOPS": "0"},
     "gemv_all": {"FASTRNN_CPU_BRGEMM": "1", "FASTRNN_CPU_BRGEMM_GEMV_ROWS": "1000",
                  "FASTRNN_CPU_BRGEMM_SPLIT": "hidden", "FASTRNN_CPU_BRGEMM_SERIAL_FLOPS": "0"},
-    "gemv_all_nodot": {"FASTRNN_CPU_BRGEMM": "1", "FASTRNN_CPU_BRGEMM_GEMV_ROWS": "1000",
-                       "FASTRNN_CPU_BRGEMM_GEMV_DOT": "0", "FASTRNN_CPU_BRGEMM_FOLD_X": "1"},
+    "gemv_all_fold": {"FASTRNN_CPU_BRGEMM": "1", "FASTRNN_CPU_BRGEMM_GEMV_ROWS": "1000",
+                      "FASTRNN_CPU_BRGEMM_FOLD_X": "1"},
     "gemv_all_avx2": {"FASTRNN_CPU_BRGEMM": "1", "FASTRNN_CPU_BRGEMM_GEMV_ROWS": "1000",
                       "FASTRNN_CPU_CAPABILITY": "avx2"},
 }
-BF16_ONLY = {"gemv_all_nodot"}  # the bfloat16 loop's switch
 FLOAT32_ONLY = {"gemv_all_avx2"}  # bf16 brgemm needs AVX-512
 
 
@@ -90,8 +90,8 @@ FLOAT32_ONLY = {"gemv_all_avx2"}  # bf16 brgemm needs AVX-512
 def test_brgemm_parity(mode, switches, case, dtype, monkeypatch):
     if dtype == torch.bfloat16 and not HAS_BF16:
         pytest.skip("bf16 brgemm needs AVX-512 with bf16")
-    if (dtype == torch.bfloat16 and switches in FLOAT32_ONLY) or (dtype == torch.float32 and switches in BF16_ONLY):
-        pytest.skip(f"{switches} is a {'float32' if switches in FLOAT32_ONLY else 'bfloat16'} switch")
+    if dtype == torch.bfloat16 and switches in FLOAT32_ONLY:
+        pytest.skip(f"{switches} is a float32 switch")
     for k, v in SWITCHES[switches].items():
         monkeypatch.setenv(k, v)
     assert _ops._cpu_brgemm_enabled(dtype)
@@ -210,13 +210,12 @@ def test_fused_backward_is_a_different_code_path(cell, monkeypatch):
 
 @pytest.mark.skipif(not HAS_BF16, reason="bf16 brgemm needs AVX-512 with bf16")
 def test_few_row_products_are_a_different_code_path(monkeypatch):
-    """FASTRNN_CPU_BRGEMM_GEMV_ROWS really moves one-row step products off brgemm, and GEMV_DOT picks the loop.
-    The float32 loop sums in brgemm's order, and on ordinary numbers the bf16 loops' outputs round to the same
-    bf16 values as brgemm's, so those cannot tell the paths apart; these can: every gate's h product is [1, 1, 1, 1] . [2^24, 1, -2^24, 1] (exactly 2). The
-    shift-and-FMA loop adds each pair's even element first: ((2^24 + 1) - 2^24) + 1 = 1 in float32; AVX512_BF16's
-    dot product adds the odd one first (its definition): ((1 + 2^24) + 1) - 2^24 = 0; brgemm gives neither of
-    the first (AMX sums these exactly: 2; AVX512_BF16 brgemm: 0). The LSTM's h then reads s back:
-    h = sigmoid(s) * tanh(sigmoid(s) * tanh(s)) from c0 = 0."""
+    """FASTRNN_CPU_BRGEMM_GEMV_ROWS really moves one-row step products off brgemm. On ordinary numbers the
+    bf16 loop's outputs round to the same bf16 values as brgemm's, so those cannot tell the paths apart; these
+    can: every gate's h product is [1, 1, 1, 1] . [2^24, 1, -2^24, 1] (exactly 2). fastrnn's loop adds each
+    (k, k+1) pair's elements in order in float32: ((2^24 + 1) - 2^24) + 1 = 1; brgemm gives something else (AMX
+    sums these exactly: 2; AVX512_BF16's dot product adds the odd element first: 0). The LSTM's h then reads s
+    back: h = sigmoid(s) * tanh(sigmoid(s) * tanh(s)) from c0 = 0."""
     H, I, bf16 = 4, 2, torch.bfloat16
     x, h0, c0 = torch.zeros(1, 1, I, dtype=bf16), torch.ones(1, H, dtype=bf16), torch.zeros(1, H, dtype=bf16)
     w_ih = torch.zeros(4 * H, I, dtype=bf16)
@@ -226,13 +225,11 @@ def test_few_row_products_are_a_different_code_path(monkeypatch):
         s = torch.tensor(float(s), dtype=torch.float64)
         return (torch.sigmoid(s) * torch.tanh(torch.sigmoid(s) * torch.tanh(s))).to(bf16).item()
 
-    def run(rows, dot):
+    def run(rows):
         monkeypatch.setenv("FASTRNN_CPU_BRGEMM", "1")
         monkeypatch.setenv("FASTRNN_CPU_BRGEMM_GEMV_ROWS", rows)
-        monkeypatch.setenv("FASTRNN_CPU_BRGEMM_GEMV_DOT", dot)
         out = _ops.lstm_forward(x, None, h0, c0, w_ih, w_hh, None, None, None, False, False)[0]
         return set(out.flatten().tolist())
 
-    assert run("1000", "0") == {h_of(1)}
-    assert run("1000", "1") == {h_of(0)}
-    assert run("0", "0") != {h_of(1)}
+    assert run("1000") == {h_of(1)}
+    assert run("0") != {h_of(1)}

@@ -30,11 +30,12 @@ void store_row(const float* src, S* dst, int64_t n) {
 // ------------------------------------------------------------------------- few-row block products
 // A step's block product C[M, N] (+)= A[M, K] @ B[K, N], B one packed block (float32 [K][N]; bfloat16 VNNI
 // [K/2][N][2]), C the fp32 tile (ldc = N). brgemm runs it as tiles of 16 (AMX) or a register block of rows;
-// with one to a few rows (decoding, B = 1..4) most of each tile is empty and the call runs at about 20 GB/s of
-// B, L3's rate, though each thread's weights sit in its L2 (measured: T=100..400 B=1 H=512 bf16 LSTM, 60 us
-// a step where the 1 MB a thread reads takes about 10 us from L2). Such products run here instead: each
-// vector of B, loaded once, is multiplied into every row's accumulators (R rows x NV vectors in registers).
-// The column tail runs with masked (AVX-512) or scalar code.
+// with one to a few rows (decoding, B = 1..4) most of each tile is empty and the call reads B at about 17 GB/s,
+// though each thread's weights sit in its L2 (measured: T=100..400 B=1 H=512 bf16 LSTM, 60 us a step for the
+// 1 MB a thread reads; a plain AVX-512 read of 1 MB runs at 30-34 GB/s here). Such products run here instead:
+// each vector of B, loaded once, is multiplied into every row's accumulators (R rows x NV vectors in
+// registers), at about L2's rate (22-33 us a step at that shape). The column tail runs with masked (AVX-512)
+// or scalar code.
 template <int R, int NV>
 inline void gemv_f32(const float* A, int64_t lda, const float* B, int64_t ldb, int64_t K, float* C, int64_t ldc,
                      bool add) {
@@ -80,7 +81,10 @@ void gemv_rows_f32(const float* A, int64_t lda, const float* B, int64_t N, int64
 #if defined(CPU_CAPABILITY_AVX512)
 // bfloat16: a 64-byte vector of the VNNI block holds 16 columns x (k, k+1); shifting each 32-bit pair left by
 // 16 gives the k elements as floats and masking off the low half the k+1 elements (exact), multiplied by
-// A[r][k] and A[r][k+1] and accumulated in fp32. The last vector of a chunk may be partial (mask).
+// A[r][k] and A[r][k+1] and accumulated in fp32. The last vector of a chunk may be partial (mask). (An
+// AVX512_BF16 dot-product form of this loop, one instruction per vector instead of four, measured the same
+// 22-33 us a step at T=100..400 B=1 H=512 on Sapphire Rapids: both read B at about L2's rate, 30-34 GB/s a
+// core here; this one runs on every AVX-512 processor.)
 template <int R, int NV>
 inline void gemv_bf16(const c10::BFloat16* A, int64_t lda, const c10::BFloat16* B, int64_t ldb, int64_t K,
                       float* C, int64_t ldc, bool add, __mmask16 last) {
@@ -109,58 +113,26 @@ inline void gemv_bf16(const c10::BFloat16* A, int64_t lda, const c10::BFloat16* 
     for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(C + r * ldc + v * 16, mask(v), acc[r][v]);
 }
 
-// The same with AVX512_BF16's dot product (Zen 4, Sapphire Rapids): one instruction per vector of B instead of
-// a shift, a mask and two FMAs, which on two vector ports bounded the loop above at about 32 bytes of B a
-// cycle. Products are exact in fp32 either way; this one flushes denormals (values under 1e-38).
-template <int R, int NV>
-__attribute__((target("avx512bf16"))) inline void gemv_bf16_dp(const c10::BFloat16* A, int64_t lda,
-                                                               const c10::BFloat16* B, int64_t ldb, int64_t K,
-                                                               float* C, int64_t ldc, bool add, __mmask16 last) {
-  auto mask = [&](int v) -> __mmask16 { return v == NV - 1 ? last : __mmask16(0xFFFF); };
-  __m512 acc[R][NV];
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v)
-      acc[r][v] = add ? _mm512_maskz_loadu_ps(mask(v), C + r * ldc + v * 16) : _mm512_setzero_ps();
-  for (int64_t k = 0; k < K; k += 2) {
-    __m512bh w[NV];
-    for (int v = 0; v < NV; ++v) w[v] = (__m512bh)_mm512_maskz_loadu_epi32(mask(v), B + k * ldb + v * 32);
-    for (int r = 0; r < R; ++r) {
-      uint32_t pair;
-      std::memcpy(&pair, A + r * lda + k, sizeof(pair));
-      const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
-      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, w[v]);
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(C + r * ldc + v * 16, mask(v), acc[r][v]);
-}
-
 template <int R>
 void gemv_rows_bf16(const c10::BFloat16* A, int64_t lda, const c10::BFloat16* B, int64_t N, int64_t K, float* C,
-                    int64_t ldc, bool add, bool dp) {
+                    int64_t ldc, bool add) {
   constexpr int kNv = 4;
-  auto chunk = [&](auto nv_const, int64_t n0, __mmask16 last) {
-    constexpr int NV = decltype(nv_const)::value;
-    if (dp) gemv_bf16_dp<R, NV>(A, lda, B + 2 * n0, N, K, C + n0, ldc, add, last);
-    else gemv_bf16<R, NV>(A, lda, B + 2 * n0, N, K, C + n0, ldc, add, last);
-  };
   int64_t n0 = 0;
-  for (; n0 + kNv * 16 <= N; n0 += kNv * 16) chunk(std::integral_constant<int, kNv>{}, n0, 0xFFFF);
+  for (; n0 + kNv * 16 <= N; n0 += kNv * 16) gemv_bf16<R, kNv>(A, lda, B + 2 * n0, N, K, C + n0, ldc, add, 0xFFFF);
   const int64_t rest = N - n0;
   if (rest == 0) return;
   const int64_t nv = (rest + 15) / 16;
   const auto last = static_cast<__mmask16>((1u << (rest - 16 * (nv - 1))) - 1u);
   switch (nv) {
-    case 3: chunk(std::integral_constant<int, 3>{}, n0, last); break;
-    case 2: chunk(std::integral_constant<int, 2>{}, n0, last); break;
-    default: chunk(std::integral_constant<int, 1>{}, n0, last); break;
+    case 3: gemv_bf16<R, 3>(A, lda, B + 2 * n0, N, K, C + n0, ldc, add, last); break;
+    case 2: gemv_bf16<R, 2>(A, lda, B + 2 * n0, N, K, C + n0, ldc, add, last); break;
+    default: gemv_bf16<R, 1>(A, lda, B + 2 * n0, N, K, C + n0, ldc, add, last); break;
   }
 }
 #endif
 
 // The block product of a step: up to s.gemv_rows rows as vector code above (float32 everywhere, bfloat16 on
-// AVX-512 with an even K, as the VNNI blocks have; s.gemv_bf16_dot picks the dot-product loop), more rows
-// through brgemm.
+// AVX-512 with an even K, as the VNNI blocks have), more rows through brgemm.
 template <typename S, typename Seq>
 void block_gemm(const Seq& s, int64_t M, int64_t N, int64_t K, int64_t lda, bool add, const S* A, const S* B,
                 float* C) {
@@ -181,7 +153,7 @@ void block_gemm(const Seq& s, int64_t M, int64_t N, int64_t K, int64_t lda, bool
     constexpr int R = decltype(r_const)::value;
     if constexpr (kBf16) {
 #if defined(CPU_CAPABILITY_AVX512)
-      gemv_rows_bf16<R>(A + m * lda, lda, B, N, K, C + m * N, N, add, s.gemv_bf16_dot);
+      gemv_rows_bf16<R>(A + m * lda, lda, B, N, K, C + m * N, N, add);
 #endif
     } else {
       gemv_rows_f32<R>(A + m * lda, lda, B, N, K, C + m * N, N, add);

@@ -34,16 +34,6 @@ int64_t block_units() { return std::max<int64_t>(1, env_int("FASTRNN_CPU_BRGEMM_
 // GRU, interleaved medians against brgemm): float32 gains 2-20% up to 4 rows and is level at 8; bfloat16 (AMX
 // under brgemm) gains 1.5x at one row, 10% at two, and loses 15% at three and four.
 int64_t gemv_rows(bool bf16) { return env_int("FASTRNN_CPU_BRGEMM_GEMV_ROWS", bf16 ? 2 : 4); }
-// Their bfloat16 loop uses AVX512_BF16's dot product where the processor has it (FASTRNN_CPU_BRGEMM_GEMV_DOT=0:
-// the shift-and-FMA loop every AVX-512 processor runs, for testing it here).
-bool gemv_bf16_dot() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  static const bool has = __builtin_cpu_supports("avx512bf16");
-#else
-  constexpr bool has = false;
-#endif
-  return has && env_int("FASTRNN_CPU_BRGEMM_GEMV_DOT", 1) != 0;
-}
 
 // Checks brgemm once per dtype on a small product against at::mm: where oneDNN's ukernel is missing
 // brgemm either raises or runs a plain GEMM that would misread the VNNI layout; both disable the path.
@@ -103,7 +93,6 @@ void run_sequence(const Seq& seq, int64_t steps, int64_t tile_floats,
                   void (*step)(const Seq&, int64_t, int64_t, int64_t, int64_t, int64_t, float*), bool vnni) {
   Seq s = seq;
   s.gemv_rows = gemv_rows(vnni);
-  s.gemv_bf16_dot = gemv_bf16_dot();
   const int64_t nblk = (s.H + s.nb - 1) / s.nb;
   at::internal::lazy_init_num_threads();
   const int64_t step_flops = 2 * s.B * s.gates * s.H * s.P;

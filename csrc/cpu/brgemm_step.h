@@ -70,7 +70,6 @@ struct LstmBrgemmSeq {
   const void* w_hr = nullptr;  // packed blocks, or nullptr
   void* r_buf = nullptr;       // [B, H] (scalar_t)
   int64_t gemv_rows = 0;       // block products of up to this many rows skip brgemm (brgemm_impl.h)
-  bool gemv_bf16_dot = false;  // ... and in bfloat16 use AVX512_BF16's dot product
 };
 
 // One backward sequence of one cell: the recurrent part (gate gradients, the carried dh and dc); the weight,
@@ -111,7 +110,6 @@ struct BrgemmBwdSeq {
   void* dh_all = nullptr;      // [N, P] (scalar_t)
   void* r_all = nullptr;       // [N, H] (scalar_t): o*tanh(c) of every row, for dW_hr
   int64_t gemv_rows = 0;       // as LstmBrgemmSeq's
-  bool gemv_bf16_dot = false;
 };
 
 // Runs the LSTM forward on the brgemm path when it applies (see above); std::nullopt otherwise, and the caller
