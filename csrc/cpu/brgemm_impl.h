@@ -34,50 +34,8 @@ void store_row(const float* src, S* dst, int64_t n) {
 // though each thread's weights sit in its L2 (measured: T=100..400 B=1 H=512 bf16 LSTM, 60 us a step for the
 // 1 MB a thread reads; a plain AVX-512 read of 1 MB runs at 30-34 GB/s here). Such products run here instead:
 // each vector of B, loaded once, is multiplied into every row's accumulators (R rows x NV vectors in
-// registers), at about L2's rate (22-33 us a step at that shape). The column tail runs with masked (AVX-512)
-// or scalar code.
-template <int R, int NV>
-inline void gemv_f32(const float* A, int64_t lda, const float* B, int64_t ldb, int64_t K, float* C, int64_t ldc,
-                     bool add) {
-  using V = Vectorized<float>;
-  V acc[R][NV];
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = add ? V::loadu(C + r * ldc + v * V::size()) : V(0.f);
-  for (int64_t k = 0; k < K; ++k) {
-    V bv[NV];
-    for (int v = 0; v < NV; ++v) bv[v] = V::loadu(B + k * ldb + v * V::size());
-    for (int r = 0; r < R; ++r) {
-      const V a(A[r * lda + k]);
-      for (int v = 0; v < NV; ++v) acc[r][v] = at::vec::fmadd(a, bv[v], acc[r][v]);
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v].store(C + r * ldc + v * V::size());
-}
-
-// Rows [0, R) of C over all N columns: full chunks of kNv vectors, then the remaining whole vectors, then
-// (float32 only, fewer than a vector's columns) scalar code.
-template <int R>
-void gemv_rows_f32(const float* A, int64_t lda, const float* B, int64_t N, int64_t K, float* C, int64_t ldc,
-                   bool add) {
-  using V = Vectorized<float>;
-  constexpr int kNv = 4;
-  int64_t n0 = 0;
-  for (; n0 + kNv * V::size() <= N; n0 += kNv * V::size()) gemv_f32<R, kNv>(A, lda, B + n0, N, K, C + n0, ldc, add);
-  switch ((N - n0) / V::size()) {
-    case 3: gemv_f32<R, 3>(A, lda, B + n0, N, K, C + n0, ldc, add); n0 += 3 * V::size(); break;
-    case 2: gemv_f32<R, 2>(A, lda, B + n0, N, K, C + n0, ldc, add); n0 += 2 * V::size(); break;
-    case 1: gemv_f32<R, 1>(A, lda, B + n0, N, K, C + n0, ldc, add); n0 += V::size(); break;
-    default: break;
-  }
-  for (int r = 0; r < R; ++r)
-    for (int64_t n = n0; n < N; ++n) {
-      float sum = add ? C[r * ldc + n] : 0.f;
-      for (int64_t k = 0; k < K; ++k) sum += A[r * lda + k] * B[k * N + n];
-      C[r * ldc + n] = sum;
-    }
-}
-
+// registers), at about L2's rate (22-33 us a step at that shape): float32 through the per-step path's
+// small_gemm (pointwise_impl.h), bfloat16 through the loop below.
 #if defined(CPU_CAPABILITY_AVX512)
 // bfloat16: a 64-byte vector of the VNNI block holds 16 columns x (k, k+1); shifting each 32-bit pair left by
 // 16 gives the k elements as floats and masking off the low half the k+1 elements (exact), multiplied by
@@ -129,44 +87,41 @@ void gemv_rows_bf16(const c10::BFloat16* A, int64_t lda, const c10::BFloat16* B,
     default: gemv_bf16<R, 1>(A, lda, B + 2 * n0, N, K, C + n0, ldc, add, last); break;
   }
 }
+// All M rows: groups of 4 (16 accumulators and 8 converted vectors of B within 32 registers), then the rest.
+inline void gemv_bf16_all(const c10::BFloat16* A, int64_t lda, const c10::BFloat16* B, int64_t M, int64_t N,
+                          int64_t K, float* C, bool add) {
+  int64_t m = 0;
+  for (; m + 4 <= M; m += 4) gemv_rows_bf16<4>(A + m * lda, lda, B, N, K, C + m * N, N, add);
+  switch (M - m) {
+    case 3: gemv_rows_bf16<3>(A + m * lda, lda, B, N, K, C + m * N, N, add); break;
+    case 2: gemv_rows_bf16<2>(A + m * lda, lda, B, N, K, C + m * N, N, add); break;
+    case 1: gemv_rows_bf16<1>(A + m * lda, lda, B, N, K, C + m * N, N, add); break;
+    default: break;
+  }
+}
 #endif
 
-// The block product of a step: up to s.gemv_rows rows as vector code above (float32 everywhere, bfloat16 on
-// AVX-512 with an even K, as the VNNI blocks have), more rows through brgemm.
+// The block product of a step: up to s.gemv_rows rows as vector code (float32 everywhere, bfloat16 on AVX-512
+// with an even K, as the VNNI blocks have), more rows through brgemm.
 template <typename S, typename Seq>
 void block_gemm(const Seq& s, int64_t M, int64_t N, int64_t K, int64_t lda, bool add, const S* A, const S* B,
                 float* C) {
-  const int64_t gemv_rows = s.gemv_rows;
   constexpr bool kBf16 = std::is_same_v<S, c10::BFloat16>;
-#if defined(CPU_CAPABILITY_AVX512)
-  constexpr int kRows = 4;  // R x 4 accumulators + 8 converted vectors of B within 32 registers
-  constexpr bool kGemv = true;
-#else
-  constexpr int kRows = 2;  // within AVX2's 16 registers
-  constexpr bool kGemv = !kBf16;
-#endif
-  if (!kGemv || M > gemv_rows || (kBf16 && K % 2 != 0)) {
-    at::native::cpublas::brgemm(M, N, K, lda, N, N, add, A, B, C, kBf16);
-    return;
-  }
-  auto rows = [&](auto r_const, int64_t m) {
-    constexpr int R = decltype(r_const)::value;
-    if constexpr (kBf16) {
-#if defined(CPU_CAPABILITY_AVX512)
-      gemv_rows_bf16<R>(A + m * lda, lda, B, N, K, C + m * N, N, add);
-#endif
-    } else {
-      gemv_rows_f32<R>(A + m * lda, lda, B, N, K, C + m * N, N, add);
+  if (M <= s.gemv_rows) {
+    if constexpr (!kBf16) {
+      small_gemm(SmallGemmArgs{A, lda, B, C, N, K, N, add}, 0, M);
+      return;
     }
-  };
-  int64_t m = 0;
-  for (; m + kRows <= M; m += kRows) rows(std::integral_constant<int, kRows>{}, m);
-  switch (M - m) {
-    case 3: if constexpr (kRows > 3) rows(std::integral_constant<int, 3>{}, m); break;
-    case 2: if constexpr (kRows > 2) rows(std::integral_constant<int, 2>{}, m); break;
-    case 1: rows(std::integral_constant<int, 1>{}, m); break;
-    default: break;
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (kBf16) {
+      if (K % 2 == 0) {
+        gemv_bf16_all(A, lda, B, M, N, K, C, add);
+        return;
+      }
+    }
+#endif
   }
+  at::native::cpublas::brgemm(M, N, K, lda, N, N, add, A, B, C, kBf16);
 }
 
 // The LSTM gate math on one tile: rows [b0, b1) of the step at packed row offset `off`, hidden units

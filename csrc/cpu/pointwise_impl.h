@@ -195,30 +195,69 @@ void rnn_bwd(const RnnBwdArgs<S>& a, int64_t b0, int64_t b1) {
 
 }  // namespace
 
-void small_gemm(const SmallGemmArgs& g, int64_t r0, int64_t r1) {
+namespace {
+
+// Rows [b, b + R) of the small GEMM over columns [n0, n0 + NV vectors): each vector of wt, loaded once, is
+// multiplied into every row's accumulators (R x NV in registers).
+template <int R, int NV>
+inline void small_gemm_block(const SmallGemmArgs& g, int64_t b, int64_t n0) {
   using V = Vectorized<float>;
-  constexpr int kVecs = 8;  // accumulators held in registers per row and column block
-  constexpr int64_t kBlock = kVecs * V::size();
-  for (int64_t b = r0; b < r1; ++b) {
-    const float* a = g.a + b * g.lda;
-    float* c = g.c + b * g.ldc;
-    int64_t n0 = 0;
-    for (; n0 + kBlock <= g.n; n0 += kBlock) {
-      V acc[kVecs];
-      for (int v = 0; v < kVecs; ++v) acc[v] = g.accumulate ? V::loadu(c + n0 + v * V::size()) : V(0.f);
-      for (int64_t kk = 0; kk < g.k; ++kk) {
-        const V av(a[kk]);
-        const float* w = g.wt + kk * g.n + n0;
-        for (int v = 0; v < kVecs; ++v) acc[v] = at::vec::fmadd(av, V::loadu(w + v * V::size()), acc[v]);
-      }
-      for (int v = 0; v < kVecs; ++v) acc[v].store(c + n0 + v * V::size());
+  const int64_t lda = g.lda, ldc = g.ldc, k = g.k, n = g.n;  // (locals: kept in registers across the loop)
+  const float* a = g.a + b * lda;
+  const float* wt = g.wt + n0;
+  float* c = g.c + b * ldc + n0;
+  V acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = g.accumulate ? V::loadu(c + r * ldc + v * V::size()) : V(0.f);
+  for (int64_t kk = 0; kk < k; ++kk) {
+    V w[NV];
+    for (int v = 0; v < NV; ++v) w[v] = V::loadu(wt + kk * n + v * V::size());
+    for (int r = 0; r < R; ++r) {
+      const V av(a[r * lda + kk]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = at::vec::fmadd(av, w[v], acc[r][v]);
     }
-    for (; n0 < g.n; n0 += V::size()) {  // column tail, a vector (or part of one) at a time
-      const int64_t m = std::min<int64_t>(V::size(), g.n - n0);
-      V acc = g.accumulate ? load(c + n0, m) : V(0.f);
-      for (int64_t kk = 0; kk < g.k; ++kk) acc = at::vec::fmadd(V(a[kk]), load(g.wt + kk * g.n + n0, m), acc);
-      store(acc, c + n0, m);
-    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v].store(c + r * ldc + v * V::size());
+}
+
+// Rows [b, b + R) over all columns: chunks of 4 vectors, the remaining whole vectors, then the part of one.
+template <int R>
+void small_gemm_rows(const SmallGemmArgs& g, int64_t b) {
+  using V = Vectorized<float>;
+  constexpr int kNv = 4;
+  int64_t n0 = 0;
+  for (; n0 + kNv * V::size() <= g.n; n0 += kNv * V::size()) small_gemm_block<R, kNv>(g, b, n0);
+  switch ((g.n - n0) / V::size()) {
+    case 3: small_gemm_block<R, 3>(g, b, n0); n0 += 3 * V::size(); break;
+    case 2: small_gemm_block<R, 2>(g, b, n0); n0 += 2 * V::size(); break;
+    case 1: small_gemm_block<R, 1>(g, b, n0); n0 += V::size(); break;
+    default: break;
+  }
+  if (n0 == g.n) return;
+  const int64_t m = g.n - n0;
+  for (int r = 0; r < R; ++r) {
+    const float* a = g.a + (b + r) * g.lda;
+    float* c = g.c + (b + r) * g.ldc + n0;
+    V acc = g.accumulate ? load(c, m) : V(0.f);
+    for (int64_t kk = 0; kk < g.k; ++kk) acc = at::vec::fmadd(V(a[kk]), load(g.wt + kk * g.n + n0, m), acc);
+    store(acc, c, m);
+  }
+}
+
+}  // namespace
+
+// Rows in groups that share each loaded vector of wt: 4 (16 accumulators) where vectors are 16 floats wide and
+// there are 32 registers, 2 within AVX2's 16; the same sums in the same order as one row at a time.
+void small_gemm(const SmallGemmArgs& g, int64_t r0, int64_t r1) {
+  constexpr int kRows = Vectorized<float>::size() >= 16 ? 4 : 2;
+  int64_t b = r0;
+  for (; b + kRows <= r1; b += kRows) small_gemm_rows<kRows>(g, b);
+  switch (r1 - b) {
+    case 3: if constexpr (kRows > 3) small_gemm_rows<3>(g, b); break;
+    case 2: if constexpr (kRows > 2) small_gemm_rows<2>(g, b); break;
+    case 1: small_gemm_rows<1>(g, b); break;
+    default: break;
   }
 }
 
