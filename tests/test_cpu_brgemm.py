@@ -156,6 +156,35 @@ def test_brgemm_and_fallback_are_different_code(cell, monkeypatch):
 
 
 @pytest.mark.skipif(not HAS_BF16, reason="bf16 brgemm needs AVX-512 with bf16")
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_folded_x_projection_is_a_different_code_path(cell, monkeypatch):
+    """FASTRNN_CPU_BRGEMM_FOLD_X really moves the x-projection into the step (so the parity tests' fold switches
+    test that path, for every cell): in bfloat16 the up-front GEMM's result is rounded to bf16 before the gate
+    math, the folded products stay in the float32 tile, so the outputs differ by that rounding and no more."""
+    torch.manual_seed(0)
+    T, B, I, H = 4, 24, 16, 96
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    bf = torch.bfloat16
+    x, h0, c0 = torch.randn(T, B, I, dtype=bf), torch.randn(B, H, dtype=bf), torch.randn(B, H, dtype=bf)
+    w = tuple(t.to(bf) for t in (torch.randn(G * H, I) / 4, torch.randn(G * H, H) / 8, torch.randn(G * H),
+                                 torch.randn(G * H)))
+    if cell == "lstm":
+        op, args = _ops.lstm_forward, (x, None, h0, c0, *w, None, False, True)
+    elif cell == "gru":
+        op, args = _ops.gru_forward, (x, None, h0, *w, False, True)
+    else:
+        op, args = _ops.rnn_forward, (x, None, h0, *w, False, False)
+    monkeypatch.setenv("FASTRNN_CPU_BRGEMM", "1")
+    monkeypatch.setenv("FASTRNN_CPU_BRGEMM_FOLD_X", "1")
+    folded = op(*args)
+    monkeypatch.setenv("FASTRNN_CPU_BRGEMM_FOLD_X", "0")
+    upfront = op(*args)
+    assert not torch.equal(folded[0], upfront[0])
+    for a, b in zip(folded, upfront):
+        torch.testing.assert_close(a.float(), b.float(), rtol=0.02, atol=0.02)
+
+
+@pytest.mark.skipif(not HAS_BF16, reason="bf16 brgemm needs AVX-512 with bf16")
 @pytest.mark.parametrize("cell", ["lstm", "lstm_proj", "gru", "rnn"])
 def test_fused_backward_is_a_different_code_path(cell, monkeypatch):
     """The backward ops run the fused recurrence too: in bfloat16 it carries dh in float32 between steps where

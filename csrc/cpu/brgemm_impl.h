@@ -164,9 +164,11 @@ void lstm_tile(const LstmBrgemmSeq& s, const float* tile, int64_t b0, int64_t b1
 
 // The GRU gate math on one tile (3 gates; x side from the up-front GEMM gx): h_prev of row b is the previous
 // step's output row (b < with_prev) or hx's.
+// With the x-projection folded into the step, its products sit in the tile `xtile` (same layout as `tile`)
+// instead of gx.
 template <typename S>
-void gru_tile(const LstmBrgemmSeq& s, const float* tile, int64_t b0, int64_t b1, int64_t off, int64_t prev_off,
-              int64_t with_prev, int64_t j0, int64_t nbj) {
+void gru_tile(const LstmBrgemmSeq& s, const float* tile, const float* xtile, int64_t b0, int64_t b1, int64_t off,
+              int64_t prev_off, int64_t with_prev, int64_t j0, int64_t nbj) {
   using V = Vectorized<float>;
   const int64_t H = s.H, ldt = 3 * nbj;
   S* out = static_cast<S*>(s.out);
@@ -174,12 +176,13 @@ void gru_tile(const LstmBrgemmSeq& s, const float* tile, int64_t b0, int64_t b1,
   const S* hx = static_cast<const S*>(s.hx);
   for (int64_t b = b0; b < b1; ++b) {
     const float* tr = tile + (b - b0) * ldt;
+    const float* txr = gx == nullptr ? xtile + (b - b0) * ldt : nullptr;
     const int64_t row = off + b;
     const S* hp = (b < with_prev ? out + (prev_off + b) * H : hx + b * H) + j0;
     for (int64_t u = 0; u < nbj; u += V::size()) {
       const int64_t n = std::min<int64_t>(V::size(), nbj - u);
       auto xside = [&](int64_t g) {
-        V v = load(gx + row * 3 * H + g * H + j0 + u, n);
+        V v = gx != nullptr ? load(gx + row * 3 * H + g * H + j0 + u, n) : load(txr + g * nbj + u, n);
         return s.bias != nullptr ? v + load(s.bias + g * H + j0 + u, n) : v;
       };
       auto hside = [&](int64_t g) {
@@ -199,7 +202,7 @@ void gru_tile(const LstmBrgemmSeq& s, const float* tile, int64_t b0, int64_t b1,
   }
 }
 
-// The Elman RNN on one tile (1 gate; x side from gx).
+// The Elman RNN on one tile (1 gate; x side from gx, or already added onto the tile when folded).
 template <typename S>
 void rnn_tile(const LstmBrgemmSeq& s, const float* tile, int64_t b0, int64_t b1, int64_t off, int64_t j0,
               int64_t nbj) {
@@ -212,7 +215,7 @@ void rnn_tile(const LstmBrgemmSeq& s, const float* tile, int64_t b0, int64_t b1,
     const int64_t row = off + b;
     for (int64_t u = 0; u < nbj; u += V::size()) {
       const int64_t n = std::min<int64_t>(V::size(), nbj - u);
-      V px = load(gx + row * H + j0 + u, n);
+      V px = gx != nullptr ? load(gx + row * H + j0 + u, n) : V(0.f);
       if (s.bias != nullptr) px = px + load(s.bias + j0 + u, n);
       V ph = load(tr + u, n);
       if (s.bias_h != nullptr) ph = ph + load(s.bias_h + j0 + u, n);
@@ -222,8 +225,9 @@ void rnn_tile(const LstmBrgemmSeq& s, const float* tile, int64_t b0, int64_t b1,
 }
 
 // Step k of the sequence for this thread's batch rows [r0, r1) and hidden blocks [blk0, blk1); `tile` holds
-// kBrgemmTileRows x gates nb floats. The parallel region, the barrier and the error handling are the
-// caller's (brgemm_step.cpp), so that this file emits no shared inline code for its wider ISA.
+// kBrgemmTileRows x gates nb floats (twice that for a GRU with the x-projection folded in). The parallel
+// region, the barrier and the error handling are the caller's (brgemm_step.cpp), so that this file emits no
+// shared inline code for its wider ISA.
 template <typename S>
 void fwd_brgemm_step(const LstmBrgemmSeq& s, int64_t k, int64_t r0, int64_t r1, int64_t blk0, int64_t blk1,
                      float* tile) {
@@ -267,11 +271,14 @@ void fwd_brgemm_step(const LstmBrgemmSeq& s, int64_t k, int64_t r0, int64_t r1, 
       const int64_t h0 = std::max(c0, with_prev);
       if (c1 > h0)
         block_gemm<S>(s, c1 - h0, N, s.k_hh, P, false, hx + h0 * P, bhh, tile + (h0 - c0) * N);
+      // The folded x-projection: added onto the tile (LSTM, RNN: the gates take the sum), or for the GRU into
+      // a second tile (the reset gate scales the h side of n alone).
+      float* xtile = s.cell == BrgemmCell::kGru ? tile + kBrgemmTileRows * N : tile;
       if (wih != nullptr)
-        block_gemm<S>(s, c1 - c0, N, s.k_ih, I, true, x + (off + c0) * I, wih + j0 * G * s.k_ih, tile);
+        block_gemm<S>(s, c1 - c0, N, s.k_ih, I, xtile == tile, x + (off + c0) * I, wih + j0 * G * s.k_ih, xtile);
       switch (s.cell) {
         case BrgemmCell::kLstm: lstm_tile<S>(s, tile, c0, c1, off, j0, nbj); break;
-        case BrgemmCell::kGru: gru_tile<S>(s, tile, c0, c1, off, prev_off, with_prev, j0, nbj); break;
+        case BrgemmCell::kGru: gru_tile<S>(s, tile, xtile, c0, c1, off, prev_off, with_prev, j0, nbj); break;
         case BrgemmCell::kRnn: rnn_tile<S>(s, tile, c0, c1, off, j0, nbj); break;
       }
     }

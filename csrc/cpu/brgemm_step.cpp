@@ -8,6 +8,10 @@
 #include <c10/util/ParallelGuard.h>
 #include <omp.h>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#endif
+
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -208,6 +212,43 @@ bool split_by_batch(const SeqLayout& L) {
   return L.B >= 16;
 }
 
+bool is_amd() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  unsigned int eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (__get_cpuid(0, &eax, &ebx, &ecx, &edx) == 0) return false;
+  char vendor[13];
+  std::memcpy(vendor, &ebx, 4);
+  std::memcpy(vendor + 4, &edx, 4);
+  std::memcpy(vendor + 8, &ecx, 4);
+  vendor[12] = '\0';
+  return std::strcmp(vendor, "AuthenticAMD") == 0;
+#else
+  return false;
+#endif
+}
+
+// Whether the x-projection runs inside each step, its products added onto the step's tile from W_ih packed in
+// the same blocks as W_hh, or up front as one large GEMM (at::mm) whose result gx the steps read back
+// (FASTRNN_CPU_BRGEMM_FOLD_X=0|1 forces either). Folding streams W_ih through every step; up front writes and
+// reads back gx ([N, G*H], 52 MB at T=100 B=64 H=512 fp32, in fresh pages) and runs MKL's sgemm.
+// Measured (interleaved medians, ratio to torch.nn, up front -> folded):
+// - quiet 2-core AMD EPYC (Zen 4, 1 MB L2 per core, 32 MB L3), LSTM fp32 inference: T=100 B=64 H=512 0.81x ->
+//   1.01x, T=100 B=8 H=512 0.82x -> 0.91x, T=1000 B=16 H=64 1.34x -> 1.51x, T=200 B=64 H=128 0.88x -> 1.11x;
+//   training and bf16 alike or level; but T=100 B=1 H=512 0.82x -> 0.60x (one row per step: W_ih read for it
+//   alone), B=8 bf16 0.93x -> 0.89x, and T=50 B=64 H=1024 0.87x -> 0.81x fp32, 0.91x -> 0.75x bf16 (32 and
+//   16 MB of weights per step: more than the L3 holds). Folded there: B >= 8 (fp32) or 16 (bf16) rows and
+//   W_ih + W_hh within 8 MB.
+// - quiet 2-core Sapphire Rapids (MKL on its AVX-512 code), LSTM inference: T=100 B=64 H=512 fp32 0.99x ->
+//   0.88x, bf16 1.18x -> 0.96x; T=50 B=64 H=1024 fp32 0.98x -> 0.83x, bf16 1.40x -> 1.10x: up front on Intel.
+bool fold_x_projection(const SeqLayout& L, int64_t I, int64_t H, int64_t P, int64_t G, at::ScalarType dt) {
+  const int64_t forced = env_int("FASTRNN_CPU_BRGEMM_FOLD_X", -1);
+  if (forced >= 0) return forced != 0;
+  static const bool amd = is_amd();
+  if (!amd) return false;
+  const int64_t elem = dt == at::kFloat ? 4 : 2;
+  return L.B >= (dt == at::kFloat ? 8 : 16) && (I + P) * G * H * elem <= (int64_t{8} << 20);
+}
+
 std::optional<at::Tensor> fp32_or_null(const std::optional<at::Tensor>& b) {
   if (!b.has_value()) return std::nullopt;
   return b->to(at::kFloat).contiguous();
@@ -228,7 +269,8 @@ at::Tensor final_h(const at::Tensor& output, const SeqLayout& L, bool reverse) {
 
 void launch(const LstmBrgemmSeq& s, at::ScalarType dt) {
   const bool avx512 = active_isa() == Isa::kAvx512;
-  const int64_t tile = kBrgemmTileRows * s.gates * s.nb;
+  // (a GRU with the x-projection folded in keeps its x side in a second tile)
+  const int64_t tile = kBrgemmTileRows * s.gates * s.nb * (s.cell == BrgemmCell::kGru && s.w_ih != nullptr ? 2 : 1);
   const int64_t steps = s.w_hr != nullptr ? 2 * s.T : s.T;  // with a projection, two phases per step
   if (dt == at::kFloat)
     run_sequence(s, steps, tile, avx512 ? &isa_avx512::lstm_fwd_brgemm_f32 : &isa_avx2::lstm_fwd_brgemm_f32, false);
@@ -249,11 +291,7 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>> lstm_f
   if (dt == at::kBFloat16 && P % 2 != 0) return std::nullopt;  // VNNI pairs over K = P
 
   const int64_t nb = std::min(block_units(), H);
-  // The x-projection is done up front as one large GEMM (at::mm, near the machine's peak); folding it into the
-  // step's tile (FASTRNN_CPU_BRGEMM_FOLD_X=1) streams W_ih through every step as well. Measured on a quiet 2-core
-  // Sapphire Rapids (interleaved medians, ratio to torch.nn, inference, folded -> up front): T=100 B=64 H=512
-  // fp32 0.88x -> 0.99x, bf16 0.96x -> 1.18x; T=50 B=64 H=1024 fp32 0.83x -> 0.98x, bf16 1.10x -> 1.40x.
-  const bool fold_x = env_int("FASTRNN_CPU_BRGEMM_FOLD_X", 0) != 0;
+  const bool fold_x = fold_x_projection(L, I, H, P, 4, dt);
   const at::Tensor x = rows2d(input.contiguous());
   const at::Tensor hxc = hx.contiguous();
   int64_t k_hh = 0, k_ih = 0;
@@ -290,8 +328,8 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>> lstm_f
   return std::make_tuple(output, final_h(output, L, reverse), c_state.to(dt), ws);
 }
 
-// GRU and RNN: the x-projection always up front (the GRU's reset gate multiplies the h side of n alone, so
-// the two sides stay apart up to the gate math).
+// GRU and RNN: as the LSTM; the GRU's folded x side goes to a second tile (its reset gate multiplies the h side
+// of n alone, so the two sides stay apart up to the gate math).
 static std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> gru_rnn_forward_brgemm(
     BrgemmCell cell, int64_t G, const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes,
     const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
@@ -303,9 +341,12 @@ static std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> gru_rnn_for
   const int64_t nb = std::min(block_units(), H);
   const at::Tensor x = rows2d(input.contiguous());
   const at::Tensor hxc = hx.contiguous();
-  int64_t k_hh = 0;
+  const bool fold_x = fold_x_projection(L, I, H, H, G, dt);
+  int64_t k_hh = 0, k_ih = 0;
   const at::Tensor whh_p = pack_gate_blocks(w_hh, G, nb, &k_hh);
-  const at::Tensor gx = at::mm(x, w_ih.t()).to(dt).contiguous();
+  const at::Tensor wih_p = fold_x ? pack_gate_blocks(w_ih, G, nb, &k_ih) : at::Tensor();
+  // (.to: the step reads gx as the input's dtype, whatever an enclosing autocast made at::mm return)
+  const at::Tensor gx = fold_x ? at::Tensor() : at::mm(x, w_ih.t()).to(dt).contiguous();
   const std::optional<at::Tensor> bx = fp32_or_null(b_ih), bh = fp32_or_null(b_hh);
 
   auto out_sizes = input.sizes().vec();
@@ -314,8 +355,9 @@ static std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> gru_rnn_for
   const bool keep_ws = train && cell == BrgemmCell::kGru;
   at::Tensor ws = at::empty({keep_ws ? L.N : 0, keep_ws ? 4 * H : 0}, input.options().dtype(at::kFloat));
   LstmBrgemmSeq s{cell, G, relu, L.T, L.B, I, H, L.batch_sizes.data(), L.offsets.data(), reverse,
-                  x.data_ptr(), hxc.data_ptr(), whh_p.data_ptr(), nullptr, gx.data_ptr(),
-                  bx ? bx->data_ptr<float>() : nullptr, bh ? bh->data_ptr<float>() : nullptr, nb, k_hh, 0,
+                  x.data_ptr(), hxc.data_ptr(), whh_p.data_ptr(), fold_x ? wih_p.data_ptr() : nullptr,
+                  fold_x ? nullptr : gx.data_ptr(), bx ? bx->data_ptr<float>() : nullptr,
+                  bh ? bh->data_ptr<float>() : nullptr, nb, k_hh, k_ih,
                   nullptr, output.data_ptr(), keep_ws ? ws.data_ptr<float>() : nullptr, split_by_batch(L)};
   s.P = H;
   launch(s, dt);

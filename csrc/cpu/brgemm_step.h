@@ -12,7 +12,8 @@
 //     tile[M, G*nb] = h_prev[M, K] @ Whh_j (+ x_t[M, I] @ Wih_j)
 // in float32 (bf16 products accumulate in fp32 too), and the pointwise pass reads the tile, the biases (one
 // fp32 row, b_ih + b_hh, in the same blocked order) and, when the x-projection was done up front as one
-// large GEMM, that GEMM's row.
+// large GEMM, that GEMM's row. The GRU keeps a folded x side in a second tile (its reset gate scales the h
+// side of n alone). Which of the two an x-projection takes: fold_x_projection in brgemm_step.cpp.
 //
 // Threads. One parallel region per sequence (OpenMP; the extension is built with it). B >= 16: each thread
 // owns a contiguous range of batch rows for the whole sequence and needs no synchronisation at all (rows of
@@ -53,7 +54,7 @@ struct LstmBrgemmSeq {
   const void* hx;      // [B, H] (scalar_t)
   const void* w_hh;    // packed blocks, block j at w_hh_elems * j0 (j0 = its first unit)
   const void* w_ih;    // packed blocks (folded x-projection) or nullptr
-  const void* gx;      // [N, G*H] x-projection done up front (scalar_t) or nullptr (LSTM only: folded)
+  const void* gx;      // [N, G*H] x-projection done up front (scalar_t) or nullptr (folded: w_ih set)
   const float* bias;   // [G*H] fp32: LSTM b_ih + b_hh; GRU and RNN b_ih; or nullptr
   const float* bias_h; // [G*H] fp32: GRU and RNN b_hh, or nullptr
   int64_t nb;          // hidden units per block (the last block may have fewer)
