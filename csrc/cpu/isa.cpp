@@ -65,6 +65,14 @@ SmallGemmFn small_gemm_kernel(Isa isa) {
   }
 }
 
+TransposeFn transpose_kernel(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512: return &isa_avx512::transpose_f32;
+    case Isa::kAvx2: return &isa_avx2::transpose_f32;
+    default: return &isa_default::transpose_f32;
+  }
+}
+
 ActivationFn activation_kernel(Isa isa) {
   refresh_fast_math();
   switch (isa) {

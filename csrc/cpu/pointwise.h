@@ -158,6 +158,10 @@ enum class Activation { kSigmoid = 0, kTanh = 1 };
 using ActivationFn = void (*)(const float* x, float* y, int64_t n, Activation fn);
 ActivationFn activation_kernel(Isa isa);
 
+// dst[j * ld_dst + i] = src[i * ld_src + j] for i < m, j < n (the weight packing of brgemm_step.cpp).
+using TransposeFn = void (*)(const float* src, int64_t ld_src, float* dst, int64_t ld_dst, int64_t m, int64_t n);
+TransposeFn transpose_kernel(Isa isa);
+
 // Defined once per instruction set in pointwise_<isa>.cpp.
 #define FASTRNN_DECLARE_ISA(NS)                                                        \
   namespace NS {                                                                       \
@@ -168,6 +172,8 @@ ActivationFn activation_kernel(Isa isa);
   extern template const PointwiseKernels<c10::BFloat16>& kernels<c10::BFloat16>();     \
   void small_gemm(const SmallGemmArgs&, int64_t r0, int64_t r1);                       \
   void activation(const float* x, float* y, int64_t n, Activation fn);                 \
+  void transpose_f32(const float* src, int64_t ld_src, float* dst, int64_t ld_dst,     \
+                     int64_t m, int64_t n);                                            \
   }
 FASTRNN_DECLARE_ISA(isa_default)
 FASTRNN_DECLARE_ISA(isa_avx2)

@@ -280,5 +280,14 @@ void activation(const float* x, float* y, int64_t n, Activation fn) {
   }
 }
 
+void transpose_f32(const float* src, int64_t ld_src, float* dst, int64_t ld_dst, int64_t m, int64_t n) {
+  // ATen's: 16 x 16 register transposes under AVX-512, a plain loop otherwise; in pieces that fit its int sizes
+  constexpr int64_t kPiece = int64_t{1} << 14;
+  for (int64_t i = 0; i < m; i += kPiece)
+    for (int64_t j = 0; j < n; j += kPiece)
+      at::vec::transpose_mxn<float>(src + i * ld_src + j, ld_src, dst + j * ld_dst + i, ld_dst,
+                                    static_cast<int>(std::min(kPiece, m - i)), static_cast<int>(std::min(kPiece, n - j)));
+}
+
 }  // namespace cpu::FASTRNN_ISA_NS
 }  // namespace fastrnn
