@@ -205,7 +205,12 @@ at::Tensor pack_gate_blocks(const at::Tensor& w_, int64_t G, int64_t nb, int64_t
             for (int64_t k = 0; k < K; ++k)
               for (int64_t c = 0; c < N; ++c) dst[k * N + c] = rows[c][k];
           }
-        } else {  // [kp/2][N][2]: the pair (k, k+1) of column c side by side
+        } else if (K % 2 == 0) {  // [K/2][N][2]: the pair (k, k+1) of column c side by side, i.e. the same
+          // transpose on 32-bit units, each a pair (moved as float bits by register shuffles: no arithmetic)
+          for (int64_t g = 0; g < G; ++g)
+            transpose(reinterpret_cast<const float*>(src + (g * H + j0) * K), K / 2,
+                      reinterpret_cast<float*>(dst + g * nbj * 2), N, nbj, K / 2);
+        } else {  // odd K: the last pair padded with a zero
           for (int64_t k2 = 0; k2 < kp / 2; ++k2)
             for (int64_t c = 0; c < N; ++c) {
               dst[(k2 * N + c) * 2] = rows[c][2 * k2];
