@@ -172,7 +172,51 @@ bool brgemm_enabled(at::ScalarType dt) {
   return brgemm_supported(dt);
 }
 
+namespace {
+
+// pack_gate_blocks of w = V^T (one gate) for a row-major V [K, H]: block j's row k is then V's row k, units
+// j0 .. j0 + nbj, copied as it is (float32) or interleaved with row k + 1 (bf16 pairs). The backward packs
+// W_hh^T and W_hr^T this way: making the transposed view contiguous first would transpose the weight twice.
+at::Tensor pack_transposed_blocks(const at::Tensor& v, int64_t nb, int64_t* k_out) {
+  const int64_t K = v.size(0), H = v.size(1);
+  const bool vnni = v.scalar_type() == at::kBFloat16;
+  const int64_t kp = vnni ? (K + 1) / 2 * 2 : K;
+  *k_out = kp;
+  at::Tensor packed = at::empty({kp * H}, v.options());
+  const int64_t nblk = (H + nb - 1) / nb;
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, v.scalar_type(), "fastrnn::pack_transposed_blocks", [&] {
+    const scalar_t* src = v.data_ptr<scalar_t>();
+    scalar_t* dst_all = packed.data_ptr<scalar_t>();
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, nb * kp));
+    at::parallel_for(0, nblk, grain, [&](int64_t blk0, int64_t blk1) {
+      for (int64_t blk = blk0; blk < blk1; ++blk) {
+        const int64_t j0 = blk * nb, nbj = std::min(nb, H - j0);
+        scalar_t* dst = dst_all + j0 * kp;
+        if (!vnni) {
+          for (int64_t k = 0; k < K; ++k) std::memcpy(dst + k * nbj, src + k * H + j0, sizeof(scalar_t) * nbj);
+        } else {
+          for (int64_t k2 = 0; k2 < kp / 2; ++k2) {
+            const scalar_t* r0 = src + 2 * k2 * H + j0;
+            const scalar_t* r1 = 2 * k2 + 1 < K ? r0 + H : nullptr;
+            scalar_t* d = dst + k2 * nbj * 2;
+            for (int64_t c = 0; c < nbj; ++c) {
+              d[2 * c] = r0[c];
+              d[2 * c + 1] = r1 != nullptr ? r1[c] : scalar_t(0);
+            }
+          }
+        }
+      }
+    });
+  });
+  return packed;
+}
+
+}  // namespace
+
 at::Tensor pack_gate_blocks(const at::Tensor& w_, int64_t G, int64_t nb, int64_t* k_out) {
+  if (G == 1 && w_.dim() == 2 && w_.size(0) > 1 && w_.size(1) > 1 && w_.stride(0) == 1 &&
+      w_.stride(1) == w_.size(0))
+    return pack_transposed_blocks(w_.t(), nb, k_out);
   const at::Tensor w = w_.contiguous();
   const int64_t H = w.size(0) / G, K = w.size(1);
   const bool vnni = w.scalar_type() == at::kBFloat16;
