@@ -149,7 +149,9 @@ def test_brgemm_and_fallback_are_different_code(cell, monkeypatch):
     fused = op(*args)
     monkeypatch.setenv("FASTRNN_CPU_BRGEMM", "0")
     old = op(*args)
-    if cell == "lstm":  # (the GRU's and RNN's fused steps do the same float operations in the same order)
+    # (with the x-projection up front, the GRU's and RNN's fused steps do the same float operations in the same
+    # order as the fallback; folded, as on AMD by default, they differ by rounding: closeness is what holds)
+    if cell == "lstm":
         assert not all(torch.equal(a, b) for a, b in zip(fused, old))
     for a, b in zip(fused, old):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
