@@ -13,6 +13,7 @@
 #include <cpuid.h>
 #endif
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -122,6 +123,19 @@ void run_sequence(const Seq& seq, int64_t steps, int64_t tile_floats,
   const int64_t serial_flops = env_int("FASTRNN_CPU_BRGEMM_SERIAL_FLOPS", int64_t{1} << 20);
   const bool tiny = (!s.split_batch && step_flops < serial_flops) || step_flops * s.T < 4 * serial_flops;
   const bool parallel = !at::in_parallel_region() && at::get_num_threads() > 1 && !tiny;
+  // Split by batch rows: each thread gets rows of about equal work, work[b] = the steps of rows < b. A packed
+  // sequence's rows are sorted longest first, so equal numbers of rows would give the first thread the most.
+  std::vector<int64_t> work;
+  if (s.split_batch && parallel) {
+    std::vector<int64_t> ending(s.B + 1, 0);  // ending[n]: steps with n rows
+    for (int64_t t = 0; t < s.T; ++t) ++ending[std::min(s.batch_sizes[t], s.B)];
+    work.assign(s.B + 1, 0);
+    int64_t steps_of_row = s.T;  // row b runs in the steps with more than b rows
+    for (int64_t b = 0; b < s.B; ++b) {
+      steps_of_row -= ending[b];
+      work[b + 1] = work[b] + steps_of_row;
+    }
+  }
   std::atomic_flag err_flag = ATOMIC_FLAG_INIT;
   std::exception_ptr eptr;
 #pragma omp parallel if (parallel)
@@ -129,10 +143,14 @@ void run_sequence(const Seq& seq, int64_t steps, int64_t tile_floats,
     c10::ParallelGuard guard(true);
     const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
     int64_t r0 = 0, r1 = s.B, blk0 = 0, blk1 = nblk;
-    if (s.split_batch) {
-      r0 = s.B * tid / nt;
-      r1 = s.B * (tid + 1) / nt;
-    } else {
+    if (s.split_batch && nt > 1) {
+      auto row_at = [&](int64_t i) {  // the first row whose preceding rows hold i/nt of the work
+        const int64_t target = (work[s.B] * i + nt - 1) / nt;
+        return static_cast<int64_t>(std::lower_bound(work.begin(), work.end(), target) - work.begin());
+      };
+      r0 = row_at(tid);
+      r1 = row_at(tid + 1);
+    } else if (!s.split_batch) {
       blk0 = nblk * tid / nt;
       blk1 = nblk * (tid + 1) / nt;
     }
