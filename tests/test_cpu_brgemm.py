@@ -129,22 +129,27 @@ def test_brgemm_projection_parity(switches, case, dtype, monkeypatch):
     test_brgemm_parity("LSTM", switches, case, dtype, monkeypatch)
 
 
+def _forward_call(cell, dtype):
+    """The raw forward op of `cell` and its arguments (T=4 B=24 I=16 H=96, seeded random values in `dtype`)."""
+    torch.manual_seed(0)
+    T, B, I, H = 4, 24, 16, 96
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    x, h0, c0 = (torch.randn(*shape).to(dtype) for shape in ((T, B, I), (B, H), (B, H)))
+    w = tuple(t.to(dtype) for t in (torch.randn(G * H, I) / 4, torch.randn(G * H, H) / 8, torch.randn(G * H),
+                                    torch.randn(G * H)))
+    if cell == "lstm":
+        return _ops.lstm_forward, (x, None, h0, c0, *w, None, False, True)
+    if cell == "gru":
+        return _ops.gru_forward, (x, None, h0, *w, False, True)
+    return _ops.rnn_forward, (x, None, h0, *w, False, False)
+
+
 @pytest.mark.skipif(not HAS_AVX2, reason="the brgemm path needs AVX2")
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_brgemm_and_fallback_are_different_code(cell, monkeypatch):
     """The switch really changes the path (so the parity tests above test the brgemm one): the two agree to
     rounding, and for the LSTM (bias summed first, x side folded into the tile) not bit for bit."""
-    torch.manual_seed(0)
-    T, B, I, H = 4, 24, 16, 96
-    G = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
-    x, h0, c0 = torch.randn(T, B, I), torch.randn(B, H), torch.randn(B, H)
-    w = (torch.randn(G * H, I) / 4, torch.randn(G * H, H) / 8, torch.randn(G * H), torch.randn(G * H))
-    if cell == "lstm":
-        op, args = _ops.lstm_forward, (x, None, h0, c0, *w, None, False, True)
-    elif cell == "gru":
-        op, args = _ops.gru_forward, (x, None, h0, *w, False, True)
-    else:
-        op, args = _ops.rnn_forward, (x, None, h0, *w, False, False)
+    op, args = _forward_call(cell, torch.float32)
     monkeypatch.setenv("FASTRNN_CPU_BRGEMM", "1")
     fused = op(*args)
     monkeypatch.setenv("FASTRNN_CPU_BRGEMM", "0")
@@ -163,19 +168,7 @@ def test_folded_x_projection_is_a_different_code_path(cell, monkeypatch):
     """FASTRNN_CPU_BRGEMM_FOLD_X really moves the x-projection into the step (so the parity tests' fold switches
     test that path, for every cell): in bfloat16 the up-front GEMM's result is rounded to bf16 before the gate
     math, the folded products stay in the float32 tile, so the outputs differ by that rounding and no more."""
-    torch.manual_seed(0)
-    T, B, I, H = 4, 24, 16, 96
-    G = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
-    bf = torch.bfloat16
-    x, h0, c0 = torch.randn(T, B, I, dtype=bf), torch.randn(B, H, dtype=bf), torch.randn(B, H, dtype=bf)
-    w = tuple(t.to(bf) for t in (torch.randn(G * H, I) / 4, torch.randn(G * H, H) / 8, torch.randn(G * H),
-                                 torch.randn(G * H)))
-    if cell == "lstm":
-        op, args = _ops.lstm_forward, (x, None, h0, c0, *w, None, False, True)
-    elif cell == "gru":
-        op, args = _ops.gru_forward, (x, None, h0, *w, False, True)
-    else:
-        op, args = _ops.rnn_forward, (x, None, h0, *w, False, False)
+    op, args = _forward_call(cell, torch.bfloat16)
     monkeypatch.setenv("FASTRNN_CPU_BRGEMM", "1")
     monkeypatch.setenv("FASTRNN_CPU_BRGEMM_FOLD_X", "1")
     folded = op(*args)
