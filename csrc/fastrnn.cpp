@@ -110,4 +110,7 @@ TORCH_LIBRARY(fastrnn, m) {
   // Whether the CPU forward ops run on the fused brgemm path (cpu/brgemm_step.h) for this dtype now
   // (processor, FASTRNN_CPU_CAPABILITY and FASTRNN_CPU_BRGEMM apply).
   m.def("_cpu_brgemm_enabled(ScalarType dtype) -> bool");
+  // c + a @ b (add) or a @ b through the whole-sequence GEMM of the CPU kernels (cpu/seq_gemm.h), and whether
+  // it ran on brgemm (FASTRNN_CPU_SEQ_GEMM and its block-size switches apply).
+  m.def("_cpu_seq_gemm(Tensor a, Tensor b, Tensor c, bool add) -> (Tensor, bool)");
 }

@@ -125,17 +125,20 @@ at::Tensor gather_prev(const at::Tensor& seq, const at::Tensor& init, const SeqL
   return checked_dtype("gather_prev", h, seq.scalar_type());
 }
 
+void aten_mm_into(at::Tensor c, const at::Tensor& a, const at::Tensor& b, bool add) {
+  if (add)
+    c.addmm_(a, b);
+  else
+    at::mm_out(c, a, b);
+}
+
 void addmm_prev(at::Tensor out, const at::Tensor& a, const at::Tensor& seq, const at::Tensor& init,
-                const SeqLayout& l, bool reverse) {
+                const SeqLayout& l, bool reverse, MatMulInto mm) {
   const NoAutocast no_autocast;
   bool first = true;
   for (const PrevRun& r : prev_runs(l, reverse)) {
     const at::Tensor a_t = a.narrow(0, r.row, r.n).t(), h = (r.init ? init : seq).narrow(0, r.src, r.n);
-    if (first) {
-      at::mm_out(out, a_t, h);
-    } else {
-      out.addmm_(a_t, h);
-    }
+    mm(out, a_t, h, /*add=*/!first);
     first = false;
   }
   if (first) out.zero_();
@@ -180,16 +183,18 @@ GateGradBuffer gate_grad_buffer(int64_t N, int64_t gates_hidden, const at::Tenso
 
 SequenceGrads sequence_grads(const GateGradBuffer& dg, const at::Tensor& dgh_n, const at::Tensor& x,
                              const at::Tensor& out, const at::Tensor& hx, const SeqLayout& layout, bool reverse,
-                             const at::Tensor& w_ih, bool has_bias, at::IntArrayRef input_sizes) {
+                             const at::Tensor& w_ih, bool has_bias, at::IntArrayRef input_sizes,
+                             MatMulInto mm) {
   const NoAutocast no_autocast;
   const at::Tensor& dgx = dg.dgx;
   const auto dt = dgx.scalar_type();
   const int64_t GH = dgx.size(1), Hn = dgh_n.defined() ? dgh_n.size(1) : 0;
   SequenceGrads g;
-  g.grad_w_ih = checked_dtype("the w_ih-gradient GEMM", at::mm(dgx.t(), x), dt);
+  g.grad_w_ih = at::empty({GH, x.size(1)}, dgx.options());
+  mm(g.grad_w_ih, dgx.t(), x, false);
   g.grad_w_hh = at::empty({GH, out.size(1)}, dgx.options());
-  addmm_prev(g.grad_w_hh.narrow(0, 0, GH - Hn), dgx.narrow(1, 0, GH - Hn), out, hx, layout, reverse);
-  if (Hn > 0) addmm_prev(g.grad_w_hh.narrow(0, GH - Hn, Hn), dgh_n, out, hx, layout, reverse);
+  addmm_prev(g.grad_w_hh.narrow(0, 0, GH - Hn), dgx.narrow(1, 0, GH - Hn), out, hx, layout, reverse, mm);
+  if (Hn > 0) addmm_prev(g.grad_w_hh.narrow(0, GH - Hn, Hn), dgh_n, out, hx, layout, reverse, mm);
   if (has_bias) {
     g.grad_b_ih = dgx.sum(0, /*keepdim=*/false, acc_dtype(dt)).to(dt);
     g.grad_b_hh = g.grad_b_ih.clone();
@@ -201,7 +206,9 @@ SequenceGrads sequence_grads(const GateGradBuffer& dg, const at::Tensor& dgh_n, 
   // Last: the largest result, so that it is not alive during the others (and, in dgx's storage, once
   // everything else has read dgx).
   if (!dg.grad_input.defined()) {
-    g.grad_input = checked_dtype("the input-gradient GEMM", at::mm(dgx, w_ih), dt).view(input_sizes);
+    at::Tensor gi = at::empty({dgx.size(0), w_ih.size(1)}, dgx.options());
+    mm(gi, dgx, w_ih, false);
+    g.grad_input = gi.view(input_sizes);
     return g;
   }
   const int64_t N = dgx.size(0), chunk = std::max<int64_t>(1, (N + 7) / 8);
@@ -210,7 +217,7 @@ SequenceGrads sequence_grads(const GateGradBuffer& dg, const at::Tensor& dgh_n, 
   for (int64_t r1 = N; r1 > 0; r1 -= chunk) {
     const int64_t r0 = std::max<int64_t>(0, r1 - chunk);
     at::Tensor t = tmp.narrow(0, 0, r1 - r0);
-    at::mm_out(t, dgx.narrow(0, r0, r1 - r0), w_ih);
+    mm(t, dgx.narrow(0, r0, r1 - r0), w_ih, false);
     gi.narrow(0, r0, r1 - r0).copy_(t);
   }
   g.grad_input = dg.grad_input;

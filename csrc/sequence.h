@@ -74,10 +74,15 @@ std::vector<PrevRun> prev_runs(const SeqLayout& layout, bool reverse);
 // by run (no intermediate [N + B, D] concatenation).
 at::Tensor gather_prev(const at::Tensor& seq, const at::Tensor& init, const SeqLayout& layout, bool reverse);
 
+// How a backend runs the whole-sequence GEMMs: c = a @ b, or c += a @ b with add. The default is ATen's
+// (at::mm_out / addmm_); the CPU kernels pass their brgemm GEMM (cpu/seq_gemm.h).
+using MatMulInto = void (*)(at::Tensor c, const at::Tensor& a, const at::Tensor& b, bool add);
+void aten_mm_into(at::Tensor c, const at::Tensor& a, const at::Tensor& b, bool add);
+
 // out [G, D] = a^T @ h_prev for a [N, G] (any strides) and h_prev = gather_prev(seq, init), without
 // materialising h_prev: one GEMM per run (prev_runs) on views of seq and init.
 void addmm_prev(at::Tensor out, const at::Tensor& a, const at::Tensor& seq, const at::Tensor& init,
-                const SeqLayout& layout, bool reverse);
+                const SeqLayout& layout, bool reverse, MatMulInto mm = &aten_mm_into);
 
 // The x-side pre-activations of every step in one GEMM: x [N, I] @ w_ih^T (+ b_ih), [N, gates*H].
 at::Tensor input_gates(const at::Tensor& x, const at::Tensor& w_ih, const std::optional<at::Tensor>& b_ih);
@@ -112,7 +117,8 @@ struct SequenceGrads {
 };
 SequenceGrads sequence_grads(const GateGradBuffer& dg, const at::Tensor& dgh_n, const at::Tensor& x,
                              const at::Tensor& out, const at::Tensor& hx, const SeqLayout& layout, bool reverse,
-                             const at::Tensor& w_ih, bool has_bias, at::IntArrayRef input_sizes);
+                             const at::Tensor& w_ih, bool has_bias, at::IntArrayRef input_sizes,
+                             MatMulInto mm = &aten_mm_into);
 
 // The dtype in which gates are computed and the cell state and saved activations are kept.
 inline at::ScalarType acc_dtype(at::ScalarType t) {

@@ -22,3 +22,9 @@ def _cpu_activation_fake(x, fn):
 def _cpu_brgemm_enabled_fake(dtype):
     # A property of the processor and the environment at run time, not of any input.
     return True
+
+
+@torch.library.register_fake("fastrnn::_cpu_seq_gemm")
+def _cpu_seq_gemm_fake(a, b, c, add):
+    torch._check(a.dim() == 2 and b.dim() == 2 and c.shape == (a.shape[0], b.shape[1]), lambda: "shapes")
+    return torch.empty_like(c, memory_format=torch.contiguous_format), True

@@ -78,8 +78,13 @@ SWITCHES = {
                       "FASTRNN_CPU_BRGEMM_FOLD_X": "1"},
     "gemv_all_avx2": {"FASTRNN_CPU_BRGEMM": "1", "FASTRNN_CPU_BRGEMM_GEMV_ROWS": "1000",
                       "FASTRNN_CPU_CAPABILITY": "avx2"},
+    # The backward's whole-sequence GEMMs (input and weight gradients) through brgemm (seq_gemm.h) at every
+    # size, in small blocks, or through MKL.
+    "seq_gemm_brgemm": {"FASTRNN_CPU_BRGEMM": "1", "FASTRNN_CPU_SEQ_GEMM": "always", "FASTRNN_CPU_SEQ_GEMM_MB": "16",
+                        "FASTRNN_CPU_SEQ_GEMM_NB": "16", "FASTRNN_CPU_SEQ_GEMM_KC": "40"},
+    "seq_gemm_aten": {"FASTRNN_CPU_BRGEMM": "1", "FASTRNN_CPU_SEQ_GEMM": "aten"},
 }
-FLOAT32_ONLY = {"gemv_all_avx2"}  # bf16 brgemm needs AVX-512
+FLOAT32_ONLY = {"gemv_all_avx2", "seq_gemm_brgemm", "seq_gemm_aten"}  # bf16 brgemm needs AVX-512; seq_gemm: fp32
 
 
 @pytest.mark.skipif(not HAS_AVX2, reason="the brgemm path needs AVX2")
@@ -257,3 +262,67 @@ def test_few_row_products_are_a_different_code_path(monkeypatch):
 
     assert run("1000") == {h_of(1)}
     assert run("0") != {h_of(1)}
+
+
+# The whole-sequence GEMM of the CPU backward (csrc/cpu/seq_gemm.h) through the test-only op: every layout the
+# callers pass (b rows contiguous or b = W^T; a rows contiguous or a = d^T), accumulate or not, sizes with partial
+# row blocks, panels and K chunks, small blocks so that several of each (and several panel groups) run.
+SMALL_BLOCKS = {"FASTRNN_CPU_SEQ_GEMM_MB": "16", "FASTRNN_CPU_SEQ_GEMM_NB": "16", "FASTRNN_CPU_SEQ_GEMM_KC": "40",
+                "FASTRNN_CPU_SEQ_GEMM_GROUP": "2"}
+
+
+@pytest.mark.skipif(not HAS_AVX2, reason="the brgemm path needs AVX2")
+@pytest.mark.parametrize("blocks", ["default", "small"])
+@pytest.mark.parametrize("layout", ["nn", "nt", "tn", "tt"])
+@pytest.mark.parametrize("add", [False, True], ids=["set", "add"])
+@pytest.mark.parametrize("mkn", [(1, 7, 5), (37, 100, 70), (130, 93, 51)], ids=str)
+def test_seq_gemm_matches_float64(mkn, add, layout, blocks, monkeypatch):
+    monkeypatch.setenv("FASTRNN_CPU_SEQ_GEMM", "always")
+    if blocks == "small":
+        for k, v in SMALL_BLOCKS.items():
+            monkeypatch.setenv(k, v)
+    torch.manual_seed(0)
+    M, K, N = mkn
+    a = torch.randn(M, K) if layout[0] == "n" else torch.randn(K, M).t()
+    b = torch.randn(K, N) if layout[1] == "n" else torch.randn(N, K).t()
+    c = torch.randn(M, N)
+    out, on_brgemm = _ops._cpu_seq_gemm(a, b, c, add)
+    assert on_brgemm
+    ref = a.double() @ b.double() + (c.double() if add else 0)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5 * K ** 0.5)
+    # into a row range of a wider buffer (the callers write the input gradient in chunks of its rows)
+    wide = torch.full((M, N + 9), 7.0)
+    out2, _ = _ops._cpu_seq_gemm(a, b, wide.narrow(1, 3, N), add)
+    assert torch.equal(out2, out) if not add else torch.allclose(out2, ref.float() - c + 7.0, atol=1e-4 * K ** 0.5)
+
+
+@pytest.mark.skipif(not HAS_AVX2, reason="the brgemm path needs AVX2")
+def test_seq_gemm_choice(monkeypatch):
+    """What the default choice sends to brgemm (seq_gemm.h): large products whose b has contiguous rows; not
+    b = W^T, not small ones, nothing with FASTRNN_CPU_SEQ_GEMM=aten; and the value is checked."""
+    monkeypatch.setenv("FASTRNN_CPU_SEQ_GEMM", "brgemm")
+    a, w = torch.randn(600, 512), torch.randn(512, 256)
+    assert _ops._cpu_seq_gemm(a, w, torch.empty(600, 256), False)[1]  # dG @ W
+    assert _ops._cpu_seq_gemm(torch.randn(512, 600).t(), torch.randn(512, 512), torch.empty(600, 512), False)[1]
+    assert not _ops._cpu_seq_gemm(a, torch.randn(256, 512).t(), torch.empty(600, 256), False)[1]  # x @ W^T
+    assert not _ops._cpu_seq_gemm(a[:8, :64], w[:64, :32], torch.empty(8, 32), False)[1]  # small
+    assert not _ops._cpu_seq_gemm(a.double(), w.double(), torch.empty(600, 256, dtype=torch.double), False)[1]
+    monkeypatch.setenv("FASTRNN_CPU_SEQ_GEMM", "aten")
+    out, on_brgemm = _ops._cpu_seq_gemm(a, w, torch.empty(600, 256), False)
+    assert not on_brgemm
+    torch.testing.assert_close(out, a @ w)
+    monkeypatch.setenv("FASTRNN_CPU_SEQ_GEMM", "mkl")
+    with pytest.raises(ValueError, match="FASTRNN_CPU_SEQ_GEMM must be aten, brgemm or always"):
+        _ops._cpu_seq_gemm(a, w, torch.empty(600, 256), False)
+
+
+@pytest.mark.skipif(not HAS_AVX2, reason="the brgemm path needs AVX2")
+@pytest.mark.parametrize("cls", [fastrnn.LSTM, fastrnn.GRU, fastrnn.RNN], ids=lambda c: c.__name__)
+def test_backward_gemms_go_through_seq_gemm(cls, monkeypatch):
+    """The backward's whole-sequence GEMMs are seq_gemm's (so the parity switches above test it): an invalid
+    FASTRNN_CPU_SEQ_GEMM reaches its check from loss.backward() of every cell."""
+    m = cls(8, 12)
+    out, _ = m(torch.randn(5, 3, 8))
+    monkeypatch.setenv("FASTRNN_CPU_SEQ_GEMM", "mkl")
+    with pytest.raises(ValueError, match="FASTRNN_CPU_SEQ_GEMM must be aten, brgemm or always"):
+        out.sum().backward()

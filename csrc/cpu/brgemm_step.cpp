@@ -9,9 +9,6 @@
 #include <omp.h>
 #include <unistd.h>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <cpuid.h>
-#endif
 
 #include <algorithm>
 #include <atomic>
@@ -307,21 +304,6 @@ bool split_by_batch(const SeqLayout& L) {
   return L.B >= 16;
 }
 
-bool is_amd() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  unsigned int eax = 0, ebx = 0, ecx = 0, edx = 0;
-  if (__get_cpuid(0, &eax, &ebx, &ecx, &edx) == 0) return false;
-  char vendor[13];
-  std::memcpy(vendor, &ebx, 4);
-  std::memcpy(vendor + 4, &edx, 4);
-  std::memcpy(vendor + 8, &ecx, 4);
-  vendor[12] = '\0';
-  return std::strcmp(vendor, "AuthenticAMD") == 0;
-#else
-  return false;
-#endif
-}
-
 // Whether the x-projection runs inside each step, its products added onto the step's tile from W_ih packed in
 // the same blocks as W_hh, or up front as one large GEMM (at::mm) whose result gx the steps read back
 // (FASTRNN_CPU_BRGEMM_FOLD_X=0|1 forces either). Folding streams W_ih through every step; up front writes and
@@ -338,8 +320,7 @@ bool is_amd() {
 bool fold_x_projection(const SeqLayout& L, int64_t I, int64_t H, int64_t P, int64_t G, at::ScalarType dt) {
   const int64_t forced = env_int("FASTRNN_CPU_BRGEMM_FOLD_X", -1);
   if (forced >= 0) return forced != 0;
-  static const bool amd = is_amd();
-  if (!amd) return false;
+  if (!cpu_is_amd()) return false;
   const int64_t elem = dt == at::kFloat ? 4 : 2;
   return L.B >= (dt == at::kFloat ? 8 : 16) && (I + P) * G * H * elem <= (int64_t{8} << 20);
 }

@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "brgemm_step.h"
+#include "seq_gemm.h"
 #include "step_loop.h"
 
 namespace fastrnn::cpu {
@@ -117,7 +118,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   }
 
   SequenceGrads g = sequence_grads(dg, dph_n, rows2d(input.contiguous()), out, hx, L, reverse, w_ih, has_bias,
-                                   input.sizes());
+                                   input.sizes(), &seq_mm_into);
   return {g.grad_input, dh_state, g.grad_w_ih, g.grad_w_hh, g.grad_b_ih, g.grad_b_hh};
 }
 

@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include "brgemm_step.h"
+#include "seq_gemm.h"
 #include "step_loop.h"
 
 namespace fastrnn::cpu {
@@ -142,7 +143,7 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at
 
   // The weight gradient against the states each step started from reads them in place from output and hx.
   SequenceGrads g = sequence_grads(dg, at::Tensor(), rows2d(input.contiguous()), out, hx, L, reverse, w_ih,
-                                   has_bias, input.sizes());
+                                   has_bias, input.sizes(), &seq_mm_into);
   at::Tensor grad_w_hr = proj ? at::mm(dh_all.t(), r_all) : at::empty({0}, input.options());
   return {g.grad_input, dh_state, dc_state.to(input.scalar_type()), g.grad_w_ih, g.grad_w_hh,
           g.grad_b_ih, g.grad_b_hh, grad_w_hr};

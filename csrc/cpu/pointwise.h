@@ -145,6 +145,8 @@ enum class Isa { kDefault = 0, kAvx2 = 1, kAvx512 = 2 };
 // (read on every call, so tests can run every variant in one process).
 Isa active_isa();
 const char* isa_name(Isa isa);
+// Whether the processor is AMD's (some defaults follow what measured faster on each vendor's processors).
+bool cpu_is_amd();
 
 template <typename scalar_t>
 const PointwiseKernels<scalar_t>& pointwise_kernels(Isa isa);

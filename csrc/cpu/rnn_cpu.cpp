@@ -3,6 +3,7 @@
 #include <torch/library.h>
 
 #include "brgemm_step.h"
+#include "seq_gemm.h"
 #include "step_loop.h"
 
 namespace fastrnn::cpu {
@@ -84,7 +85,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
   // The weight gradient against the states each step started from reads them in place from out and hx.
   SequenceGrads g = sequence_grads(dg, at::Tensor(), rows2d(input.contiguous()), out, hx, L, reverse, w_ih,
-                                   has_bias, input.sizes());
+                                   has_bias, input.sizes(), &seq_mm_into);
   return {g.grad_input, dh_state, g.grad_w_ih, g.grad_w_hh, g.grad_b_ih, g.grad_b_hh};
 }
 

@@ -5,8 +5,10 @@
 #include <mutex>
 #include <set>
 #include <thread>
+#include <tuple>
 
 #include "brgemm_step.h"
+#include "seq_gemm.h"
 #include "step_loop.h"
 
 namespace fastrnn::cpu {
@@ -39,6 +41,19 @@ at::Tensor cpu_activation(const at::Tensor& x, c10::string_view fn) {
 
 bool cpu_brgemm_enabled(at::ScalarType dtype) { return brgemm_enabled(dtype); }
 
+std::tuple<at::Tensor, bool> cpu_seq_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, bool add) {
+  constexpr const char* op = "fastrnn::_cpu_seq_gemm";
+  TORCH_CHECK_VALUE(a.dim() == 2 && b.dim() == 2 && c.dim() == 2 && a.size(1) == b.size(0) &&
+                        c.size(0) == a.size(0) && c.size(1) == b.size(1),
+                    op, ": needs a [M, K], b [K, N], c [M, N], got ", a.sizes(), ", ", b.sizes(), ", ", c.sizes());
+  TORCH_CHECK_TYPE(a.scalar_type() == c.scalar_type() && b.scalar_type() == c.scalar_type(), op,
+                   ": a, b and c must have one dtype");
+  at::Tensor out = c.clone();
+  const bool on_brgemm = seq_gemm_brgemm(out, a, b, add);
+  if (!on_brgemm) seq_mm_into(out, a, b, add);
+  return {out, on_brgemm};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastrnn, CompositeExplicitAutograd, m) {
@@ -47,6 +62,7 @@ TORCH_LIBRARY_IMPL(fastrnn, CompositeExplicitAutograd, m) {
 }
 TORCH_LIBRARY_IMPL(fastrnn, CPU, m) {
   m.impl("_cpu_activation", &cpu_activation);
+  m.impl("_cpu_seq_gemm", &cpu_seq_gemm);
 }
 
 }  // namespace fastrnn::cpu
