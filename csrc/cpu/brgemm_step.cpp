@@ -9,7 +9,6 @@
 #include <omp.h>
 #include <unistd.h>
 
-
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -22,12 +21,13 @@
 #include "../sequence.h"
 
 namespace fastrnn::cpu {
-namespace {
 
 int64_t env_int(const char* name, int64_t dflt) {
   const char* env = std::getenv(name);
   return env != nullptr && *env != '\0' ? std::atoll(env) : dflt;
 }
+
+namespace {
 
 // Hidden units per packed block (FASTRNN_CPU_BRGEMM_BLOCK overrides): the tile of one brgemm call is then
 // [rows, 4 * 32] floats, 16 KB at 32 rows.
@@ -252,23 +252,23 @@ at::Tensor pack_gate_blocks(const at::Tensor& w_, int64_t G, int64_t nb, int64_t
       for (int64_t blk = blk0; blk < blk1; ++blk) {
         const int64_t j0 = blk * nb, nbj = std::min(nb, H - j0), N = G * nbj;
         scalar_t* dst = dst_all + j0 * G * kp;
+        if (vnni ? K % 2 == 0 : std::is_same_v<scalar_t, float>) {
+          // Each gate's nbj rows of W, [nbj, K], transposed into its columns of the block; for bf16's
+          // [K/2][N][2] layout (the pair (k, k+1) of column c side by side) the same transpose on 32-bit units,
+          // each a pair, moved as float bits by register shuffles (no arithmetic). (The casts are no-ops for
+          // float; double and odd-K bf16 take the loops below.)
+          const int64_t units = vnni ? K / 2 : K, per_unit = vnni ? 2 : 1;
+          for (int64_t g = 0; g < G; ++g)
+            transpose(reinterpret_cast<const float*>(src + (g * H + j0) * K), units,
+                      reinterpret_cast<float*>(dst + g * nbj * per_unit), N, nbj, units);
+          continue;
+        }
         rows.clear();
         for (int64_t g = 0; g < G; ++g)
           for (int64_t u = 0; u < nbj; ++u) rows.push_back(src + (g * H + j0 + u) * K);
-        if (!vnni) {  // each gate's nbj rows of W, [nbj, K], transposed into its columns of the block
-          if (std::is_same_v<scalar_t, float>) {  // (the casts are no-ops there; other types never get here)
-            for (int64_t g = 0; g < G; ++g)
-              transpose(reinterpret_cast<const float*>(src + (g * H + j0) * K), K,
-                        reinterpret_cast<float*>(dst + g * nbj), N, nbj, K);
-          } else {
-            for (int64_t k = 0; k < K; ++k)
-              for (int64_t c = 0; c < N; ++c) dst[k * N + c] = rows[c][k];
-          }
-        } else if (K % 2 == 0) {  // [K/2][N][2]: the pair (k, k+1) of column c side by side, i.e. the same
-          // transpose on 32-bit units, each a pair (moved as float bits by register shuffles: no arithmetic)
-          for (int64_t g = 0; g < G; ++g)
-            transpose(reinterpret_cast<const float*>(src + (g * H + j0) * K), K / 2,
-                      reinterpret_cast<float*>(dst + g * nbj * 2), N, nbj, K / 2);
+        if (!vnni) {
+          for (int64_t k = 0; k < K; ++k)
+            for (int64_t c = 0; c < N; ++c) dst[k * N + c] = rows[c][k];
         } else {  // odd K: the last pair padded with a zero
           for (int64_t k2 = 0; k2 < kp / 2; ++k2)
             for (int64_t c = 0; c < N; ++c) {

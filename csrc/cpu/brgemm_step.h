@@ -162,6 +162,9 @@ bool brgemm_enabled(at::ScalarType dtype);
 // even with zeros. Returns the packed tensor (1-D) and sets *k_out to the padded K.
 at::Tensor pack_gate_blocks(const at::Tensor& w, int64_t gates, int64_t nb, int64_t* k_out);
 
+// The integer value of the environment variable `name` (the CPU kernels' tuning switches), or dflt when unset.
+int64_t env_int(const char* name, int64_t dflt);
+
 // Rows of one brgemm call: the tile [rows, 4 nb] fp32 then stays within L1 (16 KB at nb = 32).
 constexpr int64_t kBrgemmTileRows = 32;
 

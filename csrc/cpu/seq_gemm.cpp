@@ -9,16 +9,12 @@
 #include <cstring>
 #include <vector>
 
+#include "../sequence.h"
 #include "brgemm_step.h"
 #include "pointwise.h"
 
 namespace fastrnn::cpu {
 namespace {
-
-int64_t env_int(const char* name, int64_t dflt) {
-  const char* env = std::getenv(name);
-  return env != nullptr && *env != '\0' ? std::atoll(env) : dflt;
-}
 
 // Block sizes (FASTRNN_CPU_SEQ_GEMM_MB/_NB/_KC/_GROUP override, for A/B): one brgemm call multiplies mb rows of
 // a by a kc x nb panel of b (128 KB at the defaults); a thread runs all its row blocks against a group of panels
@@ -143,11 +139,7 @@ bool seq_gemm_brgemm(at::Tensor c, const at::Tensor& a, const at::Tensor& b, boo
 }
 
 void seq_mm_into(at::Tensor c, const at::Tensor& a, const at::Tensor& b, bool add) {
-  if (seq_gemm_brgemm(c, a, b, add)) return;
-  if (add)
-    c.addmm_(a, b);
-  else
-    at::mm_out(c, a, b);
+  if (!seq_gemm_brgemm(c, a, b, add)) aten_mm_into(c, a, b, add);
 }
 
 }  // namespace fastrnn::cpu

@@ -27,7 +27,7 @@ namespace fastrnn::cpu {
 // unavailable, or a product the choice above leaves to MKL.
 bool seq_gemm_brgemm(at::Tensor c, const at::Tensor& a, const at::Tensor& b, bool add);
 
-// c = a @ b (or c += a @ b): seq_gemm_brgemm where it applies, else at::mm_out / addmm_. sequence.h's MatMulInto.
+// c = a @ b (or c += a @ b): seq_gemm_brgemm where it applies, else sequence.h's aten_mm_into; a MatMulInto.
 void seq_mm_into(at::Tensor c, const at::Tensor& a, const at::Tensor& b, bool add);
 
 }  // namespace fastrnn::cpu

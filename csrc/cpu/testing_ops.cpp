@@ -7,6 +7,7 @@
 #include <thread>
 #include <tuple>
 
+#include "../sequence.h"
 #include "brgemm_step.h"
 #include "seq_gemm.h"
 #include "step_loop.h"
@@ -50,7 +51,7 @@ std::tuple<at::Tensor, bool> cpu_seq_gemm(const at::Tensor& a, const at::Tensor&
                    ": a, b and c must have one dtype");
   at::Tensor out = c.clone();
   const bool on_brgemm = seq_gemm_brgemm(out, a, b, add);
-  if (!on_brgemm) seq_mm_into(out, a, b, add);
+  if (!on_brgemm) aten_mm_into(out, a, b, add);
   return {out, on_brgemm};
 }
 
