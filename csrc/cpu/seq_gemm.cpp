@@ -61,9 +61,9 @@ void pack_panels(const float* b, int64_t K, int64_t N, int64_t sbk, int64_t sbn,
 enum class Mode { kAten, kChoice, kAlways };
 
 Mode mode() {
-  static const bool amd = cpu_is_amd();
+  static const bool amd_avx512 = cpu_is_amd() && active_isa() >= Isa::kAvx512;
   const char* env = std::getenv("FASTRNN_CPU_SEQ_GEMM");
-  if (env == nullptr || *env == '\0') return amd ? Mode::kChoice : Mode::kAten;
+  if (env == nullptr || *env == '\0') return amd_avx512 ? Mode::kChoice : Mode::kAten;
   if (std::strcmp(env, "aten") == 0) return Mode::kAten;
   if (std::strcmp(env, "brgemm") == 0) return Mode::kChoice;
   if (std::strcmp(env, "always") == 0) return Mode::kAlways;

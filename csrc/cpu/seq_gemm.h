@@ -8,9 +8,12 @@
 // large result (0.86x at [256 x 16000] x [16000 x 64]), x @ W^T 0.95x-1.07x; so it takes the first two, the
 // third stays with MKL. Training, interleaved vs torch.nn, MKL -> brgemm: LSTM T=100 B=64 H=512 0.98x -> 1.00x,
 // bidir2 1.05x -> 1.13x, T=1000 B=16 H=64 1.71x -> 1.90x, B=1 1.10x -> 1.19x; GRU H=1024 1.34x -> 1.38x.
-// Intel's MKL runs AVX-512 code and was not measured against it: there at::mm stays.
+// Intel's MKL runs AVX-512 code and was not measured against it: there at::mm stays. On an AMD processor without
+// AVX-512 (Zen 3) MKL's AVX2 code is the best there is, and brgemm's lost to it: training T=100 B=64 H=512 on a
+// 2-core EPYC Zen 3, interleaved vs torch.nn, MKL -> brgemm: LSTM 0.98x -> 0.84x, GRU 1.21x -> 1.08x.
 //
-// FASTRNN_CPU_SEQ_GEMM: unset = brgemm on AMD processors (where measured), ATen elsewhere; "brgemm" = the same
+// FASTRNN_CPU_SEQ_GEMM: unset = brgemm on AMD processors with AVX-512 (where measured), ATen elsewhere;
+// "brgemm" = the same
 // choice on any processor; "always" = every float32 product through brgemm whatever its size or layout (tests);
 // "aten" = at::mm always.
 #pragma once
