@@ -34,7 +34,7 @@ def test_enabled_where_the_processor_runs_it(monkeypatch):
     monkeypatch.delenv("FASTRNN_CPU_CAPABILITY", raising=False)
     if HAS_AVX2:  # x86 builds of torch ship oneDNN's brgemm ukernel
         assert _ops._cpu_brgemm_enabled(torch.float32)
-    if HAS_BF16:
+    if HAS_AVX2:  # natively, or widened onto fp32 brgemm
         assert _ops._cpu_brgemm_enabled(torch.bfloat16)
     assert not _ops._cpu_brgemm_enabled(torch.float64)
     monkeypatch.setenv("FASTRNN_CPU_BRGEMM", "0")
@@ -43,8 +43,18 @@ def test_enabled_where_the_processor_runs_it(monkeypatch):
     monkeypatch.setenv("FASTRNN_CPU_BRGEMM", "1")
     monkeypatch.setenv("FASTRNN_CPU_CAPABILITY", "default")  # the portable kernels have no brgemm step
     assert not _ops._cpu_brgemm_enabled(torch.float32)
-    monkeypatch.setenv("FASTRNN_CPU_CAPABILITY", "avx2")  # bf16 brgemm needs AVX-512
+    monkeypatch.setenv("FASTRNN_CPU_CAPABILITY", "avx2")  # bf16 widened onto fp32 brgemm
+    assert _ops._cpu_brgemm_enabled(torch.bfloat16) == HAS_AVX2
+    monkeypatch.setenv("FASTRNN_CPU_BRGEMM_BF16", "native")  # native bf16 brgemm needs AVX-512
     assert not _ops._cpu_brgemm_enabled(torch.bfloat16)
+    monkeypatch.delenv("FASTRNN_CPU_CAPABILITY")
+    if HAS_BF16 or "avx512f" not in FLAGS:
+        assert _ops._cpu_brgemm_enabled(torch.bfloat16) == HAS_BF16
+    monkeypatch.setenv("FASTRNN_CPU_BRGEMM_BF16", "widen")
+    assert _ops._cpu_brgemm_enabled(torch.bfloat16) == HAS_AVX2
+    monkeypatch.setenv("FASTRNN_CPU_BRGEMM_BF16", "fp32")
+    with pytest.raises(ValueError, match="FASTRNN_CPU_BRGEMM_BF16 must be native or widen"):
+        _ops._cpu_brgemm_enabled(torch.bfloat16)
 
 
 # Even I and H (bf16's VNNI pairs), hidden sizes of one partial block (H=8), several blocks with a partial
@@ -83,8 +93,16 @@ SWITCHES = {
     "seq_gemm_brgemm": {"FASTRNN_CPU_BRGEMM": "1", "FASTRNN_CPU_SEQ_GEMM": "always", "FASTRNN_CPU_SEQ_GEMM_MB": "16",
                         "FASTRNN_CPU_SEQ_GEMM_NB": "16", "FASTRNN_CPU_SEQ_GEMM_KC": "40"},
     "seq_gemm_aten": {"FASTRNN_CPU_BRGEMM": "1", "FASTRNN_CPU_SEQ_GEMM": "aten"},
+    # bf16 widened onto fp32 brgemm (brgemm_step.h; the default without AVX-512), both splits and x sides.
+    "bf16_widened_batch_fold": {"FASTRNN_CPU_BRGEMM": "1", "FASTRNN_CPU_BRGEMM_BF16": "widen",
+                                "FASTRNN_CPU_BRGEMM_SPLIT": "batch", "FASTRNN_CPU_BRGEMM_FOLD_X": "1",
+                                "FASTRNN_CPU_BRGEMM_SERIAL_FLOPS": "0"},
+    "bf16_widened_hidden_upfront": {"FASTRNN_CPU_BRGEMM": "1", "FASTRNN_CPU_BRGEMM_BF16": "widen",
+                                    "FASTRNN_CPU_BRGEMM_SPLIT": "hidden", "FASTRNN_CPU_BRGEMM_FOLD_X": "0",
+                                    "FASTRNN_CPU_BRGEMM_SERIAL_FLOPS": "0"},
 }
-FLOAT32_ONLY = {"gemv_all_avx2", "seq_gemm_brgemm", "seq_gemm_aten"}  # bf16 brgemm needs AVX-512; seq_gemm: fp32
+FLOAT32_ONLY = {"seq_gemm_brgemm", "seq_gemm_aten"}  # seq_gemm's brgemm is fp32
+BFLOAT16_ONLY = {"bf16_widened_batch_fold", "bf16_widened_hidden_upfront"}
 
 
 @pytest.mark.skipif(not HAS_AVX2, reason="the brgemm path needs AVX2")
@@ -93,10 +111,10 @@ FLOAT32_ONLY = {"gemv_all_avx2", "seq_gemm_brgemm", "seq_gemm_aten"}  # bf16 brg
 @pytest.mark.parametrize("switches", list(SWITCHES), ids=str)
 @pytest.mark.parametrize("mode", MODES)
 def test_brgemm_parity(mode, switches, case, dtype, monkeypatch):
-    if dtype == torch.bfloat16 and not HAS_BF16:
-        pytest.skip("bf16 brgemm needs AVX-512 with bf16")
     if dtype == torch.bfloat16 and switches in FLOAT32_ONLY:
         pytest.skip(f"{switches} is a float32 switch")
+    if dtype == torch.float32 and switches in BFLOAT16_ONLY:
+        pytest.skip(f"{switches} is a bfloat16 switch")
     for k, v in SWITCHES[switches].items():
         monkeypatch.setenv(k, v)
     assert _ops._cpu_brgemm_enabled(dtype)
@@ -167,7 +185,7 @@ def test_brgemm_and_fallback_are_different_code(cell, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(not HAS_BF16, reason="bf16 brgemm needs AVX-512 with bf16")
+@pytest.mark.skipif(not HAS_AVX2, reason="the brgemm path needs AVX2")
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_folded_x_projection_is_a_different_code_path(cell, monkeypatch):
     """FASTRNN_CPU_BRGEMM_FOLD_X really moves the x-projection into the step (so the parity tests' fold switches
@@ -184,7 +202,7 @@ def test_folded_x_projection_is_a_different_code_path(cell, monkeypatch):
         torch.testing.assert_close(a.float(), b.float(), rtol=0.02, atol=0.02)
 
 
-@pytest.mark.skipif(not HAS_BF16, reason="bf16 brgemm needs AVX-512 with bf16")
+@pytest.mark.skipif(not HAS_AVX2, reason="the brgemm path needs AVX2")
 @pytest.mark.parametrize("cell", ["lstm", "lstm_proj", "gru", "rnn"])
 def test_fused_backward_is_a_different_code_path(cell, monkeypatch):
     """The backward ops run the fused recurrence too: in bfloat16 it carries dh in float32 between steps where
@@ -235,6 +253,47 @@ def test_fused_backward_is_a_different_code_path(cell, monkeypatch):
                 assert_close_scaled(a, b, torch.bfloat16, f"{cell} {split} reverse={reverse}")
 
 
+
+
+@pytest.mark.skipif(not HAS_BF16, reason="native bf16 brgemm needs AVX-512 with bf16")
+@pytest.mark.parametrize("cell", ["lstm", "lstm_proj", "gru", "rnn"])
+def test_widened_bf16_matches_native(cell, monkeypatch):
+    """bf16 widened onto fp32 brgemm computes what the native bf16 brgemm does (the products of bf16 values are
+    exact in fp32, both sum in fp32): forward and backward differ by summation order alone, and the bf16
+    roundings that flips; within bf16's stated tolerance, on a processor that runs both."""
+    torch.manual_seed(0)
+    T, B, I, H = 6, 20, 24, 40
+    G = {"lstm": 4, "lstm_proj": 4, "gru": 3, "rnn": 1}[cell]
+    P = 18 if cell == "lstm_proj" else H
+    bf = torch.bfloat16
+    x, h0, c0 = torch.randn(T, B, I).to(bf), torch.randn(B, P).to(bf), torch.randn(B, H).to(bf)
+    wi, wh = (torch.randn(G * H, I) / 5).to(bf), (torch.randn(G * H, P) / 6).to(bf)
+    bi, bh, wr = torch.randn(G * H).to(bf), torch.randn(G * H).to(bf), (torch.randn(P, H) / 6).to(bf)
+
+    def run():
+        if cell.startswith("lstm"):
+            r = _ops.lstm_forward(x, None, h0, c0, wi, wh, bi, bh, wr if cell == "lstm_proj" else None, False, True)
+            out, ws = r[0], r[3]
+            back = _ops.lstm_backward(torch.ones_like(out), torch.zeros_like(h0), torch.zeros_like(c0), x, None, h0,
+                                      c0, wi, wh, wr if cell == "lstm_proj" else None, out, ws, False, True)
+        elif cell == "gru":
+            r = _ops.gru_forward(x, None, h0, wi, wh, bi, bh, False, True)
+            back = _ops.gru_backward(torch.ones_like(r[0]), torch.zeros_like(h0), x, None, h0, wi, wh, r[0], r[2],
+                                     False, True)
+        else:
+            r = _ops.rnn_forward(x, None, h0, wi, wh, bi, bh, False, False)
+            back = _ops.rnn_backward(torch.ones_like(r[0]), torch.zeros_like(h0), x, None, h0, wi, wh, r[0], False,
+                                     False, True)
+        return [t.float() for t in (*r, *back) if t.numel()]
+
+    monkeypatch.setenv("FASTRNN_CPU_BRGEMM", "1")
+    monkeypatch.setenv("FASTRNN_CPU_BRGEMM_BF16", "native")
+    native = run()
+    monkeypatch.setenv("FASTRNN_CPU_BRGEMM_BF16", "widen")
+    widened = run()
+    assert len(widened) == len(native)
+    for i, (a, b) in enumerate(zip(widened, native)):
+        assert_close_scaled(a, b, bf, f"{cell} output {i}")
 
 
 @pytest.mark.skipif(not HAS_BF16, reason="bf16 brgemm needs AVX-512 with bf16")

@@ -101,27 +101,67 @@ inline void gemv_bf16_all(const c10::BFloat16* A, int64_t lda, const c10::BFloat
 }
 #endif
 
+// ------------------------------------------------------------------------- widened bfloat16
+// bf16 on fp32 brgemm (brgemm_bf16_widened): a step's block products read the same few operand rows (the
+// previous h, x_t, hx; backward dG) once per block, so each thread converts them to fp32 once per step and keeps
+// them, a few entries keyed by (address, rows, K, stride); a new step (the epoch) invalidates them all, since
+// the next step may have rewritten the rows at the same address (r_buf, or a later sequence's buffers). The
+// buffers are brgemm_step.cpp's (widened_rows_buffer), so that this file emits no shared std::vector code.
+struct WidenedKey {  // zero-initialised: epoch 0 matches no step
+  const void* src;
+  int64_t m, k, lda;
+  uint64_t epoch;
+};
+thread_local WidenedKey widened_keys[kWidenedSlots];
+thread_local uint64_t widened_epoch;
+thread_local int widened_next;
+
+// A [M, K] (stride lda, bf16) as fp32 rows of stride K, converted at most once per step.
+const float* widen_rows(const c10::BFloat16* A, int64_t M, int64_t K, int64_t lda) {
+  for (int i = 0; i < kWidenedSlots; ++i) {
+    const WidenedKey& e = widened_keys[i];
+    if (e.epoch == widened_epoch && e.src == A && e.m == M && e.k == K && e.lda == lda)
+      return widened_rows_buffer(i, M * K);
+  }
+  const int slot = widened_next;
+  widened_next = (widened_next + 1) % kWidenedSlots;
+  float* buf = widened_rows_buffer(slot, M * K);
+  // (bf16 -> fp32 is exact: the bits moved to the high half; a loop the compiler vectorises)
+  const uint16_t* bits = reinterpret_cast<const uint16_t*>(A);
+  uint32_t* dst = reinterpret_cast<uint32_t*>(buf);
+  for (int64_t r = 0; r < M; ++r)
+    for (int64_t u = 0; u < K; ++u) dst[r * K + u] = static_cast<uint32_t>(bits[r * lda + u]) << 16;
+  widened_keys[slot] = WidenedKey{A, M, K, lda, widened_epoch};
+  return buf;
+}
+
 // The block product of a step: up to s.gemv_rows rows as vector code (float32 everywhere, bfloat16 on AVX-512
-// with an even K, as the VNNI blocks have), more rows through brgemm.
-template <typename S, typename Seq>
-void block_gemm(const Seq& s, int64_t M, int64_t N, int64_t K, int64_t lda, bool add, const S* A, const S* B,
+// with an even K, as the VNNI blocks have), more rows through brgemm. W: the packed weight's element type, S's
+// own or float (widened bf16: A converted by widen_rows).
+template <typename S, typename W = S, typename Seq>
+void block_gemm(const Seq& s, int64_t M, int64_t N, int64_t K, int64_t lda, bool add, const S* A, const W* B,
                 float* C) {
   constexpr bool kBf16 = std::is_same_v<S, c10::BFloat16>;
-  if (M <= s.gemv_rows) {
-    if constexpr (!kBf16) {
-      small_gemm(SmallGemmArgs{A, lda, B, C, N, K, N, add}, 0, M);
-      return;
-    }
-#if defined(CPU_CAPABILITY_AVX512)
-    if constexpr (kBf16) {
-      if (K % 2 == 0) {
-        gemv_bf16_all(A, lda, B, M, N, K, C, add);
+  if constexpr (!std::is_same_v<S, W>) {
+    static_assert(kBf16 && std::is_same_v<W, float>);
+    block_gemm<float, float>(s, M, N, K, K, add, widen_rows(A, M, K, lda), B, C);
+  } else {
+    if (M <= s.gemv_rows) {
+      if constexpr (!kBf16) {
+        small_gemm(SmallGemmArgs{A, lda, B, C, N, K, N, add}, 0, M);
         return;
       }
-    }
+#if defined(CPU_CAPABILITY_AVX512)
+      if constexpr (kBf16) {
+        if (K % 2 == 0) {
+          gemv_bf16_all(A, lda, B, M, N, K, C, add);
+          return;
+        }
+      }
 #endif
+    }
+    at::native::cpublas::brgemm(M, N, K, lda, N, N, add, A, B, C, kBf16);
   }
-  at::native::cpublas::brgemm(M, N, K, lda, N, N, add, A, B, C, kBf16);
 }
 
 // The LSTM gate math on one tile: rows [b0, b1) of the step at packed row offset `off`, hidden units
@@ -228,16 +268,17 @@ void rnn_tile(const LstmBrgemmSeq& s, const float* tile, int64_t b0, int64_t b1,
 // kBrgemmTileRows x gates nb floats (twice that for a GRU with the x-projection folded in). The parallel
 // region, the barrier and the error handling are the caller's (brgemm_step.cpp), so that this file emits no
 // shared inline code for its wider ISA.
-template <typename S>
+template <typename S, typename W = S>
 void fwd_brgemm_step(const LstmBrgemmSeq& s, int64_t k, int64_t r0, int64_t r1, int64_t blk0, int64_t blk1,
                      float* tile) {
+  if constexpr (!std::is_same_v<S, W>) ++widened_epoch;  // (first step: 1)
   const int64_t phase = s.w_hr != nullptr ? k % 2 : 0;  // with a projection: gates, then h = r @ W_hr^T
   if (s.w_hr != nullptr) k /= 2;
   const int64_t T = s.T, H = s.H, P = s.P, I = s.I, nb = s.nb, G = s.gates;
   const S* x = static_cast<const S*>(s.x);
   const S* hx = static_cast<const S*>(s.hx);
-  const S* whh = static_cast<const S*>(s.w_hh);
-  const S* wih = static_cast<const S*>(s.w_ih);
+  const W* whh = static_cast<const W*>(s.w_hh);
+  const W* wih = static_cast<const W*>(s.w_ih);
   const S* out = static_cast<const S*>(s.out);
   const int64_t t = s.reverse ? T - 1 - k : k, bs = s.batch_sizes[t], off = s.offsets[t];
   const int64_t p = s.reverse ? (t + 1 < T ? t + 1 : -1) : t - 1;
@@ -253,7 +294,7 @@ void fwd_brgemm_step(const LstmBrgemmSeq& s, int64_t k, int64_t r0, int64_t r1, 
       const int64_t c1 = std::min(end, c0 + kBrgemmTileRows);
       for (int64_t pb = pb0; pb < pb1; ++pb) {
         const int64_t p0 = pb * nb, npb = std::min(nb, P - p0);
-        block_gemm<S>(s, c1 - c0, npb, H, H, false, r + c0 * H, static_cast<const S*>(s.w_hr) + p0 * H, tile);
+        block_gemm<S, W>(s, c1 - c0, npb, H, H, false, r + c0 * H, static_cast<const W*>(s.w_hr) + p0 * H, tile);
         for (int64_t b = c0; b < c1; ++b) store_row(tile + (b - c0) * npb, o + (off + b) * P + p0, npb);
       }
     }
@@ -263,19 +304,19 @@ void fwd_brgemm_step(const LstmBrgemmSeq& s, int64_t k, int64_t r0, int64_t r1, 
     const int64_t c1 = std::min(end, c0 + kBrgemmTileRows);
     for (int64_t blk = blk0; blk < blk1; ++blk) {
       const int64_t j0 = blk * nb, nbj = std::min(nb, H - j0), N = G * nbj;
-      const S* bhh = whh + j0 * G * s.k_hh;
+      const W* bhh = whh + j0 * G * s.k_hh;
       // h_prev: the previous step's output rows, or hx for rows that start at this step.
       const int64_t a1 = std::min(c1, with_prev);
       if (a1 > c0)
-        block_gemm<S>(s, a1 - c0, N, s.k_hh, P, false, out + (prev_off + c0) * P, bhh, tile);
+        block_gemm<S, W>(s, a1 - c0, N, s.k_hh, P, false, out + (prev_off + c0) * P, bhh, tile);
       const int64_t h0 = std::max(c0, with_prev);
       if (c1 > h0)
-        block_gemm<S>(s, c1 - h0, N, s.k_hh, P, false, hx + h0 * P, bhh, tile + (h0 - c0) * N);
+        block_gemm<S, W>(s, c1 - h0, N, s.k_hh, P, false, hx + h0 * P, bhh, tile + (h0 - c0) * N);
       // The folded x-projection: added onto the tile (LSTM, RNN: the gates take the sum), or for the GRU into
       // a second tile (the reset gate scales the h side of n alone).
       float* xtile = s.cell == BrgemmCell::kGru ? tile + kBrgemmTileRows * N : tile;
       if (wih != nullptr)
-        block_gemm<S>(s, c1 - c0, N, s.k_ih, I, xtile == tile, x + (off + c0) * I, wih + j0 * G * s.k_ih, xtile);
+        block_gemm<S, W>(s, c1 - c0, N, s.k_ih, I, xtile == tile, x + (off + c0) * I, wih + j0 * G * s.k_ih, xtile);
       switch (s.cell) {
         case BrgemmCell::kLstm: lstm_tile<S>(s, tile, c0, c1, off, j0, nbj); break;
         case BrgemmCell::kGru: gru_tile<S>(s, tile, xtile, c0, c1, off, prev_off, with_prev, j0, nbj); break;
@@ -442,14 +483,15 @@ void rnn_bwd_tile(const BrgemmBwdSeq& s, const float* tile, int64_t b0, int64_t 
 
 // Step k (0..T) of a backward sequence for this thread's rows [r0, r1) and hidden blocks [blk0, blk1);
 // `tile` holds kBrgemmTileRows x nb floats.
-template <typename S>
+template <typename S, typename W = S>
 void bwd_brgemm_step(const BrgemmBwdSeq& s, int64_t k, int64_t r0, int64_t r1, int64_t blk0, int64_t blk1,
                      float* tile) {
+  if constexpr (!std::is_same_v<S, W>) ++widened_epoch;  // (first step: 1)
   const bool proj = s.w_hr != nullptr;
   const int64_t phase = proj ? k % 2 : 0;  // with a projection: dh, then dr = dh @ W_hr and the gates
   if (proj) k /= 2;
   const int64_t T = s.T, H = s.H, P = s.P, nb = s.nb, G = s.gates;
-  const S* wt = static_cast<const S*>(s.w_t);
+  const W* wt = static_cast<const W*>(s.w_t);
   // Backward order: k-th processed is forward step T-1-k (reverse direction: k); `next` was processed at k-1.
   const auto fwd_step = [&](int64_t kk) { return s.reverse ? kk : T - 1 - kk; };
   BwdRows R{};
@@ -476,7 +518,7 @@ void bwd_brgemm_step(const BrgemmBwdSeq& s, int64_t k, int64_t r0, int64_t r1, i
         for (int64_t pb = pb0; pb < pb1; ++pb) {
           const int64_t p0 = pb * nb, npb = std::min(nb, P - p0);
           if (a1 > c0)
-            block_gemm<S>(s, a1 - c0, npb, s.k_w, 4 * H, false, dg + (off_next + c0) * 4 * H,
+            block_gemm<S, W>(s, a1 - c0, npb, s.k_w, 4 * H, false, dg + (off_next + c0) * 4 * H,
                           wt + p0 * s.k_w, tile);
           proj_dh_tile<S>(s, tile, c0, c1, R, p0, npb);
         }
@@ -488,8 +530,8 @@ void bwd_brgemm_step(const BrgemmBwdSeq& s, int64_t k, int64_t r0, int64_t r1, i
         const int64_t c1 = std::min(end, c0 + kBrgemmTileRows);
         for (int64_t blk = blk0; blk < blk1; ++blk) {
           const int64_t j0 = blk * nb, nbj = std::min(nb, H - j0);
-          block_gemm<S>(s, c1 - c0, nbj, P, P, false, dh_all + (R.off + c0) * P,
-                        static_cast<const S*>(s.w_hr) + j0 * P, tile);
+          block_gemm<S, W>(s, c1 - c0, nbj, P, P, false, dh_all + (R.off + c0) * P,
+                           static_cast<const W*>(s.w_hr) + j0 * P, tile);
           lstm_bwd_tile<S>(s, tile, c0, c1, R, j0, nbj);
         }
       }
@@ -502,13 +544,13 @@ void bwd_brgemm_step(const BrgemmBwdSeq& s, int64_t k, int64_t r0, int64_t r1, i
     const int64_t a1 = std::min(c1, bs_next);  // rows whose carry the GEMM computes
     for (int64_t blk = blk0; blk < blk1; ++blk) {
       const int64_t j0 = blk * nb, nbj = std::min(nb, H - j0);
-      const S* bw = wt + j0 * s.k_w;
+      const W* bw = wt + j0 * s.k_w;
       if (a1 > c0) {
         if (s.cell == BrgemmCell::kGru) {  // [dr, dz] from dG_x, then dG_h's n part: K = 2H + H
-          block_gemm<S>(s, a1 - c0, nbj, 2 * H, 3 * H, false, dg + (off_next + c0) * 3 * H, bw, tile);
-          block_gemm<S>(s, a1 - c0, nbj, H, H, true, dph_n + (off_next + c0) * H, bw + 2 * H * nbj, tile);
+          block_gemm<S, W>(s, a1 - c0, nbj, 2 * H, 3 * H, false, dg + (off_next + c0) * 3 * H, bw, tile);
+          block_gemm<S, W>(s, a1 - c0, nbj, H, H, true, dph_n + (off_next + c0) * H, bw + 2 * H * nbj, tile);
         } else {
-          block_gemm<S>(s, a1 - c0, nbj, s.k_w, G * H, false, dg + (off_next + c0) * G * H, bw, tile);
+          block_gemm<S, W>(s, a1 - c0, nbj, s.k_w, G * H, false, dg + (off_next + c0) * G * H, bw, tile);
         }
       }
       switch (s.cell) {
@@ -538,6 +580,14 @@ void bwd_brgemm_f32(const BrgemmBwdSeq& s, int64_t k, int64_t r0, int64_t r1, in
 void bwd_brgemm_bf16(const BrgemmBwdSeq& s, int64_t k, int64_t r0, int64_t r1, int64_t blk0, int64_t blk1,
                      float* tile) {
   bwd_brgemm_step<c10::BFloat16>(s, k, r0, r1, blk0, blk1, tile);
+}
+void lstm_fwd_brgemm_bf16w(const LstmBrgemmSeq& s, int64_t k, int64_t r0, int64_t r1, int64_t blk0, int64_t blk1,
+                           float* tile) {
+  fwd_brgemm_step<c10::BFloat16, float>(s, k, r0, r1, blk0, blk1, tile);
+}
+void bwd_brgemm_bf16w(const BrgemmBwdSeq& s, int64_t k, int64_t r0, int64_t r1, int64_t blk0, int64_t blk1,
+                      float* tile) {
+  bwd_brgemm_step<c10::BFloat16, float>(s, k, r0, r1, blk0, blk1, tile);
 }
 
 }  // namespace fastrnn::cpu::FASTRNN_ISA_NS

@@ -28,6 +28,20 @@ int64_t env_int(const char* name, int64_t dflt) {
 }
 
 namespace {
+thread_local std::vector<float> widened_rows_buffers[kWidenedSlots];
+}  // namespace
+
+float* widened_rows_buffer(int slot, int64_t floats) {
+  std::vector<float>& b = widened_rows_buffers[slot];
+  if (static_cast<int64_t>(b.size()) < floats) b.resize(static_cast<size_t>(floats));
+  return b.data();
+}
+
+void release_widened_rows_buffers() {
+  for (auto& b : widened_rows_buffers) std::vector<float>().swap(b);
+}
+
+namespace {
 
 // Hidden units per packed block (FASTRNN_CPU_BRGEMM_BLOCK overrides): the tile of one brgemm call is then
 // [rows, 4 * 32] floats, 16 KB at 32 rows.
@@ -117,7 +131,8 @@ bool brgemm_supported(at::ScalarType dt) {
 // fp32 inference: 12.4 ms with a barrier per step, 7.7 ms on the per-step path.
 template <typename Seq>
 void run_sequence(const Seq& seq, int64_t steps, int64_t tile_floats,
-                  void (*step)(const Seq&, int64_t, int64_t, int64_t, int64_t, int64_t, float*), bool vnni) {
+                  void (*step)(const Seq&, int64_t, int64_t, int64_t, int64_t, int64_t, float*), bool vnni,
+                  bool widened = false) {
   Seq s = seq;
   s.gemv_rows = gemv_rows(vnni);
   const int64_t nblk = (s.H + s.nb - 1) / s.nb;
@@ -174,6 +189,7 @@ void run_sequence(const Seq& seq, int64_t steps, int64_t tile_floats,
         }
       }
       if (vnni) at::native::cpublas::brgemm_release(true);
+      if (widened) release_widened_rows_buffers();
     } catch (...) {  // the tile's allocation (before any barrier) or the release (after the last)
       if (!err_flag.test_and_set()) eptr = std::current_exception();
     }
@@ -186,11 +202,27 @@ void run_sequence(const Seq& seq, int64_t steps, int64_t tile_floats,
 bool brgemm_enabled(at::ScalarType dt) {
   const char* env = std::getenv("FASTRNN_CPU_BRGEMM");
   if (env != nullptr && std::strcmp(env, "0") == 0) return false;
-  const Isa isa = active_isa();
-  if (dt == at::kFloat && isa < Isa::kAvx2) return false;
-  if (dt == at::kBFloat16 && isa < Isa::kAvx512) return false;
-  if (dt != at::kFloat && dt != at::kBFloat16) return false;
-  return brgemm_supported(dt);
+  if (dt == at::kFloat) return active_isa() >= Isa::kAvx2 && brgemm_supported(at::kFloat);
+  return dt == at::kBFloat16 && brgemm_bf16_widened().has_value();
+}
+
+// Native where the processor runs oneDNN's bf16 brgemm (AVX-512: avx512_bf16 or AMX), widened elsewhere on
+// fp32 brgemm: torch's own bf16 GEMM there is a plain loop (torch.mm 1024^3 bf16: 1 GFLOP/s on a 2-core Zen 3,
+// 177 in fp32), and the per-step path would run each step's GEMM through it.
+std::optional<bool> brgemm_bf16_widened() {
+  const char* env = std::getenv("FASTRNN_CPU_BRGEMM_BF16");
+  const bool native = active_isa() >= Isa::kAvx512 && brgemm_supported(at::kBFloat16);
+  const bool widen = active_isa() >= Isa::kAvx2 && brgemm_supported(at::kFloat);
+  if (env == nullptr || *env == '\0') {
+    if (native) return false;
+    if (widen) return true;
+    return std::nullopt;
+  }
+  const bool want_widen = std::strcmp(env, "widen") == 0;
+  TORCH_CHECK_VALUE(want_widen || std::strcmp(env, "native") == 0,
+                    "FASTRNN_CPU_BRGEMM_BF16 must be native or widen, got '", env, "'");
+  if (want_widen ? widen : native) return want_widen;
+  return std::nullopt;
 }
 
 namespace {
@@ -294,7 +326,7 @@ namespace {
 bool applies(const at::Tensor& input, int64_t I, int64_t H, const SeqLayout& L) {
   const auto dt = input.scalar_type();
   if (!brgemm_enabled(dt)) return false;
-  if (dt == at::kBFloat16 && (H % 2 != 0 || I % 2 != 0)) return false;  // VNNI pairs over K
+  if (dt == at::kBFloat16 && !*brgemm_bf16_widened() && (H % 2 != 0 || I % 2 != 0)) return false;  // VNNI pairs
   return L.T > 0 && L.B > 0 && I > 0 && H > 0;
 }
 
@@ -349,15 +381,30 @@ at::Tensor final_h(const at::Tensor& output, const SeqLayout& L, bool reverse) {
   return out2d.index_select(0, at::tensor(idx, at::TensorOptions().dtype(at::kLong)));
 }
 
-void launch(const LstmBrgemmSeq& s, at::ScalarType dt) {
+void launch(const LstmBrgemmSeq& s, at::ScalarType dt, bool widened) {
   const bool avx512 = active_isa() == Isa::kAvx512;
   // (a GRU with the x-projection folded in keeps its x side in a second tile)
   const int64_t tile = kBrgemmTileRows * s.gates * s.nb * (s.cell == BrgemmCell::kGru && s.w_ih != nullptr ? 2 : 1);
   const int64_t steps = s.w_hr != nullptr ? 2 * s.T : s.T;  // with a projection, two phases per step
   if (dt == at::kFloat)
     run_sequence(s, steps, tile, avx512 ? &isa_avx512::lstm_fwd_brgemm_f32 : &isa_avx2::lstm_fwd_brgemm_f32, false);
+  else if (widened)
+    run_sequence(s, steps, tile, avx512 ? &isa_avx512::lstm_fwd_brgemm_bf16w : &isa_avx2::lstm_fwd_brgemm_bf16w,
+                 false, true);
   else
     run_sequence(s, steps, tile, &isa_avx512::lstm_fwd_brgemm_bf16, true);
+}
+
+// The weight as the step reads it: bf16 widened packs fp32 (brgemm_bf16_widened).
+at::Tensor step_weight(const at::Tensor& w, bool widened) { return widened ? w.to(at::kFloat) : w; }
+
+// The up-front x-projection gx = x @ W_ih^T in the input's dtype: widened bf16 multiplies in fp32 and rounds
+// once, as a native bf16 GEMM with fp32 accumulation does. (.to: whatever an enclosing autocast made at::mm
+// return, the step reads gx as the input's dtype)
+at::Tensor upfront_x_projection(const at::Tensor& x, const at::Tensor& w_ih, bool widened) {
+  const auto dt = x.scalar_type();
+  if (widened) return at::mm(x.to(at::kFloat), w_ih.to(at::kFloat).t()).to(dt).contiguous();
+  return at::mm(x, w_ih.t()).to(dt).contiguous();
 }
 
 }  // namespace
@@ -370,23 +417,24 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>> lstm_f
   const int64_t H = w_ih.size(0) / 4, I = w_ih.size(1), P = w_hh.size(1);  // P: proj_size, or H
   const SeqLayout L = make_layout(input, batch_sizes);
   if (!applies(input, I, H, L) || P == 0) return std::nullopt;
-  if (dt == at::kBFloat16 && P % 2 != 0) return std::nullopt;  // VNNI pairs over K = P
+  const bool widened = dt == at::kBFloat16 && *brgemm_bf16_widened();
+  if (dt == at::kBFloat16 && !widened && P % 2 != 0) return std::nullopt;  // VNNI pairs over K = P
 
-  const int64_t nb = std::min(forward_block_units(P, 4, input.element_size()), H);
-  const bool fold_x = fold_x_projection(L, I, H, P, 4, dt);
+  const int64_t elem = widened ? 4 : input.element_size();  // of the packed weights
+  const int64_t nb = std::min(forward_block_units(P, 4, elem), H);
+  const bool fold_x = fold_x_projection(L, I, H, P, 4, widened ? at::kFloat : dt);
   const at::Tensor x = rows2d(input.contiguous());
   const at::Tensor hxc = hx.contiguous();
   int64_t k_hh = 0, k_ih = 0;
-  const at::Tensor whh_p = pack_gate_blocks(w_hh, 4, nb, &k_hh);
-  const at::Tensor wih_p = fold_x ? pack_gate_blocks(w_ih, 4, nb, &k_ih) : at::Tensor();
-  // (.to: the step reads gx as the input's dtype, whatever an enclosing autocast made at::mm return)
-  const at::Tensor gx = fold_x ? at::Tensor() : at::mm(x, w_ih.t()).to(dt).contiguous();
+  const at::Tensor whh_p = pack_gate_blocks(step_weight(w_hh, widened), 4, nb, &k_hh);
+  const at::Tensor wih_p = fold_x ? pack_gate_blocks(step_weight(w_ih, widened), 4, nb, &k_ih) : at::Tensor();
+  const at::Tensor gx = fold_x ? at::Tensor() : upfront_x_projection(x, w_ih, widened);
   at::Tensor bias;
   if (b_ih.has_value()) bias = (b_ih->to(at::kFloat) + b_hh->to(at::kFloat)).contiguous();
 
   // The projection's weight in blocks of nb output columns (K = H), and the step's r rows.
   int64_t k_hr = 0;
-  const at::Tensor whr_p = w_hr.has_value() ? pack_gate_blocks(*w_hr, 1, nb, &k_hr) : at::Tensor();
+  const at::Tensor whr_p = w_hr.has_value() ? pack_gate_blocks(step_weight(*w_hr, widened), 1, nb, &k_hr) : at::Tensor();
   const at::Tensor r_buf = w_hr.has_value() ? at::empty({L.B, H}, input.options()) : at::Tensor();
 
   auto out_sizes = input.sizes().vec();
@@ -406,7 +454,7 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>> lstm_f
     s.w_hr = whr_p.data_ptr();
     s.r_buf = r_buf.data_ptr();
   }
-  launch(s, dt);
+  launch(s, dt, widened);
   return std::make_tuple(output, final_h(output, L, reverse), c_state.to(dt), ws);
 }
 
@@ -420,15 +468,15 @@ static std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> gru_rnn_for
   const int64_t H = w_hh.size(1), I = w_ih.size(1);
   const SeqLayout L = make_layout(input, batch_sizes);
   if (!applies(input, I, H, L)) return std::nullopt;
-  const int64_t nb = std::min(forward_block_units(H, G, input.element_size()), H);
+  const bool widened = dt == at::kBFloat16 && *brgemm_bf16_widened();
+  const int64_t nb = std::min(forward_block_units(H, G, widened ? 4 : input.element_size()), H);
   const at::Tensor x = rows2d(input.contiguous());
   const at::Tensor hxc = hx.contiguous();
-  const bool fold_x = fold_x_projection(L, I, H, H, G, dt);
+  const bool fold_x = fold_x_projection(L, I, H, H, G, widened ? at::kFloat : dt);
   int64_t k_hh = 0, k_ih = 0;
-  const at::Tensor whh_p = pack_gate_blocks(w_hh, G, nb, &k_hh);
-  const at::Tensor wih_p = fold_x ? pack_gate_blocks(w_ih, G, nb, &k_ih) : at::Tensor();
-  // (.to: the step reads gx as the input's dtype, whatever an enclosing autocast made at::mm return)
-  const at::Tensor gx = fold_x ? at::Tensor() : at::mm(x, w_ih.t()).to(dt).contiguous();
+  const at::Tensor whh_p = pack_gate_blocks(step_weight(w_hh, widened), G, nb, &k_hh);
+  const at::Tensor wih_p = fold_x ? pack_gate_blocks(step_weight(w_ih, widened), G, nb, &k_ih) : at::Tensor();
+  const at::Tensor gx = fold_x ? at::Tensor() : upfront_x_projection(x, w_ih, widened);
   const std::optional<at::Tensor> bx = fp32_or_null(b_ih), bh = fp32_or_null(b_hh);
 
   auto out_sizes = input.sizes().vec();
@@ -442,7 +490,7 @@ static std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> gru_rnn_for
                   bh ? bh->data_ptr<float>() : nullptr, nb, k_hh, k_ih,
                   nullptr, output.data_ptr(), keep_ws ? ws.data_ptr<float>() : nullptr, split_by_batch(L)};
   s.P = H;
-  launch(s, dt);
+  launch(s, dt, widened);
   return std::make_tuple(output, final_h(output, L, reverse), ws);
 }
 
@@ -471,14 +519,15 @@ bool backward_recurrence_brgemm(const BrgemmBwdTensors& a) {
   const bool proj = a.w_hr.defined();
   const SeqLayout L = make_layout(a.input, a.batch_sizes);
   if (!brgemm_enabled(dt) || L.T == 0 || L.B == 0 || H == 0 || P == 0) return false;
+  const bool widened = dt == at::kBFloat16 && *brgemm_bf16_widened();
   // VNNI pairs over K = G*H, for the GRU H, with a projection P
-  if (dt == at::kBFloat16 && (H % 2 != 0 || P % 2 != 0)) return false;
+  if (dt == at::kBFloat16 && !widened && (H % 2 != 0 || P % 2 != 0)) return false;
 
   const int64_t nb = std::min(block_units(), H);
   int64_t k_w = 0;
-  const at::Tensor wt_p = pack_gate_blocks(a.w_hh.t(), 1, nb, &k_w);  // W_hh^T [P, G*H]: K = G*H
+  const at::Tensor wt_p = pack_gate_blocks(step_weight(a.w_hh, widened).t(), 1, nb, &k_w);  // W_hh^T: K = G*H
   int64_t k_hr = 0;  // W_hr^T [H, P] in blocks of the H units: K = P
-  const at::Tensor whr_p = proj ? pack_gate_blocks(a.w_hr.t(), 1, nb, &k_hr) : at::Tensor();
+  const at::Tensor whr_p = proj ? pack_gate_blocks(step_weight(a.w_hr, widened).t(), 1, nb, &k_hr) : at::Tensor();
   const StepRows go(a.grad_output, a.batch_sizes.has_value());
   std::vector<const void*> go_step(L.T);
   for (int64_t t = 0; t < L.T; ++t) go_step[t] = go.ptr(L, t);
@@ -502,6 +551,10 @@ bool backward_recurrence_brgemm(const BrgemmBwdTensors& a) {
   if (dt == at::kFloat)
     run_sequence(s, steps, tile,
                  active_isa() == Isa::kAvx512 ? &isa_avx512::bwd_brgemm_f32 : &isa_avx2::bwd_brgemm_f32, false);
+  else if (widened)
+    run_sequence(s, steps, tile,
+                 active_isa() == Isa::kAvx512 ? &isa_avx512::bwd_brgemm_bf16w : &isa_avx2::bwd_brgemm_bf16w, false,
+                 true);
   else
     run_sequence(s, steps, tile, &isa_avx512::bwd_brgemm_bf16, true);
   return true;

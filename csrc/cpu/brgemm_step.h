@@ -23,11 +23,12 @@
 // them all (run_sequence in brgemm_step.cpp). The previous step's h is read straight from the output rows of
 // that step (or from hx for rows starting there), so no state is copied between steps.
 //
-// Availability. Used for float32 and bfloat16 when the processor runs the AVX2 (float32) or AVX-512
-// (bfloat16) kernels, brgemm passed a probe against a reference product (it raises, or silently falls back to
-// a plain GEMM on the wrong layout, where oneDNN's ukernel is missing), and FASTRNN_CPU_BRGEMM is not 0.
-// Otherwise, and for what it does not cover (bf16 with an odd I, H or proj_size), the callers run their older
-// per-step path (step_gemm.h + pointwise kernels).
+// Availability. Used for float32 and bfloat16 when the processor runs the AVX2 or AVX-512 kernels, brgemm
+// passed a probe against a reference product (it raises, or silently falls back to a plain GEMM on the wrong
+// layout, where oneDNN's ukernel is missing), and FASTRNN_CPU_BRGEMM is not 0. bfloat16 runs natively on
+// AVX-512 (bf16 brgemm) and widened onto fp32 brgemm elsewhere (brgemm_bf16_widened below). Otherwise, and for
+// what it does not cover (native bf16 with an odd I, H or proj_size), the callers run their older per-step path
+// (step_gemm.h + pointwise kernels).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -158,6 +159,14 @@ bool backward_recurrence_brgemm(const BrgemmBwdTensors& a);
 // (FASTRNN_CPU_BRGEMM=0 turns the path off; read on every call).
 bool brgemm_enabled(at::ScalarType dtype);
 
+// How bfloat16 runs on brgemm: natively (false: VNNI-packed bf16 weights, bf16 dot products with fp32
+// accumulation; AVX-512 with avx512_bf16, or AMX), or widened (true: the weights packed as fp32, each step's
+// bf16 operand rows converted to fp32 once per step, fp32 brgemm: the same products, exact in fp32, and the
+// same fp32 accumulation, so the same numbers up to summation order; every AVX2 processor). std::nullopt: bf16
+// has no brgemm path. FASTRNN_CPU_BRGEMM_BF16=native|widen forces one (where the processor runs it; A/B and
+// tests); read on every call.
+std::optional<bool> brgemm_bf16_widened();
+
 // Packs W [G*H, K] (row-major, scalar_t) into the blocked layout above; bf16 in VNNI pairs, K padded to
 // even with zeros. Returns the packed tensor (1-D) and sets *k_out to the padded K.
 at::Tensor pack_gate_blocks(const at::Tensor& w, int64_t gates, int64_t nb, int64_t* k_out);
@@ -168,8 +177,16 @@ int64_t env_int(const char* name, int64_t dflt);
 // Rows of one brgemm call: the tile [rows, 4 nb] fp32 then stays within L1 (16 KB at nb = 32).
 constexpr int64_t kBrgemmTileRows = 32;
 
+// The calling thread's buffer `slot` (< kWidenedSlots) of at least `floats` floats, for the widened bf16 steps'
+// fp32 operand rows; kept until release_widened_rows_buffers (run_sequence calls it in each thread at the end
+// of the sequence's parallel region).
+constexpr int kWidenedSlots = 4;  // h_prev, hx, x (forward); dG and the GRU's dph_n (backward)
+float* widened_rows_buffer(int slot, int64_t floats);
+void release_widened_rows_buffers();
+
 // Step k of a sequence for batch rows [r0, r1) and hidden blocks [blk0, blk1), with a tile of
-// kBrgemmTileRows x 4 nb floats. Defined per instruction set in brgemm_impl.h (compiled into
+// kBrgemmTileRows x 4 nb floats. The *_bf16w steps run bf16 widened (brgemm_bf16_widened): their packed weights
+// are fp32, and each thread keeps its step's operand rows converted to fp32 in widened_rows_buffer's slots. Defined per instruction set in brgemm_impl.h (compiled into
 // pointwise_avx2.cpp / pointwise_avx512.cpp); the parallel region around the steps is brgemm_step.cpp's.
 using LstmBrgemmStepFn = void (*)(const LstmBrgemmSeq& s, int64_t k, int64_t r0, int64_t r1, int64_t blk0,
                                   int64_t blk1, float* tile);
@@ -183,6 +200,10 @@ using LstmBrgemmStepFn = void (*)(const LstmBrgemmSeq& s, int64_t k, int64_t r0,
                       float* tile);                                                                     \
   void bwd_brgemm_bf16(const BrgemmBwdSeq&, int64_t k, int64_t r0, int64_t r1, int64_t blk0, int64_t blk1,  \
                        float* tile);                                                                    \
+  void lstm_fwd_brgemm_bf16w(const LstmBrgemmSeq&, int64_t k, int64_t r0, int64_t r1, int64_t blk0,     \
+                             int64_t blk1, float* tile);                                                \
+  void bwd_brgemm_bf16w(const BrgemmBwdSeq&, int64_t k, int64_t r0, int64_t r1, int64_t blk0,           \
+                        int64_t blk1, float* tile);                                                     \
   }
 FASTRNN_DECLARE_BRGEMM_ISA(isa_avx2)
 FASTRNN_DECLARE_BRGEMM_ISA(isa_avx512)

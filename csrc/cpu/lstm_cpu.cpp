@@ -144,7 +144,8 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at
   // The weight gradient against the states each step started from reads them in place from output and hx.
   SequenceGrads g = sequence_grads(dg, at::Tensor(), rows2d(input.contiguous()), out, hx, L, reverse, w_ih,
                                    has_bias, input.sizes(), &seq_mm_into);
-  at::Tensor grad_w_hr = proj ? at::mm(dh_all.t(), r_all) : at::empty({0}, input.options());
+  at::Tensor grad_w_hr = proj ? at::empty({P, H}, input.options()) : at::empty({0}, input.options());
+  if (proj) seq_mm_into(grad_w_hr, dh_all.t(), r_all, false);
   return {g.grad_input, dh_state, dc_state.to(input.scalar_type()), g.grad_w_ih, g.grad_w_hh,
           g.grad_b_ih, g.grad_b_hh, grad_w_hr};
 }

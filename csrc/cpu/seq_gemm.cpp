@@ -139,6 +139,14 @@ bool seq_gemm_brgemm(at::Tensor c, const at::Tensor& a, const at::Tensor& b, boo
 }
 
 void seq_mm_into(at::Tensor c, const at::Tensor& a, const at::Tensor& b, bool add) {
+  if (c.scalar_type() == at::kBFloat16 && brgemm_bf16_widened().value_or(false)) {
+    // bf16 where the steps run widened: ATen's bf16 GEMM is a plain loop there; fp32 products of the bf16
+    // values with fp32 sums, rounded once, are what a native bf16 GEMM computes.
+    at::Tensor cf = add ? c.to(at::kFloat) : at::empty(c.sizes(), c.options().dtype(at::kFloat));
+    seq_mm_into(cf, a.to(at::kFloat), b.to(at::kFloat), add);
+    c.copy_(cf);
+    return;
+  }
   if (!seq_gemm_brgemm(c, a, b, add)) aten_mm_into(c, a, b, add);
 }
 
