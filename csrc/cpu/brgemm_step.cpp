@@ -53,20 +53,21 @@ int64_t block_units() { return std::max<int64_t>(1, env_int("FASTRNN_CPU_BRGEMM_
 // interleaved medians, T=50 B=64 I=H=1024 fp32 inference (512 KB blocks at 32 units): LSTM 0.79x -> 0.87x
 // torch.nn at 16 units, GRU 1.36x -> 1.50x. The backward keeps 32 (16 measured slower in training there).
 // Sapphire Rapids' 2 MB L2 keeps 32 at these sizes.
-// Without AVX-512 (brgemm's AVX2 code, 16 vector registers) 8 units measured fastest from K = 128 up, at every
-// size of block: 2-core AMD EPYC Zen 3 (512 KB L2 per core), interleaved medians vs torch.nn, fp32 inference,
-// default block -> 8 units: T=100 B=64 I=H=512 LSTM 0.95x -> 1.08x (16 units: 128 KB), GRU 1.07x -> 1.36x;
-// I=H=256 LSTM 1.01x -> 1.06x, GRU 1.26x -> 1.49x (32 units: 128 and 96 KB); I=H=128 GRU 1.80x -> 1.99x, LSTM
-// level; but at K = 64 (T=1000 B=16 H=64) 32 units stay ahead (LSTM 1.53x, 1.32x at 8).
+// Without AVX-512 (brgemm's AVX2 code, 16 vector registers) blocks of at most about 32 columns (G*nb) measured
+// fastest from K = 128 up: 8 units for the LSTM and GRU, the Elman RNN's 32 kept. 2-core AMD EPYC Zen 3 (512 KB
+// L2 per core), interleaved medians vs torch.nn, fp32 inference, default block -> 8 units: T=100 B=64 I=H=512
+// LSTM 0.95x -> 1.08x (16 units: 128 KB), GRU 1.07x -> 1.36x; I=H=256 LSTM 1.01x -> 1.06x, GRU 1.26x -> 1.49x
+// (32 units: 128 and 96 KB); I=H=128 GRU 1.80x -> 1.99x, LSTM level; but at K = 64 (T=1000 B=16 H=64) 32 units
+// stay ahead (LSTM 1.53x, 1.32x at 8); RNN at 8 units (8 columns) 0.85x where 32 gives 1.34x (T=100 B=1 H=512).
 int64_t forward_block_units(int64_t K, int64_t G, int64_t elem) {
   if (env_int("FASTRNN_CPU_BRGEMM_BLOCK", 0) > 0) return block_units();
-  if (active_isa() < Isa::kAvx512 && K >= 128) return 8;
   static const int64_t l2 = [] {
     const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
     return v > 0 ? static_cast<int64_t>(v) : int64_t{1} << 20;
   }();
   int64_t nb = 32;
   while (nb > 8 && K * G * nb * elem > l2 / 4) nb /= 2;
+  if (active_isa() < Isa::kAvx512 && K >= 128) nb = std::min(nb, std::max<int64_t>(8, 32 / G / 8 * 8));
   return nb;
 }
 
