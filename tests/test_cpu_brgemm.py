@@ -57,14 +57,17 @@ def test_enabled_where_the_processor_runs_it(monkeypatch):
         _ops._cpu_brgemm_enabled(torch.bfloat16)
 
 
-# Even I and H (bf16's VNNI pairs), hidden sizes of one partial block (H=8), several blocks with a partial
-# last one (H=70 at 32 units per block), batches under and over the split and fold thresholds.
+# Even I and H (native bf16's VNNI pairs) but one odd case, hidden sizes of one partial block (H=8), several
+# blocks with a partial last one (H=70 at 32 units per block), batches under and over the split and fold
+# thresholds.
 CASES = [
     Case("B3_H8", T=5, B=3, I=6, H=8),
     Case("B20_H70_packed_bidir_hx", T=6, B=20, I=10, H=70, bidirectional=True,
          lengths=[6, 1, 3, 5, 2, 6, 4, 1, 2, 3, 6, 5, 4, 3, 2, 1, 1, 2, 5, 6], hx=True),
     Case("B9_H64_2layer_packed", T=4, B=9, I=12, H=64, num_layers=2, lengths=[4, 3, 1, 2, 4, 4, 2, 1, 3]),
     Case("B33_H40_batchfirst_nobias", T=3, B=33, I=8, H=40, batch_first=True, bias=False),
+    # odd I and H: bf16 widened runs them (native bf16 needs VNNI pairs and leaves them to the per-step path)
+    Case("B5_I7_H9_odd", T=4, B=5, I=7, H=9),
 ]
 # Small sequences run on one thread by default ("auto" here); SERIAL_FLOPS=0 keeps both threads (and the hidden
 # split's per-step barrier) on these small shapes.
@@ -141,6 +144,7 @@ PROJ_CASES = [
     Case("B20_H70_P40_packed_bidir_hx", T=6, B=20, I=10, H=70, proj_size=40, bidirectional=True,
          lengths=[6, 1, 3, 5, 2, 6, 4, 1, 2, 3, 6, 5, 4, 3, 2, 1, 1, 2, 5, 6], hx=True),
     Case("B9_H64_P34_2layer_batchfirst", T=4, B=9, I=12, H=64, proj_size=34, num_layers=2, batch_first=True),
+    Case("B4_I7_H9_P5_odd_bidir", T=3, B=4, I=7, H=9, proj_size=5, bidirectional=True),
 ]
 
 
