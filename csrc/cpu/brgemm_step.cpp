@@ -14,7 +14,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <initializer_list>
 #include <mutex>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -323,12 +325,19 @@ at::Tensor pack_gate_blocks(const at::Tensor& w_, int64_t G, int64_t nb, int64_t
 
 namespace {
 
-// Whether the path serves a call (dtype, switches, VNNI pairs over even I and H, non-empty sizes).
-bool applies(const at::Tensor& input, int64_t I, int64_t H, const SeqLayout& L) {
-  const auto dt = input.scalar_type();
-  if (!brgemm_enabled(dt)) return false;
-  if (dt == at::kBFloat16 && !*brgemm_bf16_widened() && (H % 2 != 0 || I % 2 != 0)) return false;  // VNNI pairs
-  return L.T > 0 && L.B > 0 && I > 0 && H > 0;
+// Whether the path serves a call of dtype dt over a non-empty sequence whose packed operands have sizes `sizes`
+// (dtype, switches, native bf16's VNNI pairs over even sizes, none zero), and then the dtype its weights are
+// packed in and its products run in: dt, or float32 for bf16 widened (brgemm_bf16_widened).
+std::optional<at::ScalarType> packed_dtype(at::ScalarType dt, std::initializer_list<int64_t> sizes,
+                                           const SeqLayout& L) {
+  if (!brgemm_enabled(dt) || L.T == 0 || L.B == 0) return std::nullopt;
+  for (int64_t n : sizes)
+    if (n == 0) return std::nullopt;
+  if (dt != at::kBFloat16) return dt;
+  if (*brgemm_bf16_widened()) return at::kFloat;
+  for (int64_t n : sizes)
+    if (n % 2 != 0) return std::nullopt;  // VNNI pairs over K
+  return dt;
 }
 
 // B >= 16: threads own batch rows, no per-step synchronisation; else hidden blocks and a barrier per step, each
@@ -396,16 +405,11 @@ void launch(const LstmBrgemmSeq& s, at::ScalarType dt, bool widened) {
     run_sequence(s, steps, tile, &isa_avx512::lstm_fwd_brgemm_bf16, true);
 }
 
-// The weight as the step reads it: bf16 widened packs fp32 (brgemm_bf16_widened).
-at::Tensor step_weight(const at::Tensor& w, bool widened) { return widened ? w.to(at::kFloat) : w; }
-
-// The up-front x-projection gx = x @ W_ih^T in the input's dtype: widened bf16 multiplies in fp32 and rounds
-// once, as a native bf16 GEMM with fp32 accumulation does. (.to: whatever an enclosing autocast made at::mm
-// return, the step reads gx as the input's dtype)
-at::Tensor upfront_x_projection(const at::Tensor& x, const at::Tensor& w_ih, bool widened) {
-  const auto dt = x.scalar_type();
-  if (widened) return at::mm(x.to(at::kFloat), w_ih.to(at::kFloat).t()).to(dt).contiguous();
-  return at::mm(x, w_ih.t()).to(dt).contiguous();
+// The up-front x-projection gx = x @ W_ih^T in the input's dtype, multiplied in wdt (packed_dtype): widened bf16
+// multiplies in fp32 and rounds once, as a native bf16 GEMM with fp32 accumulation does. (.to(x's dtype): also
+// whatever an enclosing autocast made at::mm return, the step reads gx as the input's dtype)
+at::Tensor upfront_x_projection(const at::Tensor& x, const at::Tensor& w_ih, at::ScalarType wdt) {
+  return at::mm(x.to(wdt), w_ih.to(wdt).t()).to(x.scalar_type()).contiguous();
 }
 
 }  // namespace
@@ -417,25 +421,23 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>> lstm_f
   const auto dt = input.scalar_type();
   const int64_t H = w_ih.size(0) / 4, I = w_ih.size(1), P = w_hh.size(1);  // P: proj_size, or H
   const SeqLayout L = make_layout(input, batch_sizes);
-  if (!applies(input, I, H, L) || P == 0) return std::nullopt;
-  const bool widened = dt == at::kBFloat16 && *brgemm_bf16_widened();
-  if (dt == at::kBFloat16 && !widened && P % 2 != 0) return std::nullopt;  // VNNI pairs over K = P
+  const std::optional<at::ScalarType> wdt = packed_dtype(dt, {I, H, P}, L);
+  if (!wdt) return std::nullopt;
 
-  const int64_t elem = widened ? 4 : input.element_size();  // of the packed weights
-  const int64_t nb = std::min(forward_block_units(P, 4, elem), H);
-  const bool fold_x = fold_x_projection(L, I, H, P, 4, widened ? at::kFloat : dt);
+  const int64_t nb = std::min(forward_block_units(P, 4, c10::elementSize(*wdt)), H);
+  const bool fold_x = fold_x_projection(L, I, H, P, 4, *wdt);
   const at::Tensor x = rows2d(input.contiguous());
   const at::Tensor hxc = hx.contiguous();
   int64_t k_hh = 0, k_ih = 0;
-  const at::Tensor whh_p = pack_gate_blocks(step_weight(w_hh, widened), 4, nb, &k_hh);
-  const at::Tensor wih_p = fold_x ? pack_gate_blocks(step_weight(w_ih, widened), 4, nb, &k_ih) : at::Tensor();
-  const at::Tensor gx = fold_x ? at::Tensor() : upfront_x_projection(x, w_ih, widened);
+  const at::Tensor whh_p = pack_gate_blocks(w_hh.to(*wdt), 4, nb, &k_hh);
+  const at::Tensor wih_p = fold_x ? pack_gate_blocks(w_ih.to(*wdt), 4, nb, &k_ih) : at::Tensor();
+  const at::Tensor gx = fold_x ? at::Tensor() : upfront_x_projection(x, w_ih, *wdt);
   at::Tensor bias;
   if (b_ih.has_value()) bias = (b_ih->to(at::kFloat) + b_hh->to(at::kFloat)).contiguous();
 
   // The projection's weight in blocks of nb output columns (K = H), and the step's r rows.
   int64_t k_hr = 0;
-  const at::Tensor whr_p = w_hr.has_value() ? pack_gate_blocks(step_weight(*w_hr, widened), 1, nb, &k_hr) : at::Tensor();
+  const at::Tensor whr_p = w_hr.has_value() ? pack_gate_blocks(w_hr->to(*wdt), 1, nb, &k_hr) : at::Tensor();
   const at::Tensor r_buf = w_hr.has_value() ? at::empty({L.B, H}, input.options()) : at::Tensor();
 
   auto out_sizes = input.sizes().vec();
@@ -455,7 +457,7 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>> lstm_f
     s.w_hr = whr_p.data_ptr();
     s.r_buf = r_buf.data_ptr();
   }
-  launch(s, dt, widened);
+  launch(s, dt, *wdt != dt);
   return std::make_tuple(output, final_h(output, L, reverse), c_state.to(dt), ws);
 }
 
@@ -468,16 +470,16 @@ static std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> gru_rnn_for
   const auto dt = input.scalar_type();
   const int64_t H = w_hh.size(1), I = w_ih.size(1);
   const SeqLayout L = make_layout(input, batch_sizes);
-  if (!applies(input, I, H, L)) return std::nullopt;
-  const bool widened = dt == at::kBFloat16 && *brgemm_bf16_widened();
-  const int64_t nb = std::min(forward_block_units(H, G, widened ? 4 : input.element_size()), H);
+  const std::optional<at::ScalarType> wdt = packed_dtype(dt, {I, H}, L);
+  if (!wdt) return std::nullopt;
+  const int64_t nb = std::min(forward_block_units(H, G, c10::elementSize(*wdt)), H);
   const at::Tensor x = rows2d(input.contiguous());
   const at::Tensor hxc = hx.contiguous();
-  const bool fold_x = fold_x_projection(L, I, H, H, G, widened ? at::kFloat : dt);
+  const bool fold_x = fold_x_projection(L, I, H, H, G, *wdt);
   int64_t k_hh = 0, k_ih = 0;
-  const at::Tensor whh_p = pack_gate_blocks(step_weight(w_hh, widened), G, nb, &k_hh);
-  const at::Tensor wih_p = fold_x ? pack_gate_blocks(step_weight(w_ih, widened), G, nb, &k_ih) : at::Tensor();
-  const at::Tensor gx = fold_x ? at::Tensor() : upfront_x_projection(x, w_ih, widened);
+  const at::Tensor whh_p = pack_gate_blocks(w_hh.to(*wdt), G, nb, &k_hh);
+  const at::Tensor wih_p = fold_x ? pack_gate_blocks(w_ih.to(*wdt), G, nb, &k_ih) : at::Tensor();
+  const at::Tensor gx = fold_x ? at::Tensor() : upfront_x_projection(x, w_ih, *wdt);
   const std::optional<at::Tensor> bx = fp32_or_null(b_ih), bh = fp32_or_null(b_hh);
 
   auto out_sizes = input.sizes().vec();
@@ -491,7 +493,7 @@ static std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> gru_rnn_for
                   bh ? bh->data_ptr<float>() : nullptr, nb, k_hh, k_ih,
                   nullptr, output.data_ptr(), keep_ws ? ws.data_ptr<float>() : nullptr, split_by_batch(L)};
   s.P = H;
-  launch(s, dt, widened);
+  launch(s, dt, *wdt != dt);
   return std::make_tuple(output, final_h(output, L, reverse), ws);
 }
 
@@ -519,16 +521,16 @@ bool backward_recurrence_brgemm(const BrgemmBwdTensors& a) {
   const int64_t H = a.w_hh.size(0) / G, P = a.w_hh.size(1);  // P: proj_size, or H
   const bool proj = a.w_hr.defined();
   const SeqLayout L = make_layout(a.input, a.batch_sizes);
-  if (!brgemm_enabled(dt) || L.T == 0 || L.B == 0 || H == 0 || P == 0) return false;
-  const bool widened = dt == at::kBFloat16 && *brgemm_bf16_widened();
-  // VNNI pairs over K = G*H, for the GRU H, with a projection P
-  if (dt == at::kBFloat16 && !widened && (H % 2 != 0 || P % 2 != 0)) return false;
+  // (native bf16: VNNI pairs over K = G*H, for the GRU H, with a projection P)
+  const std::optional<at::ScalarType> wdt = packed_dtype(dt, {H, P}, L);
+  if (!wdt) return false;
+  const bool widened = *wdt != dt;
 
   const int64_t nb = std::min(block_units(), H);
   int64_t k_w = 0;
-  const at::Tensor wt_p = pack_gate_blocks(step_weight(a.w_hh, widened).t(), 1, nb, &k_w);  // W_hh^T: K = G*H
+  const at::Tensor wt_p = pack_gate_blocks(a.w_hh.to(*wdt).t(), 1, nb, &k_w);  // W_hh^T: K = G*H
   int64_t k_hr = 0;  // W_hr^T [H, P] in blocks of the H units: K = P
-  const at::Tensor whr_p = proj ? pack_gate_blocks(step_weight(a.w_hr, widened).t(), 1, nb, &k_hr) : at::Tensor();
+  const at::Tensor whr_p = proj ? pack_gate_blocks(a.w_hr.to(*wdt).t(), 1, nb, &k_hr) : at::Tensor();
   const StepRows go(a.grad_output, a.batch_sizes.has_value());
   std::vector<const void*> go_step(L.T);
   for (int64_t t = 0; t < L.T; ++t) go_step[t] = go.ptr(L, t);
