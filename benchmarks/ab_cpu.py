@@ -25,9 +25,15 @@ from fastrnn.bench.measure import build_pair, make_call
 
 
 def _extra_case(spec: str) -> Case:
-    """kind:T:B:I:H, e.g. lstm:50:16:256:256 (shapes outside the benchmark's list)."""
-    kind, T, B, I, H = spec.split(":")
-    return Case(f"{kind}-T{T}B{B}I{I}H{H}", kind, T=int(T), B=int(B), I=int(I), H=int(H))
+    """kind:T:B:I:H[:L[:bi]], e.g. lstm:50:16:256:256 or gru:100:1:256:256:1:bi (shapes outside the
+    benchmark's list; L layers, bi: bidirectional)."""
+    kind, T, B, I, H, *more = spec.split(":")
+    layers = int(more[0]) if more else 1
+    bidir = len(more) > 1 and more[1] == "bi"
+    if len(more) > 2 or (len(more) == 2 and not bidir):
+        raise SystemExit(f"bad case {spec!r}: kind:T:B:I:H[:L[:bi]]")
+    return Case(f"{kind}-T{T}B{B}I{I}H{H}" + (f"L{layers}" if more else "") + ("bi" if bidir else ""), kind,
+                T=int(T), B=int(B), I=int(I), H=int(H), layers=layers, bidirectional=bidir)
 
 
 def _variant_env(v: str):

@@ -1,7 +1,8 @@
 // Operator schemas of the fastrnn library and the Python module stub that loads them.
 //
 // One forward op per cell type runs a whole sequence of one layer in one direction; its backward is an op
-// of its own so that autograd (fastrnn/ops.py) and torch.compile see both through the dispatcher.
+// of its own so that autograd (fastrnn/ops.py) and torch.compile see both through the dispatcher. The
+// *_bidir_* ops run both directions of a layer in one call (two one-direction calls, at once on the CPU).
 // Implementations are registered per dispatch key in cpu/ and cuda/.
 //
 // Sequence layout, shared by every op:
@@ -60,6 +61,49 @@ TORCH_LIBRARY(fastrnn, m) {
       "-> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
       "Tensor grad_b_hh)");
 
+  // Both directions of a bidirectional layer in one call: exactly the two one-direction ops above (forward
+  // reverse=false with the first set of arguments, reverse=true with the `_r` set), in one call so that the
+  // CPU can run them at once, a thread each (cpu/bidir_cpu.cpp). Results: the forward direction's, then the
+  // reverse direction's, each as its one-direction op returns them, except that the backward returns one
+  // grad_input, the input's whole gradient (the sum of the two directions' parts), first.
+  m.def(
+      "lstm_bidir_forward(Tensor input, Tensor? batch_sizes, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, "
+      "Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, Tensor hx_r, Tensor cx_r, Tensor w_ih_r, Tensor w_hh_r, "
+      "Tensor? b_ih_r, Tensor? b_hh_r, Tensor? w_hr_r, bool train) "
+      "-> (Tensor output, Tensor hy, Tensor cy, Tensor workspace, Tensor output_r, Tensor hy_r, Tensor cy_r, "
+      "Tensor workspace_r)");
+  m.def(
+      "lstm_bidir_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_cy, Tensor grad_output_r, "
+      "Tensor grad_hy_r, Tensor grad_cy_r, Tensor input, Tensor? batch_sizes, Tensor hx, Tensor cx, Tensor w_ih, "
+      "Tensor w_hh, Tensor? w_hr, Tensor output, Tensor workspace, Tensor hx_r, Tensor cx_r, Tensor w_ih_r, "
+      "Tensor w_hh_r, Tensor? w_hr_r, Tensor output_r, Tensor workspace_r, bool has_bias) "
+      "-> (Tensor grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, "
+      "Tensor grad_b_ih, Tensor grad_b_hh, Tensor grad_w_hr, Tensor grad_hx_r, "
+      "Tensor grad_cx_r, Tensor grad_w_ih_r, Tensor grad_w_hh_r, Tensor grad_b_ih_r, Tensor grad_b_hh_r, "
+      "Tensor grad_w_hr_r)");
+  m.def(
+      "gru_bidir_forward(Tensor input, Tensor? batch_sizes, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh, Tensor hx_r, Tensor w_ih_r, Tensor w_hh_r, Tensor? b_ih_r, Tensor? b_hh_r, bool train) "
+      "-> (Tensor output, Tensor hy, Tensor workspace, Tensor output_r, Tensor hy_r, Tensor workspace_r)");
+  m.def(
+      "gru_bidir_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_output_r, Tensor grad_hy_r, "
+      "Tensor input, Tensor? batch_sizes, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, "
+      "Tensor hx_r, Tensor w_ih_r, Tensor w_hh_r, Tensor output_r, Tensor workspace_r, bool has_bias) "
+      "-> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
+      "Tensor grad_b_hh, Tensor grad_hx_r, Tensor grad_w_ih_r, Tensor grad_w_hh_r, "
+      "Tensor grad_b_ih_r, Tensor grad_b_hh_r)");
+  m.def(
+      "rnn_bidir_forward(Tensor input, Tensor? batch_sizes, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh, Tensor hx_r, Tensor w_ih_r, Tensor w_hh_r, Tensor? b_ih_r, Tensor? b_hh_r, bool relu) "
+      "-> (Tensor output, Tensor hy, Tensor output_r, Tensor hy_r)");
+  m.def(
+      "rnn_bidir_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_output_r, Tensor grad_hy_r, "
+      "Tensor input, Tensor? batch_sizes, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor output, Tensor hx_r, "
+      "Tensor w_ih_r, Tensor w_hh_r, Tensor output_r, bool relu, bool has_bias) "
+      "-> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
+      "Tensor grad_b_hh, Tensor grad_hx_r, Tensor grad_w_ih_r, Tensor grad_w_hh_r, "
+      "Tensor grad_b_ih_r, Tensor grad_b_hh_r)");
+
   // The regularised cells of fastrnn's options beyond torch.nn (layer_norm, zoneout, recurrent_dropout; the
   // modules do weight_drop on W_hh themselves): the recurrence of one layer and direction, with the input
   // side already computed as `gates_x` = LN_ih(x @ W_ih^T) + b_ih (+ b_hh for the LSTM), [T, B, G*H] or
@@ -113,4 +157,7 @@ TORCH_LIBRARY(fastrnn, m) {
   // c + a @ b (add) or a @ b through the whole-sequence GEMM of the CPU kernels (cpu/seq_gemm.h), and whether
   // it ran on brgemm (FASTRNN_CPU_SEQ_GEMM and its block-size switches apply).
   m.def("_cpu_seq_gemm(Tensor a, Tensor b, Tensor c, bool add) -> (Tensor, bool)");
+  // How many threads the CPU bidirectional ops run their two directions on now for a batch of `rows`
+  // sequences: 2 at once, 1 in turn (cpu/bidir_cpu.cpp; FASTRNN_CPU_BIDIR and torch's thread count apply).
+  m.def("_cpu_bidir_threads_used(int rows) -> int");
 }

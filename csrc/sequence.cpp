@@ -169,10 +169,17 @@ void check_backward_args(const char* op, const at::Tensor& input, int64_t state_
   }
 }
 
-GateGradBuffer gate_grad_buffer(int64_t N, int64_t gates_hidden, const at::Tensor& input) {
+GateGradBuffer gate_grad_buffer(int64_t N, int64_t gates_hidden, const at::Tensor& input,
+                                const at::Tensor& accumulate_into) {
   const int64_t I = input.size(-1);
   GateGradBuffer b;
-  if (I >= gates_hidden && N * gates_hidden > 0) {
+  if (accumulate_into.defined()) {
+    TORCH_CHECK(accumulate_into.sizes() == input.sizes() && accumulate_into.is_contiguous() &&
+                    accumulate_into.scalar_type() == input.scalar_type(),
+                "gate_grad_buffer: accumulate_into must be a contiguous tensor of the input's shape and dtype");
+    b.accumulate_into = accumulate_into;
+    b.dgx = at::empty({N, gates_hidden}, input.options());
+  } else if (I >= gates_hidden && N * gates_hidden > 0) {
     b.grad_input = at::empty(input.sizes(), input.options());
     b.dgx = b.grad_input.view({-1}).narrow(0, 0, N * gates_hidden).view({N, gates_hidden});
   } else {
@@ -205,6 +212,11 @@ SequenceGrads sequence_grads(const GateGradBuffer& dg, const at::Tensor& dgh_n, 
   }
   // Last: the largest result, so that it is not alive during the others (and, in dgx's storage, once
   // everything else has read dgx).
+  if (dg.accumulate_into.defined()) {
+    mm(dg.accumulate_into.view({dgx.size(0), w_ih.size(1)}), dgx, w_ih, /*add=*/true);
+    g.grad_input = dg.accumulate_into;
+    return g;
+  }
   if (!dg.grad_input.defined()) {
     at::Tensor gi = at::empty({dgx.size(0), w_ih.size(1)}, dgx.options());
     mm(gi, dgx, w_ih, false);

@@ -106,11 +106,17 @@ void check_backward_args(const char* op, const at::Tensor& input, int64_t state_
 // the input gradient is computed into that storage last, in row chunks from the last to the first (row r's
 // input gradient only overwrites dgx rows >= r, already consumed), so the backward's peak holds one [N, *]
 // tensor less.
+//
+// accumulate_into (a bidirectional layer's second direction, cpu/bidir_cpu.cpp): the first direction's input
+// gradient, to which sequence_grads adds this direction's (the input's shape, contiguous) and returns, instead
+// of a new [N, I] tensor alive next to it at the backward's peak; dgx then has its own storage.
 struct GateGradBuffer {
-  at::Tensor dgx;         // [N, gates*H], contiguous
-  at::Tensor grad_input;  // the input gradient (the input's shape) whose storage holds dgx, or undefined
+  at::Tensor dgx;              // [N, gates*H], contiguous
+  at::Tensor grad_input;       // the input gradient (the input's shape) whose storage holds dgx, or undefined
+  at::Tensor accumulate_into;  // see above, or undefined
 };
-GateGradBuffer gate_grad_buffer(int64_t N, int64_t gates_hidden, const at::Tensor& input);
+GateGradBuffer gate_grad_buffer(int64_t N, int64_t gates_hidden, const at::Tensor& input,
+                                const at::Tensor& accumulate_into = at::Tensor());
 
 struct SequenceGrads {
   at::Tensor grad_input, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh;

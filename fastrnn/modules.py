@@ -332,6 +332,23 @@ class _RNNBase(_Options, nn.RNNBase):
         out, hy = _ops.rnn_forward(x, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, self.mode == "RNN_RELU", reverse)
         return out, hy, None
 
+    def _run_bidir_layer(self, x, batch_sizes, h0, c0, params, params_r, train):
+        """Both directions of one layer; returns ([output, output_r], [h_n, h_n_r], [c_n, c_n_r] or Nones).
+        h0/c0: the layer's two initial states [2, B, *]."""
+        if self.mode == "LSTM":
+            out, hy, cy, _, out_r, hy_r, cy_r, _ = _ops.lstm_bidir_forward(
+                x, batch_sizes, h0[0], c0[0], *params, h0[1], c0[1], *params_r, train)
+            return [out, out_r], [hy, hy_r], [cy, cy_r]
+        w_ih, w_hh, b_ih, b_hh, _ = params
+        w_ih_r, w_hh_r, b_ih_r, b_hh_r, _ = params_r
+        if self.mode == "GRU":
+            out, hy, _, out_r, hy_r, _ = _ops.gru_bidir_forward(x, batch_sizes, h0[0], w_ih, w_hh, b_ih, b_hh,
+                                                                h0[1], w_ih_r, w_hh_r, b_ih_r, b_hh_r, train)
+        else:
+            out, hy, out_r, hy_r = _ops.rnn_bidir_forward(x, batch_sizes, h0[0], w_ih, w_hh, b_ih, b_hh, h0[1],
+                                                          w_ih_r, w_hh_r, b_ih_r, b_hh_r, self.mode == "RNN_RELU")
+        return [out, out_r], [hy, hy_r], [None, None]
+
     def _forward(self, input, hx):
         name = type(self).__name__
         is_lstm = self.mode == "LSTM"
@@ -416,9 +433,20 @@ class _RNNBase(_Options, nn.RNNBase):
             self._check_ext_device(x, name)
         h_n, c_n = [], []
         layer_input = x
+        # Both directions of a layer in one op (the CPU runs them at once where that pays,
+        # csrc/cpu/bidir_cpu.cpp), except for the regularised cells (their own ops) and under ONNX export
+        # (fastrnn/onnx.py translates the one-direction ops).
+        both_at_once = num_directions == 2 and not self._uses_ext_ops and not torch.onnx.is_in_onnx_export()
         for layer in range(self.num_layers):
             outs = []
-            for direction in range(num_directions):
+            if both_at_once:
+                idx = 2 * layer
+                out, hy, cy = self._run_bidir_layer(layer_input, batch_sizes, h0[idx:idx + 2],
+                                                    c0[idx:idx + 2] if is_lstm else None,
+                                                    self._layer_params(layer, 0), self._layer_params(layer, 1),
+                                                    needs_grad)
+                outs, h_n, c_n = out, h_n + hy, c_n + cy
+            for direction in range(0 if both_at_once else num_directions):
                 idx = layer * num_directions + direction
                 out, hy, cy = self._run_layer(layer_input, batch_sizes, h0[idx], c0[idx] if is_lstm else None,
                                               self._layer_params(layer, direction), direction == 1, needs_grad,

@@ -1,7 +1,9 @@
 """ONNX export of fastrnn's operators, with either of torch.onnx's exporters.
 
 Each fastrnn op runs one layer in one direction; it becomes one ONNX ``LSTM``, ``GRU`` or ``RNN`` node with
-``direction`` "forward" or "reverse", so a fastrnn module exports to the same operators torch.nn's does. The
+``direction`` "forward" or "reverse", so a fastrnn module exports to the same operators torch.nn's does (under
+export, the modules run a bidirectional layer as its two one-direction ops, not as the ``*_bidir_forward`` op
+that runs both at once). The
 translations reorder the gate blocks (torch's LSTM i,f,g,o -> ONNX i,o,f,c; GRU r,z,n -> ONNX z,r,h), join
 ``b_ih``/``b_hh`` into ONNX's ``B = [Wb, Rb]``, set ``linear_before_reset=1`` for the GRU (torch's equation) and
 ``activations=["Relu"]`` for the relu RNN.

@@ -427,6 +427,123 @@ _register_autocast("gru_ext_forward", cast=True, keep=(7, 8))
 _register_autocast("lstm_ext_backward", cast=False)
 _register_autocast("gru_ext_backward", cast=False)
 
+
+# ------------------------------------------------------------------------------ bidirectional layers
+# fastrnn::{lstm,gru,rnn}_bidir_{forward,backward} are exactly two calls of the one-direction op (forward
+# direction, then reverse) in one call, so that the CPU kernel can run them at once (csrc/cpu/bidir_cpu.cpp).
+# Their arguments: the shared ones (input, batch_sizes; the backward's gradients of each direction first),
+# the forward direction's, the reverse direction's, then the flags (csrc/fastrnn.cpp). Everything here
+# (fakes, the kernel of devices without their own, autograd, the composite forward, autocast) is the
+# one-direction op's, applied to each half.
+class _Bidir:
+    """How a bidirectional op's arguments and results split into its two one-direction calls.
+
+    dir_args: the per-direction forward arguments after (input, batch_sizes); before_reverse: how many of the
+    flags precede `reverse` in the one-direction schemas (the RNN's relu); saved_outs: the positions of the
+    forward results that the backward op takes after the per-direction arguments it keeps (`saved_args`)."""
+
+    def __init__(self, cell, dir_args, saved_args, saved_outs, n_diff, before_reverse, fake_fwd, fake_bwd,
+                 composite_fwd):
+        self.cell, self.k = cell, dir_args
+        self.saved_args, self.saved_outs, self.n_diff = saved_args, saved_outs, n_diff
+        self.before = before_reverse
+        self.single_fwd = getattr(_ops, f"{cell}_forward")
+        self.single_bwd = getattr(_ops, f"{cell}_backward")
+        self.fake_fwd, self.fake_bwd, self.composite_fwd = fake_fwd, fake_bwd, composite_fwd
+        self.n_out = {"lstm": 4, "gru": 3, "rnn": 2}[cell]
+        self.n_grads = {"lstm": 3, "gru": 2, "rnn": 2}[cell]
+        self.bias_at = 4 if cell == "lstm" else 3  # b_ih among dir_args
+        self.bidir_bwd = getattr(_ops, f"{cell}_bidir_backward")
+
+    def _with_reverse(self, head, flags, reverse):
+        return (*head, *flags[:self.before], reverse, *flags[self.before:])
+
+    def forward_args(self, args):
+        """The two one-direction forward calls' arguments."""
+        k = self.k
+        input, batch_sizes, flags = args[0], args[1], args[2 + 2 * k:]
+        return tuple(self._with_reverse((input, batch_sizes, *args[2 + d * k:2 + (d + 1) * k]), flags, d == 1)
+                     for d in (0, 1))
+
+    def backward_args(self, args):
+        """The two one-direction backward calls' arguments."""
+        g, s = self.n_grads, len(self.saved_args) + len(self.saved_outs)
+        input, batch_sizes = args[2 * g], args[2 * g + 1]
+        rest, flags = args[2 * g + 2:2 * g + 2 + 2 * s], args[2 * g + 2 + 2 * s:]
+        return tuple(self._with_reverse((*args[d * g:(d + 1) * g], input, batch_sizes, *rest[d * s:(d + 1) * s]),
+                                        flags, d == 1) for d in (0, 1))
+
+    def register(self):
+        fwd, bwd = f"{self.cell}_bidir_forward", f"{self.cell}_bidir_backward"
+        torch.library.register_fake(f"fastrnn::{fwd}", lambda *a: sum(
+            (tuple(self.fake_fwd(*d)) for d in self.forward_args(a)), ()), lib=_lib)
+        torch.library.register_fake(f"fastrnn::{bwd}", lambda *a: self._join_grads(
+            *(self.fake_bwd(*d) for d in self.backward_args(a)), add=False), lib=_lib)
+        # Devices without a kernel of their own (CUDA): the two directions in turn.
+        _lib.impl(fwd, lambda *a: sum((tuple(self.single_fwd(*d)) for d in self.forward_args(a)), ()),
+                  "CompositeExplicitAutograd")
+        _lib.impl(bwd, lambda *a: self._join_grads(*(self.single_bwd(*d) for d in self.backward_args(a))),
+                  "CompositeExplicitAutograd")
+        _register_autograd(fwd, self._backward, self._setup, self._composite)
+        _register_autocast(fwd, cast=True)
+        _register_autocast(bwd, cast=False)
+
+    @staticmethod
+    def _join_grads(fwd, rev, add=True):
+        """The bidir backward's results from the two one-direction backwards': the input's whole gradient,
+        then the rest of each direction's."""
+        return ((fwd[0].add_(rev[0]) if add else fwd[0]), *fwd[1:], *rev[1:])
+
+    def _composite(self, *args):
+        return sum((tuple(self.composite_fwd(*d)) for d in self.forward_args(args)), ())
+
+    def _setup(self, ctx, inputs, output):
+        k = self.k
+        _no_zero_grads(ctx)
+        outs = [output[d * self.n_out + i] for d in (0, 1) for i in self.saved_outs]
+        ctx.save_for_backward(*inputs[:2 + 2 * k], *outs)
+        ctx.flags = tuple(inputs[2 + 2 * k:])
+        ctx.train = self.cell == "rnn" or ctx.flags[0]  # the RNN's backward needs no workspace
+        ctx.has_bias = inputs[2 + self.bias_at] is not None
+
+    def _backward(self, ctx, *grads):
+        k, n, m = self.k, self.n_out, len(self.saved_outs)
+        _require_train(ctx, f"{self.cell}_bidir_forward")
+        saved = ctx.saved_tensors
+        args, outs = saved[:2 + 2 * k], saved[2 + 2 * k:]
+        dirs = [args[2 + d * k:2 + (d + 1) * k] for d in (0, 1)]
+        diff_grads = [grads[d * n + i] for d in (0, 1) for i in range(self.n_diff)]
+        if torch.is_grad_enabled():  # create_graph: differentiate the composite equations (see _lstm_backward)
+            def diff_forward(*a):
+                res = self._composite(*a)
+                return [res[d * n + i] for d in (0, 1) for i in range(self.n_diff)]
+            return _differentiable_backward(ctx, diff_forward, (*args, *ctx.flags), diff_grads)
+        bwd_args = []
+        for d in (0, 1):
+            # the zeros for outputs left out of the loss: the output's shape, then the states' (hx, cx)
+            likes = (outs[d * m], *dirs[d][:self.n_diff - 1])
+            bwd_args += [_grad(g, like) for g, like in zip(diff_grads[d * self.n_diff:(d + 1) * self.n_diff], likes)]
+        bwd_args += [args[0], args[1]]
+        for d in (0, 1):
+            bwd_args += [dirs[d][i] for i in self.saved_args] + list(outs[d * m:(d + 1) * m])
+        # the backward's flags: the forward's before `reverse` (the RNN's relu), then has_bias
+        res = self.bidir_bwd(*bwd_args, *ctx.flags[:self.before], ctx.has_bias)
+        # the input's whole gradient, then each direction's gradients of its arguments; None where the
+        # argument is absent (no bias, no w_hr)
+        dir_grads = [[g if a is not None else None for g, a in zip(res[1 + d * k:1 + (d + 1) * k], dirs[d])]
+                     for d in (0, 1)]
+        return (res[0], None, *dir_grads[0], *dir_grads[1], *[None] * len(ctx.flags))
+
+
+_BIDIR = {
+    "lstm": _Bidir("lstm", 7, (0, 1, 2, 3, 6), (0, 3), 3, 0, _lstm_forward_fake, _lstm_backward_fake,
+                   _lstm_composite),
+    "gru": _Bidir("gru", 5, (0, 1, 2), (0, 2), 2, 0, _gru_forward_fake, _gru_backward_fake, _gru_composite),
+    "rnn": _Bidir("rnn", 5, (0, 1, 2), (0,), 2, 1, _rnn_forward_fake, _rnn_backward_fake, composite.rnn_forward),
+}
+for _b in _BIDIR.values():
+    _b.register()
+
 # The public op handles, for users who drive single layers themselves.
 lstm_forward = _ops.lstm_forward
 lstm_backward = _ops.lstm_backward
@@ -438,3 +555,9 @@ lstm_ext_forward = _ops.lstm_ext_forward
 lstm_ext_backward = _ops.lstm_ext_backward
 gru_ext_forward = _ops.gru_ext_forward
 gru_ext_backward = _ops.gru_ext_backward
+lstm_bidir_forward = _ops.lstm_bidir_forward
+lstm_bidir_backward = _ops.lstm_bidir_backward
+gru_bidir_forward = _ops.gru_bidir_forward
+gru_bidir_backward = _ops.gru_bidir_backward
+rnn_bidir_forward = _ops.rnn_bidir_forward
+rnn_bidir_backward = _ops.rnn_bidir_backward

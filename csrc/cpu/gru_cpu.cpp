@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "brgemm_step.h"
+#include "cells_cpu.h"
 #include "seq_gemm.h"
 #include "step_loop.h"
 
@@ -12,6 +13,8 @@ namespace {
 
 constexpr const char* kFwd = "fastrnn::gru_forward";
 constexpr const char* kBwd = "fastrnn::gru_backward";
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
     const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
@@ -63,7 +66,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_backward(
     const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& input,
     const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx, const at::Tensor& w_ih,
-    const at::Tensor& w_hh_, const at::Tensor& output, const at::Tensor& workspace, bool reverse, bool has_bias) {
+    const at::Tensor& w_hh_, const at::Tensor& output, const at::Tensor& workspace, bool reverse, bool has_bias,
+    const at::Tensor& accumulate_grad_input) {
   const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
   const CellShape s = check_forward_args(kBwd, 3, input, batch_sizes, hx, nullptr, w_ih, w_hh_, {}, {}, {});
   const SeqLayout L = make_layout(input, batch_sizes);
@@ -76,7 +80,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor out = rows2d(output.contiguous());
   const at::Tensor h0 = hx.contiguous();
   at::Tensor dh_state = grad_hy.contiguous().clone();
-  const GateGradBuffer dg = gate_grad_buffer(L.N, 3 * H, input);
+  const GateGradBuffer dg = gate_grad_buffer(L.N, 3 * H, input, accumulate_grad_input);
   const at::Tensor& dgx = dg.dgx;
   // The h-side gate gradients equal the x side's for r and z; only n's differs (dph_n = dpx_n * r). So the
   // whole sequence keeps dph_n alone [N, H], and a step's full h-side rows [dr, dz, dph_n], which its
@@ -122,11 +126,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {g.grad_input, dh_state, g.grad_w_ih, g.grad_w_hh, g.grad_b_ih, g.grad_b_hh};
 }
 
-}  // namespace
-
 TORCH_LIBRARY_IMPL(fastrnn, CPU, m) {
   m.impl("gru_forward", &gru_forward);
-  m.impl("gru_backward", &gru_backward);
+  m.impl("gru_backward", [](const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& input,
+                            const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
+                            const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output,
+                            const at::Tensor& workspace, bool reverse, bool has_bias) {
+    return gru_backward(grad_output, grad_hy, input, batch_sizes, hx, w_ih, w_hh, output, workspace, reverse,
+                        has_bias, at::Tensor());
+  });
 }
 
 }  // namespace fastrnn::cpu

@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include "brgemm_step.h"
+#include "cells_cpu.h"
 #include "seq_gemm.h"
 #include "step_loop.h"
 
@@ -18,6 +19,8 @@ namespace {
 
 constexpr const char* kFwd = "fastrnn::lstm_forward";
 constexpr const char* kBwd = "fastrnn::lstm_backward";
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
     const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
@@ -80,7 +83,7 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at
               const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
               const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh_,
               const std::optional<at::Tensor>& w_hr_, const at::Tensor& output, const at::Tensor& workspace,
-              bool reverse, bool has_bias) {
+              bool reverse, bool has_bias, const at::Tensor& accumulate_grad_input) {
   const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
   const CellShape s = check_forward_args(kBwd, 4, input, batch_sizes, hx, &cx, w_ih, w_hh_, {}, {}, w_hr_);
   const SeqLayout L = make_layout(input, batch_sizes);
@@ -96,7 +99,7 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at
   const StepRows go(grad_output, batch_sizes.has_value());  // read in place (a transposed or sliced gradient too)
   at::Tensor dh_state = grad_hy.contiguous().clone();
   at::Tensor dc_state = grad_cy.to(acc_opts, false, /*copy=*/true).contiguous();
-  const GateGradBuffer dg = gate_grad_buffer(L.N, 4 * H, input);
+  const GateGradBuffer dg = gate_grad_buffer(L.N, 4 * H, input, accumulate_grad_input);
   const at::Tensor& dgates = dg.dgx;
   const at::Tensor out = rows2d(output.contiguous());
   // With a projection: dL/dh of every row (for dW_hr), the projection inputs r, and a step's dL/dr.
@@ -150,11 +153,16 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at
           g.grad_b_ih, g.grad_b_hh, grad_w_hr};
 }
 
-}  // namespace
-
 TORCH_LIBRARY_IMPL(fastrnn, CPU, m) {
   m.impl("lstm_forward", &lstm_forward);
-  m.impl("lstm_backward", &lstm_backward);
+  m.impl("lstm_backward", [](const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& grad_cy,
+                             const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes,
+                             const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
+                             const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
+                             const at::Tensor& output, const at::Tensor& workspace, bool reverse, bool has_bias) {
+    return lstm_backward(grad_output, grad_hy, grad_cy, input, batch_sizes, hx, cx, w_ih, w_hh, w_hr, output,
+                         workspace, reverse, has_bias, at::Tensor());
+  });
 }
 
 }  // namespace fastrnn::cpu

@@ -3,6 +3,7 @@
 #include <torch/library.h>
 
 #include "brgemm_step.h"
+#include "cells_cpu.h"
 #include "seq_gemm.h"
 #include "step_loop.h"
 
@@ -11,6 +12,8 @@ namespace {
 
 constexpr const char* kFwd = "fastrnn::rnn_forward";
 constexpr const char* kBwd = "fastrnn::rnn_backward";
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor> rnn_forward(const at::Tensor& input,
                                                const std::optional<at::Tensor>& batch_sizes,
@@ -52,7 +55,8 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(const at::Tensor& input,
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_backward(
     const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& input,
     const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx, const at::Tensor& w_ih,
-    const at::Tensor& w_hh_, const at::Tensor& output, bool relu, bool reverse, bool has_bias) {
+    const at::Tensor& w_hh_, const at::Tensor& output, bool relu, bool reverse, bool has_bias,
+    const at::Tensor& accumulate_grad_input) {
   const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
   const CellShape s = check_forward_args(kBwd, 1, input, batch_sizes, hx, nullptr, w_ih, w_hh_, {}, {}, {});
   const SeqLayout L = make_layout(input, batch_sizes);
@@ -62,7 +66,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor out = rows2d(output.contiguous());
   const StepRows go(grad_output, batch_sizes.has_value());  // read in place (a transposed or sliced gradient too)
   at::Tensor dh_state = grad_hy.contiguous().clone();
-  const GateGradBuffer dg = gate_grad_buffer(L.N, H, input);  // in grad_input's storage when I >= H
+  // in grad_input's storage when I >= H (and the input gradient is not accumulated into another)
+  const GateGradBuffer dg = gate_grad_buffer(L.N, H, input, accumulate_grad_input);
   const at::Tensor& dgates = dg.dgx;
 
   // The fused brgemm recurrence (brgemm_step.h) where it applies; otherwise the per-step loop below.
@@ -89,11 +94,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {g.grad_input, dh_state, g.grad_w_ih, g.grad_w_hh, g.grad_b_ih, g.grad_b_hh};
 }
 
-}  // namespace
-
 TORCH_LIBRARY_IMPL(fastrnn, CPU, m) {
   m.impl("rnn_forward", &rnn_forward);
-  m.impl("rnn_backward", &rnn_backward);
+  m.impl("rnn_backward", [](const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& input,
+                            const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
+                            const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output, bool relu,
+                            bool reverse, bool has_bias) {
+    return rnn_backward(grad_output, grad_hy, input, batch_sizes, hx, w_ih, w_hh, output, relu, reverse, has_bias,
+                        at::Tensor());
+  });
 }
 
 }  // namespace fastrnn::cpu
