@@ -22,7 +22,7 @@ def _run(tmp_path, *extra, cases=TINY):
 def test_case_names_are_stable():
     names = {c.name for c in bench.select_cases(None)}
     for kind in ("lstm", "gru", "rnn_tanh"):
-        for shape in ("default", "b1", "b8", "h1024", "long", "bidir2", "packed"):
+        for shape in ("default", "b1", "b8", "h1024", "long", "bidir2", "bidir2-b1", "packed"):
             assert f"{kind}-{shape}" in names
     assert not any(n.endswith("-tiny") for n in names), "smoke cases only run when named"
     assert [c.name for c in bench.select_cases("gru-b?")] == ["gru-b1", "gru-b8"]
@@ -37,11 +37,12 @@ def test_quick_cases_are_fewer_not_shorter():
     for c in quick:  # the benchmark's own sequence lengths, never a shortened one
         assert c.shape("cpu")["T"] == c.T >= 100
     assert bench.left_out(quick, ["float32"], list(bench.MODES), False, "cpu") == [
-        "cases *-b8, *-h1024, *-bidir2, *-packed", "dtype bfloat16", "peak memory"]
+        "cases *-b8, *-h1024, *-bidir2, *-bidir2-b1, *-packed", "dtype bfloat16", "peak memory"]
     assert bench.left_out(bench.select_cases(None), ["float32", "bfloat16"], list(bench.MODES), True, "cpu") == []
     assert bench.left_out(bench.select_cases("lstm-b8,gru-*,rnn_tanh-*"), ["float32", "float16", "bfloat16"],
                           ["training"], True, "cuda") == [
-        "cases lstm-default, lstm-b1, lstm-h1024, lstm-long, lstm-bidir2, lstm-packed", "mode inference"]
+        "cases lstm-default, lstm-b1, lstm-h1024, lstm-long, lstm-bidir2, lstm-bidir2-b1, lstm-packed",
+        "mode inference"]
     info = {"cpu": "X", "cpu_count": 2, "torch_threads": 2, "torch": "t", "fastrnn": "f", "python": "p",
             "platform": "l", "quick": True, "cases_run": 9, "cases_all": 21, "min_repeats": 5,
             "left_out": ["cases *-b8", "peak memory"],
@@ -119,8 +120,9 @@ def test_quick_run_writes_json_csv_markdown_png(tmp_path, capsys):
     assert "peak GEMM float32:" in text and "| IQR |" in text and "GEMM %peak" in text
     out, err = capsys.readouterr()
     assert "lstm-tiny" in out  # the table goes to stdout, after the header
-    assert out.index("peak GEMM float32:") < out.index("quick run: 4 of 21 cases") < out.index("lstm-tiny")
-    assert "left out: cases *-default, *-b1, *-b8, *-h1024, *-long, *-bidir2, *-packed; dtype bfloat16 " in out
+    assert out.index("peak GEMM float32:") < out.index("quick run: 4 of 24 cases") < out.index("lstm-tiny")
+    assert ("left out: cases *-default, *-b1, *-b8, *-h1024, *-long, *-bidir2, *-bidir2-b1, *-packed; "
+            "dtype bfloat16 ") in out
     head = out.splitlines()[out.splitlines().index(next(l for l in out.splitlines() if l.startswith("case ")))]
     assert "IQR" in head and "GEMM %peak" in head
     lines = err.splitlines()  # the chart is named at the end, after the files written

@@ -137,7 +137,9 @@ auto lstm_bidir_forward(const T& input, const Opt& batch_sizes, const T& hx, con
   return both_forwards(
       rows_of(hx),
       [&] { return lstm_forward(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, false, train); },
-      [&] { return lstm_forward(input, batch_sizes, hx_r, cx_r, w_ih_r, w_hh_r, b_ih_r, b_hh_r, w_hr_r, true, train); });
+      [&] {
+        return lstm_forward(input, batch_sizes, hx_r, cx_r, w_ih_r, w_hh_r, b_ih_r, b_hh_r, w_hr_r, true, train);
+      });
 }
 
 auto lstm_bidir_backward(const T& grad_output, const T& grad_hy, const T& grad_cy, const T& grad_output_r,

@@ -66,6 +66,7 @@ def _make_cases() -> List[Case]:
             Case(f"{kind}-h1024", kind, T=100, B=64, I=1024, H=1024, T_cpu=50),
             Case(f"{kind}-long", kind, T=1000, B=16, I=64, H=64),
             Case(f"{kind}-bidir2", kind, T=100, B=64, I=256, H=256, layers=2, bidirectional=True),
+            Case(f"{kind}-bidir2-b1", kind, T=100, B=1, I=256, H=256, layers=2, bidirectional=True),
             Case(f"{kind}-packed", kind, T=100, B=64, I=512, H=512, packed=(20, 100)),
             Case(f"{kind}-tiny", kind, T=5, B=3, I=8, H=8, smoke=True),
         ]
