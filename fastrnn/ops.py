@@ -429,18 +429,19 @@ _register_autocast("gru_ext_backward", cast=False)
 
 
 # ------------------------------------------------------------------------------ bidirectional layers
-# fastrnn::{lstm,gru,rnn}_bidir_{forward,backward} are exactly two calls of the one-direction op (forward
-# direction, then reverse) in one call, so that the CPU kernel can run them at once (csrc/cpu/bidir_cpu.cpp).
-# Their arguments: the shared ones (input, batch_sizes; the backward's gradients of each direction first),
-# the forward direction's, the reverse direction's, then the flags (csrc/fastrnn.cpp). Everything here
-# (fakes, the kernel of devices without their own, autograd, the composite forward, autocast) is the
-# one-direction op's, applied to each half.
+# fastrnn::{lstm,gru,rnn}_bidir_{forward,backward} are two calls of the one-direction op (forward direction,
+# then reverse) in one, so that the CPU kernel can run them at once (csrc/cpu/bidir_cpu.cpp); the backward
+# returns the input's whole gradient (both directions' parts summed) in place of two. Their arguments: the
+# shared ones (input, batch_sizes; the backward's gradients of each direction first), the forward direction's,
+# the reverse direction's, then the flags (csrc/fastrnn.cpp). Everything here (fakes, the kernel of devices
+# without their own, autograd, the composite forward, autocast) is the one-direction op's, applied to each half.
 class _Bidir:
     """How a bidirectional op's arguments and results split into its two one-direction calls.
 
-    dir_args: the per-direction forward arguments after (input, batch_sizes); before_reverse: how many of the
-    flags precede `reverse` in the one-direction schemas (the RNN's relu); saved_outs: the positions of the
-    forward results that the backward op takes after the per-direction arguments it keeps (`saved_args`)."""
+    dir_args: how many per-direction forward arguments follow (input, batch_sizes); saved_args: the positions
+    among them of those the backward op takes, and saved_outs: of the forward results it takes after them;
+    n_diff: the differentiable results of a direction (output, hy[, cy]), whose gradients the backward takes;
+    before_reverse: how many of the flags precede `reverse` in the one-direction schemas (the RNN's relu)."""
 
     def __init__(self, cell, dir_args, saved_args, saved_outs, n_diff, before_reverse, fake_fwd, fake_bwd,
                  composite_fwd):
@@ -451,7 +452,6 @@ class _Bidir:
         self.single_bwd = getattr(_ops, f"{cell}_backward")
         self.fake_fwd, self.fake_bwd, self.composite_fwd = fake_fwd, fake_bwd, composite_fwd
         self.n_out = {"lstm": 4, "gru": 3, "rnn": 2}[cell]
-        self.n_grads = {"lstm": 3, "gru": 2, "rnn": 2}[cell]
         self.bias_at = 4 if cell == "lstm" else 3  # b_ih among dir_args
         self.bidir_bwd = getattr(_ops, f"{cell}_bidir_backward")
 
@@ -467,7 +467,7 @@ class _Bidir:
 
     def backward_args(self, args):
         """The two one-direction backward calls' arguments."""
-        g, s = self.n_grads, len(self.saved_args) + len(self.saved_outs)
+        g, s = self.n_diff, len(self.saved_args) + len(self.saved_outs)
         input, batch_sizes = args[2 * g], args[2 * g + 1]
         rest, flags = args[2 * g + 2:2 * g + 2 + 2 * s], args[2 * g + 2 + 2 * s:]
         return tuple(self._with_reverse((*args[d * g:(d + 1) * g], input, batch_sizes, *rest[d * s:(d + 1) * s]),
