@@ -389,3 +389,27 @@ def test_backward_gemms_go_through_seq_gemm(cls, monkeypatch):
     monkeypatch.setenv("FASTRNN_CPU_SEQ_GEMM", "mkl")
     with pytest.raises(ValueError, match="FASTRNN_CPU_SEQ_GEMM must be aten, brgemm or always"):
         out.sum().backward()
+
+
+# Float32 forwards of at most FASTRNN_CPU_BRGEMM_SHORT_ROWS rows in all (default 4) with fewer than 4 batch rows
+# take the per-step path (packing the weights costs more than the steps it speeds up: decoding one token at a
+# time); 0 sends them to brgemm. Both against torch.nn, forward and backward, at the rule's edges (4 rows:
+# per-step by default; 5 and B=4: brgemm either way).
+SHORT_CASES = [Case("T1_B1", T=1, B=1, I=6, H=40), Case("T4_B1", T=4, B=1, I=6, H=40),
+               Case("T2_B2_hx", T=2, B=2, I=6, H=40, hx=True), Case("T5_B1", T=5, B=1, I=6, H=40),
+               Case("T1_B4", T=1, B=4, I=6, H=40), Case("T1_unbatched", T=1, B=1, I=6, H=40, batched=False)]
+
+
+@pytest.mark.skipif(not HAS_AVX2, reason="the brgemm path needs AVX2")
+@pytest.mark.parametrize("short_rows", ["0", "4"])
+@pytest.mark.parametrize("case", SHORT_CASES, ids=repr)
+@pytest.mark.parametrize("mode", MODES)
+def test_short_sequences_either_path(mode, case, short_rows, monkeypatch):
+    monkeypatch.setenv("FASTRNN_CPU_BRGEMM", "1")
+    monkeypatch.setenv("FASTRNN_CPU_BRGEMM_SHORT_ROWS", short_rows)
+    fast, ref = make_pair(mode, case.I, case.H, torch.float32, "cpu", **case.module_kwargs)
+    x, h0, c0 = make_inputs(mode, case, torch.float32, "cpu")
+    out_f, grad_f = run_module(mode, fast, case, x, h0, c0)
+    out_r, grad_r = run_module(mode, ref, case, x, h0, c0)
+    compare(out_f, out_r, torch.float32, f"short_rows={short_rows} output")
+    compare(grad_f, grad_r, torch.float32, f"short_rows={short_rows} grad")

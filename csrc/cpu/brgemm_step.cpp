@@ -408,6 +408,19 @@ void launch(const LstmBrgemmSeq& s, at::ScalarType dt, bool widened) {
 // The up-front x-projection gx = x @ W_ih^T in the input's dtype, multiplied in wdt (packed_dtype): widened bf16
 // multiplies in fp32 and rounds once, as a native bf16 GEMM with fp32 accumulation does. (.to(x's dtype): also
 // whatever an enclosing autocast made at::mm return, the step reads gx as the input's dtype)
+// Whether a forward is too short to pay for packing its weights: float32 with at most
+// FASTRNN_CPU_BRGEMM_SHORT_ROWS rows in all its steps together (default 4; 0 packs always) and fewer than 4
+// batch rows (from 4 the per-step path's GEMM packs its weights too, step_gemm.h). Decoding one token at a
+// time (T=1, B=1) is the case. Measured (2-core Zen 3, inference, interleaved medians, per-step path /
+// brgemm): T=1 B=1 LSTM H=256 0.78 / 1.31 ms (2.57x / 1.53x torch.nn), H=1024 3.08 / 12.74 ms, GRU H=256 0.35 /
+// 0.50 ms, H=1024 2.56 / 5.33 ms; T=4 B=1 LSTM H=256 0.65 / 0.71 ms, GRU 0.49 / 0.61 ms; T=2 B=2 LSTM 0.61 /
+// 0.79 ms; T=1 B=3 GRU 0.46 / 0.60 ms; but 8 rows go to brgemm: T=4 B=2 LSTM 0.84 / 0.68 ms, T=8 B=1 LSTM
+// H=1024 17.1 / 12.4 ms, and T=1 B=8 LSTM H=256 0.60 / 0.47 ms. bfloat16 keeps brgemm: its per-step GEMM is
+// torch's, a plain loop without AVX-512.
+bool too_short_to_pack(at::ScalarType dt, const SeqLayout& L) {
+  return dt == at::kFloat && L.B < 4 && L.N <= env_int("FASTRNN_CPU_BRGEMM_SHORT_ROWS", 4);
+}
+
 at::Tensor upfront_x_projection(const at::Tensor& x, const at::Tensor& w_ih, at::ScalarType wdt) {
   return at::mm(x.to(wdt), w_ih.to(wdt).t()).to(x.scalar_type()).contiguous();
 }
@@ -422,7 +435,7 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>> lstm_f
   const int64_t H = w_ih.size(0) / 4, I = w_ih.size(1), P = w_hh.size(1);  // P: proj_size, or H
   const SeqLayout L = make_layout(input, batch_sizes);
   const std::optional<at::ScalarType> wdt = packed_dtype(dt, {I, H, P}, L);
-  if (!wdt) return std::nullopt;
+  if (!wdt || too_short_to_pack(dt, L)) return std::nullopt;
 
   const int64_t nb = std::min(forward_block_units(P, 4, c10::elementSize(*wdt)), H);
   const bool fold_x = fold_x_projection(L, I, H, P, 4, *wdt);
@@ -471,7 +484,7 @@ static std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> gru_rnn_for
   const int64_t H = w_hh.size(1), I = w_ih.size(1);
   const SeqLayout L = make_layout(input, batch_sizes);
   const std::optional<at::ScalarType> wdt = packed_dtype(dt, {I, H}, L);
-  if (!wdt) return std::nullopt;
+  if (!wdt || too_short_to_pack(dt, L)) return std::nullopt;
   const int64_t nb = std::min(forward_block_units(H, G, c10::elementSize(*wdt)), H);
   const at::Tensor x = rows2d(input.contiguous());
   const at::Tensor hxc = hx.contiguous();
