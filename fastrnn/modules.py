@@ -13,7 +13,7 @@ torch.compile(fullgraph=True) traces fastrnn's modules whole (tests/test_torchnn
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Callable, Iterable, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -97,15 +97,17 @@ def _autocast_dtypes(mode: str, input: Tensor, packed: bool, proj: bool, cell: b
     return None, None
 
 
-def _saves_activations(params: List[Tensor], *tensors: Optional[Tensor]) -> bool:
+def _saves_activations(params: Callable[[], Iterable[Tensor]], *tensors: Optional[Tensor]) -> bool:
     """The ops' `train` flag: save the activations the backward needs whenever a gradient may be asked for.
     Under torch.jit.trace it is always True: the flag becomes a constant of the traced graph, which must
     stay differentiable whatever the grad mode at trace time (torch.nn's traced modules can be trained), and
-    trace's own check re-runs the module in another grad mode and requires the same graph."""
+    trace's own check re-runs the module in another grad mode and requires the same graph. `params` (the
+    module's parameters method) is only walked when grad mode is on: under no_grad (decoding a token per
+    call) walking them was a tenth of a T=1 call."""
     if torch.jit.is_tracing():
         return True
     return torch.is_grad_enabled() and (
-        any(t is not None and t.requires_grad for t in tensors) or any(p.requires_grad for p in params))
+        any(t is not None and t.requires_grad for t in tensors) or any(p.requires_grad for p in params()))
 
 
 def _cast(t: Optional[Tensor], dtype: Optional[torch.dtype]) -> Optional[Tensor]:
@@ -428,7 +430,7 @@ class _RNNBase(_Options, nn.RNNBase):
             h0 = torch.zeros(h_shape, dtype=x.dtype, device=x.device)
             c0 = torch.zeros(c_shape, dtype=x.dtype, device=x.device) if is_lstm else None
 
-        needs_grad = _saves_activations(list(self.parameters()), x, h0, c0)
+        needs_grad = _saves_activations(self.parameters, x, h0, c0)
         if self._uses_ext_ops:
             self._check_ext_device(x, name)
         h_n, c_n = [], []
@@ -600,7 +602,7 @@ class _CellBase(_Options, nn.RNNCellBase):
             c0 = torch.zeros_like(h0) if is_lstm else None
         else:
             h0, c0 = states[0], (states[1] if is_lstm else None)
-        needs_grad = _saves_activations(list(self.parameters()), x, h0, c0)
+        needs_grad = _saves_activations(self.parameters, x, h0, c0)
         seq = x.unsqueeze(0)  # one step: [1, B, I]
         args = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         if self._uses_ext_ops:
