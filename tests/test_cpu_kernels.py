@@ -65,7 +65,12 @@ def test_packed_weight_gemm_matches_plain_gemm(monkeypatch, packed):
 def test_small_gemm_loop_matches_blas(monkeypatch, mode, batch):
     """Steps of fewer than 4 rows over a small float32 weight run fastrnn's own GEMM loop; it must agree with
     the BLAS path (FASTRNN_CPU_SMALL_GEMM_MAX=0), forward and backward, with column tails (4H = 52 is not a
-    multiple of the vector width) and a bidirectional second layer (k = 2H)."""
+    multiple of the vector width) and a bidirectional second layer (k = 2H). On the per-step path (the fused
+    brgemm path has its own GEMM), with the forward's transposed weight in the loop whatever the sequence
+    length (by default a forward of fewer than 8 steps leaves it to BLAS, FASTRNN_CPU_SMALL_GEMM_MIN_STEPS)."""
+    monkeypatch.setenv("FASTRNN_CPU_BRGEMM", "0")
+    monkeypatch.setenv("FASTRNN_CPU_SMALL_GEMM_MIN_STEPS", "0")
+
     def run():
         torch.manual_seed(0)
         m = getattr(fastrnn, mode)(5, 13, num_layers=2, bidirectional=True)

@@ -95,7 +95,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_ext_forward(
   hm.copy_(h_state);
   if (mask.defined()) hm.mul_(mask);
   const at::Tensor gh = at::empty({L.B, G}, acc_opts);
-  const StepGemm gemm_hh(w_acc, /*transpose_w=*/true, L.B);
+  const StepGemm gemm_hh(w_acc, /*transpose_w=*/true, L.B, INT64_MAX, L.T);
 
   FASTRNN_CPU_DISPATCH(dtype, kFwd, [&] {
     using acc = acc_t<scalar_t>;

@@ -50,8 +50,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
   const at::Tensor gh = at::empty({L.B, 4 * H}, input.options());
   const at::Tensor r = proj ? at::empty({L.B, H}, input.options()) : at::Tensor();
 
-  const StepGemm gemm_hh(w_hh, /*transpose_w=*/true, L.B);
-  const StepGemm gemm_hr = proj ? StepGemm(w_hr, /*transpose_w=*/true, L.B) : StepGemm(w_hh, true, 0);
+  const StepGemm gemm_hh(w_hh, /*transpose_w=*/true, L.B, INT64_MAX, L.T);
+  const StepGemm gemm_hr = proj ? StepGemm(w_hr, /*transpose_w=*/true, L.B, INT64_MAX, L.T) : StepGemm(w_hh, true, 0);
   FASTRNN_CPU_DISPATCH(input.scalar_type(), kFwd, [&] {
     const auto& K = pointwise_kernels<scalar_t>(active_isa());
     for (int64_t k = 0; k < L.T; ++k) {

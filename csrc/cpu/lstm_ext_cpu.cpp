@@ -137,8 +137,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_ext_forward(
   const at::Tensor r = proj ? at::empty({L.B, H}, acc_opts) : at::Tensor();      // o * tanh(u)
   const at::Tensor hp = proj ? at::empty({L.B, P}, acc_opts) : at::Tensor();     // r @ W_hr^T
 
-  const StepGemm gemm_hh(w_hh, /*transpose_w=*/true, L.B);
-  const StepGemm gemm_hr = proj ? StepGemm(w_hr, /*transpose_w=*/true, L.B) : StepGemm(w_hh, true, 0);
+  const StepGemm gemm_hh(w_hh, /*transpose_w=*/true, L.B, INT64_MAX, L.T);
+  const StepGemm gemm_hr = proj ? StepGemm(w_hr, /*transpose_w=*/true, L.B, INT64_MAX, L.T) : StepGemm(w_hh, true, 0);
   FASTRNN_CPU_DISPATCH(dt, kFwd, [&] {
     using acc = acc_t<scalar_t>;
     const ActivationFn act = activation_kernel(active_isa());

@@ -37,7 +37,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(const at::Tensor& input,
                                      input.scalar_type());  // biases: in the pointwise pass
   const at::Tensor gh = at::empty({L.B, H}, input.options());
 
-  const StepGemm gemm_hh(w_hh, /*transpose_w=*/true, L.B);
+  const StepGemm gemm_hh(w_hh, /*transpose_w=*/true, L.B, INT64_MAX, L.T);
   FASTRNN_CPU_DISPATCH(input.scalar_type(), kFwd, [&] {
     const auto& K = pointwise_kernels<scalar_t>(active_isa());
     for (int64_t k = 0; k < L.T; ++k) {

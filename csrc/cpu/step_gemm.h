@@ -26,7 +26,9 @@ class StepGemm {
   // max_pack_bytes: no packing when MKL's panels would take more (they take at least ~7.5 MiB whatever the
   // weight's size, so a backward passes the size of the sequence buffer it holds anyway, keeping the panels
   // from dominating its peak memory on small sequences).
-  StepGemm(const at::Tensor& w, bool transpose_w, int64_t rows, int64_t max_pack_bytes = INT64_MAX);
+  // steps: how many steps will run it (a transposed weight's copy for the small-GEMM loop needs a few).
+  StepGemm(const at::Tensor& w, bool transpose_w, int64_t rows, int64_t max_pack_bytes = INT64_MAX,
+           int64_t steps = INT64_MAX);
   // c = a @ op(W) (accumulate=false) or c += a @ op(W); a [r, k] and c [r, n] row-major with unit column
   // stride (row strides may exceed the width).
   void run(const at::Tensor& a, at::Tensor c, bool accumulate = false) const;
