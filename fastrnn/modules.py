@@ -448,14 +448,15 @@ class _RNNBase(_Options, nn.RNNBase):
                                                     self._layer_params(layer, 0), self._layer_params(layer, 1),
                                                     needs_grad)
                 outs, h_n, c_n = out, h_n + hy, c_n + cy
-            for direction in range(0 if both_at_once else num_directions):
-                idx = layer * num_directions + direction
-                out, hy, cy = self._run_layer(layer_input, batch_sizes, h0[idx], c0[idx] if is_lstm else None,
-                                              self._layer_params(layer, direction), direction == 1, needs_grad,
-                                              layer, direction)
-                outs.append(out)
-                h_n.append(hy)
-                c_n.append(cy)
+            else:
+                for direction in range(num_directions):
+                    idx = layer * num_directions + direction
+                    out, hy, cy = self._run_layer(layer_input, batch_sizes, h0[idx], c0[idx] if is_lstm else None,
+                                                  self._layer_params(layer, direction), direction == 1, needs_grad,
+                                                  layer, direction)
+                    outs.append(out)
+                    h_n.append(hy)
+                    c_n.append(cy)
             layer_input = outs[0] if num_directions == 1 else torch.cat(outs, dim=-1)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, p=self.dropout, training=True)

@@ -405,9 +405,6 @@ void launch(const LstmBrgemmSeq& s, at::ScalarType dt, bool widened) {
     run_sequence(s, steps, tile, &isa_avx512::lstm_fwd_brgemm_bf16, true);
 }
 
-// The up-front x-projection gx = x @ W_ih^T in the input's dtype, multiplied in wdt (packed_dtype): widened bf16
-// multiplies in fp32 and rounds once, as a native bf16 GEMM with fp32 accumulation does. (.to(x's dtype): also
-// whatever an enclosing autocast made at::mm return, the step reads gx as the input's dtype)
 // Whether a forward is too short to pay for packing its weights: float32 with at most
 // FASTRNN_CPU_BRGEMM_SHORT_ROWS rows in all its steps together (default 4; 0 packs always) and fewer than 4
 // batch rows (from 4 the per-step path's GEMM packs its weights too, step_gemm.h). Decoding one token at a
@@ -421,6 +418,9 @@ bool too_short_to_pack(at::ScalarType dt, const SeqLayout& L) {
   return dt == at::kFloat && L.B < 4 && L.N <= env_int("FASTRNN_CPU_BRGEMM_SHORT_ROWS", 4);
 }
 
+// The up-front x-projection gx = x @ W_ih^T in the input's dtype, multiplied in wdt (packed_dtype): widened bf16
+// multiplies in fp32 and rounds once, as a native bf16 GEMM with fp32 accumulation does. (.to(x's dtype): also
+// whatever an enclosing autocast made at::mm return, the step reads gx as the input's dtype)
 at::Tensor upfront_x_projection(const at::Tensor& x, const at::Tensor& w_ih, at::ScalarType wdt) {
   return at::mm(x.to(wdt), w_ih.to(wdt).t()).to(x.scalar_type()).contiguous();
 }
