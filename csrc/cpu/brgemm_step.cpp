@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "../sequence.h"
+#include "huge_pages.h"
 
 namespace fastrnn::cpu {
 
@@ -422,6 +423,11 @@ bool too_short_to_pack(at::ScalarType dt, const SeqLayout& L) {
 // multiplies in fp32 and rounds once, as a native bf16 GEMM with fp32 accumulation does. (.to(x's dtype): also
 // whatever an enclosing autocast made at::mm return, the step reads gx as the input's dtype)
 at::Tensor upfront_x_projection(const at::Tensor& x, const at::Tensor& w_ih, at::ScalarType wdt) {
+  if (wdt == x.scalar_type()) {  // into a fresh buffer on huge pages (huge_pages.h); mm_out keeps the dtype
+    at::Tensor gx = empty_on_huge_pages({x.size(0), w_ih.size(0)}, x.options());
+    at::mm_out(gx, x, w_ih.t());
+    return gx;
+  }
   return at::mm(x.to(wdt), w_ih.to(wdt).t()).to(x.scalar_type()).contiguous();
 }
 
@@ -457,7 +463,7 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>> lstm_f
   out_sizes.back() = P;
   at::Tensor output = at::empty(out_sizes, input.options());
   at::Tensor c_state = cx.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true).contiguous();
-  at::Tensor ws = at::empty({train ? L.N : 0, train ? 5 * H : 0}, input.options().dtype(at::kFloat));
+  at::Tensor ws = empty_on_huge_pages({train ? L.N : 0, train ? 5 * H : 0}, input.options().dtype(at::kFloat));
 
   LstmBrgemmSeq s{BrgemmCell::kLstm, 4, false, L.T, L.B, I, H, L.batch_sizes.data(), L.offsets.data(),
                   reverse, x.data_ptr(), hxc.data_ptr(), whh_p.data_ptr(),
@@ -499,7 +505,7 @@ static std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> gru_rnn_for
   out_sizes.back() = H;
   at::Tensor output = at::empty(out_sizes, input.options());
   const bool keep_ws = train && cell == BrgemmCell::kGru;
-  at::Tensor ws = at::empty({keep_ws ? L.N : 0, keep_ws ? 4 * H : 0}, input.options().dtype(at::kFloat));
+  at::Tensor ws = empty_on_huge_pages({keep_ws ? L.N : 0, keep_ws ? 4 * H : 0}, input.options().dtype(at::kFloat));
   LstmBrgemmSeq s{cell, G, relu, L.T, L.B, I, H, L.batch_sizes.data(), L.offsets.data(), reverse,
                   x.data_ptr(), hxc.data_ptr(), whh_p.data_ptr(), fold_x ? wih_p.data_ptr() : nullptr,
                   fold_x ? nullptr : gx.data_ptr(), bx ? bx->data_ptr<float>() : nullptr,

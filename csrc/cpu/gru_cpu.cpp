@@ -5,6 +5,7 @@
 
 #include "brgemm_step.h"
 #include "cells_cpu.h"
+#include "huge_pages.h"
 #include "seq_gemm.h"
 #include "step_loop.h"
 
@@ -35,7 +36,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
   at::Tensor output = at::empty(out_sizes, input.options());
   const at::Tensor out = rows2d(output);
   at::Tensor h_state = hx.contiguous().clone();
-  at::Tensor ws = at::empty({train ? L.N : 0, train ? 4 * H : 0}, acc_opts);
+  at::Tensor ws = empty_on_huge_pages({train ? L.N : 0, train ? 4 * H : 0}, acc_opts);
   const at::Tensor gx = checked_dtype("the x-side GEMM", at::mm(rows2d(input.contiguous()), w_ih.t()),
                                      input.scalar_type());  // biases: in the pointwise pass
   const at::Tensor gh = at::empty({L.B, 3 * H}, input.options());
@@ -81,6 +82,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor h0 = hx.contiguous();
   at::Tensor dh_state = grad_hy.contiguous().clone();
   const GateGradBuffer dg = gate_grad_buffer(L.N, 3 * H, input, accumulate_grad_input);
+  advise_huge_pages_gate_grads(dg);
   const at::Tensor& dgx = dg.dgx;
   // The h-side gate gradients equal the x side's for r and z; only n's differs (dph_n = dpx_n * r). So the
   // whole sequence keeps dph_n alone [N, H], and a step's full h-side rows [dr, dz, dph_n], which its

@@ -23,6 +23,7 @@
 #include "../ext_args.h"
 #include "../ext_grads.h"
 #include "ext_activate.h"
+#include "huge_pages.h"
 #include "step_loop.h"
 
 namespace fastrnn::cpu {
@@ -76,7 +77,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_ext_forward(
   out_sizes.back() = H;
   at::Tensor output = at::empty(out_sizes, gates_x.options());
   at::Tensor h_state = hx.contiguous().clone();
-  at::Tensor ws = at::empty({train ? L.N : 0, train ? W : 0}, acc_opts);
+  at::Tensor ws = empty_on_huge_pages({train ? L.N : 0, train ? W : 0}, acc_opts);
   if (L.N == 0 || H == 0) {
     FASTRNN_CPU_DISPATCH(dtype, kFwd, [&] {});
     if (train && ws.numel() > 0) ws.zero_();
@@ -201,14 +202,14 @@ GruExtBackwardResult gru_ext_backward(
   const auto acc_opts = output.options().dtype(acc_dtype(dtype));
   auto gx_sizes = output.sizes().vec();
   gx_sizes.back() = G;
-  at::Tensor grad_gates_x = at::empty(gx_sizes, output.options());
+  at::Tensor grad_gates_x = empty_on_huge_pages(gx_sizes, output.options());
   const at::Tensor dgx = rows2d(grad_gates_x);
   at::Tensor dh_state = at::empty({L.B, H}, acc_opts);
   dh_state.copy_(grad_hy);
   // The gradient of the recurrent pre-activation W_hh (h * m) of every row, and with LN that of its
   // normalised value (the gradient of b_hh and of the LN bias: da_ln = [d r, d z, d n * r]).
-  at::Tensor da = at::empty({L.N, G}, acc_opts);
-  at::Tensor da_ln = ln ? at::empty({L.N, G}, acc_opts) : da;
+  at::Tensor da = empty_on_huge_pages({L.N, G}, acc_opts);
+  at::Tensor da_ln = ln ? empty_on_huge_pages({L.N, G}, acc_opts) : da;
 
   if (L.N > 0 && H > 0) {
     const at::Tensor ws = workspace.contiguous();

@@ -11,6 +11,7 @@
 
 #include "brgemm_step.h"
 #include "cells_cpu.h"
+#include "huge_pages.h"
 #include "seq_gemm.h"
 #include "step_loop.h"
 
@@ -44,7 +45,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
   const at::Tensor out = rows2d(output);
   at::Tensor h_state = hx.contiguous().clone();
   at::Tensor c_state = cx.to(acc_opts, /*non_blocking=*/false, /*copy=*/true).contiguous();
-  at::Tensor ws = at::empty({train ? L.N : 0, train ? 5 * H : 0}, acc_opts);
+  at::Tensor ws = empty_on_huge_pages({train ? L.N : 0, train ? 5 * H : 0}, acc_opts);
   const at::Tensor gx = checked_dtype("the x-side GEMM", at::mm(rows2d(input.contiguous()), w_ih_.t()),
                                      input.scalar_type());  // biases: in the pointwise pass
   const at::Tensor gh = at::empty({L.B, 4 * H}, input.options());
@@ -100,6 +101,7 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at
   at::Tensor dh_state = grad_hy.contiguous().clone();
   at::Tensor dc_state = grad_cy.to(acc_opts, false, /*copy=*/true).contiguous();
   const GateGradBuffer dg = gate_grad_buffer(L.N, 4 * H, input, accumulate_grad_input);
+  advise_huge_pages_gate_grads(dg);
   const at::Tensor& dgates = dg.dgx;
   const at::Tensor out = rows2d(output.contiguous());
   // With a projection: dL/dh of every row (for dW_hr), the projection inputs r, and a step's dL/dr.

@@ -25,6 +25,7 @@
 #include "../ext_args.h"
 #include "../ext_grads.h"
 #include "ext_activate.h"
+#include "huge_pages.h"
 #include "step_loop.h"
 
 namespace fastrnn::cpu {
@@ -129,7 +130,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_ext_forward(
   const at::Tensor gx = rows2d(gates_x.contiguous());
   at::Tensor h_state = hx.contiguous().clone();
   at::Tensor c_state = cx.to(acc_opts, /*non_blocking=*/false, /*copy=*/true).contiguous();
-  at::Tensor ws = at::empty({train ? L.N : 0, train ? wl.width : 0}, acc_opts);
+  at::Tensor ws = empty_on_huge_pages({train ? L.N : 0, train ? wl.width : 0}, acc_opts);
   const at::Tensor gh = at::empty({L.B, 4 * H}, acc_opts);
   // h_{t-1} * m in the accumulation dtype, the GEMM's operand (h_state itself where neither applies).
   const bool use_hm = mask.defined() || acc_type != dt;
@@ -284,8 +285,8 @@ LstmExtBackwardResult lstm_ext_backward(
   at::Tensor dh_state = grad_hy.to(acc_opts, false, /*copy=*/true).contiguous();
   at::Tensor dc_state = grad_cy.to(acc_opts, false, /*copy=*/true).contiguous();
   const int64_t G = 4 * H, W = wl.width;
-  at::Tensor dgates = at::empty({L.N, G}, acc_opts);           // d pre (= grad_gates_x)
-  at::Tensor da = has_ln_hh ? at::empty({L.N, G}, acc_opts) : dgates;  // d (W_hh h m)
+  at::Tensor dgates = empty_on_huge_pages({L.N, G}, acc_opts);            // d pre (= grad_gates_x)
+  at::Tensor da = has_ln_hh ? empty_on_huge_pages({L.N, G}, acc_opts) : dgates;  // d (W_hh h m)
   at::Tensor du = has_ln_c ? at::empty({L.N, H}, acc_opts) : at::Tensor();   // d u (for LN_c's gradients)
   at::Tensor dht = proj ? at::empty({L.N, P}, acc_opts) : at::Tensor();     // d h~ (for dW_hr)
   at::Tensor dr = proj ? at::empty({L.B, H}, acc_opts) : at::Tensor();

@@ -4,6 +4,7 @@
 
 #include "brgemm_step.h"
 #include "cells_cpu.h"
+#include "huge_pages.h"
 #include "seq_gemm.h"
 #include "step_loop.h"
 
@@ -68,6 +69,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor dh_state = grad_hy.contiguous().clone();
   // in grad_input's storage when I >= H (and the input gradient is not accumulated into another)
   const GateGradBuffer dg = gate_grad_buffer(L.N, H, input, accumulate_grad_input);
+  advise_huge_pages_gate_grads(dg);
   const at::Tensor& dgates = dg.dgx;
 
   // The fused brgemm recurrence (brgemm_step.h) where it applies; otherwise the per-step loop below.
