@@ -413,3 +413,32 @@ def test_short_sequences_either_path(mode, case, short_rows, monkeypatch):
     out_r, grad_r = run_module(mode, ref, case, x, h0, c0)
     compare(out_f, out_r, torch.float32, f"short_rows={short_rows} output")
     compare(grad_f, grad_r, torch.float32, f"short_rows={short_rows} grad")
+
+
+# Decoding steps (fewer than 4 rows in all) multiply by W_ih and W_hh read in place (step_gemm.h, mm_wt_into): on
+# one thread below 512 KB of weight, the output columns split over the threads above; FASTRNN_CPU_WT_GEMV=0
+# sends them to at::mm. Against torch.nn either way, forward and backward, with a K that is no multiple of the
+# vector width (the masked tail), an odd column count (the one-column loop: the Elman RNN's H), 3 rows from the
+# steps or from the batch, and an LSTM projection (its h = r @ W_hr^T step product).
+WT_GEMV_CASES = [Case("T1_B1_I37_H257", T=1, B=1, I=37, H=257), Case("T3_B1_H256", T=3, B=1, I=256, H=256),
+                 Case("T1_B3_H300_hx", T=1, B=3, I=64, H=300, hx=True),
+                 Case("T2_B1_H256_unbatched", T=2, B=1, I=256, H=256, batched=False)]
+WT_GEMV_PROJ = Case("T2_B1_H256_P37", T=2, B=1, I=40, H=256, proj_size=37)
+
+
+@pytest.mark.parametrize("variant", ["avx512", "avx2", "default", "at::mm"])
+@pytest.mark.parametrize("mode,case", [(m, c) for m in MODES for c in WT_GEMV_CASES] + [("LSTM", WT_GEMV_PROJ)],
+                         ids=repr)
+def test_decoding_steps_read_weights_in_place(mode, case, variant, monkeypatch):
+    """variant: the instruction set of the loop (FASTRNN_CPU_CAPABILITY; one the processor lacks falls back to
+    the best it has), or at::mm instead (FASTRNN_CPU_WT_GEMV=0)."""
+    monkeypatch.setenv("FASTRNN_CPU_WT_GEMV", "0" if variant == "at::mm" else "1")
+    if variant != "at::mm":
+        monkeypatch.setenv("FASTRNN_CPU_CAPABILITY", variant)
+    torch.manual_seed(0)
+    fast, ref = make_pair(mode, case.I, case.H, torch.float32, "cpu", **case.module_kwargs)
+    x, h0, c0 = make_inputs(mode, case, torch.float32, "cpu")
+    out_f, grad_f = run_module(mode, fast, case, x, h0, c0)
+    out_r, grad_r = run_module(mode, ref, case, x, h0, c0)
+    compare(out_f, out_r, torch.float32, f"{variant} output")
+    compare(grad_f, grad_r, torch.float32, f"{variant} grad")

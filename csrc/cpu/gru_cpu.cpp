@@ -7,6 +7,7 @@
 #include "cells_cpu.h"
 #include "huge_pages.h"
 #include "seq_gemm.h"
+#include "step_gemm.h"
 #include "step_loop.h"
 
 namespace fastrnn::cpu {
@@ -37,7 +38,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
   const at::Tensor out = rows2d(output);
   at::Tensor h_state = hx.contiguous().clone();
   at::Tensor ws = empty_on_huge_pages({train ? L.N : 0, train ? 4 * H : 0}, acc_opts);
-  const at::Tensor gx = checked_dtype("the x-side GEMM", at::mm(rows2d(input.contiguous()), w_ih.t()),
+  const at::Tensor gx = checked_dtype("the x-side GEMM", mm_wt(rows2d(input.contiguous()), w_ih.contiguous()),
                                      input.scalar_type());  // biases: in the pointwise pass
   const at::Tensor gh = at::empty({L.B, 3 * H}, input.options());
 

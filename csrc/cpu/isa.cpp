@@ -87,6 +87,14 @@ SmallGemmFn small_gemm_kernel(Isa isa) {
   }
 }
 
+WtGemvFn wt_gemv_kernel(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512: return &isa_avx512::wt_gemv;
+    case Isa::kAvx2: return &isa_avx2::wt_gemv;
+    default: return &isa_default::wt_gemv;
+  }
+}
+
 TransposeFn transpose_kernel(Isa isa) {
   switch (isa) {
     case Isa::kAvx512: return &isa_avx512::transpose_f32;

@@ -13,6 +13,7 @@
 #include "cells_cpu.h"
 #include "huge_pages.h"
 #include "seq_gemm.h"
+#include "step_gemm.h"
 #include "step_loop.h"
 
 namespace fastrnn::cpu {
@@ -46,7 +47,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
   at::Tensor h_state = hx.contiguous().clone();
   at::Tensor c_state = cx.to(acc_opts, /*non_blocking=*/false, /*copy=*/true).contiguous();
   at::Tensor ws = empty_on_huge_pages({train ? L.N : 0, train ? 5 * H : 0}, acc_opts);
-  const at::Tensor gx = checked_dtype("the x-side GEMM", at::mm(rows2d(input.contiguous()), w_ih_.t()),
+  const at::Tensor gx = checked_dtype("the x-side GEMM", mm_wt(rows2d(input.contiguous()), w_ih_.contiguous()),
                                      input.scalar_type());  // biases: in the pointwise pass
   const at::Tensor gh = at::empty({L.B, 4 * H}, input.options());
   const at::Tensor r = proj ? at::empty({L.B, H}, input.options()) : at::Tensor();

@@ -128,6 +128,20 @@ struct SmallGemmArgs {
   bool accumulate;
 };
 
+// A few rows times a row-major weight's transpose, c[r, n] (=|+=) sum_k a[r, k] * w[n, k] for r < rows (at
+// most 3) and output columns [n0, n1): the x-projection and recurrent product of a decoding step (T*B < 4
+// rows) over a weight too large for the small-GEMM loop's transposed copy to pay (step_gemm.h), read in place.
+struct WtGemvArgs {
+  const float* a;
+  int64_t lda;
+  const float* w;
+  int64_t ldw;
+  float* c;
+  int64_t ldc;
+  int64_t rows, k;
+  bool accumulate;
+};
+
 template <typename scalar_t>
 struct PointwiseKernels {
   void (*lstm_fwd)(const LstmFwdArgs<scalar_t>&, int64_t b0, int64_t b1);
@@ -153,6 +167,8 @@ const PointwiseKernels<scalar_t>& pointwise_kernels(Isa isa);
 
 using SmallGemmFn = void (*)(const SmallGemmArgs&, int64_t r0, int64_t r1);
 SmallGemmFn small_gemm_kernel(Isa isa);
+using WtGemvFn = void (*)(const WtGemvArgs&, int64_t n0, int64_t n1);
+WtGemvFn wt_gemv_kernel(Isa isa);
 
 // The gate activations exactly as the step kernels of an instruction set compute them on float32 (for the
 // accuracy test of fast_math.h through the test-only op fastrnn::_cpu_activation).
@@ -173,6 +189,7 @@ TransposeFn transpose_kernel(Isa isa);
   extern template const PointwiseKernels<double>& kernels<double>();                   \
   extern template const PointwiseKernels<c10::BFloat16>& kernels<c10::BFloat16>();     \
   void small_gemm(const SmallGemmArgs&, int64_t r0, int64_t r1);                       \
+  void wt_gemv(const WtGemvArgs&, int64_t n0, int64_t n1);                             \
   void activation(const float* x, float* y, int64_t n, Activation fn);                 \
   void transpose_f32(const float* src, int64_t ld_src, float* dst, int64_t ld_dst,     \
                      int64_t m, int64_t n);                                            \

@@ -261,6 +261,76 @@ void small_gemm(const SmallGemmArgs& g, int64_t r0, int64_t r1) {
   }
 }
 
+namespace {
+
+// The sum of a vector's lanes (through memory: ATen's vec_reduce_all trips GCC 12's uninitialised-use warning
+// under AVX-512).
+inline float lane_sum(const Vectorized<float>& v) {
+  alignas(64) float lanes[Vectorized<float>::size()];
+  v.store(lanes);
+  float sum = 0.f;
+  for (int i = 0; i < Vectorized<float>::size(); ++i) sum += lanes[i];
+  return sum;
+}
+
+// Rows [0, R) and output columns [n, n + 4): the four weight rows' dot products with each row of a, along k in
+// vectors (each weight vector loaded once for all R rows), reduced at the end.
+template <int R>
+inline void wt_gemv_quad(const WtGemvArgs& g, int64_t n) {
+  using V = Vectorized<float>;
+  const int64_t k = g.k;
+  const float* w = g.w + n * g.ldw;
+  V acc[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < 4; ++j) acc[r][j] = V(0.f);
+  for (int64_t kk = 0; kk < k; kk += V::size()) {
+    const int64_t m = std::min<int64_t>(V::size(), k - kk);
+    V wv[4];
+    for (int j = 0; j < 4; ++j) wv[j] = load(w + j * g.ldw + kk, m);
+    for (int r = 0; r < R; ++r) {
+      const V av = load(g.a + r * g.lda + kk, m);
+      for (int j = 0; j < 4; ++j) acc[r][j] = at::vec::fmadd(av, wv[j], acc[r][j]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    float* c = g.c + r * g.ldc + n;
+    for (int j = 0; j < 4; ++j) {
+      const float sum = lane_sum(acc[r][j]);
+      c[j] = g.accumulate ? c[j] + sum : sum;
+    }
+  }
+}
+
+// One output column, all rows (the last n % 4 columns).
+inline void wt_gemv_one(const WtGemvArgs& g, int64_t n) {
+  using V = Vectorized<float>;
+  for (int64_t r = 0; r < g.rows; ++r) {
+    V acc(0.f);
+    for (int64_t kk = 0; kk < g.k; kk += V::size()) {
+      const int64_t m = std::min<int64_t>(V::size(), g.k - kk);
+      acc = at::vec::fmadd(load(g.a + r * g.lda + kk, m), load(g.w + n * g.ldw + kk, m), acc);
+    }
+    const float sum = lane_sum(acc);
+    float* c = g.c + r * g.ldc + n;
+    *c = g.accumulate ? *c + sum : sum;
+  }
+}
+
+}  // namespace
+
+void wt_gemv(const WtGemvArgs& g, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) {
+    switch (g.rows) {
+      case 3: wt_gemv_quad<3>(g, n); break;
+      case 2: wt_gemv_quad<2>(g, n); break;
+      case 1: wt_gemv_quad<1>(g, n); break;
+      default: break;
+    }
+  }
+  for (; n < n1; ++n) wt_gemv_one(g, n);
+}
+
 template <typename scalar_t>
 const PointwiseKernels<scalar_t>& kernels() {
   static const PointwiseKernels<scalar_t> table{&lstm_fwd<scalar_t>, &lstm_bwd<scalar_t>, &gru_fwd<scalar_t>,

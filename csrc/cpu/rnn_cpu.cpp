@@ -6,6 +6,7 @@
 #include "cells_cpu.h"
 #include "huge_pages.h"
 #include "seq_gemm.h"
+#include "step_gemm.h"
 #include "step_loop.h"
 
 namespace fastrnn::cpu {
@@ -34,7 +35,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(const at::Tensor& input,
   at::Tensor output = at::empty(out_sizes, input.options());
   const at::Tensor out = rows2d(output);
   at::Tensor h_state = hx.contiguous().clone();
-  const at::Tensor gx = checked_dtype("the x-side GEMM", at::mm(rows2d(input.contiguous()), w_ih.t()),
+  const at::Tensor gx = checked_dtype("the x-side GEMM", mm_wt(rows2d(input.contiguous()), w_ih.contiguous()),
                                      input.scalar_type());  // biases: in the pointwise pass
   const at::Tensor gh = at::empty({L.B, H}, input.options());
 

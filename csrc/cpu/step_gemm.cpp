@@ -1,5 +1,8 @@
 #include "step_gemm.h"
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -54,11 +57,49 @@ int64_t small_gemm_min_steps() {
   return env != nullptr ? std::atoll(env) : 8;
 }
 
+bool wt_gemv_enabled() {
+  const char* env = std::getenv("FASTRNN_CPU_WT_GEMV");
+  return env == nullptr || std::strcmp(env, "0") != 0;
+}
+
+bool mm_wt_into(const at::Tensor& a, const at::Tensor& w, at::Tensor c, bool accumulate) {
+  const int64_t r = a.size(0), k = a.size(1), n = w.size(0);
+  if (r >= 4 || a.scalar_type() != at::kFloat || w.scalar_type() != at::kFloat || c.scalar_type() != at::kFloat ||
+      !w.is_contiguous() || a.stride(1) != 1 || c.stride(1) != 1 || !wt_gemv_enabled())
+    return false;
+  TORCH_INTERNAL_ASSERT(w.size(1) == k && c.size(0) == r && c.size(1) == n);
+  if (r == 0 || n == 0) return true;
+  const WtGemvArgs g{a.data_ptr<float>(), a.stride(0), w.data_ptr<float>(), k, c.data_ptr<float>(), c.stride(0),
+                     r, k, accumulate};
+  const WtGemvFn gemv = wt_gemv_kernel(active_isa());
+  const int64_t bytes = n * k * static_cast<int64_t>(sizeof(float));
+  if (bytes < kWtGemvParallelBytes) {
+    gemv(g, 0, n);
+    return true;
+  }
+  // columns in groups of 4 (the loop's unit), at least 128 KB of the weight per task
+  const int64_t quads = (n + 3) / 4, grain = std::max<int64_t>(1, (int64_t{1} << 17) / (4 * k * 4));
+  at::parallel_for(0, quads, grain, [&](int64_t q0, int64_t q1) { gemv(g, 4 * q0, std::min(n, 4 * q1)); });
+  return true;
+}
+
+at::Tensor mm_wt(const at::Tensor& a, const at::Tensor& w) {
+  if (a.size(0) < 4 && a.scalar_type() == at::kFloat) {
+    at::Tensor c = at::empty({a.size(0), w.size(0)}, a.options());
+    if (mm_wt_into(a, w, c, false)) return c;
+  }
+  return at::mm(a, w.t());
+}
+
 StepGemm::StepGemm(const at::Tensor& w, bool transpose_w, int64_t rows, int64_t max_pack_bytes, int64_t steps)
     : w_(transpose_w ? w.t() : w), rows_(rows), k_(w_.size(0)), n_(w_.size(1)) {
   if (w.scalar_type() == at::kFloat && rows < packed_gemm_min_rows() && k_ * n_ <= small_gemm_max() && k_ > 0 &&
       n_ > 0 && (w_.is_contiguous() || steps >= small_gemm_min_steps())) {
     small_ = w_.contiguous();
+    return;
+  }
+  if (transpose_w && w.scalar_type() == at::kFloat && w.is_contiguous() && rows < 4) {
+    wt_ = w;  // few-row steps read W in place (mm_wt_into)
     return;
   }
   const bool fits_int = rows < INT32_MAX && k_ < INT32_MAX && n_ < INT32_MAX;
@@ -82,6 +123,7 @@ void StepGemm::run(const at::Tensor& a, at::Tensor c, bool accumulate) const {
     small_gemm_kernel(active_isa())(g, 0, r);
     return;
   }
+  if (wt_.defined() && mm_wt_into(a, wt_, c, accumulate)) return;
   if (packed_.defined() && r == rows_ && a.stride(1) == 1 && c.stride(1) == 1) {
     cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, r, n_, k_, a.data_ptr<float>(), a.stride(0),
                         packed_.data_ptr<float>(), n_, accumulate ? 1.0f : 0.0f, c.data_ptr<float>(), c.stride(0));

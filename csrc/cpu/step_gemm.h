@@ -13,6 +13,11 @@
 // 65536: 256 KB, L2-resident) skip BLAS: a register-blocked loop (pointwise_impl.h, small_gemm) does them.
 // Measured, T=100 H=64 B=1 against at::mm: LSTM inference 1.44x, LSTM training 1.37x, GRU inference 1.56x;
 // at B=16 it was 0.91x of MKL, so larger batches keep MKL.
+// A transposed weight (h @ W_hh^T) that the small-GEMM loop does not take (over the size, or a sequence too
+// short to pay for its copy: decoding a token per call) is read in place by mm_wt_into below for steps of
+// fewer than 4 rows. Measured (2-core Zen 3, T=1 B=1 module inference, interleaved medians vs torch.nn, at::mm ->
+// mm_wt_into): GRU H=1024 1.03x -> 1.36x, Elman RNN H=1024 1.32x -> 1.58x, LSTM H=1024 7.2x -> 8.9x, GRU H=256
+// 0.93x -> 0.97x; there the weights come from DRAM (18 GB/s on 2 threads), so the gain is both cores' share.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -38,8 +43,21 @@ class StepGemm {
   at::Tensor w_;       // op(W) as a [k, n] view, for the fallback
   at::Tensor packed_;  // MKL's packed panels (float32 storage), undefined when not packing
   at::Tensor small_;   // op(W) as a contiguous [k, n] float32 matrix when the small-GEMM loop serves
+  at::Tensor wt_;      // W [n, k] itself (float32, contiguous) when few-row steps read it in place (mm_wt_into)
   int64_t rows_, k_, n_;
 };
+
+// c (=|+=) a @ w^T, a [r, k] and c [r, n] with unit column strides, w [n, k] contiguous, all float32, for r < 4
+// rows (a decoding step: T * B < 4): w is read in place by a vector loop of dot products (wt_gemv in
+// pointwise.h), its output columns split over the threads from kWtGemvParallelBytes of weight up. Returns
+// false, having done nothing, where that does not apply (the caller runs at::mm). MKL's GEMV ran at 13 GFLOP/s
+// on an L2-resident 256 x 256 weight, and on one thread from memory, on a 2-core Zen 3.
+// FASTRNN_CPU_WT_GEMV=0 turns it off (A/B).
+bool mm_wt_into(const at::Tensor& a, const at::Tensor& w, at::Tensor c, bool accumulate);
+constexpr int64_t kWtGemvParallelBytes = int64_t{512} << 10;
+
+// a @ w^T as a new tensor (the up-front x-projection of the per-step paths): mm_wt_into where it applies.
+at::Tensor mm_wt(const at::Tensor& a, const at::Tensor& w);
 
 // Whether the packed path is available and enabled (FASTRNN_CPU_PACKED_GEMM=0 turns it off, for A/B
 // measurements and tests of the fallback).
