@@ -407,12 +407,17 @@ SHORT_CASES = [Case("T1_B1", T=1, B=1, I=6, H=40), Case("T4_B1", T=4, B=1, I=6, 
 def test_short_sequences_either_path(mode, case, short_rows, monkeypatch):
     monkeypatch.setenv("FASTRNN_CPU_BRGEMM", "1")
     monkeypatch.setenv("FASTRNN_CPU_BRGEMM_SHORT_ROWS", short_rows)
+    _float32_parity(mode, case, f"short_rows={short_rows}")
+
+
+def _float32_parity(mode, case, what):
+    """fastrnn against torch.nn in float32 on the same weights and inputs: outputs and gradients."""
     fast, ref = make_pair(mode, case.I, case.H, torch.float32, "cpu", **case.module_kwargs)
     x, h0, c0 = make_inputs(mode, case, torch.float32, "cpu")
     out_f, grad_f = run_module(mode, fast, case, x, h0, c0)
     out_r, grad_r = run_module(mode, ref, case, x, h0, c0)
-    compare(out_f, out_r, torch.float32, f"short_rows={short_rows} output")
-    compare(grad_f, grad_r, torch.float32, f"short_rows={short_rows} grad")
+    compare(out_f, out_r, torch.float32, f"{what} output")
+    compare(grad_f, grad_r, torch.float32, f"{what} grad")
 
 
 # Decoding steps (fewer than 4 rows in all) multiply by W_ih and W_hh read in place (step_gemm.h, mm_wt_into): on
@@ -436,9 +441,4 @@ def test_decoding_steps_read_weights_in_place(mode, case, variant, monkeypatch):
     if variant != "at::mm":
         monkeypatch.setenv("FASTRNN_CPU_CAPABILITY", variant)
     torch.manual_seed(0)
-    fast, ref = make_pair(mode, case.I, case.H, torch.float32, "cpu", **case.module_kwargs)
-    x, h0, c0 = make_inputs(mode, case, torch.float32, "cpu")
-    out_f, grad_f = run_module(mode, fast, case, x, h0, c0)
-    out_r, grad_r = run_module(mode, ref, case, x, h0, c0)
-    compare(out_f, out_r, torch.float32, f"{variant} output")
-    compare(grad_f, grad_r, torch.float32, f"{variant} grad")
+    _float32_parity(mode, case, variant)
