@@ -175,3 +175,50 @@ def test_error_in_one_direction_is_raised(two_threads):
     with pytest.raises(ValueError, match=r"expected w_hh of shape \[15, 5\], got \[15, 6\]"):
         ops.gru_bidir_forward(torch.randn(3, 2, 4), None, *args, *bad, False)
 
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_callers_on_several_python_threads(mode, dtype, monkeypatch, two_threads):
+    """Bidirectional layers trained from three Python threads at once (each call opening its own two-thread
+    region: more threads than cores) give every thread the numbers it gets alone: no state of one call leaks
+    into another's (the widened-bf16 slots, brgemm's kernel caches, the thread-local state carried to the
+    second thread)."""
+    import threading
+
+    monkeypatch.setenv("FASTRNN_CPU_BIDIR", "concurrent")
+    jobs = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        fast, _ = make_pair(mode, 12, 20 + 4 * seed, dtype, bidirectional=True, num_layers=2)
+        x = torch.randn(7 + seed, 2 + seed, 12, dtype=dtype)
+        jobs.append((fast, x))
+
+    def run(fast, x):
+        xg = x.clone().requires_grad_()
+        out, _ = fast(xg)
+        out.float().square().sum().backward()
+        return out.detach(), xg.grad
+
+    alone = [run(fast, x) for fast, x in jobs]
+    got = [[] for _ in jobs]
+    errors = []
+
+    def worker(i):
+        try:
+            for _ in range(10):
+                got[i].append(run(*jobs[i]))
+        except Exception as e:  # noqa: BLE001  (reported below, on the test's thread)
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for i, runs in enumerate(got):
+        assert len(runs) == 10
+        for out, grad in runs:
+            torch.testing.assert_close(out, alone[i][0], rtol=0, atol=0)
+            torch.testing.assert_close(grad, alone[i][1], rtol=0, atol=0)
