@@ -98,8 +98,9 @@ StepGemm::StepGemm(const at::Tensor& w, bool transpose_w, int64_t rows, int64_t 
     small_ = w_.contiguous();
     return;
   }
-  if (transpose_w && w.scalar_type() == at::kFloat && w.is_contiguous() && rows < 4) {
-    wt_ = w;  // few-row steps read W in place (mm_wt_into)
+  if (transpose_w && w.scalar_type() == at::kFloat && w.is_contiguous() &&
+      rows < std::min<int64_t>(4, packed_gemm_min_rows())) {
+    wt_ = w;  // few-row steps read W in place (mm_wt_into), where MKL's packing would not serve them
     return;
   }
   const bool fits_int = rows < INT32_MAX && k_ < INT32_MAX && n_ < INT32_MAX;
