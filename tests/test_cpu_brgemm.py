@@ -391,9 +391,9 @@ def test_backward_gemms_go_through_seq_gemm(cls, monkeypatch):
         out.sum().backward()
 
 
-# Float32 forwards of at most FASTRNN_CPU_BRGEMM_SHORT_ROWS rows in all (default 4) with fewer than 4 batch rows
-# take the per-step path (packing the weights costs more than the steps it speeds up: decoding one token at a
-# time); 0 sends them to brgemm. Both against torch.nn, forward and backward, at the rule's edges (4 rows:
+# Float32 and bfloat16 forwards of at most FASTRNN_CPU_BRGEMM_SHORT_ROWS rows in all (default 4) with fewer than 4
+# batch rows take the per-step path (packing the weights costs more than the steps it speeds up: decoding one
+# token at a time); 0 sends them to brgemm. Both against torch.nn, forward and backward, at the rule's edges (4 rows:
 # per-step by default; 5 and B=4: brgemm either way).
 SHORT_CASES = [Case("T1_B1", T=1, B=1, I=6, H=40), Case("T4_B1", T=4, B=1, I=6, H=40),
                Case("T2_B2_hx", T=2, B=2, I=6, H=40, hx=True), Case("T5_B1", T=5, B=1, I=6, H=40),
@@ -401,44 +401,56 @@ SHORT_CASES = [Case("T1_B1", T=1, B=1, I=6, H=40), Case("T4_B1", T=4, B=1, I=6, 
 
 
 @pytest.mark.skipif(not HAS_AVX2, reason="the brgemm path needs AVX2")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("short_rows", ["0", "4"])
 @pytest.mark.parametrize("case", SHORT_CASES, ids=repr)
 @pytest.mark.parametrize("mode", MODES)
-def test_short_sequences_either_path(mode, case, short_rows, monkeypatch):
+def test_short_sequences_either_path(mode, case, short_rows, dtype, monkeypatch):
     monkeypatch.setenv("FASTRNN_CPU_BRGEMM", "1")
     monkeypatch.setenv("FASTRNN_CPU_BRGEMM_SHORT_ROWS", short_rows)
-    _float32_parity(mode, case, f"short_rows={short_rows}")
+    _parity_vs_float32(mode, case, f"short_rows={short_rows}", dtype)
 
 
-def _float32_parity(mode, case, what):
-    """fastrnn against torch.nn in float32 on the same weights and inputs: outputs and gradients."""
-    fast, ref = make_pair(mode, case.I, case.H, torch.float32, "cpu", **case.module_kwargs)
-    x, h0, c0 = make_inputs(mode, case, torch.float32, "cpu")
+def _parity_vs_float32(mode, case, what, dtype=torch.float32):
+    """fastrnn against torch.nn in float32 on the same weights and inputs (bfloat16: on the same rounded
+    ones, as test_modules_parity's test_parity_half_vs_float32): outputs and gradients."""
+    fast, ref = make_pair(mode, case.I, case.H, dtype, "cpu", **case.module_kwargs)
+    x, h0, c0 = make_inputs(mode, case, dtype, "cpu")
     out_f, grad_f = run_module(mode, fast, case, x, h0, c0)
+    if dtype != torch.float32:
+        ref = ref.float()
+        ref.load_state_dict({k: v.float() for k, v in fast.state_dict().items()})
+        x, h0, c0 = (t.detach().float().requires_grad_() if t is not None else None for t in (x, h0, c0))
     out_r, grad_r = run_module(mode, ref, case, x, h0, c0)
-    compare(out_f, out_r, torch.float32, f"{what} output")
-    compare(grad_f, grad_r, torch.float32, f"{what} grad")
+    compare(out_f, out_r, dtype, f"{what} output")
+    if dtype == torch.float32:
+        compare(grad_f, grad_r, dtype, f"{what} grad")
+    elif mode != "RNN_RELU":  # (relu's kink: see test_parity_half_vs_float32)
+        for k in grad_r:
+            assert_close_scaled(grad_f[k], grad_r[k], dtype, f"{what} grad {k}")
 
 
-# Decoding steps (fewer than 4 rows in all) multiply by W_ih and W_hh read in place (step_gemm.h, mm_wt_into): on
-# one thread below 512 KB of weight, the output columns split over the threads above; FASTRNN_CPU_WT_GEMV=0
-# sends them to at::mm. Against torch.nn either way, forward and backward, with a K that is no multiple of the
-# vector width (the masked tail), an odd column count (the one-column loop: the Elman RNN's H), 3 rows from the
-# steps or from the batch, and an LSTM projection (its h = r @ W_hr^T step product).
+# Decoding steps (fewer than 4 rows in all; float32 and bfloat16) multiply by W_ih and W_hh read in place
+# (step_gemm.h, mm_wt_into): on one thread below 512 KB of weight, the output columns split over the threads
+# above; FASTRNN_CPU_WT_GEMV=0 sends them to at::mm. Against torch.nn either way, forward and backward, with a K
+# that is no multiple of the vector width (the masked tail; bf16: after whole bf16 vectors), an odd column count
+# (the one-column loop: the Elman RNN's H), 3 rows from the steps or from the batch, and an LSTM projection
+# (its h = r @ W_hr^T step product).
 WT_GEMV_CASES = [Case("T1_B1_I37_H257", T=1, B=1, I=37, H=257), Case("T3_B1_H256", T=3, B=1, I=256, H=256),
                  Case("T1_B3_H300_hx", T=1, B=3, I=64, H=300, hx=True),
                  Case("T2_B1_H256_unbatched", T=2, B=1, I=256, H=256, batched=False)]
 WT_GEMV_PROJ = Case("T2_B1_H256_P37", T=2, B=1, I=40, H=256, proj_size=37)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("variant", ["avx512", "avx2", "default", "at::mm"])
 @pytest.mark.parametrize("mode,case", [(m, c) for m in MODES for c in WT_GEMV_CASES] + [("LSTM", WT_GEMV_PROJ)],
                          ids=repr)
-def test_decoding_steps_read_weights_in_place(mode, case, variant, monkeypatch):
+def test_decoding_steps_read_weights_in_place(mode, case, variant, dtype, monkeypatch):
     """variant: the instruction set of the loop (FASTRNN_CPU_CAPABILITY; one the processor lacks falls back to
     the best it has), or at::mm instead (FASTRNN_CPU_WT_GEMV=0)."""
     monkeypatch.setenv("FASTRNN_CPU_WT_GEMV", "0" if variant == "at::mm" else "1")
     if variant != "at::mm":
         monkeypatch.setenv("FASTRNN_CPU_CAPABILITY", variant)
     torch.manual_seed(0)
-    _float32_parity(mode, case, variant)
+    _parity_vs_float32(mode, case, variant, dtype)

@@ -131,15 +131,18 @@ struct SmallGemmArgs {
 // A few rows times a row-major weight's transpose, c[r, n] (=|+=) sum_k a[r, k] * w[n, k] for r < rows (at
 // most 3) and output columns [n0, n1): the x-projection and recurrent product of a decoding step (T*B < 4
 // rows) over a weight too large for the small-GEMM loop's transposed copy to pay (step_gemm.h), read in place.
+// a, w and c are all float32 or all bfloat16 (bf16: products and sums in fp32, c rounded once, as a bf16 GEMM
+// with fp32 accumulation).
 struct WtGemvArgs {
-  const float* a;
+  const void* a;
   int64_t lda;
-  const float* w;
+  const void* w;
   int64_t ldw;
-  float* c;
+  void* c;
   int64_t ldc;
   int64_t rows, k;
   bool accumulate;
+  bool bf16;
 };
 
 template <typename scalar_t>

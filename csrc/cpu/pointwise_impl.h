@@ -11,6 +11,8 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <tuple>
+#include <type_traits>
 
 #include "../cell_math.h"
 #include "fast_math.h"
@@ -273,62 +275,87 @@ inline float lane_sum(const Vectorized<float>& v) {
   return sum;
 }
 
+// c = sum (+ c when accumulating), rounded to S.
+template <typename S>
+inline void put(S* c, float sum, bool accumulate) {
+  *c = static_cast<S>(accumulate ? static_cast<float>(*c) + sum : sum);
+}
+
 // Rows [0, R) and output columns [n, n + 4): the four weight rows' dot products with each row of a, along k in
 // vectors (each weight vector loaded once for all R rows), reduced at the end.
-template <int R>
+template <typename S, int R>
 inline void wt_gemv_quad(const WtGemvArgs& g, int64_t n) {
   using V = Vectorized<float>;
   const int64_t k = g.k;
-  const float* w = g.w + n * g.ldw;
+  const S* a = static_cast<const S*>(g.a);
+  const S* w = static_cast<const S*>(g.w) + n * g.ldw;
   V acc[R][4];
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < 4; ++j) acc[r][j] = V(0.f);
-  for (int64_t kk = 0; kk < k; kk += V::size()) {
+  int64_t kk = 0;
+  if constexpr (std::is_same_v<S, c10::BFloat16>) {  // whole bf16 vectors (two float vectors each), converted
+    using BV = Vectorized<c10::BFloat16>;
+    for (; kk + BV::size() <= k; kk += BV::size()) {
+      V wlo[4], whi[4];
+      for (int j = 0; j < 4; ++j)
+        std::tie(wlo[j], whi[j]) = at::vec::convert_to_float<c10::BFloat16>(BV::loadu(w + j * g.ldw + kk));
+      for (int r = 0; r < R; ++r) {
+        const auto [alo, ahi] = at::vec::convert_to_float<c10::BFloat16>(BV::loadu(a + r * g.lda + kk));
+        for (int j = 0; j < 4; ++j)
+          acc[r][j] = at::vec::fmadd(ahi, whi[j], at::vec::fmadd(alo, wlo[j], acc[r][j]));
+      }
+    }
+  }
+  for (; kk < k; kk += V::size()) {  // float32 throughout; bf16's last part
     const int64_t m = std::min<int64_t>(V::size(), k - kk);
     V wv[4];
     for (int j = 0; j < 4; ++j) wv[j] = load(w + j * g.ldw + kk, m);
     for (int r = 0; r < R; ++r) {
-      const V av = load(g.a + r * g.lda + kk, m);
+      const V av = load(a + r * g.lda + kk, m);
       for (int j = 0; j < 4; ++j) acc[r][j] = at::vec::fmadd(av, wv[j], acc[r][j]);
     }
   }
-  for (int r = 0; r < R; ++r) {
-    float* c = g.c + r * g.ldc + n;
-    for (int j = 0; j < 4; ++j) {
-      const float sum = lane_sum(acc[r][j]);
-      c[j] = g.accumulate ? c[j] + sum : sum;
-    }
-  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < 4; ++j) put(static_cast<S*>(g.c) + r * g.ldc + n + j, lane_sum(acc[r][j]), g.accumulate);
 }
 
 // One output column, all rows (the last n % 4 columns).
+template <typename S>
 inline void wt_gemv_one(const WtGemvArgs& g, int64_t n) {
   using V = Vectorized<float>;
+  const S* a = static_cast<const S*>(g.a);
+  const S* w = static_cast<const S*>(g.w) + n * g.ldw;
   for (int64_t r = 0; r < g.rows; ++r) {
     V acc(0.f);
     for (int64_t kk = 0; kk < g.k; kk += V::size()) {
       const int64_t m = std::min<int64_t>(V::size(), g.k - kk);
-      acc = at::vec::fmadd(load(g.a + r * g.lda + kk, m), load(g.w + n * g.ldw + kk, m), acc);
+      acc = at::vec::fmadd(load(a + r * g.lda + kk, m), load(w + kk, m), acc);
     }
-    const float sum = lane_sum(acc);
-    float* c = g.c + r * g.ldc + n;
-    *c = g.accumulate ? *c + sum : sum;
+    put(static_cast<S*>(g.c) + r * g.ldc + n, lane_sum(acc), g.accumulate);
   }
+}
+
+template <typename S>
+void wt_gemv_typed(const WtGemvArgs& g, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) {
+    switch (g.rows) {
+      case 3: wt_gemv_quad<S, 3>(g, n); break;
+      case 2: wt_gemv_quad<S, 2>(g, n); break;
+      case 1: wt_gemv_quad<S, 1>(g, n); break;
+      default: break;
+    }
+  }
+  for (; n < n1; ++n) wt_gemv_one<S>(g, n);
 }
 
 }  // namespace
 
 void wt_gemv(const WtGemvArgs& g, int64_t n0, int64_t n1) {
-  int64_t n = n0;
-  for (; n + 4 <= n1; n += 4) {
-    switch (g.rows) {
-      case 3: wt_gemv_quad<3>(g, n); break;
-      case 2: wt_gemv_quad<2>(g, n); break;
-      case 1: wt_gemv_quad<1>(g, n); break;
-      default: break;
-    }
-  }
-  for (; n < n1; ++n) wt_gemv_one(g, n);
+  if (g.bf16)
+    wt_gemv_typed<c10::BFloat16>(g, n0, n1);
+  else
+    wt_gemv_typed<float>(g, n0, n1);
 }
 
 template <typename scalar_t>

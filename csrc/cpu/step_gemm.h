@@ -47,8 +47,9 @@ class StepGemm {
   int64_t rows_, k_, n_;
 };
 
-// c (=|+=) a @ w^T, a [r, k] and c [r, n] with unit column strides, w [n, k] contiguous, all float32, for r < 4
-// rows (a decoding step: T * B < 4): w is read in place by a vector loop of dot products (wt_gemv in
+// c (=|+=) a @ w^T, a [r, k] and c [r, n] with unit column strides, w [n, k] contiguous, all float32 or all
+// bfloat16 (fp32 sums, c rounded once), for r < 4 rows (a decoding step: T * B < 4): w is read in place by a
+// vector loop of dot products (wt_gemv in
 // pointwise.h), its output columns split over the threads from kWtGemvParallelBytes of weight up. Returns
 // false, having done nothing, where that does not apply (the caller runs at::mm). MKL's GEMV ran at 13 GFLOP/s
 // on an L2-resident 256 x 256 weight, and on one thread from memory, on a 2-core Zen 3.
