@@ -413,9 +413,10 @@ void launch(const LstmBrgemmSeq& s, at::ScalarType dt, bool widened) {
 // brgemm): T=1 B=1 LSTM H=256 0.78 / 1.31 ms (2.57x / 1.53x torch.nn), H=1024 3.08 / 12.74 ms, GRU H=256 0.35 /
 // 0.50 ms, H=1024 2.56 / 5.33 ms; T=4 B=1 LSTM H=256 0.65 / 0.71 ms, GRU 0.49 / 0.61 ms; T=2 B=2 LSTM 0.61 /
 // 0.79 ms; T=1 B=3 GRU 0.46 / 0.60 ms; but 8 rows go to brgemm: T=4 B=2 LSTM 0.84 / 0.68 ms, T=8 B=1 LSTM
-// H=1024 17.1 / 12.4 ms, and T=1 B=8 LSTM H=256 0.60 / 0.47 ms. bfloat16 alike since its per-step products run
-// on step_gemm.h's in-place GEMV (mm_wt_into) rather than torch's bf16 GEMM: brgemm packed (and on AVX2 widened)
-// both weights every call, 13x slower than torch.nn at T=1 B=1 GRU H=1024 (15.9 vs 1.2 ms).
+// H=1024 17.1 / 12.4 ms, and T=1 B=8 LSTM H=256 0.60 / 0.47 ms. bfloat16 alike: brgemm packs (on AVX2 widened
+// to fp32) both weights every call. Measured (2-core Zen 3, T=1 B=1 inference vs torch.nn, per-step path /
+// brgemm): GRU H=1024 0.95x / 0.19x, LSTM H=1024 0.85x / 0.07x, GRU H=256 0.92x / 0.51x, LSTM T=4 H=256 1.15x /
+// 0.83x. (The per-step products run on step_gemm.h's in-place GEMV; at::mm's bf16 GEMV measured the same there.)
 bool too_short_to_pack(at::ScalarType dt, const SeqLayout& L) {
   return (dt == at::kFloat || dt == at::kBFloat16) && L.B < 4 &&
          L.N <= env_int("FASTRNN_CPU_BRGEMM_SHORT_ROWS", 4);

@@ -131,10 +131,10 @@ struct SmallGemmArgs {
 // A few rows times a row-major weight's transpose, c[r, n] (=|+=) sum_k a[r, k] * w[n, k] for r < rows (at
 // most 3) and output columns [n0, n1): the x-projection and recurrent product of a decoding step (T*B < 4
 // rows) over a weight too large for the small-GEMM loop's transposed copy to pay (step_gemm.h), read in place.
-// a, w and c are all float32 or all bfloat16 (bf16: products and sums in fp32, c rounded once, as a bf16 GEMM
-// with fp32 accumulation).
+// w and c are both float32 or both bfloat16 (bf16: products and sums in fp32, c rounded once, as a bf16 GEMM
+// with fp32 accumulation); a is float32 (a bf16 step's rows converted once by the caller, not once per 4 columns).
 struct WtGemvArgs {
-  const void* a;
+  const float* a;
   int64_t lda;
   const void* w;
   int64_t ldw;

@@ -287,7 +287,7 @@ template <typename S, int R>
 inline void wt_gemv_quad(const WtGemvArgs& g, int64_t n) {
   using V = Vectorized<float>;
   const int64_t k = g.k;
-  const S* a = static_cast<const S*>(g.a);
+  const float* a = g.a;
   const S* w = static_cast<const S*>(g.w) + n * g.ldw;
   V acc[R][4];
   for (int r = 0; r < R; ++r)
@@ -300,7 +300,7 @@ inline void wt_gemv_quad(const WtGemvArgs& g, int64_t n) {
       for (int j = 0; j < 4; ++j)
         std::tie(wlo[j], whi[j]) = at::vec::convert_to_float<c10::BFloat16>(BV::loadu(w + j * g.ldw + kk));
       for (int r = 0; r < R; ++r) {
-        const auto [alo, ahi] = at::vec::convert_to_float<c10::BFloat16>(BV::loadu(a + r * g.lda + kk));
+        const V alo = V::loadu(a + r * g.lda + kk), ahi = V::loadu(a + r * g.lda + kk + V::size());
         for (int j = 0; j < 4; ++j)
           acc[r][j] = at::vec::fmadd(ahi, whi[j], at::vec::fmadd(alo, wlo[j], acc[r][j]));
       }
@@ -323,7 +323,7 @@ inline void wt_gemv_quad(const WtGemvArgs& g, int64_t n) {
 template <typename S>
 inline void wt_gemv_one(const WtGemvArgs& g, int64_t n) {
   using V = Vectorized<float>;
-  const S* a = static_cast<const S*>(g.a);
+  const float* a = g.a;
   const S* w = static_cast<const S*>(g.w) + n * g.ldw;
   for (int64_t r = 0; r < g.rows; ++r) {
     V acc(0.f);

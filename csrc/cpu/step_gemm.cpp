@@ -70,8 +70,11 @@ bool mm_wt_into(const at::Tensor& a, const at::Tensor& w, at::Tensor c, bool acc
     return false;
   TORCH_INTERNAL_ASSERT(w.size(1) == k && c.size(0) == r && c.size(1) == n);
   if (r == 0 || n == 0) return true;
-  const WtGemvArgs g{a.data_ptr(), a.stride(0), w.data_ptr(), k, c.data_ptr(), c.stride(0), r, k, accumulate,
-                     dt == at::kBFloat16};
+  // (bf16 rows to fp32 once here: the loop would convert them again for every 4 output columns)
+  const at::Tensor af = dt == at::kBFloat16 ? a.to(at::kFloat) : a;
+  TORCH_INTERNAL_ASSERT(af.stride(1) == 1);
+  const WtGemvArgs g{af.data_ptr<float>(), af.stride(0), w.data_ptr(), k, c.data_ptr(), c.stride(0), r, k,
+                     accumulate, dt == at::kBFloat16};
   const WtGemvFn gemv = wt_gemv_kernel(active_isa());
   const int64_t bytes = n * k * static_cast<int64_t>(w.element_size());
   if (bytes < kWtGemvParallelBytes) {
