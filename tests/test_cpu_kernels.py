@@ -67,7 +67,9 @@ def test_small_gemm_loop_matches_blas(monkeypatch, mode, batch):
     the BLAS path (FASTRNN_CPU_SMALL_GEMM_MAX=0), forward and backward, with column tails (4H = 52 is not a
     multiple of the vector width) and a bidirectional second layer (k = 2H). On the per-step path (the fused
     brgemm path has its own GEMM), with the forward's transposed weight in the loop whatever the sequence
-    length (by default a forward of fewer than 8 steps leaves it to BLAS, FASTRNN_CPU_SMALL_GEMM_MIN_STEPS)."""
+    length (by default a forward of fewer than 8 steps leaves it to the in-place GEMV,
+    FASTRNN_CPU_SMALL_GEMM_MIN_STEPS), and that GEMV off in the reference run (FASTRNN_CPU_WT_GEMV=0: without
+    it, SMALL_GEMM_MAX=0 would hand the transposed weight to the GEMV, not to BLAS)."""
     monkeypatch.setenv("FASTRNN_CPU_BRGEMM", "0")
     monkeypatch.setenv("FASTRNN_CPU_SMALL_GEMM_MIN_STEPS", "0")
 
@@ -82,6 +84,7 @@ def test_small_gemm_loop_matches_blas(monkeypatch, mode, batch):
 
     ours = run()
     monkeypatch.setenv("FASTRNN_CPU_SMALL_GEMM_MAX", "0")
+    monkeypatch.setenv("FASTRNN_CPU_WT_GEMV", "0")
     blas = run()
     for u, v in zip(ours, blas):
         torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-6)

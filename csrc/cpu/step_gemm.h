@@ -43,17 +43,16 @@ class StepGemm {
   at::Tensor w_;       // op(W) as a [k, n] view, for the fallback
   at::Tensor packed_;  // MKL's packed panels (float32 storage), undefined when not packing
   at::Tensor small_;   // op(W) as a contiguous [k, n] float32 matrix when the small-GEMM loop serves
-  at::Tensor wt_;      // W [n, k] itself (float32, contiguous) when few-row steps read it in place (mm_wt_into)
+  at::Tensor wt_;      // W [n, k] itself (float32 or bf16, contiguous) when few-row steps read it in place
   int64_t rows_, k_, n_;
 };
 
 // c (=|+=) a @ w^T, a [r, k] and c [r, n] with unit column strides, w [n, k] contiguous, all float32 or all
 // bfloat16 (fp32 sums, c rounded once), for r < 4 rows (a decoding step: T * B < 4): w is read in place by a
-// vector loop of dot products (wt_gemv in
-// pointwise.h), its output columns split over the threads from kWtGemvParallelBytes of weight up. Returns
-// false, having done nothing, where that does not apply (the caller runs at::mm). MKL's GEMV ran at 13 GFLOP/s
-// on an L2-resident 256 x 256 weight, and on one thread from memory, on a 2-core Zen 3.
-// FASTRNN_CPU_WT_GEMV=0 turns it off (A/B).
+// vector loop of dot products (wt_gemv in pointwise.h), its output columns split over the threads from
+// kWtGemvParallelBytes of weight up. Returns false, having done nothing, where that does not apply (the caller
+// runs at::mm). MKL's GEMV ran at 13 GFLOP/s on an L2-resident 256 x 256 weight, and on one thread from memory,
+// on a 2-core Zen 3. FASTRNN_CPU_WT_GEMV=0 turns it off (A/B).
 bool mm_wt_into(const at::Tensor& a, const at::Tensor& w, at::Tensor c, bool accumulate);
 constexpr int64_t kWtGemvParallelBytes = int64_t{512} << 10;
 
