@@ -14,9 +14,11 @@
 namespace fastrnn::cpu {
 
 // at::empty(sizes, options), with its 2 MB-aligned interior advised MADV_HUGEPAGE before anything touches it,
-// when it is at least kHugePageMinBytes (32 MB: glibc serves every allocation of that size with its own mmap,
-// released on free, so the advice never outlives the buffer or marks memory that other allocations reuse)
-// and FASTRNN_CPU_HUGE_PAGES is not 0. Elsewhere (other systems, smaller buffers) a plain at::empty.
+// when it is at least kHugePageMinBytes (32 MB: glibc's largest default mmap threshold, so such a buffer is
+// normally its own mapping, released on free) and FASTRNN_CPU_HUGE_PAGES is not 0. Not always: deep into a
+// long test run one 34 MB buffer landed in a mapping an earlier call had advised, so later allocations can
+// reuse advised memory (eligible for huge pages, as under PyTorch's THP_MEM_ALLOC_ENABLE=1; no number
+// changes). Elsewhere (other systems, smaller buffers) a plain at::empty.
 at::Tensor empty_on_huge_pages(at::IntArrayRef sizes, const at::TensorOptions& options);
 
 // The same advice for a tensor that at::empty has just made (nothing has written it yet), e.g. a buffer another
