@@ -157,6 +157,12 @@ TORCH_LIBRARY(fastrnn, m) {
   // c + a @ b (add) or a @ b through the whole-sequence GEMM of the CPU kernels (cpu/seq_gemm.h), and whether
   // it ran on brgemm (FASTRNN_CPU_SEQ_GEMM and its block-size switches apply).
   m.def("_cpu_seq_gemm(Tensor a, Tensor b, Tensor c, bool add) -> (Tensor, bool)");
+  // x.t() through the active instruction set's transpose kernel (cpu/pointwise.h, what packs the brgemm weights),
+  // written into rows `pad` floats longer than needed, the pad left at -1.
+  m.def("_cpu_transpose(Tensor x, int pad) -> Tensor");
+  // The per-thread scratch pool (cpu/scratch.h) on a fresh thread, buffers of `bytes`: (two taken at once are
+  // distinct, one taken after the first's release reuses its memory). FASTRNN_CPU_SCRATCH applies.
+  m.def("_cpu_scratch_probe(int bytes) -> (bool, bool)");
   // How many threads the CPU bidirectional ops run their two directions on now for a batch of `rows`
   // sequences: 2 at once, 1 in turn (cpu/bidir_cpu.cpp; FASTRNN_CPU_BIDIR and torch's thread count apply).
   m.def("_cpu_bidir_threads_used(int rows) -> int");

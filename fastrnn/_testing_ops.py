@@ -28,3 +28,14 @@ def _cpu_brgemm_enabled_fake(dtype):
 def _cpu_seq_gemm_fake(a, b, c, add):
     torch._check(a.dim() == 2 and b.dim() == 2 and c.shape == (a.shape[0], b.shape[1]), lambda: "shapes")
     return torch.empty_like(c, memory_format=torch.contiguous_format), True
+
+
+@torch.library.register_fake("fastrnn::_cpu_transpose")
+def _cpu_transpose_fake(x, pad):
+    torch._check(x.dtype == torch.float32 and x.dim() == 2, lambda: "x must be a 2-D float32 matrix")
+    return x.new_empty((x.shape[1], x.shape[0] + pad))
+
+
+@torch.library.register_fake("fastrnn::_cpu_scratch_probe")
+def _cpu_scratch_probe_fake(bytes):
+    return True, True

@@ -454,3 +454,37 @@ def test_decoding_steps_read_weights_in_place(mode, case, variant, dtype, monkey
         monkeypatch.setenv("FASTRNN_CPU_CAPABILITY", variant)
     torch.manual_seed(0)
     _parity_vs_float32(mode, case, variant, dtype)
+
+
+@pytest.mark.skipif(not HAS_AVX2, reason="the brgemm path needs AVX2")
+@pytest.mark.parametrize("path", ["brgemm", "per-step"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
+def test_reused_scratch_changes_no_number(mode, path, monkeypatch):
+    """The packed weights live in per-thread scratch buffers that later calls reuse (csrc/cpu/scratch.h). A
+    training step of a larger module, then a smaller one (its packs in the larger, reused buffers), then the
+    larger again: every output and gradient bit-identical to the same calls with the pool off, and within the
+    tolerance of torch.nn. per-step: the fallback, whose MKL-packed weights take the same pool."""
+    if path == "per-step":
+        monkeypatch.setenv("FASTRNN_CPU_BRGEMM", "0")
+    # (sizes: every weight, even an Elman RNN's, over the pool's 256 KB minimum)
+    big, small = Case("big", T=6, B=8, I=288, H=288), Case("small", T=5, B=8, I=272, H=272)
+    cases = [big, small, big]
+    runs = {}
+    for pool in ("1", "0"):
+        monkeypatch.setenv("FASTRNN_CPU_SCRATCH", pool)
+        runs[pool] = []
+        for i, case in enumerate(cases):
+            torch.manual_seed(case.H)
+            fast, ref = make_pair(mode, case.I, case.H)
+            x, h0, c0 = make_inputs(mode, case, torch.float32, "cpu", seed=i)
+            got = run_module(mode, fast, case, x, h0, c0)
+            runs[pool].append(got)
+            if pool == "1":
+                xr, h0r, c0r = make_inputs(mode, case, torch.float32, "cpu", seed=i)
+                want = run_module(mode, ref, case, xr, h0r, c0r)
+                for part in range(2):
+                    compare(got[part], want[part], torch.float32, f"{case.name} #{i}")
+    for a, b in zip(runs["1"], runs["0"]):
+        for part in range(2):
+            for k in a[part]:
+                assert torch.equal(a[part][k], b[part][k]), k

@@ -9,6 +9,9 @@ import pytest
 import torch
 
 import fastrnn
+import fastrnn._testing_ops  # noqa: F401  fakes of the test-only ops
+
+from common import CPU_CAPABILITIES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -88,3 +91,36 @@ def test_small_gemm_loop_matches_blas(monkeypatch, mode, batch):
     blas = run()
     for u, v in zip(ours, blas):
         torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("capability", CPU_CAPABILITIES)
+def test_weight_transpose_kernel(monkeypatch, capability):
+    """The transpose that packs the brgemm weights (register blocks of 8 x 8 under AVX2, 16 x 16 under
+    AVX-512, element by element at the ragged edges) against x.t(), bit for bit: sizes around the block widths,
+    a strided source (a narrowed view) and destination rows longer than the result (the pad, which must stay
+    untouched)."""
+    monkeypatch.setenv("FASTRNN_CPU_CAPABILITY", capability)
+    g = torch.Generator().manual_seed(0)
+    for m, n in [(1, 1), (8, 8), (7, 9), (8, 512), (16, 16), (17, 33), (24, 40), (3, 100), (100, 3), (31, 65)]:
+        for pad in (0, 5):
+            wide = torch.randn(m, n + 3, generator=g)
+            x = wide[:, 1:n + 1]  # row stride n + 3
+            got = torch.ops.fastrnn._cpu_transpose(x, pad)
+            assert torch.equal(got[:, :m], x.t()), f"{capability}: {m} x {n}, pad {pad}"
+            assert bool((got[:, m:] == -1).all()), f"{capability}: {m} x {n}: wrote into the pad"
+
+
+def test_scratch_pool(monkeypatch):
+    """The per-thread pool that the packed weights come from (csrc/cpu/scratch.h): a buffer in use is never
+    handed out twice, and a released one is reused by the next request of its size on that thread (no fresh
+    memory to fault in on every call). Outside the pooled sizes both come from at::empty; a bad switch raises."""
+    probe = torch.ops.fastrnn._cpu_scratch_probe
+    for size in (256 << 10, 3 << 20, 32 << 20):
+        assert probe(size) == (True, True), size
+    for size in (1 << 10, 48 << 20):  # not pooled: distinct, and reuse is up to malloc
+        assert probe(size)[0], size
+    monkeypatch.setenv("FASTRNN_CPU_SCRATCH", "0")
+    assert probe(3 << 20)[0]
+    monkeypatch.setenv("FASTRNN_CPU_SCRATCH", "yes")
+    with pytest.raises(ValueError, match="FASTRNN_CPU_SCRATCH must be 0 or 1"):
+        probe(3 << 20)

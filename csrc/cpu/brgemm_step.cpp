@@ -22,6 +22,7 @@
 
 #include "../sequence.h"
 #include "huge_pages.h"
+#include "scratch.h"
 
 namespace fastrnn::cpu {
 
@@ -239,7 +240,7 @@ at::Tensor pack_transposed_blocks(const at::Tensor& v, int64_t nb, int64_t* k_ou
   const bool vnni = v.scalar_type() == at::kBFloat16;
   const int64_t kp = vnni ? (K + 1) / 2 * 2 : K;
   *k_out = kp;
-  at::Tensor packed = at::empty({kp * H}, v.options());
+  at::Tensor packed = scratch_empty(kp * H, v.scalar_type());  // (scratch.h: reused by the next call)
   const int64_t nblk = (H + nb - 1) / nb;
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, v.scalar_type(), "fastrnn::pack_transposed_blocks", [&] {
     const scalar_t* src = v.data_ptr<scalar_t>();
@@ -279,7 +280,7 @@ at::Tensor pack_gate_blocks(const at::Tensor& w_, int64_t G, int64_t nb, int64_t
   const bool vnni = w.scalar_type() == at::kBFloat16;
   const int64_t kp = vnni ? (K + 1) / 2 * 2 : K;
   *k_out = kp;
-  at::Tensor packed = at::empty({kp * G * H}, w.options());
+  at::Tensor packed = scratch_empty(kp * G * H, w.scalar_type());  // (scratch.h: reused by the next call)
   const int64_t nblk = (H + nb - 1) / nb;
   // (AVX-512's 16 x 16 register transposes; a plain loop over all N columns per k missed L1 on nearly every
   // read on Zen 4, the source rows being K floats apart, and took 17% of an LSTM's time at T=100 B=1 H=512)

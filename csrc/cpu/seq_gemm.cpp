@@ -12,6 +12,7 @@
 #include "../sequence.h"
 #include "brgemm_step.h"
 #include "pointwise.h"
+#include "scratch.h"
 
 namespace fastrnn::cpu {
 namespace {
@@ -99,7 +100,7 @@ bool seq_gemm_brgemm(at::Tensor c, const at::Tensor& a, const at::Tensor& b, boo
   const int64_t npan = (N + nb - 1) / nb, nmblk = (M + mb - 1) / mb;
   const TransposeFn transpose = transpose_kernel(active_isa());
 
-  at::Tensor packed = at::empty({npan * K * nb}, b.options());
+  at::Tensor packed = scratch_empty(npan * K * nb, at::kFloat);  // (scratch.h: reused by the next call)
   pack_panels(b.data_ptr<float>(), K, N, b.stride(0), b.stride(1), nb, packed.data_ptr<float>(), transpose);
   const float* pp = packed.data_ptr<float>();
 

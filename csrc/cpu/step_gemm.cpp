@@ -8,6 +8,7 @@
 
 #include "../sequence.h"
 #include "pointwise.h"
+#include "scratch.h"
 
 // MKL's packed GEMM (LP64 interface). Declared weak: resolved from libtorch_cpu where it exports them,
 // null where it does not, in which case StepGemm never packs.
@@ -115,7 +116,7 @@ StepGemm::StepGemm(const at::Tensor& w, bool transpose_w, int64_t rows, int64_t 
   const size_t bytes = cblas_sgemm_pack_get_size(kBMatrix, rows, n_, k_);
   if (bytes > static_cast<size_t>(std::max<int64_t>(0, max_pack_bytes))) return;
   const at::Tensor wc = w.contiguous();
-  packed_ = at::empty({static_cast<int64_t>((bytes + sizeof(float) - 1) / sizeof(float))}, w.options());
+  packed_ = scratch_empty(static_cast<int64_t>((bytes + sizeof(float) - 1) / sizeof(float)), at::kFloat);
   cblas_sgemm_pack(kRowMajor, kBMatrix, transpose_w ? kTrans : kNoTrans, rows, n_, k_, 1.0f,
                    wc.data_ptr<float>(), wc.size(1), packed_.data_ptr<float>());
 }

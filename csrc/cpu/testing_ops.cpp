@@ -2,6 +2,7 @@
 // the CPU kernels that no public op shows directly.
 #include <torch/library.h>
 
+#include <exception>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -9,6 +10,7 @@
 
 #include "../sequence.h"
 #include "brgemm_step.h"
+#include "scratch.h"
 #include "seq_gemm.h"
 #include "step_loop.h"
 
@@ -40,6 +42,42 @@ at::Tensor cpu_activation(const at::Tensor& x, c10::string_view fn) {
   return y;
 }
 
+// x.t() made by the active instruction set's transpose kernel (pointwise.h), into a buffer whose rows are
+// `pad` floats longer than they need to be (strided source and destination, as pack_gate_blocks uses it).
+at::Tensor cpu_transpose(const at::Tensor& x, int64_t pad) {
+  constexpr const char* op = "fastrnn::_cpu_transpose";
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat, op, ": x must be float32, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.dim() == 2 && x.stride(1) == 1, op, ": x must be 2-D with unit column stride, got sizes ",
+                    x.sizes(), " strides ", x.strides());
+  TORCH_CHECK_VALUE(pad >= 0, op, ": pad must be non-negative, got ", pad);
+  const int64_t m = x.size(0), n = x.size(1);
+  at::Tensor out = at::full({n, m + pad}, -1.0f, x.options());
+  transpose_kernel(active_isa())(x.data_ptr<float>(), x.stride(0), out.data_ptr<float>(), m + pad, m, n);
+  return out;
+}
+
+// The scratch pool (scratch.h) on a new thread (an empty pool): two buffers of `bytes` taken at once must be
+// distinct, and one taken after the first is released must be the first's memory. Returns both answers.
+std::tuple<bool, bool> cpu_scratch_probe(int64_t bytes) {
+  TORCH_CHECK_VALUE(bytes > 0, "fastrnn::_cpu_scratch_probe: bytes must be positive, got ", bytes);
+  bool distinct = false, reused = false;
+  std::exception_ptr error;
+  std::thread([&] {
+    try {
+      at::Tensor a = scratch_empty(bytes, at::kByte);
+      const at::Tensor b = scratch_empty(bytes, at::kByte);
+      const void* first = a.data_ptr();
+      distinct = first != b.data_ptr();
+      a = at::Tensor();
+      reused = scratch_empty(bytes, at::kByte).data_ptr() == first;
+    } catch (...) {
+      error = std::current_exception();  // (a bad FASTRNN_CPU_SCRATCH: raised on the caller's thread)
+    }
+  }).join();
+  if (error) std::rethrow_exception(error);
+  return {distinct, reused};
+}
+
 bool cpu_brgemm_enabled(at::ScalarType dtype) { return brgemm_enabled(dtype); }
 
 std::tuple<at::Tensor, bool> cpu_seq_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, bool add) {
@@ -60,10 +98,12 @@ std::tuple<at::Tensor, bool> cpu_seq_gemm(const at::Tensor& a, const at::Tensor&
 TORCH_LIBRARY_IMPL(fastrnn, CompositeExplicitAutograd, m) {
   m.impl("_parallel_threads_used", &parallel_threads_used);
   m.impl("_cpu_brgemm_enabled", &cpu_brgemm_enabled);
+  m.impl("_cpu_scratch_probe", &cpu_scratch_probe);
 }
 TORCH_LIBRARY_IMPL(fastrnn, CPU, m) {
   m.impl("_cpu_activation", &cpu_activation);
   m.impl("_cpu_seq_gemm", &cpu_seq_gemm);
+  m.impl("_cpu_transpose", &cpu_transpose);
 }
 
 }  // namespace fastrnn::cpu
