@@ -9,6 +9,8 @@
 // and weight gradients as whole-sequence GEMMs and the bias gradients as a column sum.
 #include <torch/library.h>
 
+#include <optional>
+
 #include "brgemm_step.h"
 #include "cells_cpu.h"
 #include "huge_pages.h"
@@ -53,7 +55,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
   const at::Tensor r = proj ? at::empty({L.B, H}, input.options()) : at::Tensor();
 
   const StepGemm gemm_hh(w_hh, /*transpose_w=*/true, L.B, INT64_MAX, L.T);
-  const StepGemm gemm_hr = proj ? StepGemm(w_hr, /*transpose_w=*/true, L.B, INT64_MAX, L.T) : StepGemm(w_hh, true, 0);
+  // (none without a projection: a stand-in StepGemm would copy W_hh^T for its small-GEMM loop on every call)
+  std::optional<StepGemm> gemm_hr;
+  if (proj) gemm_hr.emplace(w_hr, /*transpose_w=*/true, L.B, INT64_MAX, L.T);
   FASTRNN_CPU_DISPATCH(input.scalar_type(), kFwd, [&] {
     const auto& K = pointwise_kernels<scalar_t>(active_isa());
     for (int64_t k = 0; k < L.T; ++k) {
@@ -72,7 +76,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
       for_rows(bs, 4 * H, [&](int64_t b0, int64_t b1) { K.lstm_fwd(a, b0, b1); });
       if (proj) {
         at::Tensor out_t = out.narrow(0, off, bs);
-        gemm_hr.run(r.narrow(0, 0, bs), out_t);
+        gemm_hr->run(r.narrow(0, 0, bs), out_t);
         h_state.narrow(0, 0, bs).copy_(out_t);
       }
     }
@@ -117,8 +121,8 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at
   if (!fused) {  // scoped: the packed weights are freed before the whole-sequence GEMMs allocate their results
     const at::Tensor c_prev = gather_prev(ws.narrow(1, 4 * H, H), cx.to(acc_opts), L, reverse);
     const StepGemm gemm_hh(w_hh, /*transpose_w=*/false, L.B, dgates.nbytes());
-    const StepGemm gemm_hr =
-        proj ? StepGemm(w_hr, /*transpose_w=*/false, L.B, dgates.nbytes()) : StepGemm(w_hh, false, 0);
+    std::optional<StepGemm> gemm_hr;
+    if (proj) gemm_hr.emplace(w_hr, /*transpose_w=*/false, L.B, dgates.nbytes());
     FASTRNN_CPU_DISPATCH(input.scalar_type(), kBwd, [&] {
       const auto& K = pointwise_kernels<scalar_t>(active_isa());
       for (int64_t k = 0; k < L.T; ++k) {
@@ -128,7 +132,7 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at
         if (proj) {
           at::Tensor dh_t = dh_all.narrow(0, off, bs);
           at::add_out(dh_t, dh_state.narrow(0, 0, bs), go.rows(L, t));  // dh_t: a named lvalue view
-          gemm_hr.run(dh_t, dr.narrow(0, 0, bs));
+          gemm_hr->run(dh_t, dr.narrow(0, 0, bs));
           dh_a = dr.data_ptr<scalar_t>();
           dh_b = nullptr;
         }

@@ -20,6 +20,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <optional>
 #include <vector>
 
 #include "../ext_args.h"
@@ -139,7 +140,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_ext_forward(
   const at::Tensor hp = proj ? at::empty({L.B, P}, acc_opts) : at::Tensor();     // r @ W_hr^T
 
   const StepGemm gemm_hh(w_hh, /*transpose_w=*/true, L.B, INT64_MAX, L.T);
-  const StepGemm gemm_hr = proj ? StepGemm(w_hr, /*transpose_w=*/true, L.B, INT64_MAX, L.T) : StepGemm(w_hh, true, 0);
+  // (none without a projection: a stand-in StepGemm would copy W_hh^T for its small-GEMM loop on every call)
+  std::optional<StepGemm> gemm_hr;
+  if (proj) gemm_hr.emplace(w_hr, /*transpose_w=*/true, L.B, INT64_MAX, L.T);
   FASTRNN_CPU_DISPATCH(dt, kFwd, [&] {
     using acc = acc_t<scalar_t>;
     const ActivationFn act = activation_kernel(active_isa());
@@ -232,7 +235,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_ext_forward(
         }
       });
       if (proj) {
-        gemm_hr.run(r.narrow(0, 0, bs), hp.narrow(0, 0, bs));
+        gemm_hr->run(r.narrow(0, 0, bs), hp.narrow(0, 0, bs));
         for_rows(bs, P, [&](int64_t b0, int64_t b1) {
           for (int64_t b = b0; b < b1; ++b) {
             const int64_t row = off + b;
@@ -294,8 +297,8 @@ LstmExtBackwardResult lstm_ext_backward(
 
   {  // scoped: the packed weights are freed before the whole-sequence GEMMs
     const StepGemm gemm_hh(w_hh, /*transpose_w=*/false, L.B, dgates.nbytes());
-    const StepGemm gemm_hr = proj ? StepGemm(w_hr, /*transpose_w=*/false, L.B, dgates.nbytes())
-                                  : StepGemm(w_hh, false, 0);
+    std::optional<StepGemm> gemm_hr;
+    if (proj) gemm_hr.emplace(w_hr, /*transpose_w=*/false, L.B, dgates.nbytes());
     FASTRNN_CPU_DISPATCH(dt, kBwd, [&] {
       using acc = acc_t<scalar_t>;
       const Rows<acc> kh = rows_of<acc>(kh_t), kc = rows_of<acc>(kc_t);
@@ -329,7 +332,7 @@ LstmExtBackwardResult lstm_ext_backward(
             for (int64_t b = b0; b < b1; ++b)
               for (int64_t j = 0; j < P; ++j) split_dh(b, j, dht_p + (off + b) * P);
           });
-          gemm_hr.run(dht.narrow(0, off, bs), dr.narrow(0, 0, bs));
+          gemm_hr->run(dht.narrow(0, off, bs), dr.narrow(0, 0, bs));
         }
         for_rows(bs, G, [&](int64_t b0, int64_t b1) {
           std::vector<acc> scratch(H);
