@@ -223,7 +223,9 @@ SequenceGrads sequence_grads(const GateGradBuffer& dg, const at::Tensor& dgh_n, 
     g.grad_input = gi.view(input_sizes);
     return g;
   }
-  const int64_t N = dgx.size(0), chunk = std::max<int64_t>(1, (N + 7) / 8);
+  // Eighths of the rows (the temporary holds one), but at least 256: a short sequence (a cell's step: N = B)
+  // in one GEMM, not in GEMVs of a row each (8 MKL calls took a third of an RNNCell step's backward at B=8).
+  const int64_t N = dgx.size(0), chunk = std::max<int64_t>(std::min<int64_t>(N, 256), (N + 7) / 8);
   const at::Tensor gi = dg.grad_input.view({N, w_ih.size(1)});
   const at::Tensor tmp = at::empty({std::min(chunk, N), w_ih.size(1)}, dgx.options());
   for (int64_t r1 = N; r1 > 0; r1 -= chunk) {

@@ -488,3 +488,22 @@ def test_reused_scratch_changes_no_number(mode, path, monkeypatch):
         for part in range(2):
             for k in a[part]:
                 assert torch.equal(a[part][k], b[part][k]), k
+
+
+@pytest.mark.parametrize("path", ["brgemm", "per-step"])
+@pytest.mark.parametrize("mode,I,H,T,B", [("RNN_TANH", 16, 16, 3, 8), ("RNN_TANH", 20, 16, 70, 5),
+                                          ("GRU", 48, 16, 70, 5), ("LSTM", 64, 16, 1, 8)], ids=str)
+def test_input_gradient_in_the_gate_gradients_storage(mode, I, H, T, B, path, monkeypatch):
+    """Where the input is at least as wide as the gates (I >= gates * H), the backward keeps the gate gradients
+    in the input gradient's storage and computes the input gradient last, in row chunks from the last to the
+    first (csrc/sequence.cpp, sequence_grads): one chunk for up to 256 rows (a cell's step), several beyond
+    (N = 350: 256 + 94). Every gradient against torch.nn."""
+    if path == "per-step":
+        monkeypatch.setenv("FASTRNN_CPU_BRGEMM", "0")
+    case = Case("wide input", T=T, B=B, I=I, H=H)
+    torch.manual_seed(0)
+    fast, ref = make_pair(mode, I, H)
+    got = run_module(mode, fast, case, *make_inputs(mode, case, torch.float32, "cpu"))
+    want = run_module(mode, ref, case, *make_inputs(mode, case, torch.float32, "cpu"))
+    for part in range(2):
+        compare(got[part], want[part], torch.float32, f"{mode} N={T * B}")
