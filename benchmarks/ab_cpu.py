@@ -7,6 +7,9 @@ machine) hits all of them alike; reported: each variant's median time and torch.
 
   python benchmarks/ab_cpu.py --cases lstm-default,lstm-b1 --dtype float32,bfloat16 --mode inference \
       --variants torch,fast,fast:FASTRNN_CPU_BRGEMM=0 --reps 15
+
+Cells: lstmcell:T:B:I:H (also grucell, rnncell) times a Python loop of T single-step calls, as a decoder
+with teacher forcing runs them (training: then backward from the sum of the last state).
 """
 from __future__ import annotations
 
@@ -34,6 +37,34 @@ def _extra_case(spec: str) -> Case:
         raise SystemExit(f"bad case {spec!r}: kind:T:B:I:H[:L[:bi]]")
     return Case(f"{kind}-T{T}B{B}I{I}H{H}" + (f"L{layers}" if more else "") + ("bi" if bidir else ""), kind,
                 T=int(T), B=int(B), I=int(I), H=int(H), layers=layers, bidirectional=bidir)
+
+
+def _cell_calls(spec: str, dtype: torch.dtype, mode: str):
+    """(name, torch.nn call, fastrnn call) for kind:T:B:I:H with kind lstmcell, grucell or rnncell."""
+    import fastrnn
+    kind, T, B, I, H = spec.split(":")
+    T, B, I, H = int(T), int(B), int(I), int(H)
+    cls = {"lstmcell": "LSTMCell", "grucell": "GRUCell", "rnncell": "RNNCell"}[kind]
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, cls)(I, H).to(dtype)
+    fast = getattr(fastrnn, cls)(I, H).to(dtype)
+    fast.load_state_dict(ref.state_dict(), strict=True)
+    xs = torch.randn(T, B, I, dtype=dtype)
+    lstm = cls == "LSTMCell"
+
+    def call(cell):
+        def run():
+            with torch.set_grad_enabled(mode == "training"):
+                h = torch.zeros(B, H, dtype=dtype)
+                state = (h, h.clone()) if lstm else h
+                for t in range(T):
+                    state = cell(xs[t], state)
+                last = state[0] if lstm else state
+                if mode == "training":
+                    last.sum().backward()
+        return run
+
+    return f"{kind}-T{T}B{B}I{I}H{H}", call(ref), call(fast)
 
 
 def _variant_env(v: str):
@@ -66,14 +97,20 @@ def main() -> None:
     print(f"# {_cpu_model()}, torch threads {torch.get_num_threads()}, load {os.getloadavg()}")
     print(f"# variants: {variants}; ratio = torch.nn median / variant median")
     for spec in args.cases.split(","):
-        case = CASES_BY_NAME[spec] if spec in CASES_BY_NAME else _extra_case(spec)
+        is_cell = spec.split(":")[0].endswith("cell")
+        case = None if is_cell else CASES_BY_NAME[spec] if spec in CASES_BY_NAME else _extra_case(spec)
         for dtype_name in args.dtype.split(","):
             dtype = getattr(torch, dtype_name)
             for mode in args.mode.split(","):
-                ref, fast, inp, grad = build_pair(case, "cpu", dtype)
-                if mode == "inference":
-                    ref.eval(), fast.eval()
-                calls = {"torch": make_call(ref, inp, grad, mode), "fast": make_call(fast, inp, grad, mode)}
+                if is_cell:
+                    name, torch_call, fast_call = _cell_calls(spec, dtype, mode)
+                    calls = {"torch": torch_call, "fast": fast_call}
+                else:
+                    name = case.name
+                    ref, fast, inp, grad = build_pair(case, "cpu", dtype)
+                    if mode == "inference":
+                        ref.eval(), fast.eval()
+                    calls = {"torch": make_call(ref, inp, grad, mode), "fast": make_call(fast, inp, grad, mode)}
                 times = {v: [] for v in variants}
                 saved = {k: os.environ.get(k) for v in variants for k in _variant_env(v)}
                 start = time.perf_counter()
@@ -103,7 +140,7 @@ def main() -> None:
                 cols = "  ".join(f"{v} {m:8.2f}ms" + (f" {base / m:5.2f}x" if base and v != "torch" else "")
                                  for v, m in med.items())
                 mins = " ".join(f"{m:.2f}" for m in best.values())
-                print(f"{case.name:22s} {dtype_name:8s} {mode:9s} n={len(times[variants[0]]):3d}  {cols}  (min ms: {mins})",
+                print(f"{name:22s} {dtype_name:8s} {mode:9s} n={len(times[variants[0]]):3d}  {cols}  (min ms: {mins})",
                       flush=True)
 
 
