@@ -23,6 +23,7 @@ from torch.nn.utils.rnn import PackedSequence
 from . import ops, reference  # ops registers the autograd and fake kernels
 
 _ops = torch.ops.fastrnn
+_fwd = ops.fwd  # the forward ops, called below autograd when grad mode is off (ops._forward_call)
 # The devices this build has kernels of the options' ext ops for (asked once: torch.compile cannot trace the
 # dispatcher query), plus meta, where the fake kernels serve.
 _EXT_DEVICES = frozenset(["meta"] + [
@@ -259,10 +260,10 @@ class _Options:
         ln_hh = ln[1] if ln is not None else (None, None)
         if is_lstm:
             ln_c = ln[2] if ln is not None else (None, None)
-            out, hy, cy, _ = _ops.lstm_ext_forward(gates_x, batch_sizes, h0, c0, w_hh, w_hr, *ln_hh, *ln_c, k_h, k_c,
+            out, hy, cy, _ = _fwd.lstm_ext_forward(gates_x, batch_sizes, h0, c0, w_hh, w_hr, *ln_hh, *ln_c, k_h, k_c,
                                                    mask, reverse, train)
             return out, hy, cy
-        out, hy, _ = _ops.gru_ext_forward(gates_x, batch_sizes, h0, w_hh, b_hh, *ln_hh, k_h, mask, reverse, train)
+        out, hy, _ = _fwd.gru_ext_forward(gates_x, batch_sizes, h0, w_hh, b_hh, *ln_hh, k_h, mask, reverse, train)
         return out, hy, None
 
     def _ext_option_names(self) -> str:
@@ -326,28 +327,28 @@ class _RNNBase(_Options, nn.RNNBase):
             suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
             return self._run_ext(x, batch_sizes, h0, c0, params, self._ln_pairs(suffix), reverse, train)
         if self.mode == "LSTM":
-            out, hy, cy, _ = _ops.lstm_forward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, train)
+            out, hy, cy, _ = _fwd.lstm_forward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, train)
             return out, hy, cy
         if self.mode == "GRU":
-            out, hy, _ = _ops.gru_forward(x, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse, train)
+            out, hy, _ = _fwd.gru_forward(x, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse, train)
             return out, hy, None
-        out, hy = _ops.rnn_forward(x, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, self.mode == "RNN_RELU", reverse)
+        out, hy = _fwd.rnn_forward(x, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, self.mode == "RNN_RELU", reverse)
         return out, hy, None
 
     def _run_bidir_layer(self, x, batch_sizes, h0, c0, params, params_r, train):
         """Both directions of one layer; returns ([output, output_r], [h_n, h_n_r], [c_n, c_n_r] or Nones).
         h0/c0: the layer's two initial states [2, B, *]."""
         if self.mode == "LSTM":
-            out, hy, cy, _, out_r, hy_r, cy_r, _ = _ops.lstm_bidir_forward(
+            out, hy, cy, _, out_r, hy_r, cy_r, _ = _fwd.lstm_bidir_forward(
                 x, batch_sizes, h0[0], c0[0], *params, h0[1], c0[1], *params_r, train)
             return [out, out_r], [hy, hy_r], [cy, cy_r]
         w_ih, w_hh, b_ih, b_hh, _ = params
         w_ih_r, w_hh_r, b_ih_r, b_hh_r, _ = params_r
         if self.mode == "GRU":
-            out, hy, _, out_r, hy_r, _ = _ops.gru_bidir_forward(x, batch_sizes, h0[0], w_ih, w_hh, b_ih, b_hh,
+            out, hy, _, out_r, hy_r, _ = _fwd.gru_bidir_forward(x, batch_sizes, h0[0], w_ih, w_hh, b_ih, b_hh,
                                                                 h0[1], w_ih_r, w_hh_r, b_ih_r, b_hh_r, train)
         else:
-            out, hy, out_r, hy_r = _ops.rnn_bidir_forward(x, batch_sizes, h0[0], w_ih, w_hh, b_ih, b_hh, h0[1],
+            out, hy, out_r, hy_r = _fwd.rnn_bidir_forward(x, batch_sizes, h0[0], w_ih, w_hh, b_ih, b_hh, h0[1],
                                                           w_ih_r, w_hh_r, b_ih_r, b_hh_r, self.mode == "RNN_RELU")
         return [out, out_r], [hy, hy_r], [None, None]
 
@@ -551,14 +552,19 @@ class _CellBase(_Options, nn.RNNCellBase):
         super().__init__(input_size, hidden_size, bias, num_chunks=_GATES[mode], device=device, dtype=dtype)
 
     def _step(self, input: Tensor, hx):
+        # A decoder calls this once per token, so the Python here is a cost paid per step: each attribute is read
+        # once (the mode is a property on RNNCell, the weights go through nn.Module.__getattr__) and the
+        # checks stay in torch.nn's order without repeated work.
         name = type(self).__name__
-        is_lstm = self.mode == "LSTM"
+        mode = self.mode
+        is_lstm = mode == "LSTM"
         # torch.nn's checks, in its order (see "argument checks" above): its forward's (ranks, nonlinearity),
         # then its kernels' (state count, input size, each state's batch and hidden size: shapes before dtypes).
         if not isinstance(input, Tensor):
             raise InputTypeError(f"{name}: input must be a Tensor, got {type(input).__name__}")
-        if input.dim() not in (1, 2):
-            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        in_dim = input.dim()
+        if in_dim != 1 and in_dim != 2:
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {in_dim}D instead")
         states: List[Tensor] = []
         if hx is not None:
             if is_lstm:
@@ -574,53 +580,61 @@ class _CellBase(_Options, nn.RNNCellBase):
                 if _tensor_arg(hx, "hx", name).dim() not in (1, 2):
                     raise ValueError(f"{name}: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
                 states = [hx]
-        if self.mode.startswith("RNN") and self.nonlinearity not in ("tanh", "relu"):
+        if mode[0] == "R" and self.nonlinearity not in ("tanh", "relu"):
             raise RuntimeError(f"{name}: Unknown nonlinearity: {self.nonlinearity}")
-        batched = input.dim() == 2
+        batched = in_dim == 2
         x = input if batched else input.unsqueeze(0)
-        states = states if batched else [s.unsqueeze(0) for s in states]
-        if x.shape[1] != self.weight_ih.shape[1]:
-            raise RuntimeError(f"{name}: input has inconsistent input_size: got {x.shape[1]} expected "
-                               f"{self.weight_ih.shape[1]}")
-        hidden_size = self.weight_hh.shape[1]
+        if not batched:
+            states = [s.unsqueeze(0) for s in states]
+        w_ih, w_hh, b_ih, b_hh = self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
+        batch, in_size = x.shape
+        if in_size != w_ih.shape[1]:
+            raise RuntimeError(f"{name}: input has inconsistent input_size: got {in_size} expected "
+                               f"{w_ih.shape[1]}")
+        hidden_size = w_hh.shape[1]
         for label, s in enumerate(states):
-            if s.shape[0] != x.shape[0]:
-                raise RuntimeError(f"{name}: Input batch size {x.shape[0]} doesn't match hidden{label} batch size "
+            if s.shape[0] != batch:
+                raise RuntimeError(f"{name}: Input batch size {batch} doesn't match hidden{label} batch size "
                                    f"{s.shape[0]}")
             if s.size(1) != hidden_size:  # a 1-D state here raises torch.nn's IndexError
                 raise RuntimeError(f"{name}: hidden{label} has inconsistent hidden_size: got {s.size(1)}, "
                                    f"expected {hidden_size}")
             if s.dim() != 2:  # a 2-D state for a 1-D input, of a shape torch.nn's kernel would broadcast
                 raise RuntimeError(f"{name}: hidden{label} must be 1-D for a 1-D input, got {s.dim() - 1}-D")
-        _check_devices(x, self.weight_ih, states, name)
-        if x.dtype != self.weight_ih.dtype and not torch._C._is_any_autocast_enabled():
-            raise DtypeMismatchError(f"{name}: input dtype ({x.dtype}) does not match weight dtype "
-                                     f"({self.weight_ih.dtype}). Convert input: input.to({self.weight_ih.dtype}), "
-                                     f"or convert model: model.to({x.dtype})")
-        _check_state_dtypes(x, states, name)
+        _check_devices(x, w_ih, states, name)
+        autocast = torch._C._is_any_autocast_enabled()
+        if not autocast:  # inside an autocast region torch.nn lets the dtypes differ (its kernels cast them)
+            if x.dtype != w_ih.dtype:
+                raise DtypeMismatchError(f"{name}: input dtype ({x.dtype}) does not match weight dtype "
+                                         f"({w_ih.dtype}). Convert input: input.to({w_ih.dtype}), "
+                                         f"or convert model: model.to({x.dtype})")
+            _check_state_dtypes(x, states, name)
         if hx is None:
-            h0 = torch.zeros(x.shape[0], self.hidden_size, dtype=x.dtype, device=x.device)
+            h0 = torch.zeros(batch, self.hidden_size, dtype=x.dtype, device=x.device)
             c0 = torch.zeros_like(h0) if is_lstm else None
         else:
             h0, c0 = states[0], (states[1] if is_lstm else None)
-        needs_grad = _saves_activations(self.parameters, x, h0, c0)
         seq = x.unsqueeze(0)  # one step: [1, B, I]
-        args = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        args = (w_ih, w_hh, b_ih, b_hh)
         if self._uses_ext_ops:
+            needs_grad = _saves_activations(self.parameters, x, h0, c0)
             self._check_ext_device(x, name)
             _, hy, cy = self._run_ext(seq, None, h0, c0, (*args, None), self._ln_pairs(""), False, needs_grad)
             if is_lstm:
                 return (hy, cy) if batched else (hy.squeeze(0), cy.squeeze(0))
             return hy if batched else hy.squeeze(0)
-        out_dtype, c_dtype = _autocast_dtypes(self.mode, x, packed=False, proj=False, cell=True)
+        # The op's own tensors are all a gradient can reach, so only they are asked (not self.parameters()).
+        needs_grad = _saves_activations(lambda: args, x, h0, c0)
+        out_dtype, c_dtype = (_autocast_dtypes(mode, x, packed=False, proj=False, cell=True) if autocast
+                              else (None, None))
         if is_lstm:
-            _, hy, cy, _ = _ops.lstm_forward(seq, None, h0, c0, *args, None, False, needs_grad)
+            _, hy, cy, _ = _fwd.lstm_forward(seq, None, h0, c0, *args, None, False, needs_grad)
             hy, cy = _cast(hy, out_dtype), _cast(cy, c_dtype)
             return (hy, cy) if batched else (hy.squeeze(0), cy.squeeze(0))
-        if self.mode == "GRU":
-            _, hy, _ = _ops.gru_forward(seq, None, h0, *args, False, needs_grad)
+        if mode == "GRU":
+            _, hy, _ = _fwd.gru_forward(seq, None, h0, *args, False, needs_grad)
         else:
-            _, hy = _ops.rnn_forward(seq, None, h0, *args, self.mode == "RNN_RELU", False)
+            _, hy = _fwd.rnn_forward(seq, None, h0, *args, mode == "RNN_RELU", False)
         hy = _cast(hy, out_dtype)
         return hy if batched else hy.squeeze(0)
 

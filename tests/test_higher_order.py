@@ -172,12 +172,15 @@ def test_jvp_modules(mode):
         assert_close(a, b, torch.float64, f"{mode} jvp")
 
 
+@pytest.mark.parametrize("grad_mode", ["enabled", "no_grad"])
 @pytest.mark.parametrize("mode", MODES)
-def test_forward_ad_dual_tensors_cells(mode):
+def test_forward_ad_dual_tensors_cells(mode, grad_mode):
+    """Tangents propagate whatever the grad mode, as torch.nn's do: under no_grad the modules call the forward op
+    below autograd (fastrnn/ops.py _forward_call) except under forward AD, where the tangent would be lost."""
     torch.manual_seed(0)
     fast, ref = cell_pair(mode, 3, 4)
     x, t = torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64)
-    with fwAD.dual_level():
+    with fwAD.dual_level(), torch.set_grad_enabled(grad_mode == "enabled"):
         out = flat_outputs(fast(fwAD.make_dual(x, t)))
         got = [fwAD.unpack_dual(o).tangent for o in out]
     want = torch.autograd.functional.jvp(lambda x: flat_outputs(ref(x)), x, t)[1]
