@@ -160,6 +160,9 @@ TORCH_LIBRARY(fastrnn, m) {
   // x.t() through the active instruction set's transpose kernel (cpu/pointwise.h, what packs the brgemm weights),
   // written into rows `pad` floats longer than needed, the pad left at -1.
   m.def("_cpu_transpose(Tensor x, int pad) -> Tensor");
+  // a @ w.t() through the per-step paths' in-place product (cpu/step_gemm.h mm_wt_into), and whether it served
+  // (FASTRNN_CPU_WT_GEMV and the row limit apply; otherwise at::mm).
+  m.def("_cpu_mm_wt(Tensor a, Tensor w) -> (Tensor, bool)");
   // The per-thread scratch pool (cpu/scratch.h) on a fresh thread, buffers of `bytes`: (two taken at once are
   // distinct, one taken after the first's release reuses its memory). FASTRNN_CPU_SCRATCH applies.
   m.def("_cpu_scratch_probe(int bytes) -> (bool, bool)");

@@ -30,6 +30,12 @@ def _cpu_seq_gemm_fake(a, b, c, add):
     return torch.empty_like(c, memory_format=torch.contiguous_format), True
 
 
+@torch.library.register_fake("fastrnn::_cpu_mm_wt")
+def _cpu_mm_wt_fake(a, w):
+    torch._check(a.dim() == 2 and w.dim() == 2 and a.shape[1] == w.shape[1], lambda: "shapes")
+    return a.new_empty((a.shape[0], w.shape[0])), True
+
+
 @torch.library.register_fake("fastrnn::_cpu_transpose")
 def _cpu_transpose_fake(x, pad):
     torch._check(x.dtype == torch.float32 and x.dim() == 2, lambda: "x must be a 2-D float32 matrix")

@@ -436,9 +436,12 @@ def _parity_vs_float32(mode, case, what, dtype=torch.float32):
 # that is no multiple of the vector width (the masked tail; bf16: after whole bf16 vectors), an odd column count
 # (the one-column loop: the Elman RNN's H), 3 rows from the steps or from the batch, and an LSTM projection
 # (its h = r @ W_hr^T step product).
+# A call of one step with up to 8 batch rows takes the same products (brgemm_step.cpp, too_short_to_pack): rows
+# in groups of 3 sharing each weight vector, 8 = 3 + 3 + 2 on one thread, 7 = 3 + 3 + 1 split over the threads.
 WT_GEMV_CASES = [Case("T1_B1_I37_H257", T=1, B=1, I=37, H=257), Case("T3_B1_H256", T=3, B=1, I=256, H=256),
                  Case("T1_B3_H300_hx", T=1, B=3, I=64, H=300, hx=True),
-                 Case("T2_B1_H256_unbatched", T=2, B=1, I=256, H=256, batched=False)]
+                 Case("T2_B1_H256_unbatched", T=2, B=1, I=256, H=256, batched=False),
+                 Case("T1_B8_I37_H257", T=1, B=8, I=37, H=257), Case("T1_B7_H256_hx", T=1, B=7, I=256, H=256, hx=True)]
 WT_GEMV_PROJ = Case("T2_B1_H256_P37", T=2, B=1, I=40, H=256, proj_size=37)
 
 
@@ -454,6 +457,21 @@ def test_decoding_steps_read_weights_in_place(mode, case, variant, dtype, monkey
         monkeypatch.setenv("FASTRNN_CPU_CAPABILITY", variant)
     torch.manual_seed(0)
     _parity_vs_float32(mode, case, variant, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("rows", range(1, 10))
+def test_in_place_product_rows(rows, dtype):
+    """mm_wt_into (step_gemm.h) serves 1 to 8 rows, a @ w.t() with w read in place, and leaves 9 to at::mm:
+    against torch's product of the same operands (fp32 sums; bf16 rounded once), K and N no multiple of the
+    vector width or of the 4-column unit."""
+    import fastrnn._testing_ops  # noqa: F401  (the test ops' fake kernels)
+    torch.manual_seed(rows)
+    a, w = torch.randn(rows, 37).to(dtype), torch.randn(13, 37).to(dtype)
+    out, in_place = torch.ops.fastrnn._cpu_mm_wt(a, w)
+    assert in_place == (rows <= 8)
+    expected = (a.float() @ w.float().t()).to(dtype)
+    torch.testing.assert_close(out, expected, **({} if dtype == torch.float32 else {"atol": 0.0, "rtol": 8e-3}))
 
 
 @pytest.mark.skipif(not HAS_AVX2, reason="the brgemm path needs AVX2")

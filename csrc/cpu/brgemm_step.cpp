@@ -23,6 +23,7 @@
 #include "../sequence.h"
 #include "huge_pages.h"
 #include "scratch.h"
+#include "step_gemm.h"
 
 namespace fastrnn::cpu {
 
@@ -418,9 +419,14 @@ void launch(const LstmBrgemmSeq& s, at::ScalarType dt, bool widened) {
 // to fp32) both weights every call. Measured (2-core Zen 3, T=1 B=1 inference vs torch.nn, per-step path /
 // brgemm): GRU H=1024 0.95x / 0.19x, LSTM H=1024 0.85x / 0.07x, GRU H=256 0.92x / 0.51x, LSTM T=4 H=256 1.15x /
 // 0.83x. (The per-step products run on step_gemm.h's in-place GEMV; at::mm's bf16 GEMV measured the same there.)
+//
+// A call of one step with a small batch (T=1, B <= kWtGemvMaxRows: a decoder's cell, fed a batch) is too short
+// as well: packing reads and writes both weights to read them once more, where the per-step path's GEMMs read
+// them in place (mm_wt_into, step_gemm.h). FASTRNN_CPU_BRGEMM_ONE_STEP=0 packs them (A/B).
 bool too_short_to_pack(at::ScalarType dt, const SeqLayout& L) {
-  return (dt == at::kFloat || dt == at::kBFloat16) && L.B < 4 &&
-         L.N <= env_int("FASTRNN_CPU_BRGEMM_SHORT_ROWS", 4);
+  if (dt != at::kFloat && dt != at::kBFloat16) return false;
+  if (L.T == 1 && L.B <= kWtGemvMaxRows && env_int("FASTRNN_CPU_BRGEMM_ONE_STEP", 1) != 0) return true;
+  return L.B < 4 && L.N <= env_int("FASTRNN_CPU_BRGEMM_SHORT_ROWS", 4);
 }
 
 // The up-front x-projection gx = x @ W_ih^T in the input's dtype, multiplied in wdt (packed_dtype): widened bf16

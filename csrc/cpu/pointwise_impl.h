@@ -281,13 +281,13 @@ inline void put(S* c, float sum, bool accumulate) {
   *c = static_cast<S>(accumulate ? static_cast<float>(*c) + sum : sum);
 }
 
-// Rows [0, R) and output columns [n, n + 4): the four weight rows' dot products with each row of a, along k in
-// vectors (each weight vector loaded once for all R rows), reduced at the end.
+// Rows [r0, r0 + R) and output columns [n, n + 4): the four weight rows' dot products with each row of a, along k
+// in vectors (each weight vector loaded once for all R rows), reduced at the end.
 template <typename S, int R>
-inline void wt_gemv_quad(const WtGemvArgs& g, int64_t n) {
+inline void wt_gemv_quad(const WtGemvArgs& g, int64_t n, int64_t r0) {
   using V = Vectorized<float>;
   const int64_t k = g.k;
-  const float* a = g.a;
+  const float* a = g.a + r0 * g.lda;
   const S* w = static_cast<const S*>(g.w) + n * g.ldw;
   V acc[R][4];
   for (int r = 0; r < R; ++r)
@@ -315,8 +315,9 @@ inline void wt_gemv_quad(const WtGemvArgs& g, int64_t n) {
       for (int j = 0; j < 4; ++j) acc[r][j] = at::vec::fmadd(av, wv[j], acc[r][j]);
     }
   }
+  S* c = static_cast<S*>(g.c) + r0 * g.ldc;
   for (int r = 0; r < R; ++r)
-    for (int j = 0; j < 4; ++j) put(static_cast<S*>(g.c) + r * g.ldc + n + j, lane_sum(acc[r][j]), g.accumulate);
+    for (int j = 0; j < 4; ++j) put(c + r * g.ldc + n + j, lane_sum(acc[r][j]), g.accumulate);
 }
 
 // One output column, all rows (the last n % 4 columns).
@@ -335,14 +336,18 @@ inline void wt_gemv_one(const WtGemvArgs& g, int64_t n) {
   }
 }
 
+// Rows in groups of 3 (12 accumulators and 4 weight vectors: AVX2's 16 registers) inside each quad of columns:
+// the quad's 4 weight rows (4 * k elements) come from memory for the first group and from L1 for the others, so
+// W is streamed once whatever the row count.
 template <typename S>
 void wt_gemv_typed(const WtGemvArgs& g, int64_t n0, int64_t n1) {
   int64_t n = n0;
   for (; n + 4 <= n1; n += 4) {
-    switch (g.rows) {
-      case 3: wt_gemv_quad<S, 3>(g, n); break;
-      case 2: wt_gemv_quad<S, 2>(g, n); break;
-      case 1: wt_gemv_quad<S, 1>(g, n); break;
+    int64_t r = 0;
+    for (; r + 3 <= g.rows; r += 3) wt_gemv_quad<S, 3>(g, n, r);
+    switch (g.rows - r) {
+      case 2: wt_gemv_quad<S, 2>(g, n, r); break;
+      case 1: wt_gemv_quad<S, 1>(g, n, r); break;
       default: break;
     }
   }

@@ -66,8 +66,8 @@ bool wt_gemv_enabled() {
 bool mm_wt_into(const at::Tensor& a, const at::Tensor& w, at::Tensor c, bool accumulate) {
   const int64_t r = a.size(0), k = a.size(1), n = w.size(0);
   const auto dt = a.scalar_type();
-  if (r >= 4 || (dt != at::kFloat && dt != at::kBFloat16) || w.scalar_type() != dt || c.scalar_type() != dt ||
-      !w.is_contiguous() || a.stride(1) != 1 || c.stride(1) != 1 || !wt_gemv_enabled())
+  if (r > kWtGemvMaxRows || (dt != at::kFloat && dt != at::kBFloat16) || w.scalar_type() != dt ||
+      c.scalar_type() != dt || !w.is_contiguous() || a.stride(1) != 1 || c.stride(1) != 1 || !wt_gemv_enabled())
     return false;
   TORCH_INTERNAL_ASSERT(w.size(1) == k && c.size(0) == r && c.size(1) == n);
   if (r == 0 || n == 0) return true;
@@ -77,19 +77,21 @@ bool mm_wt_into(const at::Tensor& a, const at::Tensor& w, at::Tensor c, bool acc
   const WtGemvArgs g{af.data_ptr<float>(), af.stride(0), w.data_ptr(), k, c.data_ptr(), c.stride(0), r, k,
                      accumulate, dt == at::kBFloat16};
   const WtGemvFn gemv = wt_gemv_kernel(active_isa());
-  const int64_t bytes = n * k * static_cast<int64_t>(w.element_size());
-  if (bytes < kWtGemvParallelBytes) {
+  // the work: the weight's bytes times the rows that share each of its loads
+  const int64_t work = n * k * static_cast<int64_t>(w.element_size()) * r;
+  if (work < kWtGemvParallelBytes) {
     gemv(g, 0, n);
     return true;
   }
-  // columns in groups of 4 (the loop's unit), at least 128 KB of the weight per task
-  const int64_t quads = (n + 3) / 4, grain = std::max<int64_t>(1, (int64_t{1} << 17) / (4 * k * w.element_size()));
+  // columns in groups of 4 (the loop's unit), at least 128 KB-rows of work per task
+  const int64_t quads = (n + 3) / 4;
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 17) / (4 * k * w.element_size() * r));
   at::parallel_for(0, quads, grain, [&](int64_t q0, int64_t q1) { gemv(g, 4 * q0, std::min(n, 4 * q1)); });
   return true;
 }
 
 at::Tensor mm_wt(const at::Tensor& a, const at::Tensor& w) {
-  if (a.size(0) < 4 && (a.scalar_type() == at::kFloat || a.scalar_type() == at::kBFloat16)) {
+  if (a.size(0) <= kWtGemvMaxRows && (a.scalar_type() == at::kFloat || a.scalar_type() == at::kBFloat16)) {
     at::Tensor c = at::empty({a.size(0), w.size(0)}, a.options());
     if (mm_wt_into(a, w, c, false)) return c;
   }
@@ -105,8 +107,12 @@ StepGemm::StepGemm(const at::Tensor& w, bool transpose_w, int64_t rows, int64_t 
   }
   if (transpose_w && w.is_contiguous() &&
       ((w.scalar_type() == at::kFloat && rows < std::min<int64_t>(4, packed_gemm_min_rows())) ||
-       (w.scalar_type() == at::kBFloat16 && rows < 4))) {
-    wt_ = w;  // few-row steps read W in place (mm_wt_into), where MKL's packing would not serve them
+       (w.scalar_type() == at::kBFloat16 && rows < 4) ||
+       (steps == 1 && rows <= kWtGemvMaxRows &&
+        (w.scalar_type() == at::kFloat || w.scalar_type() == at::kBFloat16)))) {
+    // few-row steps, and the one step of a call with a small batch, read W in place (mm_wt_into): MKL's packing
+    // would not serve the former and costs the latter a copy of W
+    wt_ = w;
     return;
   }
   const bool fits_int = rows < INT32_MAX && k_ < INT32_MAX && n_ < INT32_MAX;

@@ -48,13 +48,15 @@ class StepGemm {
 };
 
 // c (=|+=) a @ w^T, a [r, k] and c [r, n] with unit column strides, w [n, k] contiguous, all float32 or all
-// bfloat16 (fp32 sums, c rounded once), for r < 4 rows (a decoding step: T * B < 4): w is read in place by a
-// vector loop of dot products (wt_gemv in pointwise.h), its output columns split over the threads from
-// kWtGemvParallelBytes of weight up. Returns false, having done nothing, where that does not apply (the caller
+// bfloat16 (fp32 sums, c rounded once), for r <= kWtGemvMaxRows rows (a decoding step, or the one step of a
+// call with a small batch): w is read in place by a vector loop of dot products (wt_gemv in pointwise.h), streamed
+// once whatever r, its output columns split over the threads from kWtGemvParallelBytes of weight-bytes x rows
+// up. Returns false, having done nothing, where that does not apply (the caller
 // runs at::mm). MKL's GEMV ran at 13 GFLOP/s on an L2-resident 256 x 256 weight, and on one thread from memory,
 // on a 2-core Zen 3. FASTRNN_CPU_WT_GEMV=0 turns it off (A/B).
 bool mm_wt_into(const at::Tensor& a, const at::Tensor& w, at::Tensor c, bool accumulate);
 constexpr int64_t kWtGemvParallelBytes = int64_t{512} << 10;
+constexpr int64_t kWtGemvMaxRows = 8;
 
 // a @ w^T as a new tensor (the up-front x-projection of the per-step paths): mm_wt_into where it applies.
 at::Tensor mm_wt(const at::Tensor& a, const at::Tensor& w);

@@ -12,6 +12,7 @@
 #include "brgemm_step.h"
 #include "scratch.h"
 #include "seq_gemm.h"
+#include "step_gemm.h"
 #include "step_loop.h"
 
 namespace fastrnn::cpu {
@@ -93,6 +94,17 @@ std::tuple<at::Tensor, bool> cpu_seq_gemm(const at::Tensor& a, const at::Tensor&
   return {out, on_brgemm};
 }
 
+std::tuple<at::Tensor, bool> cpu_mm_wt(const at::Tensor& a, const at::Tensor& w) {
+  constexpr const char* op = "fastrnn::_cpu_mm_wt";
+  TORCH_CHECK_VALUE(a.dim() == 2 && w.dim() == 2 && a.size(1) == w.size(1), op, ": needs a [M, K] and w [N, K], got ",
+                    a.sizes(), ", ", w.sizes());
+  TORCH_CHECK_TYPE(a.scalar_type() == w.scalar_type(), op, ": a and w must have one dtype");
+  at::Tensor out = at::empty({a.size(0), w.size(0)}, a.options());
+  const bool in_place = mm_wt_into(a.contiguous(), w.contiguous(), out, /*accumulate=*/false);
+  if (!in_place) at::mm_out(out, a, w.t());
+  return {out, in_place};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastrnn, CompositeExplicitAutograd, m) {
@@ -104,6 +116,7 @@ TORCH_LIBRARY_IMPL(fastrnn, CPU, m) {
   m.impl("_cpu_activation", &cpu_activation);
   m.impl("_cpu_seq_gemm", &cpu_seq_gemm);
   m.impl("_cpu_transpose", &cpu_transpose);
+  m.impl("_cpu_mm_wt", &cpu_mm_wt);
 }
 
 }  // namespace fastrnn::cpu
