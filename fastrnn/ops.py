@@ -393,6 +393,7 @@ def _register_autograd(name, backward, setup_context, composite_forward):
                  {"forward": staticmethod(forward), "backward": staticmethod(backward_with_keyset)})
 
     def kernel(keyset, *args):
+        # (_forward_call below skips this kernel only where it would reach the last line: keep the two in step)
         if torch._C._are_functorch_transforms_active() or _has_tangent(args):
             return composite_forward(*args)
         if torch.is_grad_enabled() and torch._C._any_requires_grad(*args):
@@ -430,7 +431,6 @@ def _forward_call(name):
 
     call.__name__ = name
     return call
-
 
 
 # -------------------------------------------------------------------------------------------- autocast

@@ -105,13 +105,12 @@ StepGemm::StepGemm(const at::Tensor& w, bool transpose_w, int64_t rows, int64_t 
     small_ = w_.contiguous();
     return;
   }
-  if (transpose_w && w.is_contiguous() &&
-      ((w.scalar_type() == at::kFloat && rows < std::min<int64_t>(4, packed_gemm_min_rows())) ||
-       (w.scalar_type() == at::kBFloat16 && rows < 4) ||
-       (steps == 1 && rows <= kWtGemvMaxRows &&
-        (w.scalar_type() == at::kFloat || w.scalar_type() == at::kBFloat16)))) {
-    // few-row steps, and the one step of a call with a small batch, read W in place (mm_wt_into): MKL's packing
-    // would not serve the former and costs the latter a copy of W
+  // Few-row steps, and the one step of a call with a small batch, read W in place (mm_wt_into): MKL's packing
+  // would not serve the former and costs the latter a copy of W.
+  const bool float_or_bf16 = w.scalar_type() == at::kFloat || w.scalar_type() == at::kBFloat16;
+  const int64_t few_rows = w.scalar_type() == at::kFloat ? std::min<int64_t>(4, packed_gemm_min_rows()) : 4;
+  if (transpose_w && w.is_contiguous() && float_or_bf16 &&
+      (rows < few_rows || (steps == 1 && rows <= kWtGemvMaxRows))) {
     wt_ = w;
     return;
   }
