@@ -25,7 +25,8 @@ The model. Per kernel launch (one step of the step kernels; one step of the pers
   concurrently up to the occupancy; the whole launch is also bounded by L2 and HBM bandwidth over the bytes it moves.
   Step kernels pay a host launch per step (they overlap with the GPU: a step costs max(kernel + gap, launch));
   the persistent kernel pays one grid barrier per step and one cooperative launch per sequence.
-  Sequence = the input GEMM (cuBLAS) + T steps; backward = T backward steps + the weight/input-gradient GEMMs.
+  Sequence = the input GEMM (cuBLAS) + T steps; backward = T backward steps (the persistent backward where its grid
+  fits, as the drivers choose: T + 1 steps in one cooperative launch) + the weight/input-gradient GEMMs.
 The cuDNN column is a model too: max(the anchor below, the step's recurrent GEMM at half the dtype's peak) per step,
 twice that per backward step, GEMMs at cuDNN's precision. It is a floor for cuDNN's persistent class of kernel,
 so the predicted speedups err against fastrnn.
@@ -398,12 +399,9 @@ def step_bwd_model(gpu: Gpu, tr: dict, cfg: dict, k: KernelInfo, cell: str, H: i
     latency = n_kt * (gpu.l2_latency_clk + issue) + gpu.hbm_latency_clk
     t_sm = _sm_time_clk(gpu, blocks, bpsm, latency, busy) / gpu.clock_hz
     w_bytes = G * H * H * s
-    # epilogue per row: workspace read, grad_output read, carry read+write, dG written (GRU: dG_x and dG_h), dc
-    ws = WS_WIDTH[cell] * H * a
-    dg = G * H * s * (2 if cell == "gru" else 1)
-    epi = bs * (ws + H * s + 2 * H * a + dg + (2 * H * a if cell == "lstm" else 0))
+    epi, epi_hbm = _bwd_epilogue_bytes(cell, G, H, bs, s, a)
     l2 = gy * w_bytes + gx_ * bs * G * H * s + epi
-    hbm = bs * (ws + H * s + dg) + (w_bytes if w_bytes > gpu.l2_bytes / 2 else 0)
+    hbm = epi_hbm + (w_bytes if w_bytes > gpu.l2_bytes / 2 else 0)
     t_kernel = max(t_sm, l2 / gpu.l2_bw, hbm / gpu.hbm_bw)
     t = max(t_kernel + gpu.gpu_gap_s, gpu.launch_s)
     return Launch(blocks, bpsm, smem, l2, hbm, 2.0 * gx_ * U * gy * BR * G * H, t)
@@ -453,6 +451,59 @@ def persistent_fwd_model(gpu: Gpu, tr: dict, probe: Probe, k: KernelInfo, cell: 
     hbm = epi_hbm + (bs * G * H * s if gx_total > gpu.l2_bytes / 2 else 0)
     t = max(step_clk / gpu.clock_hz, l2 / gpu.l2_bw, hbm / gpu.hbm_bw) + gpu.grid_sync_s
     return Launch(grid, bpsm, smem, l2, hbm, flops * grid, t, units=units, math=math_path)
+
+
+def _bwd_epilogue_bytes(cell: str, G: int, H: int, bs: int, s: int, a: int) -> Tuple[float, float]:
+    """(L2 bytes, HBM bytes) of a backward step's epilogue, the step and persistent kernels alike: per row the
+    workspace and grad_output read, the carried dh read and written, dG written (GRU: dG_x and dph_n), LSTM's dc read
+    and written; from HBM: the workspace and grad_output (written long before) and dG (read again by the gradient
+    GEMMs after the loop)."""
+    ws = WS_WIDTH[cell] * H * a
+    dg = G * H * s * (2 if cell == "gru" else 1)
+    epi = bs * (ws + H * s + 2 * H * a + dg + (2 * H * a if cell == "lstm" else 0))
+    return epi, bs * (ws + H * s + dg)
+
+
+def persistent_bwd_model(gpu: Gpu, tr: dict, probe: Probe, k: KernelInfo, cell: str, dtype: str, H: int,
+                         bs: int) -> Optional[Launch]:
+    """One step of the persistent backward kernel ({cell}_bwd_persistent_kernel, BwdPersistentTraits, FMA for every
+    dtype), at the units per block choose_units picks with this kernel's occupancy; None when no grid fits (the
+    drivers then run the step kernels). Per chunk of chunk_rows rows, its chunk_plan (split of the K loop between
+    batch groups when rows are few, live row slots, K tile: a chunk with few rows stages wider tiles), the G*H
+    reduction in K tiles: the tile of dG_next is staged from L2 (ld.global.cg, one L2 latency: nothing is
+    prefetched), then per thread and each of its k (one in ks) one shared load of W, one load of dG and one FMA per
+    live slot (padding rows of a slot are computed on zeros), then the split-K partials summed through shared
+    memory. Every block reads every row of dG_next: grid x rows x G*H elements of L2 traffic per step, the term that
+    grows with the grid."""
+    G, s, a = tr["gates"], tr["storage_bytes"], tr["acc_bytes"]
+    GH = G * H
+    threads = probe.one(f"pbwd {dtype} {cell} 1 {H}")["threads"]
+    units, plans, bpsm_of = _persistent_units(gpu, probe, k, f"pbwd {dtype} {cell}", threads, H)
+    if units == 0:
+        return None
+    p = plans[units]
+    grid, smem, bpsm = p["grid"], p["smem"] + k.smem_static, bpsm_of[units]
+    chunk, groups = p["chunk_rows"], threads // units
+    warps = threads // 32
+    step_clk, flops = 0.0, 0.0
+    for c in range(-(-bs // chunk)):
+        rows = min(chunk, bs - c * chunk)
+        cp = probe.one(f"pbwdtile {dtype} {cell} {units} {rows}")
+        ks, rg, slots, tk = cp["ks"], cp["rg"], cp["slots"], cp["tile_k"]
+        n_kt = -(-GH // tk)
+        width = GH / n_kt  # k per tile, the last partial tile averaged in
+        per_thread_k = -(-width // ks)
+        issue = _issue_clk_fma(gpu, a, warps * per_thread_k * slots,
+                               warps * per_thread_k * (slots + 1) + slots * rg * width / 32)
+        step_clk += n_kt * (gpu.l2_latency_clk + max(issue, rows * width * s / gpu.sm_l2_bytes_per_clk))
+        if ks > 1:  # partials stored, summed by the rg owners, two barriers
+            step_clk += warps + rg * units * ks / 32 + 2 * 20
+        flops += 2.0 * units * slots * rg * GH
+    step_clk += gpu.hbm_latency_clk  # the epilogue's workspace and grad_output loads
+    epi_l2, epi_hbm = _bwd_epilogue_bytes(cell, G, H, bs, s, a)
+    l2 = grid * bs * GH * s + epi_l2
+    t = max(step_clk / gpu.clock_hz, l2 / gpu.l2_bw, epi_hbm / gpu.hbm_bw) + gpu.grid_sync_s
+    return Launch(grid, bpsm, smem, l2, epi_hbm, flops * grid, t, units=units, math="fma")
 
 
 def _persistent_units(gpu: Gpu, probe: Probe, k: KernelInfo, query: str, threads: int,
@@ -541,10 +592,14 @@ def model_rows(kernels, probe: Probe, math_override: str = "auto") -> List[dict]
                     kb = kernels.get((cell, "step_bwd", dtype, gpu.arch))
                     kp = kernels.get((cell, "persistent_fwd", dtype, gpu.arch))
                     km = kernels.get((cell, "persistent_mma_fwd", dtype, gpu.arch))
+                    kpb = kernels.get((cell, "persistent_bwd", dtype, gpu.arch))
                     if kf is None or kb is None or (kp is None and km is None):
                         raise SystemExit(f"{cell} {dtype}: a kernel is missing from the {gpu.arch} cubin")
                     sf = step_fwd_model(gpu, tr, cfg, kf, cell, H, H, B, T, train=True)
                     sb = step_bwd_model(gpu, tr, cfg, kb, cell, H, B)
+                    # The backward the drivers run (persistent.h run_bwd_persistent): the persistent kernel where a
+                    # grid fits (these shapes have no projection), else the step kernels.
+                    pb = persistent_bwd_model(gpu, tr, probe, kpb, cell, dtype, H, B) if kpb is not None else None
                     # The persistent kernel the launcher picks (persistent_launcher.cuh): the tensor-core kernel for
                     # bf16/fp16 and TF32 float32, the FMA kernel for exact float32 (and float64); --math fma forces
                     # the FMA kernel, --math tc without a tensor-core kernel models the FMA kernel's tiling on mma.
@@ -567,7 +622,10 @@ def model_rows(kernels, probe: Probe, math_override: str = "auto") -> List[dict]
                     else:
                         fwd = t_in + T * sf_inf.time_s
                         fwd_train = t_in + T * sf.time_s
-                    bwd = (T * sb.time_s + gemm_time(gpu, 2.0 * N * G * H * H, gemm_prec)
+                    # persistent: T steps and the iteration past the last that turns the carry into grad_hx (counted as
+                    # a whole step), one cooperative launch
+                    recur = (gpu.coop_launch_s + (T + 1) * pb.time_s) if pb is not None else T * sb.time_s
+                    bwd = (recur + gemm_time(gpu, 2.0 * N * G * H * H, gemm_prec)
                            + 2 * gemm_time(gpu, 2.0 * N * G * H * I, gemm_prec))
                     c_fwd, c_train = cudnn_model(gpu, mode, G, H, I, B, T)
                     auto = pf if pf is not None else sf
@@ -580,6 +638,10 @@ def model_rows(kernels, probe: Probe, math_override: str = "auto") -> List[dict]
                         "mflop_step": auto.flops / 1e6,
                         "persistent_us": pf.time_s * 1e6 if pf is not None else None,
                         "step_fwd_us": sf.time_s * 1e6, "step_bwd_us": sb.time_s * 1e6,
+                        "bwd_path": "persistent" if pb is not None else "step",
+                        "bwd_units": pb.units if pb is not None else None,
+                        "persistent_bwd_us": pb.time_s * 1e6 if pb is not None else None,
+                        "bwd_l2_mb_step": (pb if pb is not None else sb).l2_bytes / 1e6,
                         "input_gemm_ms": t_in * 1e3, "fwd_ms": fwd * 1e3, "train_ms": (fwd_train + bwd) * 1e3,
                         "cudnn_fwd_ms": c_fwd * 1e3, "cudnn_train_ms": c_train * 1e3,
                         "speedup_fwd": c_fwd / fwd, "speedup_train": c_train / (fwd_train + bwd),
@@ -607,12 +669,12 @@ def kernel_rows(kernels, probe: Probe) -> List[dict]:
             bpsm = blocks_per_sm(lim, k.regs, thr, 0) if lim else None
             note = "registers only; shared memory per shape below"
         elif kind == "persistent_bwd":
-            # bwd_persistent_kernel.cuh: kPersistentThreads as the forward's FMA kernel, one block per SM (choose_units);
-            # registers alone here. The shape tables below still time the backward on the step kernels.
-            thr = tr["persistent_fwd"]["threads"]
+            # bwd_persistent_kernel.cuh: one block per SM (choose_units); registers alone here, shared memory per
+            # shape in the tables below
+            thr = probe.one(f"pbwd {dtype} {cell} 1 512")["threads"]
             dyn = None
             bpsm = blocks_per_sm(lim, k.regs, thr, 0) if lim else None
-            note = "registers only; the shape tables time the step backward"
+            note = "registers only; shared memory per shape below"
         else:
             thr, dyn, bpsm, note = None, None, None, "not modelled"
         rows.append({"kernel": f"{cell}_{kind}", "dtype": dtype, "arch": arch, "regs": k.regs,
@@ -674,16 +736,19 @@ def markdown(krows: List[dict], mrows: List[dict], math_override: str) -> str:
         out.append(f"### {g.name}: predicted per step and per sequence (model)")
         out.append("")
         out.append("| shape | cell | dtype | path (math) | blocks x per SM | smem/block | L2 MB/step | HBM MB/step | "
-                   "MFLOP/step | persistent fwd us/step | step fwd us/step | step bwd us/step | fwd ms | fwd+bwd ms | "
+                   "MFLOP/step | persistent fwd us/step | step fwd us/step | bwd path | bwd L2 MB/step | "
+                   "persistent bwd us/step | step bwd us/step | fwd ms | fwd+bwd ms | "
                    "cuDNN fwd ms (model) | cuDNN fwd+bwd ms (model) | speedup fwd / fwd+bwd |")
-        out.append("|" + "---|" * 17)
+        out.append("|" + "---|" * 20)
         for r in (r for r in mrows if r["gpu"] == g.name):
             shape = f"{r['shape']} T={r['T']} B={r['B']} H={r['H']}"
             path = f"{r['path']} ({r['math']}" + (f", {r['units']} units/block)" if r["path"] == "persistent" else ")")
+            bpath = f"persistent (fma, {r['bwd_units']} units/block)" if r["bwd_path"] == "persistent" else "step (fma)"
             out.append(
                 f"| {shape} | {r['cell']} | {r['mode']} | {path} | {r['blocks']} x {r['blocks_per_sm']} | "
                 f"{r['smem'] / 1024:.1f} KB | {r['l2_mb_step']:.2f} | {r['hbm_mb_step']:.3f} | {r['mflop_step']:.1f} | "
-                f"{_f(r['persistent_us'])} | {r['step_fwd_us']:.3g} | {r['step_bwd_us']:.3g} | {r['fwd_ms']:.3g} | "
+                f"{_f(r['persistent_us'])} | {r['step_fwd_us']:.3g} | {bpath} | {r['bwd_l2_mb_step']:.2f} | "
+                f"{_f(r['persistent_bwd_us'])} | {r['step_bwd_us']:.3g} | {r['fwd_ms']:.3g} | "
                 f"{r['train_ms']:.3g} | {r['cudnn_fwd_ms']:.3g} | {r['cudnn_train_ms']:.3g} | "
                 f"{r['speedup_fwd']:.2f}x / {r['speedup_train']:.2f}x |")
     return "\n".join(out) + "\n"

@@ -10,6 +10,9 @@
 //                                               and batch rows per chunk
 //   pmma <dtype> <cell> <units> <K>             the same for the tensor-core persistent kernel (FwdPersistentMmaTraits),
 //                                               with its tiling; {"missing": true} when the headers have no such kernel
+//   pbwd <dtype> <cell> <units> <H>             the persistent backward kernel (BwdPersistentTraits): dynamic shared
+//                                               memory, grid, threads, rows per chunk and per thread, K tile
+//   pbwdtile <dtype> <cell> <units> <rows>      its chunk_plan for a chunk of `rows` rows (split-K, slots, K tile)
 //   plan <H> <num_sms> <bpsm_1> <bpsm_2> <bpsm_4> <bpsm_8> <bpsm_16> <bpsm_32>
 //                                               choose_units given the blocks per SM of each power-of-two unit count
 // <dtype>: float32 | float64 | float16 | bfloat16; <cell>: lstm | gru | rnn.
@@ -19,6 +22,7 @@
 #include <sstream>
 #include <string>
 
+#include "cuda/bwd_persistent_kernel.cuh"
 #include "cuda/bwd_step_kernel.cuh"
 #include "cuda/fwd_persistent_kernel.cuh"
 #include "cuda/fwd_step_kernel.cuh"
@@ -93,6 +97,24 @@ void psmem(int units, int64_t K, int64_t H) {
               static_cast<long long>(P::grid(H, units)), P::chunk_rows(units));
 }
 
+template <class S, Cell C>
+void pbwd(int units, int64_t H) {
+  using P = fastrnn::cuda::BwdPersistentTraitsFor<S, C>;
+  std::printf(
+      "{\"smem\": %lld, \"grid\": %lld, \"threads\": %d, \"chunk_rows\": %d, \"rows_per_thread\": %d,"
+      " \"tile_k\": %d}\n",
+      static_cast<long long>(P::smem_bytes(units, H)), static_cast<long long>(P::grid(H, units)), P::kThreads,
+      P::chunk_rows(units), P::kRowsPerThread, P::kTileK);
+}
+
+template <class S, Cell C>
+void pbwdtile(int units, int rows) {
+  using P = fastrnn::cuda::BwdPersistentTraitsFor<S, C>;
+  const typename P::ChunkPlan c = P::chunk_plan(rows, units);
+  std::printf("{\"ks\": %d, \"rg\": %d, \"slots\": %d, \"tile_k\": %d, \"stride\": %d}\n", c.ks, c.rg, c.slots,
+              c.tk, c.ds);
+}
+
 template <class S, class F>
 bool with_cell(const std::string& cell, F&& f) {
   if (cell == "lstm") f.template operator()<S, Cell::kLstm>();
@@ -138,6 +160,15 @@ int main() {
       in >> dtype >> cell >> units >> K;
       ok = bool(in) &&
            dispatch(dtype, cell, [&]<class S, Cell C>() { fastrnn::cuda::model_probe::pmma<S, C>(units, K, K); });
+    } else if (q == "pbwd") {
+      int units = 0;
+      int64_t H = 0;
+      in >> dtype >> cell >> units >> H;
+      ok = bool(in) && dispatch(dtype, cell, [&]<class S, Cell C>() { pbwd<S, C>(units, H); });
+    } else if (q == "pbwdtile") {
+      int units = 0, rows = 0;
+      in >> dtype >> cell >> units >> rows;
+      ok = bool(in) && dispatch(dtype, cell, [&]<class S, Cell C>() { pbwdtile<S, C>(units, rows); });
     } else if (q == "plan") {
       int64_t H = 0, sms = 0;
       int bpsm[6] = {};

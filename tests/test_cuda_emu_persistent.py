@@ -477,6 +477,12 @@ BWD_PLAIN_CASES = [
     BwdCase("rnn_relu", 33, (37, 37), 32, dtype=torch.float64),
     BwdCase("rnn_relu", 13, (5, 2), 2, reverse=True, dtype=torch.bfloat16),
     BwdCase("rnn_tanh", 40, (3, 3), 8, dtype=torch.float16, dense=True),
+    # chunks of 128 rows (units = 8, 32 groups) with 70, 40 and 7 live rows: 3, 2 and 1 live row slots, K tiles of
+    # 32, 64 and 128
+    BwdCase("gru", 40, (70, 40, 7), 8),  # G*H = 120 (and 160 below): partial tiles
+    BwdCase("lstm", 40, (70, 40, 7), 8, reverse=True, dtype=torch.bfloat16),
+    # one row against 256 batch groups (units = 1): the K loop split 256 ways, then 128 (two rows)
+    BwdCase("rnn_tanh", 13, (2, 1, 1), 1),
 ]
 BWD_ASAN_CASES = [BwdCase("lstm", 40, (5, 3, 1), 8, reverse=True), BwdCase("gru", 13, (37, 20), 32,
                   dtype=torch.bfloat16), BwdCase("rnn_relu", 33, (4, 4), 4, dtype=torch.float64, dense=True)]
@@ -516,6 +522,48 @@ def test_backward_cases_cover_every_kernel_and_dtype():
     assert {c.units for c in BWD_PLAIN_CASES} >= {1, 2, 4, 8, 32}
     assert any(c.reverse and len(set(c.batch_sizes)) > 1 for c in BWD_PLAIN_CASES), "grad_hx mid-sequence"
     assert any(c.dense for c in BWD_PLAIN_CASES) and any(c.batch_sizes[0] > 256 // c.units * 4 for c in BWD_PLAIN_CASES)
+    groups = lambda c: 256 // c.units  # noqa: E731  (BwdPersistentTraits::groups)
+    slots = {-(-min(b, 4 * groups(c)) // groups(c)) for c in BWD_PLAIN_CASES for b in c.batch_sizes}
+    assert slots == {1, 2, 3, 4}, "every count of live row slots (BwdPersistentTraits::chunk_plan), every K tile width"
+    split = {groups(c) // (1 << (b - 1).bit_length()) for c in BWD_PLAIN_CASES for b in c.batch_sizes
+             if b < groups(c)}
+    assert split >= {2, 4, 8, 16, 32, 64, 128, 256}, f"the K loop split every way chunk_plan splits it: {split}"
+
+
+def test_backward_chunk_plans_cover_each_product_once_without_bank_conflicts():
+    """BwdPersistentTraits::chunk_plan, for every unit count and every row count of a chunk, transcribed thread by
+    thread as bwd_persistent indexes: thread tid = (batch group bg, unit u) with phase = bg % ks and row slot
+    r = bg // ks sums, for each live slot i, row r + i * rg over the k = phase (mod ks) of every K tile. Every
+    (row < rows, k) must be summed exactly once into the thread that owns the row in the epilogue (bg = row for a
+    split K; the partials of the phases are summed by it), the staged rows and the split-K partials must fit the
+    chunk's shared memory, and each warp-wide load of Ds and Ws must be one wavefront (fp32; 64-bit types are
+    served per half-warp, which the same addresses keep conflict-free)."""
+    out = emu.run_driver(SRC, "bchunk", {})
+    threads, room = int(out["threads"][0]), int(out["room"][0])
+    plans = zip(*(out[k].astype(int) for k in ("units", "rows", "ks", "rg", "slots", "tk", "ds")))
+    for U, rows, ks, rg, slots, tk, ds in plans:
+        groups, chunk = threads // U, threads // U * 4
+        where = f"units={U} rows={rows}: ks={ks} rg={rg} slots={slots} tk={tk} ds={ds}"
+        assert slots * rg * ds <= chunk * room and threads <= chunk * room, where
+        assert tk % 32 == 0 and ds >= tk, where
+        phases = {}  # row -> the k phases summed for it
+        for bg in range(groups):
+            for i in range(slots):
+                row = bg // ks + i * rg
+                if row < rows:
+                    phases.setdefault(row, []).append(bg % ks)
+                    # without a split the summing thread is the row's epilogue owner (bg = row mod groups); with
+                    # one, the owner bg = row < rg sums the partials of threads row * ks + phase
+                    assert (bg == row % groups) if ks == 1 else (row < rg and bg == row * ks + bg % ks), where
+        assert sorted(phases) == list(range(rows)), where
+        assert all(sorted(p) == list(range(ks)) for p in phases.values()), where
+        for w in range(threads // 32):
+            lanes = [(w * 32 + lane) // U for lane in range(32)]  # each lane's batch group
+            for i in range(slots):
+                ds_words = [[((bg // ks) + i * rg) * ds + bg % ks] for bg in lanes]
+                assert _wavefronts(ds_words) == 1, (where, "Ds", w, i)
+            ws_words = [[(bg % ks) * U + (w * 32 + lane) % U] for lane, bg in enumerate(lanes)]
+            assert _wavefronts(ws_words) == 1, (where, "Ws", w)
 
 
 @pytest.mark.parametrize("H,num_sms", [(512, 132), (1024, 132), (40, 132), (13, 4)])

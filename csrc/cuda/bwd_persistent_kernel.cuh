@@ -22,12 +22,19 @@
 // b = chunk0 + bg + groups * i (i < kRowsPerThread). The (b, j) -> thread map is the same at every step, so carry
 // and dc (rows of [B, H]) are read and written by their one owner only.
 //
+// A chunk with fewer rows than that (a batch smaller than the chunk: B = 64 against 256-row chunks at units = 4)
+// computes only its live row slots and stages only their rows, and with fewer rows than groups the batch groups
+// split the K loop between them instead (Traits::chunk_plan; the partials summed through shared memory afterwards):
+// B = 1 keeps all 256 threads on the reduction instead of `units` of them. The shared memory the dead rows leave
+// holds a wider K tile, so the G*H reduction takes fewer staged tiles, each of which waits one L2 round trip.
+//
 // Memory ordering: dG (and dph_n) rows are written by their owners and read by every block at the next iteration,
 // after grid_sync() (cooperative_groups' grid barrier); they are read with ld.global.cg (L2), never through the
 // read-only path.
 //
 // Shared memory (accumulation type): Ws [G*H][units]: Ws[g][u] = W_hh[g, j0 + u] (a warp reads one g: consecutive
-// units, or one broadcast address); Ds [chunk rows][kTileK + 1]: the dG_next tile of one slice of the G*H reduction.
+// units, or one broadcast address); Ds [slots * rg rows][ds] within [chunk rows][kTileK + 1]: the dG_next tile of
+// one slice of the G*H reduction (chunk_plan: a warp's loads hit distinct banks), then the split-K partials.
 #pragma once
 
 #include <cstdint>
@@ -53,6 +60,52 @@ struct BwdPersistentTraits {
     return (int64_t(kGates) * H * units + int64_t(chunk_rows(units)) * kDStride) * int64_t(sizeof(A));
   }
   static constexpr int64_t grid(int64_t H, int units) { return (H + units - 1) / units; }
+  static constexpr int kMaxTileK = 4096;  // the widest K tile (G*H of an LSTM at H = 1024)
+
+  // How a chunk of `rows` live rows (1 .. chunk_rows) is computed (chunk_plan; every field block-uniform):
+  //   ks     split of the K loop: thread (u, bg) sums the k = phase (mod ks) of each tile, phase = bg % ks, for the
+  //          row slot r = bg / ks; ks > 1 only when rows < groups, then rg = groups / ks >= rows and the ks partials
+  //          of a row are summed through shared memory afterwards (in a fixed order: deterministic);
+  //   rg     rows per slot (groups / ks); slots: live row slots i (thread rows r + i * rg), 1 .. kRowsPerThread;
+  //   tk     the K tile: kTileK * 2^n as wide as the shared memory of the chunk_rows * kDStride tile allows for
+  //          slots * rg staged rows of stride ds, at most kMaxTileK (fewer tiles: each waits one L2 round trip);
+  //   ds     the staged row stride, tk + (ks < 32 ? ks : 1): the 32 / units batch groups of a warp read rows
+  //          r * ds + phase whose banks r * ks + phase are distinct (ks >= 32: one row per warp, consecutive k).
+  struct ChunkPlan {
+    int ks, rg, slots, tk, ds;
+  };
+  static constexpr ChunkPlan chunk_plan(int rows, int units) {
+    const int g = groups(units);
+    ChunkPlan c{1, g, 1, kTileK, kTileK + 1};
+    if (rows >= g) {
+      const int n = (rows + g - 1) / g;
+      c.slots = n > kRowsPerThread ? kRowsPerThread : n;
+    } else {
+      int rg = 1;
+      while (rg < rows) rg *= 2;
+      c.rg = rg;
+      c.ks = g / rg;
+    }
+    const int pad = c.ks < 32 ? c.ks : 1;
+    const int64_t room = int64_t(chunk_rows(units)) * kDStride;
+    while (2 * c.tk <= kMaxTileK && int64_t(c.slots) * c.rg * (2 * c.tk + pad) <= room) c.tk *= 2;
+    c.ds = c.tk + pad;
+    return c;
+  }
+  static constexpr bool chunk_plans_fit() {
+    for (int u = 1; u <= kMaxUnits; u *= 2) {
+      if (kThreads > int64_t(chunk_rows(u)) * kDStride) return false;  // the split-K partials, one per thread
+      for (int rows = 1; rows <= chunk_rows(u); ++rows) {
+        const ChunkPlan c = chunk_plan(rows, u);
+        if (int64_t(c.slots) * c.rg * c.ds > int64_t(chunk_rows(u)) * kDStride) return false;  // staged tile
+        if (c.ks > 1 && (c.slots != 1 || c.rg * c.ks != groups(u) || c.rg < rows)) return false;
+        if (c.ks == 1 && c.slots * groups(u) < rows) return false;
+      }
+    }
+    return true;
+  }
+  static_assert(kTileK % 32 == 0, "Ds row stride tk + 1 = 1 (mod 32) words");
+  static_assert(chunk_plans_fit(), "every chunk plan's staged tile and partials fit the chunk's Ds");
 };
 
 template <typename S, Cell C>
@@ -116,13 +169,17 @@ __device__ __forceinline__ void bwd_persistent(const BwdSeqParams& p) {
       A acc[R];
 #pragma unroll
       for (int i = 0; i < R; ++i) acc[i] = A(0);
+      // split, live row slots and K tile of this chunk (block-uniform)
+      const typename Tr::ChunkPlan cp = Tr::chunk_plan(rows - c0 < chunk ? static_cast<int>(rows - c0) : chunk, U);
+      const int tk = cp.tk, ds = cp.ds, ks = cp.ks, rg = cp.rg, slots = cp.slots;
+      const int phase = bg % ks, rslot = bg / ks;
 
       // ---- acc[i] = sum_g dG_next[b_i, g] * W_hh[g, j] for the rows of `next` (uniform over the block)
       if (c0 < st.bs_next) {
-        for (int64_t k0 = 0; k0 < GH; k0 += Tr::kTileK) {
-          // Stage dG_next[c0 .. c0+chunk, k0 .. k0+kTileK): consecutive threads read consecutive k of a row.
-          for (int idx = tid; idx < chunk * Tr::kTileK; idx += Tr::kThreads) {
-            const int rb = idx / Tr::kTileK, kk = idx % Tr::kTileK;
+        for (int64_t k0 = 0; k0 < GH; k0 += tk) {
+          // Stage dG_next[c0 .. c0 + slots*rg, k0 .. k0+tk): consecutive threads read consecutive k of a row.
+          for (int idx = tid; idx < slots * rg * tk; idx += Tr::kThreads) {
+            const int rb = idx / tk, kk = idx % tk;
             const int64_t b = c0 + rb, k = k0 + kk, row = st.off_next + b;
             A v = A(0);
             if (b < st.bs_next && k < GH) {
@@ -131,17 +188,29 @@ __device__ __forceinline__ void bwd_persistent(const BwdSeqParams& p) {
               else
                 v = to_float(load_cg(dgx + row * GH + k));
             }
-            Ds[rb * Tr::kDStride + kk] = v;
+            Ds[rb * ds + kk] = v;
           }
           __syncthreads();
-          const int kn = GH - k0 < Tr::kTileK ? static_cast<int>(GH - k0) : Tr::kTileK;
+          const int kn = GH - k0 < tk ? static_cast<int>(GH - k0) : tk;
           const A* wk = Ws + k0 * U + u;
-          for (int k = 0; k < kn; ++k) {
+          for (int k = phase; k < kn; k += ks) {
             const A wv = wk[k * U];
 #pragma unroll
-            for (int i = 0; i < R; ++i) acc[i] += Ds[(bg + i * NG) * Tr::kDStride + k] * wv;
+            for (int i = 0; i < R; ++i)
+              if (i < slots) acc[i] += Ds[(rslot + i * rg) * ds + k] * wv;
           }
           __syncthreads();  // every warp is done with this Ds tile before the next one is staged
+        }
+        if (ks > 1) {  // the row of batch group bg < rg: its ks partials, from threads (u, bg * ks + phase)
+          A* part = Ds;  // [groups][U], one per thread (the last tile's reads ended at the barrier above)
+          part[tid] = acc[0];
+          __syncthreads();
+          if (bg < rg) {
+            A sum = A(0);
+            for (int ph = 0; ph < ks; ++ph) sum += part[(bg * ks + ph) * U + u];
+            acc[0] = sum;
+          }
+          __syncthreads();  // the partials are read before Ds is staged again
         }
       }
 

@@ -23,6 +23,7 @@
 //            The persistent backward kernel (bwd_persistent_kernel.cuh; FMA for every dtype). Transcribed: the
 //            ATen driver's c_prev (cuda_common.h gather_prev).
 //   bplan    in: storage, cell, H, num_sms; out: units, grid, smem of the backward kernel
+//   bchunk   in: nothing; out: the backward kernel's chunk plans for every unit and row count (bchunk above)
 //   batch    several forward/backward sub-cases in one process ("k.<name>" arrays, `n` sub-cases; a sub-case with
 //            an array "backward" runs the backward case).
 #include <algorithm>
@@ -346,6 +347,23 @@ void bplan(const emu_io::Arrays& in, emu_io::Arrays& out) {
   throw std::runtime_error("storage must be 0 (float32), 1 (float64), 2 (float16) or 3 (bfloat16)");
 }
 
+// The backward kernel's chunk plans (BwdPersistentTraits::chunk_plan; independent of the cell and dtype) for every
+// unit count and every row count of a chunk: arrays over (units = 1, 2, .., 32) x (rows = 1 .. chunk_rows).
+void bchunk(const emu_io::Arrays&, emu_io::Arrays& out) {
+  using Tr = fastrnn::cuda::BwdPersistentTraitsFor<float, Cell::kLstm>;
+  std::vector<int64_t> units, rows, ks, rg, slots, tk, ds;
+  for (int u = 1; u <= Tr::kMaxUnits; u *= 2)
+    for (int r = 1; r <= Tr::chunk_rows(u); ++r) {
+      const auto c = Tr::chunk_plan(r, u);
+      units.push_back(u), rows.push_back(r), ks.push_back(c.ks), rg.push_back(c.rg), slots.push_back(c.slots);
+      tk.push_back(c.tk), ds.push_back(c.ds);
+    }
+  out.put("units", units), out.put("rows", rows), out.put("ks", ks), out.put("rg", rg), out.put("slots", slots);
+  out.put("tk", tk), out.put("ds", ds);
+  out.put("threads", std::vector<int64_t>{Tr::kThreads});
+  out.put("room", std::vector<int64_t>{Tr::kDStride});  // Ds elements per chunk row
+}
+
 void batch(const emu_io::Arrays& in, emu_io::Arrays& out) {
   emu_io::run_batch(in, out, [](const emu_io::Arrays& sub, emu_io::Arrays& sub_out) {
     if (sub.has("backward")) backward_any(sub, sub_out);
@@ -356,5 +374,6 @@ void batch(const emu_io::Arrays& in, emu_io::Arrays& out) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  return emu_io::run_cases(argc, argv, {{"forward", forward_any}, {"plan", plan}, {"backward", backward_any}, {"bplan", bplan}, {"batch", batch}});
+  return emu_io::run_cases(argc, argv, {{"forward", forward_any}, {"plan", plan}, {"backward", backward_any}, {"bplan", bplan},
+                                        {"bchunk", bchunk}, {"batch", batch}});
 }
