@@ -477,12 +477,10 @@ def persistent_bwd_model(gpu: Gpu, tr: dict, probe: Probe, k: KernelInfo, cell: 
     grows with the grid."""
     G, s, a = tr["gates"], tr["storage_bytes"], tr["acc_bytes"]
     GH = G * H
-    threads = probe.one(f"pbwd {dtype} {cell} 1 {H}")["threads"]
-    units, plans, bpsm_of = _persistent_units(gpu, probe, k, f"pbwd {dtype} {cell}", threads, H)
-    if units == 0:
+    placed = _persistent_plan(gpu, probe, k, f"pbwd {dtype} {cell}", H)
+    if placed is None:
         return None
-    p = plans[units]
-    grid, smem, bpsm = p["grid"], p["smem"] + k.smem_static, bpsm_of[units]
+    units, p, threads, grid, smem, bpsm = placed
     chunk, groups = p["chunk_rows"], threads // units
     warps = threads // 32
     step_clk, flops = 0.0, 0.0
@@ -518,6 +516,18 @@ def _persistent_units(gpu: Gpu, probe: Probe, k: KernelInfo, query: str, threads
     return units, plans, bpsm_of
 
 
+def _persistent_plan(gpu: Gpu, probe: Probe, k: KernelInfo, query: str,
+                     H: int) -> Optional[Tuple[int, dict, int, int, int, int]]:
+    """(units, the probe's traits at those units, threads, grid, shared memory per block, blocks per SM) of a
+    persistent kernel whose probe query ("pmma ..." / "pbwd ...") reports its threads; None when no grid fits."""
+    threads = probe.one(f"{query} 1 {H}")["threads"]
+    units, plans, bpsm_of = _persistent_units(gpu, probe, k, query, threads, H)
+    if units == 0:
+        return None
+    p = plans[units]
+    return units, p, threads, p["grid"], p["smem"] + k.smem_static, bpsm_of[units]
+
+
 def persistent_mma_model(gpu: Gpu, tr: dict, probe: Probe, k: KernelInfo, cell: str, dtype: str, H: int, bs: int,
                          T: int, train: bool) -> Optional[Launch]:
     """One step of the tensor-core persistent kernel ({cell}_fwd_persistent_mma_kernel, FwdPersistentMmaTraits): per
@@ -526,12 +536,10 @@ def persistent_mma_model(gpu: Gpu, tr: dict, probe: Probe, k: KernelInfo, cell: 
     fewer tiles than warps), then the partial tiles summed through shared memory and the cell epilogue."""
     G, s, a = tr["gates"], tr["storage_bytes"], tr["acc_bytes"]
     K = H
-    threads = probe.one(f"pmma {dtype} {cell} 1 {H}")["threads"]
-    units, plans, bpsm_of = _persistent_units(gpu, probe, k, f"pmma {dtype} {cell}", threads, H)
-    if units == 0:
+    placed = _persistent_plan(gpu, probe, k, f"pmma {dtype} {cell}", H)
+    if placed is None:
         return None
-    p = plans[units]
-    grid, smem, bpsm = p["grid"], p["smem"] + k.smem_static, bpsm_of[units]
+    units, p, threads, grid, smem, bpsm = placed
     cols, mt, tk, kk, eb = p["chunk_cols"], p["m_tiles"], p["tile_k"], p["k"], p["elem_bytes"]
     op = "tf32" if dtype == "float32" else dtype
     passes = -(-K // tk)
