@@ -157,6 +157,9 @@ TORCH_LIBRARY(fastrnn, m) {
   // c + a @ b (add) or a @ b through the whole-sequence GEMM of the CPU kernels (cpu/seq_gemm.h), and whether
   // it ran on brgemm (FASTRNN_CPU_SEQ_GEMM and its block-size switches apply).
   m.def("_cpu_seq_gemm(Tensor a, Tensor b, Tensor c, bool add) -> (Tensor, bool)");
+  // The same through the short-sequence backward's products (cpu/step_gemm.h small_mm_into), and whether they
+  // served (FASTRNN_CPU_SMALL_MM and the row limit apply; otherwise at::mm).
+  m.def("_cpu_small_mm(Tensor a, Tensor b, Tensor c, bool add) -> (Tensor, bool)");
   // x.t() through the active instruction set's transpose kernel (cpu/pointwise.h, what packs the brgemm weights),
   // written into rows `pad` floats longer than needed, the pad left at -1.
   m.def("_cpu_transpose(Tensor x, int pad) -> Tensor");

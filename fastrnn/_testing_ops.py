@@ -30,6 +30,11 @@ def _cpu_seq_gemm_fake(a, b, c, add):
     return torch.empty_like(c, memory_format=torch.contiguous_format), True
 
 
+@torch.library.register_fake("fastrnn::_cpu_small_mm")
+def _cpu_small_mm_fake(a, b, c, add):
+    return _cpu_seq_gemm_fake(a, b, c, add)
+
+
 @torch.library.register_fake("fastrnn::_cpu_mm_wt")
 def _cpu_mm_wt_fake(a, w):
     torch._check(a.dim() == 2 and w.dim() == 2 and a.shape[1] == w.shape[1], lambda: "shapes")

@@ -474,6 +474,27 @@ def test_in_place_product_rows(rows, dtype):
     torch.testing.assert_close(out, expected, **({} if dtype == torch.float32 else {"atol": 0.0, "rtol": 8e-3}))
 
 
+@pytest.mark.parametrize("variant", ["default", "avx2", "avx512"])
+@pytest.mark.parametrize("add", [False, True], ids=["set", "add"])
+@pytest.mark.parametrize("rows", range(1, 10))
+def test_short_backward_products(rows, add, variant, monkeypatch):
+    """small_mm_into (step_gemm.h), both of its products, for 1 to 8 rows (9 left to at::mm), c set or added to,
+    every instruction set's loop (one the processor lacks falls back to the best it has): against float64.
+    narrow: a [rows, K] @ b, the input gradient dG @ W_ih (K = 37; N = 61: whole 3-vector blocks, then single
+    vectors, then a masked tail at either vector width). outer: m^T @ b with m [rows, 29] row-major, the weight
+    gradient dG^T @ x (each of the 29 output rows sums `rows` rows of b; N = 61 again)."""
+    import fastrnn._testing_ops  # noqa: F401  (the test ops' fake kernels)
+    monkeypatch.setenv("FASTRNN_CPU_CAPABILITY", variant)
+    torch.manual_seed(rows)
+    b = torch.randn(37, 61)
+    for name, a, bb in (("narrow", torch.randn(rows, 37), b), ("outer", torch.randn(rows, 29).t(), b[:rows])):
+        c = torch.randn(a.shape[0], bb.shape[1])
+        out, served = torch.ops.fastrnn._cpu_small_mm(a, bb, c, add)
+        assert served == (rows <= 8), name
+        expected = (c.double() if add else 0) + a.double() @ bb.double()
+        torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
 @pytest.mark.skipif(not HAS_AVX2, reason="the brgemm path needs AVX2")
 @pytest.mark.parametrize("path", ["brgemm", "per-step"])
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])

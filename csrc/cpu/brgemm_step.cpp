@@ -429,6 +429,16 @@ bool too_short_to_pack(at::ScalarType dt, const SeqLayout& L) {
   return L.B < 4 && L.N <= env_int("FASTRNN_CPU_BRGEMM_SHORT_ROWS", 4);
 }
 
+// The backward of a float32 call of one step with a small batch (a cell's training step) is too short as well:
+// its per-step path multiplies dG by W_hh in place (StepGemm with steps = 1, small_mm_into), where packing W_hh^T
+// read and wrote all of it to read it once more. Measured (2-core Zen 3, the backward op alone, T=1, interleaved
+// medians, per-step / brgemm, both with small_mm_into's whole-sequence products): Elman RNN B=8 H=256 187 / 229 us,
+// GRU B=8 H=256 261 / 335 us, B=8 H=512 1.79 / 2.15 ms, LSTM B=8 H=256 388 / 412 us, B=4 H=1024 17.0 / 18.8 ms;
+// LSTM B=1 H=64 72 / 69 us (level). FASTRNN_CPU_BRGEMM_ONE_STEP=0 packs (A/B).
+bool one_step_too_short_to_pack(at::ScalarType dt, const SeqLayout& L) {
+  return dt == at::kFloat && L.T == 1 && L.B <= kSmallMmMaxRows && env_int("FASTRNN_CPU_BRGEMM_ONE_STEP", 1) != 0;
+}
+
 // The up-front x-projection gx = x @ W_ih^T in the input's dtype, multiplied in wdt (packed_dtype): widened bf16
 // multiplies in fp32 and rounds once, as a native bf16 GEMM with fp32 accumulation does. (.to(x's dtype): also
 // whatever an enclosing autocast made at::mm return, the step reads gx as the input's dtype)
@@ -552,7 +562,7 @@ bool backward_recurrence_brgemm(const BrgemmBwdTensors& a) {
   const SeqLayout L = make_layout(a.input, a.batch_sizes);
   // (native bf16: VNNI pairs over K = G*H, for the GRU H, with a projection P)
   const std::optional<at::ScalarType> wdt = packed_dtype(dt, {H, P}, L);
-  if (!wdt) return false;
+  if (!wdt || one_step_too_short_to_pack(dt, L)) return false;
   const bool widened = *wdt != dt;
 
   const int64_t nb = std::min(block_units(), H);

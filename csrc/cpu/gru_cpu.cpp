@@ -96,7 +96,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                                                  at::Tensor(), at::Tensor()});
   if (!fused) {  // scoped: the step buffer and the packed weight are freed before the whole-sequence GEMMs
     const at::Tensor dgh_step = at::empty({L.B, 3 * H}, input.options());
-    const StepGemm gemm_hh(w_hh, /*transpose_w=*/false, L.B, dgx.nbytes());
+    const StepGemm gemm_hh(w_hh, /*transpose_w=*/false, L.B, dgx.nbytes(), L.T);
     FASTRNN_CPU_DISPATCH(input.scalar_type(), kBwd, [&] {
       const auto& K = pointwise_kernels<scalar_t>(active_isa());
       for (int64_t k = 0; k < L.T; ++k) {

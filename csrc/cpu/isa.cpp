@@ -95,6 +95,14 @@ WtGemvFn wt_gemv_kernel(Isa isa) {
   }
 }
 
+SmallMmFn small_mm_kernel(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512: return &isa_avx512::small_mm;
+    case Isa::kAvx2: return &isa_avx2::small_mm;
+    default: return &isa_default::small_mm;
+  }
+}
+
 TransposeFn transpose_kernel(Isa isa) {
   switch (isa) {
     case Isa::kAvx512: return &isa_avx512::transpose_f32;

@@ -120,7 +120,7 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at
                                                  w_hr, dh_all, r_all});
   if (!fused) {  // scoped: the packed weights are freed before the whole-sequence GEMMs allocate their results
     const at::Tensor c_prev = gather_prev(ws.narrow(1, 4 * H, H), cx.to(acc_opts), L, reverse);
-    const StepGemm gemm_hh(w_hh, /*transpose_w=*/false, L.B, dgates.nbytes());
+    const StepGemm gemm_hh(w_hh, /*transpose_w=*/false, L.B, dgates.nbytes(), L.T);
     std::optional<StepGemm> gemm_hr;
     if (proj) gemm_hr.emplace(w_hr, /*transpose_w=*/false, L.B, dgates.nbytes());
     FASTRNN_CPU_DISPATCH(input.scalar_type(), kBwd, [&] {

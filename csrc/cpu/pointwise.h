@@ -145,6 +145,24 @@ struct WtGemvArgs {
   bool bf16;
 };
 
+// The two products of a short sequence's backward that MKL runs far below the machine's rate (a cell's step:
+// N = B <= 8 rows of gate gradients), float32, c with unit column stride:
+//  - kNarrow: c [r, n] (+)= a [r, k] @ b [k, n], r <= kSmallMmMaxRows (the input gradient dG @ W_ih), b read in place;
+//  - kOuter:  c [m, n] (+)= a^T @ b with a [k, m] and b [k, n] row-major, k <= kSmallMmMaxRows (the weight
+//    gradients dG^T @ x, dG^T @ h_prev): each output row sums k rows of b, which stay in L1.
+enum class SmallMmKind { kNarrow = 0, kOuter = 1 };
+struct SmallMmArgs {
+  SmallMmKind kind;
+  const float* a;
+  int64_t lda;
+  const float* b;
+  int64_t ldb;
+  float* c;
+  int64_t ldc;
+  int64_t rows, k, n;  // kNarrow: rows of a and c; kOuter: rows of c (columns of a); k; columns of b and c
+  bool accumulate;
+};
+
 template <typename scalar_t>
 struct PointwiseKernels {
   void (*lstm_fwd)(const LstmFwdArgs<scalar_t>&, int64_t b0, int64_t b1);
@@ -172,6 +190,9 @@ using SmallGemmFn = void (*)(const SmallGemmArgs&, int64_t r0, int64_t r1);
 SmallGemmFn small_gemm_kernel(Isa isa);
 using WtGemvFn = void (*)(const WtGemvArgs&, int64_t n0, int64_t n1);
 WtGemvFn wt_gemv_kernel(Isa isa);
+// kNarrow: output columns [p0, p1); kOuter: output rows [p0, p1).
+using SmallMmFn = void (*)(const SmallMmArgs&, int64_t p0, int64_t p1);
+SmallMmFn small_mm_kernel(Isa isa);
 
 // The gate activations exactly as the step kernels of an instruction set compute them on float32 (for the
 // accuracy test of fast_math.h through the test-only op fastrnn::_cpu_activation).
@@ -193,6 +214,7 @@ TransposeFn transpose_kernel(Isa isa);
   extern template const PointwiseKernels<c10::BFloat16>& kernels<c10::BFloat16>();     \
   void small_gemm(const SmallGemmArgs&, int64_t r0, int64_t r1);                       \
   void wt_gemv(const WtGemvArgs&, int64_t n0, int64_t n1);                             \
+  void small_mm(const SmallMmArgs&, int64_t p0, int64_t p1);                           \
   void activation(const float* x, float* y, int64_t n, Activation fn);                 \
   void transpose_f32(const float* src, int64_t ld_src, float* dst, int64_t ld_dst,     \
                      int64_t m, int64_t n);                                            \

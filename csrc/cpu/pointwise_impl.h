@@ -354,7 +354,108 @@ void wt_gemv_typed(const WtGemvArgs& g, int64_t n0, int64_t n1) {
   for (; n < n1; ++n) wt_gemv_one<S>(g, n);
 }
 
+// c (+)= v, n <= V::size() elements.
+inline void put_vec(float* c, Vectorized<float> v, int64_t n, bool accumulate) {
+  store(accumulate ? v + load(c, n) : v, c, n);
+}
+
+// kNarrow, rows [r0, r0 + R) and the NV vectors of columns from n (the last one m <= V::size() wide): along k, NV
+// vectors of b's row k times each row's a[r][k], broadcast. R * NV accumulators (4 x 3 on AVX2's 16 registers).
+template <int R, int NV>
+inline void narrow_block(const SmallMmArgs& g, int64_t r0, int64_t n, int64_t m) {
+  using V = Vectorized<float>;
+  V acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = V(0.f);
+  const float* a = g.a + r0 * g.lda;
+  const float* b = g.b + n;
+  for (int64_t kk = 0; kk < g.k; ++kk, b += g.ldb) {
+    V bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = v + 1 < NV ? V::loadu(b + v * V::size()) : load(b + v * V::size(), m);
+    for (int r = 0; r < R; ++r) {
+      const V av(a[r * g.lda + kk]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = at::vec::fmadd(av, bv[v], acc[r][v]);
+    }
+  }
+  float* c = g.c + r0 * g.ldc + n;
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v)
+      put_vec(c + r * g.ldc + v * V::size(), acc[r][v], v + 1 < NV ? V::size() : m, g.accumulate);
+}
+
+// Rows in groups of 4 inside each block of columns: the block's slice of b (k x 3 vectors) streams from memory for
+// the first group and from L2 for the others.
+template <int NV>
+inline void narrow_rows(const SmallMmArgs& g, int64_t n, int64_t m) {
+  int64_t r = 0;
+  for (; r + 4 <= g.rows; r += 4) narrow_block<4, NV>(g, r, n, m);
+  switch (g.rows - r) {
+    case 3: narrow_block<3, NV>(g, r, n, m); break;
+    case 2: narrow_block<2, NV>(g, r, n, m); break;
+    case 1: narrow_block<1, NV>(g, r, n, m); break;
+    default: break;
+  }
+}
+
+void small_mm_narrow(const SmallMmArgs& g, int64_t n0, int64_t n1) {
+  constexpr int64_t VS = Vectorized<float>::size();
+  int64_t n = n0;
+  for (; n + 3 * VS <= n1; n += 3 * VS) narrow_rows<3>(g, n, VS);
+  for (; n < n1; n += VS) narrow_rows<1>(g, n, std::min(VS, n1 - n));
+}
+
+// kOuter, output rows [m0, m1) with K = g.k terms: each row's K coefficients a[kk][row] broadcast once, then along
+// the columns in pairs of vectors, sum over kk of coefficient x b's row kk (b: K rows, in L1 after the first row).
+template <int K>
+void outer_rows(const SmallMmArgs& g, int64_t m0, int64_t m1) {
+  using V = Vectorized<float>;
+  constexpr int64_t VS = V::size();
+  for (int64_t row = m0; row < m1; ++row) {
+    V coef[K];
+    for (int kk = 0; kk < K; ++kk) coef[kk] = V(g.a[kk * g.lda + row]);
+    float* c = g.c + row * g.ldc;
+    int64_t n = 0;
+    for (; n + 2 * VS <= g.n; n += 2 * VS) {
+      V s0 = coef[0] * V::loadu(g.b + n), s1 = coef[0] * V::loadu(g.b + n + VS);
+      for (int kk = 1; kk < K; ++kk) {
+        s0 = at::vec::fmadd(coef[kk], V::loadu(g.b + kk * g.ldb + n), s0);
+        s1 = at::vec::fmadd(coef[kk], V::loadu(g.b + kk * g.ldb + n + VS), s1);
+      }
+      put_vec(c + n, s0, VS, g.accumulate);
+      put_vec(c + n + VS, s1, VS, g.accumulate);
+    }
+    for (; n < g.n; n += VS) {
+      const int64_t w = std::min(VS, g.n - n);
+      V s = coef[0] * load(g.b + n, w);
+      for (int kk = 1; kk < K; ++kk) s = at::vec::fmadd(coef[kk], load(g.b + kk * g.ldb + n, w), s);
+      put_vec(c + n, s, w, g.accumulate);
+    }
+  }
+}
+
+void small_mm_outer(const SmallMmArgs& g, int64_t m0, int64_t m1) {
+  switch (g.k) {
+    case 1: return outer_rows<1>(g, m0, m1);
+    case 2: return outer_rows<2>(g, m0, m1);
+    case 3: return outer_rows<3>(g, m0, m1);
+    case 4: return outer_rows<4>(g, m0, m1);
+    case 5: return outer_rows<5>(g, m0, m1);
+    case 6: return outer_rows<6>(g, m0, m1);
+    case 7: return outer_rows<7>(g, m0, m1);
+    case 8: return outer_rows<8>(g, m0, m1);
+    default: break;  // small_mm_into serves 1 <= k <= kSmallMmMaxRows only (no check here: this file is compiled
+                     // for a wider ISA, and c10's message helpers would be emitted as shared inline code)
+  }
+}
+
 }  // namespace
+
+void small_mm(const SmallMmArgs& g, int64_t p0, int64_t p1) {
+  if (g.kind == SmallMmKind::kNarrow)
+    small_mm_narrow(g, p0, p1);
+  else
+    small_mm_outer(g, p0, p1);
+}
 
 void wt_gemv(const WtGemvArgs& g, int64_t n0, int64_t n1) {
   if (g.bf16)

@@ -78,7 +78,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                                                  out, hx, hx, grad_output, dh_state, dh_state, dgates, dgates,
                                                  at::Tensor(), at::Tensor(), at::Tensor()});
   if (!fused) {  // scoped: the packed weight is freed before the whole-sequence GEMMs allocate their results
-    const StepGemm gemm_hh(w_hh, /*transpose_w=*/false, L.B, dgates.nbytes());
+    const StepGemm gemm_hh(w_hh, /*transpose_w=*/false, L.B, dgates.nbytes(), L.T);
     FASTRNN_CPU_DISPATCH(input.scalar_type(), kBwd, [&] {
       const auto& K = pointwise_kernels<scalar_t>(active_isa());
       for (int64_t k = 0; k < L.T; ++k) {

@@ -1,5 +1,6 @@
 // The whole-sequence float32 GEMMs on brgemm (seq_gemm.h).
 #include "seq_gemm.h"
+#include "step_gemm.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
@@ -148,7 +149,7 @@ void seq_mm_into(at::Tensor c, const at::Tensor& a, const at::Tensor& b, bool ad
     c.copy_(cf);
     return;
   }
-  if (!seq_gemm_brgemm(c, a, b, add)) aten_mm_into(c, a, b, add);
+  if (!small_mm_into(c, a, b, add) && !seq_gemm_brgemm(c, a, b, add)) aten_mm_into(c, a, b, add);
 }
 
 }  // namespace fastrnn::cpu

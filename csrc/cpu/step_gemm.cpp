@@ -90,6 +90,39 @@ bool mm_wt_into(const at::Tensor& a, const at::Tensor& w, at::Tensor c, bool acc
   return true;
 }
 
+bool small_mm_into(at::Tensor c, const at::Tensor& a, const at::Tensor& b, bool add) {
+  if (a.scalar_type() != at::kFloat || b.scalar_type() != at::kFloat || c.scalar_type() != at::kFloat ||
+      a.dim() != 2 || b.dim() != 2 || c.dim() != 2 || b.stride(1) != 1 || c.stride(1) != 1)
+    return false;
+  const int64_t rows = a.size(0), k = a.size(1), n = b.size(1);
+  TORCH_INTERNAL_ASSERT(b.size(0) == k && c.size(0) == rows && c.size(1) == n);
+  SmallMmKind kind;
+  if (rows <= kSmallMmMaxRows && a.stride(1) == 1)
+    kind = SmallMmKind::kNarrow;
+  else if (k <= kSmallMmMaxRows && a.stride(0) == 1)
+    kind = SmallMmKind::kOuter;
+  else
+    return false;
+  const char* env = std::getenv("FASTRNN_CPU_SMALL_MM");
+  if (env != nullptr && std::strcmp(env, "0") == 0) return false;
+  if (rows == 0 || n == 0) return true;
+  if (k == 0) {
+    if (!add) c.zero_();
+    return true;
+  }
+  const SmallMmArgs g{kind, a.data_ptr<float>(), kind == SmallMmKind::kNarrow ? a.stride(0) : a.stride(1),
+                      b.data_ptr<float>(), b.stride(0), c.data_ptr<float>(), c.stride(0), rows, k, n, add};
+  const SmallMmFn fn = small_mm_kernel(active_isa());
+  // the parallel unit: blocks of 48 columns (kNarrow) or single output rows (kOuter); tasks of at least 64K FMAs
+  const int64_t units = kind == SmallMmKind::kNarrow ? (n + 47) / 48 : rows;
+  const int64_t fmas_per_unit = kind == SmallMmKind::kNarrow ? rows * k * 48 : k * n;
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / fmas_per_unit);
+  const int64_t step = kind == SmallMmKind::kNarrow ? 48 : 1;
+  const int64_t total = kind == SmallMmKind::kNarrow ? n : rows;
+  at::parallel_for(0, units, grain, [&](int64_t u0, int64_t u1) { fn(g, u0 * step, std::min(total, u1 * step)); });
+  return true;
+}
+
 at::Tensor mm_wt(const at::Tensor& a, const at::Tensor& w) {
   if (a.size(0) <= kWtGemvMaxRows && (a.scalar_type() == at::kFloat || a.scalar_type() == at::kBFloat16)) {
     at::Tensor c = at::empty({a.size(0), w.size(0)}, a.options());
@@ -114,6 +147,12 @@ StepGemm::StepGemm(const at::Tensor& w, bool transpose_w, int64_t rows, int64_t 
     wt_ = w;
     return;
   }
+  // The one step of a backward with a small batch (a cell's training step): dG @ W_hh with W read in place by
+  // small_mm_into, not packed by MKL to be read once.
+  if (!transpose_w && w.scalar_type() == at::kFloat && steps == 1 && rows <= kSmallMmMaxRows && w.stride(1) == 1) {
+    narrow_ = w;
+    return;
+  }
   const bool fits_int = rows < INT32_MAX && k_ < INT32_MAX && n_ < INT32_MAX;
   if (w.scalar_type() != at::kFloat || !packed_gemm_enabled() || !fits_int || rows < packed_gemm_min_rows() ||
       k_ == 0 || n_ == 0)
@@ -136,6 +175,7 @@ void StepGemm::run(const at::Tensor& a, at::Tensor c, bool accumulate) const {
     return;
   }
   if (wt_.defined() && mm_wt_into(a, wt_, c, accumulate)) return;
+  if (narrow_.defined() && small_mm_into(c, a, narrow_, accumulate)) return;
   if (packed_.defined() && r == rows_ && a.stride(1) == 1 && c.stride(1) == 1) {
     cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, r, n_, k_, a.data_ptr<float>(), a.stride(0),
                         packed_.data_ptr<float>(), n_, accumulate ? 1.0f : 0.0f, c.data_ptr<float>(), c.stride(0));

@@ -44,6 +44,7 @@ class StepGemm {
   at::Tensor packed_;  // MKL's packed panels (float32 storage), undefined when not packing
   at::Tensor small_;   // op(W) as a contiguous [k, n] float32 matrix when the small-GEMM loop serves
   at::Tensor wt_;      // W [n, k] itself (float32 or bf16, contiguous) when few-row steps read it in place
+  at::Tensor narrow_;  // W [k, n] itself (float32, unit column stride) for the one step of a short backward
   int64_t rows_, k_, n_;
 };
 
@@ -57,6 +58,18 @@ class StepGemm {
 bool mm_wt_into(const at::Tensor& a, const at::Tensor& w, at::Tensor c, bool accumulate);
 constexpr int64_t kWtGemvParallelBytes = int64_t{512} << 10;
 constexpr int64_t kWtGemvMaxRows = 8;
+
+// c = a @ b (add: c += a @ b) for the two float32 products of a short sequence's backward that MKL runs far below
+// the machine's rate (pointwise.h SmallMmArgs): a with at most kSmallMmMaxRows rows and unit column stride (the
+// input gradient dG @ W_ih: b read in place), or a = m^T with m [k, rows] row-major, k <= kSmallMmMaxRows (the
+// weight gradients dG^T @ x). b and c with unit column stride. Returns false, nothing written, for any other
+// product or with FASTRNN_CPU_SMALL_MM=0 (A/B). Measured (2-core Zen 3, interleaved medians, through the test op
+// _cpu_small_mm, c added to, at::mm's MKL / this): [8 x 1536] @ [1536 x 512] 1.56x, [8 x 768] @ [768 x 256] 1.78x,
+// [8 x 256] @ [256 x 256] 1.64x, [8 x 4096] @ [4096 x 1024] 1.50x; weight gradients [1536 x 8] @ [8 x 512] 0.93x
+// (both bound by writing the 3 MB result), [256 x 8] @ [8 x 256] 1.28x, [4096 x 8] @ [8 x 1024] 1.44x. A GRU's
+// T=1 B=8 H=512 backward op: 2.15 ms with these against 3.67 ms with MKL.
+constexpr int64_t kSmallMmMaxRows = 8;
+bool small_mm_into(at::Tensor c, const at::Tensor& a, const at::Tensor& b, bool add);
 
 // a @ w^T as a new tensor (the up-front x-projection of the per-step paths): mm_wt_into where it applies.
 at::Tensor mm_wt(const at::Tensor& a, const at::Tensor& w);

@@ -81,17 +81,27 @@ std::tuple<bool, bool> cpu_scratch_probe(int64_t bytes) {
 
 bool cpu_brgemm_enabled(at::ScalarType dtype) { return brgemm_enabled(dtype); }
 
-std::tuple<at::Tensor, bool> cpu_seq_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, bool add) {
-  constexpr const char* op = "fastrnn::_cpu_seq_gemm";
+// c (+)= a @ b through `product`, at::mm where it declines: (the result in a copy of c, whether `product` served).
+std::tuple<at::Tensor, bool> gemm_through(const char* op, bool (*product)(at::Tensor, const at::Tensor&,
+                                                                          const at::Tensor&, bool),
+                                          const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, bool add) {
   TORCH_CHECK_VALUE(a.dim() == 2 && b.dim() == 2 && c.dim() == 2 && a.size(1) == b.size(0) &&
                         c.size(0) == a.size(0) && c.size(1) == b.size(1),
                     op, ": needs a [M, K], b [K, N], c [M, N], got ", a.sizes(), ", ", b.sizes(), ", ", c.sizes());
   TORCH_CHECK_TYPE(a.scalar_type() == c.scalar_type() && b.scalar_type() == c.scalar_type(), op,
                    ": a, b and c must have one dtype");
   at::Tensor out = c.clone();
-  const bool on_brgemm = seq_gemm_brgemm(out, a, b, add);
-  if (!on_brgemm) aten_mm_into(out, a, b, add);
-  return {out, on_brgemm};
+  const bool served = product(out, a, b, add);
+  if (!served) aten_mm_into(out, a, b, add);
+  return {out, served};
+}
+
+std::tuple<at::Tensor, bool> cpu_seq_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, bool add) {
+  return gemm_through("fastrnn::_cpu_seq_gemm", &seq_gemm_brgemm, a, b, c, add);
+}
+
+std::tuple<at::Tensor, bool> cpu_small_mm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, bool add) {
+  return gemm_through("fastrnn::_cpu_small_mm", &small_mm_into, a, b, c, add);
 }
 
 std::tuple<at::Tensor, bool> cpu_mm_wt(const at::Tensor& a, const at::Tensor& w) {
@@ -115,6 +125,7 @@ TORCH_LIBRARY_IMPL(fastrnn, CompositeExplicitAutograd, m) {
 TORCH_LIBRARY_IMPL(fastrnn, CPU, m) {
   m.impl("_cpu_activation", &cpu_activation);
   m.impl("_cpu_seq_gemm", &cpu_seq_gemm);
+  m.impl("_cpu_small_mm", &cpu_small_mm);
   m.impl("_cpu_transpose", &cpu_transpose);
   m.impl("_cpu_mm_wt", &cpu_mm_wt);
 }
