@@ -275,6 +275,30 @@ inline float lane_sum(const Vectorized<float>& v) {
   return sum;
 }
 
+// out[j] = the sum of acc[j]'s lanes, j < 4: with horizontal adds on AVX2/AVX-512 (three hadds and one add give
+// the four sums in one vector), not four stores to memory and a chain of scalar adds each.
+inline void lane_sums4(const Vectorized<float> acc[4], float out[4]) {
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+  __m256 v[4];
+  for (int j = 0; j < 4; ++j) {
+#if defined(CPU_CAPABILITY_AVX512)
+    // the two 256-bit halves added, through memory: GCC 12's 512 -> 256-bit casts and extracts read an
+    // "uninitialized" operand (GCC bug 105593) that -Werror turns into a build failure
+    alignas(64) float halves[16];
+    acc[j].store(halves);
+    v[j] = _mm256_add_ps(_mm256_load_ps(halves), _mm256_load_ps(halves + 8));
+#else
+    v[j] = acc[j];
+#endif
+  }
+  // per 128-bit half: [v0 01, v0 23, v1 01, v1 23], then [v0 0123, v1 0123, v2 0123, v3 0123]
+  const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+  _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
+#else
+  for (int j = 0; j < 4; ++j) out[j] = lane_sum(acc[j]);
+#endif
+}
+
 // c = sum (+ c when accumulating), rounded to S.
 template <typename S>
 inline void put(S* c, float sum, bool accumulate) {
@@ -316,8 +340,11 @@ inline void wt_gemv_quad(const WtGemvArgs& g, int64_t n, int64_t r0) {
     }
   }
   S* c = static_cast<S*>(g.c) + r0 * g.ldc;
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < 4; ++j) put(c + r * g.ldc + n + j, lane_sum(acc[r][j]), g.accumulate);
+  for (int r = 0; r < R; ++r) {
+    float sums[4];
+    lane_sums4(acc[r], sums);
+    for (int j = 0; j < 4; ++j) put(c + r * g.ldc + n + j, sums[j], g.accumulate);
+  }
 }
 
 // One output column, all rows (the last n % 4 columns).
