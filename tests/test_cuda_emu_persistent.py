@@ -477,8 +477,8 @@ BWD_PLAIN_CASES = [
     BwdCase("rnn_relu", 33, (37, 37), 32, dtype=torch.float64),
     BwdCase("rnn_relu", 13, (5, 2), 2, reverse=True, dtype=torch.bfloat16),
     BwdCase("rnn_tanh", 40, (3, 3), 8, dtype=torch.float16, dense=True),
-    # chunks of 128 rows (units = 8, 32 groups) with 70, 40 and 7 live rows: 3, 2 and 1 live row slots, K tiles of
-    # 32, 64 and 128
+    # chunks of 128 rows (units = 8, 32 groups) with 70 and 40 live rows: 3 and 2 live row slots, K tiles of 32 and
+    # 64; and 7 rows: the K loop split 4 ways between the groups, K tiles of 256 (BwdPersistentTraits::chunk_plan)
     BwdCase("gru", 40, (70, 40, 7), 8),  # G*H = 120 (and 160 below): partial tiles
     BwdCase("lstm", 40, (70, 40, 7), 8, reverse=True, dtype=torch.bfloat16),
     # one row against 256 batch groups (units = 1): the K loop split 256 ways, then 128 (two rows)
