@@ -408,6 +408,11 @@ void launch(const LstmBrgemmSeq& s, at::ScalarType dt, bool widened) {
     run_sequence(s, steps, tile, &isa_avx512::lstm_fwd_brgemm_bf16, true);
 }
 
+// One step of at most max_rows rows: a decoding step, or a cell's (FASTRNN_CPU_BRGEMM_ONE_STEP=0 packs it anyway).
+bool one_step_small_batch(const SeqLayout& L, int64_t max_rows) {
+  return L.T == 1 && L.B <= max_rows && env_int("FASTRNN_CPU_BRGEMM_ONE_STEP", 1) != 0;
+}
+
 // Whether a forward is too short to pay for packing its weights: float32 with at most
 // FASTRNN_CPU_BRGEMM_SHORT_ROWS rows in all its steps together (default 4; 0 packs always) and fewer than 4
 // batch rows (from 4 the per-step path's GEMM packs its weights too, step_gemm.h). Decoding one token at a
@@ -425,7 +430,7 @@ void launch(const LstmBrgemmSeq& s, at::ScalarType dt, bool widened) {
 // them in place (mm_wt_into, step_gemm.h). FASTRNN_CPU_BRGEMM_ONE_STEP=0 packs them (A/B).
 bool too_short_to_pack(at::ScalarType dt, const SeqLayout& L) {
   if (dt != at::kFloat && dt != at::kBFloat16) return false;
-  if (L.T == 1 && L.B <= kWtGemvMaxRows && env_int("FASTRNN_CPU_BRGEMM_ONE_STEP", 1) != 0) return true;
+  if (one_step_small_batch(L, kWtGemvMaxRows)) return true;
   return L.B < 4 && L.N <= env_int("FASTRNN_CPU_BRGEMM_SHORT_ROWS", 4);
 }
 
@@ -436,7 +441,7 @@ bool too_short_to_pack(at::ScalarType dt, const SeqLayout& L) {
 // GRU B=8 H=256 261 / 335 us, B=8 H=512 1.79 / 2.15 ms, LSTM B=8 H=256 388 / 412 us, B=4 H=1024 17.0 / 18.8 ms;
 // LSTM B=1 H=64 72 / 69 us (level). FASTRNN_CPU_BRGEMM_ONE_STEP=0 packs (A/B).
 bool one_step_too_short_to_pack(at::ScalarType dt, const SeqLayout& L) {
-  return dt == at::kFloat && L.T == 1 && L.B <= kSmallMmMaxRows && env_int("FASTRNN_CPU_BRGEMM_ONE_STEP", 1) != 0;
+  return dt == at::kFloat && one_step_small_batch(L, kSmallMmMaxRows);
 }
 
 // The up-front x-projection gx = x @ W_ih^T in the input's dtype, multiplied in wdt (packed_dtype): widened bf16

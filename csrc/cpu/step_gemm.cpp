@@ -25,6 +25,12 @@ namespace fastrnn::cpu {
 namespace {
 // CBLAS enumerators (mkl_cblas.h).
 constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162;
+
+// A runtime switch for A/B measurement: on unless the variable is "0".
+bool switched_on(const char* name) {
+  const char* env = std::getenv(name);
+  return env == nullptr || std::strcmp(env, "0") != 0;
+}
 }  // namespace
 
 // Below this many rows a step's GEMM is (nearly) a GEMV, which MKL runs without repacking anyway: packing
@@ -44,8 +50,7 @@ int64_t small_gemm_max() {
 bool packed_gemm_enabled() {
   if (cblas_sgemm_pack_get_size == nullptr || cblas_sgemm_pack == nullptr || cblas_sgemm_compute == nullptr)
     return false;
-  const char* env = std::getenv("FASTRNN_CPU_PACKED_GEMM");
-  return env == nullptr || std::strcmp(env, "0") != 0;
+  return switched_on("FASTRNN_CPU_PACKED_GEMM");
 }
 
 // A transposed weight takes the small-GEMM loop only for sequences of at least this many steps: its [k, n]
@@ -58,10 +63,7 @@ int64_t small_gemm_min_steps() {
   return env != nullptr ? std::atoll(env) : 8;
 }
 
-bool wt_gemv_enabled() {
-  const char* env = std::getenv("FASTRNN_CPU_WT_GEMV");
-  return env == nullptr || std::strcmp(env, "0") != 0;
-}
+bool wt_gemv_enabled() { return switched_on("FASTRNN_CPU_WT_GEMV"); }
 
 bool mm_wt_into(const at::Tensor& a, const at::Tensor& w, at::Tensor c, bool accumulate) {
   const int64_t r = a.size(0), k = a.size(1), n = w.size(0);
@@ -103,23 +105,23 @@ bool small_mm_into(at::Tensor c, const at::Tensor& a, const at::Tensor& b, bool 
     kind = SmallMmKind::kOuter;
   else
     return false;
-  const char* env = std::getenv("FASTRNN_CPU_SMALL_MM");
-  if (env != nullptr && std::strcmp(env, "0") == 0) return false;
+  if (!switched_on("FASTRNN_CPU_SMALL_MM")) return false;
   if (rows == 0 || n == 0) return true;
   if (k == 0) {
     if (!add) c.zero_();
     return true;
   }
-  const SmallMmArgs g{kind, a.data_ptr<float>(), kind == SmallMmKind::kNarrow ? a.stride(0) : a.stride(1),
-                      b.data_ptr<float>(), b.stride(0), c.data_ptr<float>(), c.stride(0), rows, k, n, add};
+  const bool narrow = kind == SmallMmKind::kNarrow;
+  const SmallMmArgs g{kind, a.data_ptr<float>(), narrow ? a.stride(0) : a.stride(1), b.data_ptr<float>(),
+                      b.stride(0), c.data_ptr<float>(), c.stride(0), rows, k, n, add};
   const SmallMmFn fn = small_mm_kernel(active_isa());
-  // the parallel unit: blocks of 48 columns (kNarrow) or single output rows (kOuter); tasks of at least 64K FMAs
-  const int64_t units = kind == SmallMmKind::kNarrow ? (n + 47) / 48 : rows;
-  const int64_t fmas_per_unit = kind == SmallMmKind::kNarrow ? rows * k * 48 : k * n;
+  // The parallel unit: blocks of 48 output columns (kNarrow) or single output rows (kOuter); tasks of at least
+  // 64K FMAs.
+  const int64_t width = narrow ? 48 : 1, total = narrow ? n : rows;
+  const int64_t fmas_per_unit = narrow ? rows * k * 48 : k * n;
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / fmas_per_unit);
-  const int64_t step = kind == SmallMmKind::kNarrow ? 48 : 1;
-  const int64_t total = kind == SmallMmKind::kNarrow ? n : rows;
-  at::parallel_for(0, units, grain, [&](int64_t u0, int64_t u1) { fn(g, u0 * step, std::min(total, u1 * step)); });
+  at::parallel_for(0, (total + width - 1) / width, grain,
+                   [&](int64_t u0, int64_t u1) { fn(g, u0 * width, std::min(total, u1 * width)); });
   return true;
 }
 
