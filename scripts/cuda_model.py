@@ -528,33 +528,43 @@ def _persistent_plan(gpu: Gpu, probe: Probe, k: KernelInfo, query: str,
     return units, p, threads, p["grid"], p["smem"] + k.smem_static, bpsm_of[units]
 
 
+def _mma_step_clk(gpu: Gpu, probe: Probe, p: dict, dtype: str, s: int, K: int, bs: int) -> Tuple[float, float]:
+    """(SM clocks, FLOPs per block) of one step's products on the tensor cores (mma_chunk_partials, shared by the
+    forward and the backward kernels; p: the probe's "pmma"/"pbwdmma" traits at the chosen units): per chunk of up to
+    chunk_cols rows, K in passes staged from L2 (one L2 latency each; tile_words: 256 B of each row at 64 rows, wider
+    for fewer rows), m_tiles x ceil(rows/8) output tiles of mma.sync (k = 16 bf16/fp16, 8 tf32) spread over the warps
+    (split-K when fewer tiles than warps), then the partial tiles through shared memory."""
+    cols, mt, kk, eb = p["chunk_cols"], p["m_tiles"], p["k"], p["elem_bytes"]
+    op = "tf32" if dtype == "float32" else dtype
+    flops, clk = 0.0, 0.0
+    for c in range(-(-bs // cols)):
+        rows = min(cols, bs - c * cols)
+        tk = probe.one(f"mmatile {dtype} {rows}")["tile_k"]
+        passes = -(-K // tk)
+        nt = -(-rows // 8)
+        width = K / passes  # k per pass, a partial last pass averaged in
+        mmas = mt * nt * width / kk  # per pass
+        mma_clk = mmas * 16 * 8 * kk / (gpu.tc_fma_per_clk[op] * gpu.mma_sync_fraction)
+        # A fragments 512 B and B fragments 256 B per mma (no reuse assumed), the staged rows written once
+        smem_clk = (mmas * (512 + 256) + rows * width * eb) / 128
+        issue = max(mma_clk, smem_clk)
+        clk += passes * (gpu.l2_latency_clk + max(issue, rows * width * s / gpu.sm_l2_bytes_per_clk))
+        clk += 2 * mt * 16 * rows * 4 / 128  # partial tiles to shared memory and back (the split-K sum)
+        flops += 2.0 * mt * 16 * nt * 8 * K
+    return clk, flops
+
+
 def persistent_mma_model(gpu: Gpu, tr: dict, probe: Probe, k: KernelInfo, cell: str, dtype: str, H: int, bs: int,
                          T: int, train: bool) -> Optional[Launch]:
-    """One step of the tensor-core persistent kernel ({cell}_fwd_persistent_mma_kernel, FwdPersistentMmaTraits): per
-    chunk of up to chunk_cols batch rows, K in passes of tile_k staged from L2 (one L2 latency each), the block's
-    m_tiles x ceil(rows/8) output tiles of mma.sync (k = 16 bf16/fp16, 8 tf32) spread over its warps (split-K when
-    fewer tiles than warps), then the partial tiles summed through shared memory and the cell epilogue."""
+    """One step of the tensor-core persistent kernel ({cell}_fwd_persistent_mma_kernel, FwdPersistentMmaTraits): the
+    product h_{t-1} @ W_slice^T (_mma_step_clk, K = H), then the cell epilogue."""
     G, s, a = tr["gates"], tr["storage_bytes"], tr["acc_bytes"]
     K = H
     placed = _persistent_plan(gpu, probe, k, f"pmma {dtype} {cell}", H)
     if placed is None:
         return None
     units, p, threads, grid, smem, bpsm = placed
-    cols, mt, tk, kk, eb = p["chunk_cols"], p["m_tiles"], p["tile_k"], p["k"], p["elem_bytes"]
-    op = "tf32" if dtype == "float32" else dtype
-    passes = -(-K // tk)
-    flops, step_clk = 0.0, 0.0
-    for c in range(-(-bs // cols)):
-        rows = min(cols, bs - c * cols)
-        nt = -(-rows // 8)
-        mmas = mt * nt * (tk // kk)  # per pass
-        mma_clk = mmas * 16 * 8 * kk / (gpu.tc_fma_per_clk[op] * gpu.mma_sync_fraction)
-        # A fragments 512 B and B fragments 256 B per mma (no reuse assumed), the staged h rows written once
-        smem_clk = (mmas * (512 + 256) + rows * tk * eb) / 128
-        issue = max(mma_clk, smem_clk)
-        step_clk += passes * (gpu.l2_latency_clk + max(issue, rows * tk * s / gpu.sm_l2_bytes_per_clk))
-        step_clk += 2 * mt * 16 * rows * 4 / 128  # partial tiles to shared memory and back (the split-K sum)
-        flops += 2.0 * mt * 16 * nt * 8 * K
+    step_clk, flops = _mma_step_clk(gpu, probe, p, dtype, s, K, bs)
     step_clk += gpu.hbm_latency_clk  # the epilogue's gx/c loads
     epi_l2, epi_hbm = _epilogue_bytes(cell, G, H, bs, s, a, train)
     l2 = grid * bs * K * s + epi_l2
@@ -562,6 +572,26 @@ def persistent_mma_model(gpu: Gpu, tr: dict, probe: Probe, k: KernelInfo, cell: 
     hbm = epi_hbm + (bs * G * H * s if gx_total > gpu.l2_bytes / 2 else 0)
     t = max(step_clk / gpu.clock_hz, l2 / gpu.l2_bw, hbm / gpu.hbm_bw) + gpu.grid_sync_s
     return Launch(grid, bpsm, smem, l2, hbm, flops * grid, t, units=units, math="tc (mma kernel)")
+
+
+def persistent_bwd_mma_model(gpu: Gpu, tr: dict, probe: Probe, k: KernelInfo, cell: str, dtype: str, H: int,
+                             bs: int) -> Optional[Launch]:
+    """One step of the tensor-core persistent backward ({cell}_bwd_persistent_mma_kernel, BwdPersistentMmaTraits): the
+    product dG_next @ W_hh[:, units] (_mma_step_clk, M = units padded to an m-tile of 16, K = G*H), then the backward
+    cell; None when no grid fits (the drivers then take the FMA persistent kernel). Every block reads every row of
+    dG_next, as the FMA kernel: grid x rows x G*H elements of L2 traffic per step."""
+    G, s, a = tr["gates"], tr["storage_bytes"], tr["acc_bytes"]
+    GH = G * H
+    placed = _persistent_plan(gpu, probe, k, f"pbwdmma {dtype} {cell}", H)
+    if placed is None:
+        return None
+    units, p, threads, grid, smem, bpsm = placed
+    step_clk, flops = _mma_step_clk(gpu, probe, p, dtype, s, GH, bs)
+    step_clk += gpu.hbm_latency_clk  # the epilogue's workspace and grad_output loads
+    epi_l2, epi_hbm = _bwd_epilogue_bytes(cell, G, H, bs, s, a)
+    l2 = grid * bs * GH * s + epi_l2
+    t = max(step_clk / gpu.clock_hz, l2 / gpu.l2_bw, epi_hbm / gpu.hbm_bw) + gpu.grid_sync_s
+    return Launch(grid, bpsm, smem, l2, epi_hbm, flops * grid, t, units=units, math="tc (mma kernel)")
 
 
 def cudnn_model(gpu: Gpu, mode: str, G: int, H: int, I: int, B: int, T: int) -> Tuple[float, float]:
@@ -601,13 +631,20 @@ def model_rows(kernels, probe: Probe, math_override: str = "auto") -> List[dict]
                     kp = kernels.get((cell, "persistent_fwd", dtype, gpu.arch))
                     km = kernels.get((cell, "persistent_mma_fwd", dtype, gpu.arch))
                     kpb = kernels.get((cell, "persistent_bwd", dtype, gpu.arch))
+                    kmb = kernels.get((cell, "persistent_mma_bwd", dtype, gpu.arch))
                     if kf is None or kb is None or (kp is None and km is None):
                         raise SystemExit(f"{cell} {dtype}: a kernel is missing from the {gpu.arch} cubin")
                     sf = step_fwd_model(gpu, tr, cfg, kf, cell, H, H, B, T, train=True)
                     sb = step_bwd_model(gpu, tr, cfg, kb, cell, H, B)
-                    # The backward the drivers run (persistent.h run_bwd_persistent): the persistent kernel where a
-                    # grid fits (these shapes have no projection), else the step kernels.
-                    pb = persistent_bwd_model(gpu, tr, probe, kpb, cell, dtype, H, B) if kpb is not None else None
+                    # The backward the drivers run (persistent.h run_bwd_persistent, persistent_plan.h
+                    # choose_bwd_kernel): the tensor-core persistent kernel where allowed (bf16/fp16, TF32 float32;
+                    # not --math fma) and a grid of it fits, else the FMA persistent kernel where a grid fits (these
+                    # shapes have no projection), else the step kernels.
+                    pb = None
+                    if kmb is not None and mode != "fp32-exact" and math_override != "fma":
+                        pb = persistent_bwd_mma_model(gpu, tr, probe, kmb, cell, dtype, H, B)
+                    if pb is None and kpb is not None:
+                        pb = persistent_bwd_model(gpu, tr, probe, kpb, cell, dtype, H, B)
                     # The persistent kernel the launcher picks (persistent_launcher.cuh): the tensor-core kernel for
                     # bf16/fp16 and TF32 float32, the FMA kernel for exact float32 (and float64); --math fma forces
                     # the FMA kernel, --math tc without a tensor-core kernel models the FMA kernel's tiling on mma.
@@ -647,6 +684,7 @@ def model_rows(kernels, probe: Probe, math_override: str = "auto") -> List[dict]
                         "persistent_us": pf.time_s * 1e6 if pf is not None else None,
                         "step_fwd_us": sf.time_s * 1e6, "step_bwd_us": sb.time_s * 1e6,
                         "bwd_path": "persistent" if pb is not None else "step",
+                        "bwd_math": "tc" if pb is not None and pb.math.startswith("tc") else "fma",
                         "bwd_units": pb.units if pb is not None else None,
                         "persistent_bwd_us": pb.time_s * 1e6 if pb is not None else None,
                         "bwd_l2_mb_step": (pb if pb is not None else sb).l2_bytes / 1e6,
@@ -676,10 +714,10 @@ def kernel_rows(kernels, probe: Probe) -> List[dict]:
             dyn = None
             bpsm = blocks_per_sm(lim, k.regs, thr, 0) if lim else None
             note = "registers only; shared memory per shape below"
-        elif kind == "persistent_bwd":
+        elif kind in ("persistent_bwd", "persistent_mma_bwd"):
             # bwd_persistent_kernel.cuh: one block per SM (choose_units); registers alone here, shared memory per
             # shape in the tables below
-            thr = probe.one(f"pbwd {dtype} {cell} 1 512")["threads"]
+            thr = probe.one(f"{'pbwd' if kind == 'persistent_bwd' else 'pbwdmma'} {dtype} {cell} 1 512")["threads"]
             dyn = None
             bpsm = blocks_per_sm(lim, k.regs, thr, 0) if lim else None
             note = "registers only; shared memory per shape below"
@@ -751,7 +789,8 @@ def markdown(krows: List[dict], mrows: List[dict], math_override: str) -> str:
         for r in (r for r in mrows if r["gpu"] == g.name):
             shape = f"{r['shape']} T={r['T']} B={r['B']} H={r['H']}"
             path = f"{r['path']} ({r['math']}" + (f", {r['units']} units/block)" if r["path"] == "persistent" else ")")
-            bpath = f"persistent (fma, {r['bwd_units']} units/block)" if r["bwd_path"] == "persistent" else "step (fma)"
+            bpath = (f"persistent ({r['bwd_math']}, {r['bwd_units']} units/block)" if r["bwd_path"] == "persistent"
+                     else "step (fma)")
             out.append(
                 f"| {shape} | {r['cell']} | {r['mode']} | {path} | {r['blocks']} x {r['blocks_per_sm']} | "
                 f"{r['smem'] / 1024:.1f} KB | {r['l2_mb_step']:.2f} | {r['hbm_mb_step']:.3f} | {r['mflop_step']:.1f} | "

@@ -12,6 +12,9 @@
 //                                               with its tiling; {"missing": true} when the headers have no such kernel
 //   pbwd <dtype> <cell> <units> <H>             the persistent backward kernel (BwdPersistentTraits): dynamic shared
 //                                               memory, grid, threads, rows per chunk and per thread, K tile
+//   pbwdmma <dtype> <cell> <units> <H>          the tensor-core persistent backward (BwdPersistentMmaTraits; not float64):
+//                                               the fields of pmma, K = G*H
+//   mmatile <dtype> <rows>                      the tensor-core kernels' K pass (elements) for a chunk of 1..64 rows
 //   pbwdtile <dtype> <cell> <units> <rows>      its chunk_plan for a chunk of `rows` rows (split-K, slots, K tile)
 //   plan <H> <num_sms> <bpsm_1> <bpsm_2> <bpsm_4> <bpsm_8> <bpsm_16> <bpsm_32>
 //                                               choose_units given the blocks per SM of each power-of-two unit count
@@ -108,6 +111,26 @@ void pbwd(int units, int64_t H) {
 }
 
 template <class S, Cell C>
+void pbwdmma(int units, int64_t H) {
+  using P = fastrnn::cuda::BwdPersistentMmaTraitsFor<S, C>;
+  std::printf(
+      "{\"smem\": %lld, \"grid\": %lld, \"threads\": %d, \"warps\": %d, \"chunk_cols\": %d, \"m_tiles\": %d,"
+      " \"k_steps\": %lld, \"tile_k\": %d, \"k\": %d, \"elem_bytes\": %d}\n",
+      static_cast<long long>(P::smem_bytes(units, H)), static_cast<long long>(P::grid(H, units)), P::kThreads,
+      P::kWarps, P::chunk_cols(units), P::m_tiles(units), static_cast<long long>(P::k_steps(P::kGates * H)),
+      P::kTileK, P::kK, P::kElemBytes);
+}
+
+// The tensor-core kernels' K pass for a chunk of `rows` rows (PersistentMmaTraits::tile_words; rows padded to 8).
+template <class S>
+void mmatile(int rows) {
+  using P = fastrnn::cuda::PersistentMmaTraits<1, S>;
+  const int padded = (rows + 7) / 8 * 8;
+  std::printf("{\"tile_k\": %d, \"stride_words\": %d}\n", P::tile_words(padded) * 4 / P::kElemBytes,
+              P::h_stride_words(padded));
+}
+
+template <class S, Cell C>
 void pbwdtile(int units, int rows) {
   using P = fastrnn::cuda::BwdPersistentTraitsFor<S, C>;
   const typename P::ChunkPlan c = P::chunk_plan(rows, units);
@@ -165,6 +188,17 @@ int main() {
       int64_t H = 0;
       in >> dtype >> cell >> units >> H;
       ok = bool(in) && dispatch(dtype, cell, [&]<class S, Cell C>() { pbwd<S, C>(units, H); });
+    } else if (q == "pbwdmma") {
+      int units = 0;
+      int64_t H = 0;
+      in >> dtype >> cell >> units >> H;
+      ok = bool(in) && dtype != "float64" &&
+           dispatch(dtype, cell, [&]<class S, Cell C>() { pbwdmma<S, C>(units, H); });
+    } else if (q == "mmatile") {
+      int rows = 0;
+      in >> dtype >> rows;
+      ok = bool(in) && rows >= 1 && rows <= 64 && dtype != "float64" &&
+           dispatch(dtype, "rnn", [&]<class S, Cell>() { mmatile<S>(rows); });
     } else if (q == "pbwdtile") {
       int units = 0, rows = 0;
       in >> dtype >> cell >> units >> rows;

@@ -207,8 +207,8 @@ def test_no_spills_and_registers_within_budget(usage):
 
 
 # ------------------------------------------------------------------------------------------ tensor cores (SASS)
-MMA_KERNELS = ("lstm_fwd_persistent_mma_kernel", "gru_fwd_persistent_mma_kernel", "rnn_fwd_persistent_mma_kernel")
-FMA_PERSISTENT = ("lstm_fwd_persistent_kernel", "gru_fwd_persistent_kernel", "rnn_fwd_persistent_kernel")
+MMA_KERNELS = tuple(f"{c}_{d}_persistent_mma_kernel" for d in ("fwd", "bwd") for c in ("lstm", "gru", "rnn"))
+FMA_PERSISTENT = tuple(f"{c}_{d}_persistent_kernel" for d in ("fwd", "bwd") for c in ("lstm", "gru", "rnn"))
 # Template arguments in the mangled names: float (TF32), __half, __nv_bfloat16 / float, double.
 MMA_TYPES = {"f": "float32 (TF32)", "6__half": "float16", "13__nv_bfloat16": "bfloat16"}
 FMA_TYPES = {"f": "float32 (exact)", "d": "float64"}
@@ -267,8 +267,8 @@ def _kernels_named(sass, names, types):
 
 
 def test_tensor_core_kernels_contain_hmma(sass):
-    """bf16/fp16 (mma.sync m16n8k16) and the TF32 float32 kernel (m16n8k8) run on the tensor cores: HMMA in the
-    SASS of every cell, dtype and architecture."""
+    """bf16/fp16 (mma.sync m16n8k16) and the TF32 float32 kernels (m16n8k8), forward and backward, run on the tensor
+    cores: HMMA in the SASS of every cell, dtype, direction and architecture."""
     found = _kernels_named(sass, MMA_KERNELS, MMA_TYPES)
     missing = [(a, n, t) for a in ARCHS for n in MMA_KERNELS for t in MMA_TYPES.values() if (a, n, t) not in found]
     assert not missing, f"tensor-core kernels not in the library: {missing}"
@@ -277,7 +277,8 @@ def test_tensor_core_kernels_contain_hmma(sass):
 
 
 def test_fma_persistent_kernels_have_no_tensor_cores(sass):
-    """The float64 and exact-float32 persistent kernels (allow_tf32 False) multiply with FMA only: no HMMA/DMMA."""
+    """The float64 and exact-float32 persistent kernels (allow_tf32 False), forward and backward, multiply with FMA
+    only: no HMMA/DMMA."""
     found = _kernels_named(sass, FMA_PERSISTENT, FMA_TYPES)
     missing = [(a, n, t) for a in ARCHS for n in FMA_PERSISTENT for t in FMA_TYPES.values() if (a, n, t) not in found]
     assert not missing, f"FMA persistent kernels not in the library: {missing}"

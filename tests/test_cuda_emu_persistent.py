@@ -98,6 +98,7 @@ PLAIN_CASES = [
     Case("lstm", 13, (37, 37), 32, **BF16),
     Case("lstm", 40, (5, 5, 3, 1), 4, **TF32),
     Case("lstm", 136, (3, 2), 32, reverse=True, **BF16),
+    Case("lstm", 136, (64, 2), 16, reverse=True, **BF16),  # 64 rows: passes of 128 k (two, the last partial)
     Case("gru", 40, (5, 5, 3, 1), 4, reverse=True),
     Case("gru", 33, (37, 20, 3), 32, **F64),
     Case("gru", 13, (3, 3, 3), 1, train=False, **BF16),
@@ -109,7 +110,7 @@ PLAIN_CASES = [
     Case("rnn_relu", 13, (5, 2), 2, reverse=True, **BF16),
     Case("rnn_tanh", 40, (3, 3), 8, bias=False, **F16),
     Case("rnn_tanh", 40, (4, 3, 3, 1), 4, reverse=True, **TF32),
-    Case("rnn_relu", 136, (5, 4), 16, bias=False, **TF32),
+    Case("rnn_relu", 136, (64, 5, 4), 16, bias=False, **TF32),  # passes of 64 k at 64 rows, one of 512 at 5
 ]
 ASAN_CASES = [Case("lstm", 40, (5, 3, 1), 8, reverse=True), Case("gru", 13, (37, 20), 32, **BF16),
               Case("rnn_relu", 33, (4, 4), 4, **F64), Case("lstm", 40, (5, 3, 1), 8, **TF32),
@@ -334,18 +335,39 @@ def _wavefronts(words_per_lane):
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_tensor_core_fragment_accesses_are_bank_conflict_free(cell):
-    """The shared-memory layouts of fwd_persistent_mma (strides from the traits' transcription, which
-    test_residency_model_transcribes_the_traits ties to the C++): the A-fragment loads (one 128-bit load per lane of
-    its 4 words), the B-fragment loads (lane (g, q): word g*stride + q, then + 4) and the fragment stores to Gs (lane
-    (g, q): column 2q and 2q + 1, row g and g + 8) take the minimum number of wavefronts."""
+    """The shared-memory layouts of the tensor-core kernels (mma_chunk_partials; Gs strides from the traits'
+    transcription, which test_residency_model_transcribes_the_traits ties to the C++, the staged rows' strides of every
+    chunk from the traits themselves): the A-fragment loads (one 128-bit load per lane of its 4 words), the
+    B-fragment loads (lane (g, q): word g*stride + q, then + 4) and the fragment stores to Gs (lane (g, q): column 2q
+    and 2q + 1, row g and g + 8) take the minimum number of wavefronts."""
     for lane_words in ([[(lane * 4 + i) for i in range(4)] for lane in range(32)],):  # Wf: [..][lane][4]
         assert _wavefronts(lane_words) == 4
-    for off in (0, 4):  # Hs: both B registers
-        assert _wavefronts([[(lane // 4) * residency.MMA_H_STRIDE_WORDS + lane % 4 + off] for lane in range(32)]) == 1
+    out = emu.run_driver(SRC, "mtile", {})
+    strides = {int(x) for k in ("stride_tf32", "stride_16") for x in out[k]}
+    assert residency.MMA_H_STRIDE_WORDS in strides  # a full chunk's pass, which the shared-memory formula sizes
+    for stride in strides:
+        for off in (0, 4):  # Hs: both B registers
+            assert _wavefronts([[(lane // 4) * stride + lane % 4 + off] for lane in range(32)]) == 1, stride
     for units in (1, 2, 4, 8, 16, 32):
         gs = residency.mma_g_stride(cell, units)
         for dc, dr in ((0, 0), (1, 0), (0, 8), (1, 8)):
             assert _wavefronts([[(2 * (lane % 4) + dc) * gs + lane // 4 + dr] for lane in range(32)]) == 1, (units, gs)
+
+
+def test_tensor_core_passes_widen_for_few_rows():
+    """PersistentMmaTraits::tile_words: a chunk of up to 64 rows stages 256 bytes of each row per pass; fewer rows
+    stage wider passes (2 KB at 8 rows: 8x fewer L2 round trips per step at a small batch), always whole groups of
+    8 k-steps (the split-K by k-step index), and the rows at their stride fit the staging buffer."""
+    out = emu.run_driver(SRC, "mtile", {})
+    buf = int(out["buffer_words"][0])
+    for kind, k_per_word, k_step in (("tf32", 1, 8), ("16", 2, 16)):
+        words = dict(zip(out["rows"].astype(int), out[f"tile_words_{kind}"].astype(int)))
+        strides = dict(zip(out["rows"].astype(int), out[f"stride_{kind}"].astype(int)))
+        assert words[64] * 4 == 256 and words[8] * 4 == 2048, (kind, words)
+        assert all(words[r] >= words[r + 8] for r in range(8, 64, 8)), "wider passes for fewer rows"
+        for r, w in words.items():
+            assert r * strides[r] <= buf and strides[r] == w + 4, (kind, r)
+            assert (w * k_per_word) % (8 * k_step) == 0, (kind, r, w)
 
 
 @pytest.mark.parametrize("H,num_sms,units", [(512, 132, 4), (1024, 132, 8), (40, 132, 1), (13, 4, 4)])
@@ -365,7 +387,14 @@ def test_planner_spreads_units_over_the_sms(H, num_sms, units):
 # workspace in fp32). bfloat16/float16 store each step's dG in the storage dtype, and the next step's dh is computed
 # from those rounded values (as the step kernels do), so a relative error of the storage's unit roundoff enters every
 # step: up to T = 4 steps here, 4 * u * (a growth of the gradients below 2) on gradients of order 1.
+# The tensor-core kernels multiply the same stored 16-bit values (exact products, fp32 accumulation): the same
+# tolerances. TF32 (float32 with allow_tf32, the tensor-core kernel) rounds dG_next and W_hh to a 10-bit mantissa
+# (u = 2^-11) before the product: each term dG_k w_kj moves by at most 2u |dG_k w_kj|, with independent signs, so a
+# step's dh moves by about 2u * sqrt(sum_k (dG_k w_kj)^2) <= 2u * sqrt(G) * max|dG| (|w| <= 1/sqrt(H)): 2^-9 for
+# max|dG| <= 1, and the steps' errors add (4 steps: 2^-7, 7.8e-3; observed at most 2e-4). A wrong or dropped product
+# term moves a gradient by |dG w| ~ 0.1-1; test_tf32_backward_rounds_its_operands checks the rounding to fp32 order.
 BWD_TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-5),
+           "tf32": dict(rtol=16 * U_TF32, atol=16 * U_TF32),
            torch.float16: dict(rtol=8 * 2.0 ** -11, atol=8 * 2.0 ** -11),
            torch.bfloat16: dict(rtol=8 * 2.0 ** -8, atol=8 * 2.0 ** -8)}
 
@@ -379,15 +408,21 @@ class BwdCase:
     reverse: bool = False
     dtype: torch.dtype = torch.float32
     dense: bool = False  # grad_output as [T, B, H] (a step's rows at t * B * H) instead of packed rows
+    mma: bool = False  # the tensor-core kernel (float32: TF32) instead of the FMA kernel
 
     @property
     def grid(self) -> int:
         return -(-self.H // self.units)
 
     @property
+    def tol(self) -> dict:
+        return BWD_TOL["tf32" if self.mma and self.dtype == torch.float32 else self.dtype]
+
+    @property
     def id(self) -> str:
         return (f"bwd-{self.cell}-H{self.H}-u{self.units}-{'x'.join(map(str, self.batch_sizes))}"
-                f"{'-rev' if self.reverse else ''}{'-dense' if self.dense else ''}-{str(self.dtype).split('.')[-1]}")
+                f"{'-rev' if self.reverse else ''}{'-dense' if self.dense else ''}-{str(self.dtype).split('.')[-1]}"
+                f"{'-mma' if self.mma else ''}")
 
 
 def bwd_problem(case: BwdCase, seed: int = 0):
@@ -451,7 +486,7 @@ def bwd_problem(case: BwdCase, seed: int = 0):
          "relu": int(case.cell == "rnn_relu"), "reverse": int(case.reverse), "units": case.units,
          "num_sms": case.grid, "H": H, "batch_sizes": np.array(bs, dtype=np.int64), "w_hh": as_io(w),
          "hx": as_io(hx), "out": as_io(out), "grad_out": as_io(go_dense if case.dense else go),
-         "go_dense": int(case.dense), "grad_hy": as_io(ghy)}
+         "go_dense": int(case.dense), "grad_hy": as_io(ghy), "mma": int(case.mma)}
     if case.cell in ("lstm", "gru"):
         d["ws"] = as_io(torch.cat(ws))
     if case.cell == "lstm":
@@ -483,11 +518,33 @@ BWD_PLAIN_CASES = [
     BwdCase("lstm", 40, (70, 40, 7), 8, reverse=True, dtype=torch.bfloat16),
     # one row against 256 batch groups (units = 1): the K loop split 256 ways, then 128 (two rows)
     BwdCase("rnn_tanh", 13, (2, 1, 1), 1),
+    # the tensor-core kernels (bf16/fp16, TF32): 64-row chunks (units <= 4; 70 rows: two) of which the rows of `next`
+    # are fewer (forward packed: 40 rows of the step against 7 of next) or none (the first iteration); m-tiles of 16
+    # units padded (units < 16) and two m-tiles (units = 32, 32-row chunks); the k-steps split between warps (one
+    # n-tile: up to 8 rows); K passes of 128 (16-bit) or 64 (TF32) elements with a partial last pass (G*H = 160, 120,
+    # 52, 33); 16-bit pairs in one load (even H; GRU: dph_n's pairs too) and single values (odd H)
+    BwdCase("lstm", 40, (70, 40, 7), 4, dtype=torch.bfloat16, mma=True),
+    BwdCase("gru", 40, (70, 40, 7), 8, reverse=True, mma=True),
+    BwdCase("rnn_tanh", 33, (37, 20, 3), 32, dtype=torch.float16, mma=True),
+    BwdCase("lstm", 13, (1,), 2, mma=True),
+    BwdCase("gru", 40, (5, 5, 3, 1), 4, reverse=True, dtype=torch.float16, mma=True),
+    BwdCase("rnn_relu", 40, (3, 3), 8, dtype=torch.bfloat16, dense=True, mma=True),
+    BwdCase("gru", 13, (6, 4, 1), 1, dtype=torch.bfloat16, mma=True),
+    BwdCase("lstm", 33, (37, 37), 32, reverse=True, dtype=torch.float16, mma=True),
+    BwdCase("rnn_tanh", 40, (4, 3, 3, 1), 16, mma=True),
+    # the K pass widened for fewer rows (PersistentMmaTraits::tile_words): 16 rows, TF32 passes of 256 (G*H = 320: two);
+    # 64 rows, bf16 passes of 128 (G*H = 300: three, across the GRU's dph_n boundary at 200), 16 and 8 rows one pass
+    BwdCase("lstm", 80, (12, 5), 32, mma=True),
+    BwdCase("gru", 100, (70, 9), 16, dtype=torch.bfloat16, mma=True),
 ]
 BWD_ASAN_CASES = [BwdCase("lstm", 40, (5, 3, 1), 8, reverse=True), BwdCase("gru", 13, (37, 20), 32,
-                  dtype=torch.bfloat16), BwdCase("rnn_relu", 33, (4, 4), 4, dtype=torch.float64, dense=True)]
+                  dtype=torch.bfloat16), BwdCase("rnn_relu", 33, (4, 4), 4, dtype=torch.float64, dense=True),
+                  BwdCase("gru", 40, (70, 40, 7), 4, dtype=torch.bfloat16, mma=True),
+                  BwdCase("lstm", 13, (5, 3, 1), 32, reverse=True, mma=True)]
 BWD_TSAN_CASES = [BwdCase("lstm", 13, (5, 3, 1), 4, reverse=True), BwdCase("gru", 13, (4, 4), 8, dtype=torch.float16),
-                  BwdCase("rnn_tanh", 13, (3, 2, 1), 2)]
+                  BwdCase("rnn_tanh", 13, (3, 2, 1), 2),
+                  BwdCase("lstm", 40, (9, 3, 1), 8, dtype=torch.float16, mma=True),
+                  BwdCase("gru", 13, (4, 2), 4, reverse=True, mma=True)]
 BWD_CASES = {"plain": BWD_PLAIN_CASES, "asan": BWD_ASAN_CASES, "tsan": BWD_TSAN_CASES}
 
 
@@ -512,13 +569,26 @@ def test_persistent_backward_vs_oracle(binaries, variant):
         assert int(outputs[f"{k}.err"][0]) == 0, f"{case.id}: launch returned cudaError {int(outputs[f'{k}.err'][0])}"
         for name, want in expected.items():
             got = torch.as_tensor(np.asarray(outputs[f"{k}.{name}"])).to(torch.float64)
-            torch.testing.assert_close(got, want.detach(), **BWD_TOL[case.dtype],
+            torch.testing.assert_close(got, want.detach(), **case.tol,
                                        msg=lambda m, name=name, case=case: f"{case.id}: {name}: {m}")
 
 
 def test_backward_cases_cover_every_kernel_and_dtype():
-    assert {(c.cell.split("_")[0], c.dtype) for c in BWD_PLAIN_CASES} == {
-        (cell, dt) for cell in ("lstm", "gru", "rnn") for dt in STORAGE}
+    assert {(c.cell.split("_")[0], c.dtype, c.mma) for c in BWD_PLAIN_CASES} == {
+        (cell, dt, mma) for cell in ("lstm", "gru", "rnn") for dt in STORAGE
+        for mma in ((False,) if dt == torch.float64 else (False, True))}
+    for variant in ("asan", "tsan"):
+        assert any(c.mma for c in BWD_CASES[variant]) and any(not c.mma for c in BWD_CASES[variant])
+    # the tensor-core kernel (PersistentMmaTraits: 64-row chunks at most, m-tiles of 16 units, k-steps split between
+    # the warps while a chunk has fewer than 8 output tiles, 16-bit pairs loaded together for even H)
+    mma = [c for c in BWD_PLAIN_CASES if c.mma]
+    chunk = lambda c: min(256 // c.units * 4, 64)  # noqa: E731  (chunk_cols)
+    assert any(c.batch_sizes[0] > chunk(c) for c in mma), "several chunks of one step"
+    assert {-(-c.units // 16) for c in mma} == {1, 2}, "one and two m-tiles"
+    assert any(max(c.batch_sizes) <= 8 for c in mma), "one n-tile: the k-steps split between warps"
+    assert any(not c.reverse and len(set(c.batch_sizes)) > 1 for c in mma), "fewer rows of next than of the step"
+    assert {c.H % 2 for c in mma if c.dtype != torch.float32} == {0, 1}, "16-bit pairs in one load, and not"
+    assert any(c.cell == "gru" and c.H % 2 == 0 and c.dtype != torch.float32 for c in mma), "dph_n's pairs"
     assert {c.units for c in BWD_PLAIN_CASES} >= {1, 2, 4, 8, 32}
     assert any(c.reverse and len(set(c.batch_sizes)) > 1 for c in BWD_PLAIN_CASES), "grad_hx mid-sequence"
     assert any(c.dense for c in BWD_PLAIN_CASES) and any(c.batch_sizes[0] > 256 // c.units * 4 for c in BWD_PLAIN_CASES)
@@ -567,22 +637,43 @@ def test_backward_chunk_plans_cover_each_product_once_without_bank_conflicts():
 
 
 @pytest.mark.parametrize("H,num_sms", [(512, 132), (1024, 132), (40, 132), (13, 4)])
-@pytest.mark.parametrize("storage", [0, 1, 2, 3])
-def test_backward_planner_spreads_units_over_the_sms(H, num_sms, storage):
-    """choose_units with the backward's occupancy: a grid of at most one block per SM where W_hh fits the device's
-    shared memory; none (the step kernels) for the float64 LSTM at H = 1024, whose W_hh (4H x H x 8 bytes = 32 MiB)
-    exceeds 132 SMs' 227 KiB."""
-    out = emu.run_driver(SRC, "bplan", {"storage": storage, "cell": 0, "H": H, "num_sms": num_sms})
+@pytest.mark.parametrize("storage,mma", [(0, 0), (0, 1), (1, 0), (2, 1), (3, 1)])
+def test_backward_planner_spreads_units_over_the_sms(H, num_sms, storage, mma):
+    """choose_bwd_kernel (persistent_plan.h) with the backward kernels' occupancy: a grid of at most one block per SM
+    where W_hh fits the device's shared memory; none (the step kernels) for the float64 LSTM at H = 1024, whose W_hh
+    (4H x H x 8 bytes = 32 MiB) exceeds 132 SMs' 227 KiB. With tensor cores allowed (bf16/fp16; float32 with TF32)
+    the tensor-core kernel, except the TF32 LSTM at H = 1024: its fragments (a 16-unit m-tile per 8 units, 4-byte
+    elements: 256 KiB) fit no unit count, and the FMA kernel serves it."""
+    out = emu.run_driver(SRC, "bplan", {"storage": storage, "cell": 0, "H": H, "num_sms": num_sms, "mma": mma})
     units = int(out["units"][0])
     if storage == 1 and H == 1024:
         assert units == 0
         return
     assert units > 0 and int(out["grid"][0]) == -(-H // units) <= num_sms
+    assert int(out["mma"][0]) == int(mma and not (storage == 0 and H == 1024)), (storage, H)
+
+
+def test_tf32_backward_rounds_its_operands(binaries):
+    """One float32 LSTM step's backward with the exact (FMA) and the TF32 (tensor-core) kernel: grad_hx = dG @ W_hh
+    (the LSTM's carry through h is all in dG; its cell state goes to grad_cx), dG as the kernel wrote it. The FMA
+    kernel's product is the exact one and the TF32 kernel's the product of both operands rounded to TF32 (cvt.rna),
+    each to fp32 accumulation order; the two differ by more than that (the rounding is applied)."""
+    cases = [BwdCase("lstm", 40, (3,), 4, mma=mma) for mma in (False, True)]
+    problems, proc, outputs = run_bwd_batch(cases, "plain")
+    assert proc.returncode == 0 and outputs is not None, proc.stderr[-8000:]
+    for k, case in enumerate(cases):
+        w = torch.as_tensor(np.asarray(problems[k][0]["w_hh"])).to(torch.float64)
+        dg = torch.as_tensor(np.asarray(outputs[f"{k}.dg"])).to(torch.float64)
+        exact, rounded = dg @ w, tf32_rna(dg) @ tf32_rna(w)
+        got = torch.as_tensor(np.asarray(outputs[f"{k}.grad_hx"])).to(torch.float64)
+        torch.testing.assert_close(got, rounded if case.mma else exact, rtol=1e-5, atol=1e-5)
+        assert (rounded - exact).abs().max() > 1e-4, "the problem tells a rounded product from the exact one"
 
 
 @pytest.mark.parametrize("case", [BwdCase("rnn_tanh", 13, (3, 3, 3), 2), BwdCase("gru", 13, (3, 3, 3), 4,
-                                                                                    dtype=torch.bfloat16)],
-                         ids=["rnn", "gru"])
+                                                                                    dtype=torch.bfloat16),
+                                  BwdCase("lstm", 40, (3, 3, 3), 8, dtype=torch.float16, mma=True)],
+                         ids=["rnn", "gru", "lstm-mma"])
 def test_dropped_grid_sync_is_a_tsan_race_backward(binaries, case):
     """Without the barrier between steps, blocks stage dG rows other blocks are writing: TSan must say so."""
     emu.require_variant("tsan")

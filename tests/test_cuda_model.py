@@ -79,7 +79,7 @@ NOT_MODELLED_YET = ("lstm_ext_fwd_kernel", "lstm_ext_bwd_kernel", "gru_ext_fwd_k
 
 def test_every_kernel_in_the_library_and_the_budget_is_modelled(model):
     kernels, krows, _, _ = model
-    modelled = {"step_fwd", "step_bwd", "persistent_fwd", "persistent_mma_fwd", "persistent_bwd"}
+    modelled = {"step_fwd", "step_bwd", "persistent_fwd", "persistent_mma_fwd", "persistent_bwd", "persistent_mma_bwd"}
     unmodelled = sorted({f"{c}_{k} ({d}, {a})" for (c, k, d, a) in kernels if k not in modelled})
     assert not unmodelled, f"kernels the performance model does not model: {unmodelled}"
     for name in _budget_names():
@@ -118,12 +118,15 @@ def test_rows_complete_and_consistent(model):
             assert r["blocks"] <= sms[r["gpu"]] * r["blocks_per_sm"], f"a cooperative grid must be co-resident: {r}"
             assert r["units"] in (1, 2, 4, 8, 16, 32), r
         assert r["mode"] != "fp32-exact" or r["math"] == "fma", r
+        assert r["mode"] != "fp32-exact" or r["bwd_math"] == "fma", r  # allow_tf32 False: exact backward too
 
 
 def test_math_path_is_a_parameter(model):
     _, _, fma_rows, tc_rows = model
     for a, b in zip(fma_rows, tc_rows):
         assert (a["gpu"], a["shape"], a["cell"], a["mode"]) == (b["gpu"], b["shape"], b["cell"], b["mode"])
+        # the backward the drivers pick is modelled as built (tensor cores where the kernel has them): auto == tc
+        assert (a["bwd_math"], a["persistent_bwd_us"]) == (b["bwd_math"], b["persistent_bwd_us"]), (a, b)
         if a["path"] != "persistent":
             continue
         if a["mode"] == "fp32-exact":

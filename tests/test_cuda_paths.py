@@ -148,3 +148,38 @@ def test_tf32_on_and_off_against_torch_nn(cell, monkeypatch):
     torch.testing.assert_close(outs[True][0], outs[True][1], **_tf32_tol(H))
     torch.testing.assert_close(outs[True][0], outs[False][1], **_tf32_tol(H))
     assert (outs[True][0] - outs[False][0]).abs().max() > TOL[torch.float32]["atol"], "TF32 mode left no trace"
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+def test_tf32_backward_on_and_off_against_torch_nn(cell, monkeypatch):
+    """float32 gradients through the persistent backward (the tensor-core kernel with allow_tf32, the FMA kernel
+    without it) against torch.nn's (cuDNN's backward follows the same flag). allow_tf32 False: the float32 tolerance.
+    True: each backward step's dh moves by at most 2u * sqrt(G) * max|dG| per side (test_cuda_emu_persistent.py's
+    bound) on top of the forward's movement, so the gradients are held to twice the forward's TF32 tolerance; and
+    fastrnn's TF32 gradients differ from its exact ones (the flag reaches the backward)."""
+    monkeypatch.setenv("FASTRNN_CUDA_ALGO", "persistent")
+    H, I, T, B = 256, 64, 20, 8
+    ref = getattr(torch.nn, cell)(I, H, device="cuda")
+    mod = getattr(fastrnn, cell)(I, H, device="cuda")
+    mod.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, I, device="cuda")
+    go = torch.randn(T, B, H, device="cuda")
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    grads = {}
+    try:
+        for tf32 in (False, True):
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+            for name, m in (("fast", mod), ("ref", ref)):
+                xr = x.clone().requires_grad_()
+                (m(xr)[0] * go).sum().backward()
+                grads[tf32, name] = (xr.grad, m.weight_hh_l0.grad.clone())
+                m.zero_grad()
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    tol = {k: 2 * v for k, v in _tf32_tol(H).items()}
+    for a, b in zip(grads[False, "fast"], grads[False, "ref"]):
+        torch.testing.assert_close(a, b, **TOL[torch.float32])
+    for a, b in zip(grads[True, "fast"], grads[True, "ref"]):
+        torch.testing.assert_close(a, b, **tol)
+    assert (grads[True, "fast"][0] - grads[False, "fast"][0]).abs().max() > TOL[torch.float32]["atol"], \
+        "TF32 mode left no trace in the input gradient"

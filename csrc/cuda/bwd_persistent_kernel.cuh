@@ -38,6 +38,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "bwd_step_kernel.cuh"
 #include "fwd_persistent_kernel.cuh"  // kPersistentThreads, load_cg
@@ -111,6 +112,52 @@ struct BwdPersistentTraits {
 template <typename S, Cell C>
 using BwdPersistentTraitsFor = BwdPersistentTraits<gates_of(C), acc_t<S>>;
 
+// The cell's row pointers of one step (bwd_cell_epilogue reads them relative to the step's first row).
+template <typename S, Cell C>
+__device__ __forceinline__ BwdStepParams bwd_step_rows(const BwdSeqParams& p, const BwdSeqStep& st) {
+  using A = acc_t<S>;
+  const int64_t H = p.H;
+  BwdStepParams q;
+  q.H = H;
+  q.relu = p.relu;
+  q.dc_state = p.dc_state;
+  q.dg = static_cast<S*>(p.dg) + st.off * int64_t(gates_of(C)) * H;
+  if constexpr (C == Cell::kLstm) {
+    q.ws = static_cast<const A*>(p.ws) + st.off * 5 * H;
+    q.c_prev = static_cast<const A*>(p.c_prev) + st.off * H;
+  } else if constexpr (C == Cell::kGru) {
+    q.ws = static_cast<const A*>(p.ws) + st.off * 4 * H;
+    q.dph_n = static_cast<S*>(p.dph_n) + st.off * H;
+  } else {
+    q.h_cur = static_cast<const S*>(p.out) + st.off * H;
+  }
+  return q;
+}
+
+// Row b (< max(bs, bs_next)) of unit j at one iteration, given prod = (dG_next @ W_hh)[b, j] (zero for rows past
+// bs_next): a row of `next` that started from hx takes grad_hx = carry + prod; a row of the step adds grad_output and
+// the carried dh and runs the pointwise backward. Shared by the FMA and the tensor-core kernels.
+template <typename S, Cell C>
+__device__ __forceinline__ void bwd_persistent_row(const BwdSeqParams& p, const BwdStepParams& q, const BwdSeqStep& st,
+                                                   int64_t b, int64_t j, acc_t<S> prod) {
+  using A = acc_t<S>;
+  const int64_t H = p.H, bj = b * H + j;
+  A* carry = static_cast<A*>(p.carry);
+  if (b >= st.bs) {
+    carry[bj] += prod;
+    return;
+  }
+  A dh = prod + carry[bj];
+  if (p.grad_out != nullptr) dh += to_float(static_cast<const S*>(p.grad_out)[st.go_off + b * p.ld_grad_out + j]);
+  A h_prev = A(0);
+  if constexpr (C == Cell::kGru) {
+    const S* hp = b < st.n_prev ? static_cast<const S*>(p.out) + (st.off_prev + b) * H
+                                : static_cast<const S*>(p.h_init) + b * H;
+    h_prev = to_float(hp[j]);
+  }
+  carry[bj] = bwd_cell_epilogue<S, C>(q, b, j, dh, h_prev);
+}
+
 template <typename S, Cell C>
 __device__ __forceinline__ void bwd_persistent(const BwdSeqParams& p) {
   using A = acc_t<S>;
@@ -136,7 +183,6 @@ __device__ __forceinline__ void bwd_persistent(const BwdSeqParams& p) {
   const S* __restrict__ w = static_cast<const S*>(p.w_hh);
   const S* dgx = static_cast<const S*>(p.dg);
   const S* dphn = static_cast<const S*>(p.dph_n);
-  A* carry = static_cast<A*>(p.carry);
 
   // ---- W_hh[:, this block's units], once for the whole sequence: Ws[g][uu] = W_hh[g][j0 + uu]
   for (int64_t idx = tid; idx < GH * U; idx += Tr::kThreads) {
@@ -145,25 +191,9 @@ __device__ __forceinline__ void bwd_persistent(const BwdSeqParams& p) {
   }
   __syncthreads();
 
-  // The cell's row pointers for one step (bwd_cell_epilogue reads them relative to the step's first row).
-  BwdStepParams q;
-  q.H = H;
-  q.relu = p.relu;
-  q.dc_state = p.dc_state;
-
   for (int64_t s = 0; s <= p.T; ++s) {
     const BwdSeqStep st = p.steps[s];
-    q.dg = static_cast<S*>(p.dg) + st.off * GH;
-    if constexpr (C == Cell::kLstm) {
-      q.ws = static_cast<const A*>(p.ws) + st.off * 5 * H;
-      q.c_prev = static_cast<const A*>(p.c_prev) + st.off * H;
-    } else if constexpr (C == Cell::kGru) {
-      q.ws = static_cast<const A*>(p.ws) + st.off * 4 * H;
-      q.dph_n = static_cast<S*>(p.dph_n) + st.off * H;
-    } else {
-      q.h_cur = static_cast<const S*>(p.out) + st.off * H;
-    }
-    const S* go = p.grad_out != nullptr ? static_cast<const S*>(p.grad_out) + st.go_off : nullptr;
+    const BwdStepParams q = bwd_step_rows<S, C>(p, st);
     const int64_t rows = st.bs > st.bs_next ? st.bs : st.bs_next;
     for (int64_t c0 = 0; c0 < rows; c0 += chunk) {
       A acc[R];
@@ -219,21 +249,7 @@ __device__ __forceinline__ void bwd_persistent(const BwdSeqParams& p) {
 #pragma unroll
         for (int i = 0; i < R; ++i) {
           const int64_t b = c0 + bg + i * NG;
-          if (b >= rows) continue;
-          const int64_t bj = b * H + j;
-          if (b >= st.bs) {  // a row of `next` that started from hx: grad_hx = carry + dG_next @ W_hh
-            carry[bj] += acc[i];
-            continue;
-          }
-          A dh = acc[i] + carry[bj];
-          if (go != nullptr) dh += to_float(go[b * p.ld_grad_out + j]);
-          A h_prev = A(0);
-          if constexpr (C == Cell::kGru) {
-            const S* hp = b < st.n_prev ? static_cast<const S*>(p.out) + (st.off_prev + b) * H
-                                        : static_cast<const S*>(p.h_init) + b * H;
-            h_prev = to_float(hp[j]);
-          }
-          carry[bj] = bwd_cell_epilogue<S, C>(q, b, j, dh, h_prev);
+          if (b < rows) bwd_persistent_row<S, C>(p, q, st, b, j, acc[i]);
         }
       }
     }
@@ -266,6 +282,146 @@ __global__ void FASTRNN_PERSISTENT_BWD_BOUNDS gru_bwd_persistent_kernel(const Bw
 template <typename S>
 __global__ void FASTRNN_PERSISTENT_BWD_BOUNDS rnn_bwd_persistent_kernel(const BwdSeqParams p) {
   bwd_persistent<S, Cell::kRnn>(p);
+}
+
+
+// ================================================================================ tensor-core (mma.sync) kernels
+// {lstm,gru,rnn}_bwd_persistent_mma_kernel<S>: the same recurrence, split, rows and barrier as above, with the
+// product dG_next @ W_hh[:, units] on the tensor cores through the forward's machinery (fwd_persistent_kernel.cuh
+// load_a_fragments, mma_chunk_partials): A = the block's columns of W_hh transposed (M = units rows, padded to an
+// m-tile of 16 with zeros; K = G*H), B = the chunk's rows of dG_next as stored (each row's G*H values contiguous; GRU:
+// [dr, dz] from dG_x, then dph_n), so a batch of up to 8 rows is one n-tile. S = __nv_bfloat16 / __half: m16n8k16
+// on the stored 16-bit values of W and dG (the FMA kernel multiplies the same values: both store dG in S), fp32
+// accumulation; S = float: m16n8k8 .tf32 (W and dG rounded to TF32 by cvt.rna), only when the host allows TF32
+// (torch.backends.cudnn.allow_tf32, as for the forward); otherwise, and for float64, the FMA kernel above.
+//
+// Launch contract: as the FMA kernel, with Tr = BwdPersistentMmaTraitsFor<S, C> (grid, kThreads = 256,
+// smem_bytes(units, H)); p.units a power of two in [1, 32].
+//
+// Shared memory: the forward's layout (Wf [MT][KT][32][4] b32 in A-fragment order, KT = ceil(G*H / kK); Hs, Gs).
+// At units < 16 the m-tile's rows past `units` are zeros in Wf too (units = 4: three quarters of it), which caps the
+// unit count choose_units can give a large H (LSTM TF32 at H = 1024 does not fit: the host takes the FMA kernel).
+template <int kGates_, typename S>
+struct BwdPersistentMmaTraits : PersistentMmaTraits<1, S> {
+  using Base = PersistentMmaTraits<1, S>;
+  static constexpr int kGates = kGates_;
+  static constexpr int64_t smem_bytes(int units, int64_t H) { return Base::smem_bytes(units, kGates * H); }
+};
+
+template <typename S, Cell C>
+using BwdPersistentMmaTraitsFor = BwdPersistentMmaTraits<gates_of(C), S>;
+
+template <typename S, Cell C>
+__device__ __forceinline__ void bwd_persistent_mma(const BwdSeqParams& p) {
+  static_assert(std::is_same_v<S, float> || std::is_same_v<S, __half> || std::is_same_v<S, __nv_bfloat16>,
+                "tensor cores: bf16, fp16, TF32 (float); float64 stays on the FMA kernel");
+  using A = acc_t<S>;
+  using Tr = BwdPersistentMmaTraitsFor<S, C>;
+  constexpr int G = gates_of(C);
+  constexpr int R = Tr::kRowsPerThread;
+
+  const int U = p.units;
+  const int NG = Tr::groups(U);
+  const int chunk = Tr::chunk_cols(U);
+  const int MT = Tr::m_tiles(U);
+  const int GS = Tr::g_stride(U);
+  const int64_t H = p.H, GH = int64_t(G) * p.H;
+  const int64_t KT = Tr::k_steps(GH);
+
+  FASTRNN_DYNAMIC_SMEM(std::uint32_t, smem);
+  const MmaSmem sm = mma_smem<Tr>(smem, MT, KT);
+
+  const int tid = static_cast<int>(threadIdx.x);
+  const int u = tid % U;
+  const int bg = tid / U;
+  const int64_t j0 = int64_t(blockIdx.x) * U;
+  const int64_t j = j0 + u;
+
+  const S* __restrict__ w = static_cast<const S*>(p.w_hh);
+  const S* dgx = static_cast<const S*>(p.dg);
+  const S* dphn = static_cast<const S*>(p.dph_n);
+
+  // ---- A[r][k] = W_hh[k][j0 + r], once for the whole sequence (zeros past the block's units, H and G*H)
+  load_a_fragments<Tr, S>(sm.Wf, MT, KT, [&](int r, int64_t k) -> S {
+    const int64_t jj = j0 + r;
+    return (r < U && jj < H && k < GH) ? w[k * H + jj] : from_float<S>(A(0));
+  });
+  __syncthreads();
+
+  // 16-bit dG: a pair of k values in one 32-bit load when every pair is 4-byte aligned (H even: the pairs of a GRU's
+  // dph_n part start at an even k too).
+  const bool pairs = !Tr::kTf32 && H % 2 == 0 && reinterpret_cast<std::uintptr_t>(dgx) % 4 == 0 &&
+                     reinterpret_cast<std::uintptr_t>(dphn) % 4 == 0;
+
+  for (int64_t s = 0; s <= p.T; ++s) {
+    const BwdSeqStep st = p.steps[s];
+    const BwdStepParams q = bwd_step_rows<S, C>(p, st);
+    const int64_t rows = st.bs > st.bs_next ? st.bs : st.bs_next;
+    for (int64_t c0 = 0; c0 < rows; c0 += chunk) {
+      const int ncols = rows - c0 < chunk ? static_cast<int>(rows - c0) : chunk;
+      // the chunk's rows of `next` (block-uniform; none: every product of the chunk is zero)
+      const int64_t live = st.bs_next - c0;
+      const int nnext = live <= 0 ? 0 : live < ncols ? static_cast<int>(live) : ncols;
+      int KS = 0;
+      if (nnext > 0) {
+        KS = mma_chunk_partials<Tr, S>(sm, MT, KT, GH, GS, nnext,
+                                       [&](int c, int wd, int64_t k0) -> std::uint32_t {
+          const int64_t row = st.off_next + c0 + c;
+          auto dg_at = [&](int64_t k) -> S {  // the h side of dG_next[row][k], zero past G*H
+            if (k >= GH) return from_float<S>(A(0));
+            if constexpr (C == Cell::kGru)
+              if (k >= 2 * H) return load_cg(dphn + row * H + (k - 2 * H));
+            return load_cg(dgx + row * GH + k);
+          };
+          if constexpr (Tr::kTf32) {
+            return ::fastrnn::f32_to_tf32(dg_at(k0 + wd));
+          } else {
+            const int64_t k = k0 + 2 * wd;
+            if (pairs && k < GH) {  // both values with one 32-bit load (k, H and G*H even)
+              if constexpr (C == Cell::kGru)
+                if (k >= 2 * H) return load_cg_b32(dphn + row * H + (k - 2 * H));
+              return load_cg_b32(dgx + row * GH + k);
+            }
+            return operand_bits(dg_at(k)) | (operand_bits(dg_at(k + 1)) << 16);
+          }
+        });
+      }
+      const int NT8 = (nnext + 7) / 8 * 8;
+
+      // ---- epilogue (no early return: every thread reaches grid_sync)
+      if (j < H) {
+#pragma unroll
+        for (int i = 0; i < R; ++i) {
+          const int bl = bg + i * NG;
+          if (bl >= ncols) break;
+          float prod = 0.f;  // the KS partials in a fixed order (deterministic)
+          if (bl < nnext)
+            for (int ks = 0; ks < KS; ++ks) prod += sm.Gs[(ks * NT8 + bl) * GS + u];
+          bwd_persistent_row<S, C>(p, q, st, c0 + bl, j, prod);
+        }
+      }
+    }
+    // Step s's dG rows are complete grid-wide before any block stages them at iteration s + 1 (the grid barrier also
+    // ends this step's epilogue reads of Gs before the next step's fragment stores).
+#ifndef FASTRNN_EMU_DROP_GRID_SYNC
+    if (s < p.T) ::fastrnn::grid_sync();
+#endif
+  }
+}
+
+template <typename S>
+__global__ void FASTRNN_PERSISTENT_MMA_BOUNDS lstm_bwd_persistent_mma_kernel(const BwdSeqParams p) {
+  bwd_persistent_mma<S, Cell::kLstm>(p);
+}
+
+template <typename S>
+__global__ void FASTRNN_PERSISTENT_MMA_BOUNDS gru_bwd_persistent_mma_kernel(const BwdSeqParams p) {
+  bwd_persistent_mma<S, Cell::kGru>(p);
+}
+
+template <typename S>
+__global__ void FASTRNN_PERSISTENT_MMA_BOUNDS rnn_bwd_persistent_mma_kernel(const BwdSeqParams p) {
+  bwd_persistent_mma<S, Cell::kRnn>(p);
 }
 
 }  // namespace fastrnn::cuda

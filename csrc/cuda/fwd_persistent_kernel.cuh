@@ -259,22 +259,28 @@ __global__ void FASTRNN_LAUNCH_BOUNDS(kPersistentThreads) rnn_fwd_persistent_ker
 //       pair; m16n8k8 .tf32: row g + 8*(i&1), k = q + 4*(i>>1)), so each lane reads its whole A fragment with one
 //       128-bit load and a warp reads 512 contiguous bytes: no bank conflicts. KT = ceil(K / kK) k-steps, the
 //       k >= K and row >= M entries are zeros.
-//   Hs  [kMaxCols][kHStrideWords]: kTileK elements of k of each batch row (16-bit pairs or TF32 bits), staged from L2
-//       with ld.global.cg per pass; the row stride is = 4 (mod 8) words, so the B-fragment loads (lane (g, q) reads
-//       word g*stride + q) hit 32 distinct banks. Rows beyond the step's rows and k >= K are zeros.
+//   Hs  kMaxCols x kHStrideWords words: a pass of K of each batch row (16-bit pairs or TF32 bits), staged from L2
+//       with ld.global.cg: 256 bytes of each of 64 rows, wider for fewer rows (tile_words: 2 KB at 8 rows); the row
+//       stride is tile + 4 = 4 (mod 32) words, so the B-fragment loads (lane (g, q) reads word g*stride + q) hit 32
+//       distinct banks. Rows beyond the chunk's rows and k >= K are zeros.
 //   Gs  [kMaxCols][g_stride] fp32: the partial tiles; g_stride = 4 (mod 32) makes the fragment stores (lane (g, q):
 //       column 2q (+1), row g (+8)) conflict-free; the epilogue's reads are at most 2-way conflicted.
-template <int kGates_, typename S>
-struct FwdPersistentMmaTraits {
-  static constexpr int kGates = kGates_;
+//
+// The traits serve the tensor-core backward too (bwd_persistent_kernel.cuh): kRowsPerUnit is the A operand's rows per
+// hidden unit (the forward: the unit's G gate rows of W_hh; the backward: its one column of W_hh, K = G*H).
+template <int kRowsPerUnit_, typename S>
+struct PersistentMmaTraits {
+  static constexpr int kRowsPerUnit = kRowsPerUnit_;
   static constexpr int kThreads = kPersistentThreads;
   static constexpr int kWarps = kThreads / 32;
   static constexpr int kRowsPerThread = 4;
   static constexpr bool kTf32 = sizeof(S) == 4;      // float: TF32 operands; the 16-bit types: their own bits
   static constexpr int kElemBytes = kTf32 ? 4 : 2;    // bytes of one operand element in shared memory
   static constexpr int kK = kTf32 ? 8 : 16;           // k of one mma
-  static constexpr int kTileK = 256 / kElemBytes;     // k elements of h staged per pass: 256 bytes of each row
-  static constexpr int kHStrideWords = kTileK * kElemBytes / 4 + 4;  // 68 = 4 (mod 8)
+  static constexpr int kTileK = 256 / kElemBytes;     // k elements of each row staged per pass of a full chunk: 256 B
+  static constexpr int kHStrideWords = kTileK * kElemBytes / 4 + 4;  // 68 = 4 (mod 32)
+  static constexpr int kTileWords = kTileK * kElemBytes / 4;         // 64
+  static constexpr int kMaxTileWords = 512;  // 2 KB of each row: the widest pass (8 rows fill the staging buffer)
   static constexpr int kMaxCols = 64;                 // batch rows per chunk: 8 n-tiles
   static constexpr int kMaxTilesPerWarp = 4;
   static constexpr int kMaxUnits = 32;
@@ -283,9 +289,27 @@ struct FwdPersistentMmaTraits {
   static constexpr int chunk_cols(int units) {
     return groups(units) * kRowsPerThread < kMaxCols ? groups(units) * kRowsPerThread : kMaxCols;
   }
-  static constexpr int m_tiles(int units) { return (kGates * units + 15) / 16; }
+  // The K pass of a chunk whose rows fill `rows` (a multiple of 8: its n-tiles) staged rows: kTileWords * 2^n b32
+  // words of each row, as wide as the staging buffer (kMaxCols rows of kHStrideWords) holds at a row stride of
+  // tile + 4 words, at most kMaxTileWords. A chunk of few rows (small batch) takes fewer, wider passes, each of which
+  // waits one L2 round trip: at 8 rows 2 KB per row (512 TF32 / 1024 bf16 k), 8x the full chunk's 256 B. Every
+  // stride is = 4 (mod 32) words: the B-fragment loads (lane (g, q): word g * stride + q) hit 32 distinct banks.
+  static constexpr int tile_words(int rows) {
+    int tw = kTileWords;
+    while (2 * tw <= kMaxTileWords && rows * (2 * tw + 4) <= kMaxCols * kHStrideWords) tw *= 2;
+    return tw;
+  }
+  static constexpr int h_stride_words(int rows) { return tile_words(rows) + 4; }
+  static constexpr bool tiles_of_every_chunk_fit() {
+    for (int rows = 8; rows <= kMaxCols; rows += 8)
+      if (rows * h_stride_words(rows) > kMaxCols * kHStrideWords || h_stride_words(rows) % 32 != 4 ||
+          tile_words(rows) % kTileWords != 0)
+        return false;
+    return true;
+  }
+  static constexpr int m_tiles(int units) { return (kRowsPerUnit * units + 15) / 16; }
   static constexpr int64_t k_steps(int64_t K) { return (K + kK - 1) / kK; }
-  static constexpr int g_stride(int units) { return (kGates * units + 31) / 32 * 32 + 4; }
+  static constexpr int g_stride(int units) { return (kRowsPerUnit * units + 31) / 32 * 32 + 4; }
   static constexpr int64_t smem_bytes(int units, int64_t K) {
     return int64_t(m_tiles(units)) * k_steps(K) * 32 * 16 + int64_t(kMaxCols) * kHStrideWords * 4 +
            int64_t(kMaxCols) * g_stride(units) * 4;
@@ -299,8 +323,12 @@ struct FwdPersistentMmaTraits {
   }
   static_assert(tiles_fit(), "a chunk has more output tiles than the warps hold accumulators for");
   static_assert(kTileK % (kWarps * kK) == 0, "split-K by k-step index needs whole groups of 8 k-steps per pass");
-  static_assert(kHStrideWords % 8 == 4, "B-fragment loads: row stride = 4 (mod 8) words");
+  static_assert(kHStrideWords % 32 == 4, "B-fragment loads: row stride = 4 (mod 32) words");
+  static_assert(tiles_of_every_chunk_fit(), "every chunk's K pass fits the staging buffer at a conflict-free stride");
 };
+
+template <int kGates_, typename S>
+using FwdPersistentMmaTraits = PersistentMmaTraits<kGates_, S>;
 
 template <typename S, Cell C>
 using FwdPersistentMmaTraitsFor = FwdPersistentMmaTraits<gates_of(C), S>;
@@ -354,17 +382,136 @@ __device__ __forceinline__ void load_a_fragment(const std::uint32_t* p, std::uin
 #endif
 }
 
+// The tensor-core kernels' shared memory, in the order of the layout above: Wf (MT m-tiles x KT k-steps of A
+// fragments), Hs (the staging buffer of B rows), Gs (the fp32 partial tiles).
+struct MmaSmem {
+  std::uint32_t* Wf;
+  std::uint32_t* Hs;
+  float* Gs;
+};
+template <class Tr>
+__device__ __forceinline__ MmaSmem mma_smem(std::uint32_t* smem, int MT, int64_t KT) {
+  std::uint32_t* Hs = smem + int64_t(MT) * KT * 128;
+  return MmaSmem{smem, Hs, reinterpret_cast<float*>(Hs + Tr::kMaxCols * Tr::kHStrideWords)};
+}
+
+// The block's resident A operand in fragment order (the Wf layout above), once per launch: a_at(r, k) is A's element
+// at row r < MT * 16 and k < KT * kK, zero outside the operand (rows past the block's, k past K).
+template <class Tr, typename S, class AAt>
+__device__ __forceinline__ void load_a_fragments(std::uint32_t* Wf, int MT, int64_t KT, AAt&& a_at) {
+  constexpr int kK = Tr::kK;
+  const int tid = static_cast<int>(threadIdx.x);
+  for (int64_t idx = tid; idx < int64_t(MT) * KT * 128; idx += Tr::kThreads) {
+    const int i = static_cast<int>(idx & 3), l = static_cast<int>((idx >> 2) & 31);
+    const int64_t tk = idx >> 7, kt = tk % KT;
+    const int mt = static_cast<int>(tk / KT);
+    const int r = mt * 16 + (l >> 2) + 8 * (i & 1);
+    if constexpr (Tr::kTf32) {
+      const int64_t k = kt * kK + (l & 3) + 4 * (i >> 1);
+      Wf[idx] = ::fastrnn::f32_to_tf32(a_at(r, k));
+    } else {
+      const int64_t k = kt * kK + 2 * (l & 3) + 8 * (i >> 1);
+      Wf[idx] = operand_bits(a_at(r, k)) | (operand_bits(a_at(r, k + 1)) << 16);
+    }
+  }
+}
+
+// One chunk's product on the tensor cores, shared by the forward and the backward: the fp32 partial tiles of
+// D = A (sm.Wf: MT m-tiles x KT k-steps, resident) x B^T, B the chunk's ncols (1 .. chunk_cols) rows of K elements,
+// go to sm.Gs[ks][col][row] (ks < KS, col < NT * 8, NT = ceil(ncols / 8)); returns KS. B is staged tile_words(NT * 8)
+// words of each row per pass (Traits::tile_words: wider for fewer rows): stage(c, wd, k0) is the b32 word wd of row c < ncols in the pass from k0 (a pair of 16-bit
+// values, the lower k in the low half, or the TF32 bits of one float), zero past K; rows c >= ncols are zeros here.
+// Every thread of the block calls it (it holds block barriers) and it ends with one: on return any thread may read Gs.
+// Gs may still be read by a previous epilogue when it is called: its first barrier comes before any store to Gs.
+template <class Tr, typename S, class Stage>
+__device__ __forceinline__ int mma_chunk_partials(const MmaSmem& sm, int MT, int64_t KT, int64_t K, int GS,
+                                                  int ncols, Stage&& stage) {
+  const std::uint32_t* Wf = sm.Wf;
+  std::uint32_t* Hs = sm.Hs;
+  float* Gs = sm.Gs;
+  constexpr int kK = Tr::kK;
+  constexpr int kWordsPerStep = kK * Tr::kElemBytes / 4;  // b32 words of one k-step of one B row (8 for both)
+  const int tid = static_cast<int>(threadIdx.x);
+  const int warp = tid / 32, lane = tid % 32;
+  const int fg = lane / 4, fq = lane % 4;  // the fragment coordinates of the PTX ISA (groupID, threadID_in_group)
+  const int NT = (ncols + 7) / 8;
+  const int HSW = Tr::h_stride_words(NT * 8);                   // this chunk's K pass (Traits::tile_words)
+  const int tile_k = Tr::tile_words(NT * 8) * 4 / Tr::kElemBytes;  // k elements per pass, a multiple of 8 k-steps
+  const int tiles = MT * NT;
+  // Split K between warps while the output tiles leave warps idle (KS a power of two, tiles * KS <= 8).
+  int KS = 1;
+  while (2 * KS * tiles <= Tr::kWarps && 2 * KS <= KT) KS *= 2;
+  const int items = tiles * KS;
+
+  // This warp's output tiles: items warp, warp + 8, ... (with KS > 1 only the first, at k-step phase ks_w).
+  const int mine = warp < items ? (items - warp + Tr::kWarps - 1) / Tr::kWarps : 0;
+  const int ks_w = warp / tiles;  // 0 when KS == 1 and the warp has tiles
+  int wa_off[Tr::kMaxTilesPerWarp], hb_off[Tr::kMaxTilesPerWarp];  // b32 offsets of its A / B fragments
+#pragma unroll
+  for (int t = 0; t < Tr::kMaxTilesPerWarp; ++t) {
+    const int tile = t < mine ? (warp + Tr::kWarps * t) % tiles : 0;
+    wa_off[t] = ((tile % MT) * static_cast<int>(KT) * 32 + lane) * 4;
+    hb_off[t] = ((tile / MT) * 8 + fg) * HSW + fq;
+  }
+  float acc[Tr::kMaxTilesPerWarp][4];
+#pragma unroll
+  for (int t = 0; t < Tr::kMaxTilesPerWarp; ++t)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[t][e] = 0.f;
+
+  for (int64_t k0 = 0; k0 < K; k0 += tile_k) {
+    const int kn = K - k0 < tile_k ? static_cast<int>(K - k0) : tile_k;
+    const int nsteps = (kn + kK - 1) / kK;
+    const int wn = nsteps * kWordsPerStep;  // words of each staged row this pass
+    // Stage B[.., k0 ..): consecutive threads, consecutive words of one row (coalesced, no bank conflicts).
+    for (int idx = tid; idx < NT * 8 * wn; idx += Tr::kThreads) {
+      const int c = idx / wn, wd = idx % wn;
+      Hs[c * HSW + wd] = c < ncols ? stage(c, wd, k0) : 0u;
+    }
+    __syncthreads();
+    const int kt0 = static_cast<int>(k0 / kK);
+    // k-steps outer, the warp's tiles inner: up to 4 independent mma chains in flight.
+    for (int kk = ks_w; kk < nsteps; kk += KS) {
+      const int a_off = (kt0 + kk) * 128, b_off = kk * kWordsPerStep;
+#pragma unroll
+      for (int t = 0; t < Tr::kMaxTilesPerWarp; ++t) {
+        if (t < mine) {  // warp-uniform: every lane of the warp takes part in each mma or none
+          std::uint32_t a[4], bfrag[2];
+          load_a_fragment(Wf + wa_off[t] + a_off, a);
+          bfrag[0] = Hs[hb_off[t] + b_off];
+          bfrag[1] = Hs[hb_off[t] + b_off + 4];
+          mma_fp32_acc<S>(acc[t], a, bfrag);
+        }
+      }
+    }
+    __syncthreads();  // every warp is done with this Hs tile before the next one is staged
+  }
+
+  // ---- partial tiles to Gs[ks][col][row] (any earlier reads of Gs ended before the barriers above)
+#pragma unroll
+  for (int t = 0; t < Tr::kMaxTilesPerWarp; ++t) {
+    const int it = warp + Tr::kWarps * t;
+    if (it >= items) break;
+    const int tile = it % tiles, ks = it / tiles;
+    const int row = (tile % MT) * 16 + fg;
+    const int col = ks * NT * 8 + (tile / MT) * 8 + 2 * fq;
+    Gs[col * GS + row] = acc[t][0];
+    Gs[(col + 1) * GS + row] = acc[t][1];
+    Gs[col * GS + row + 8] = acc[t][2];
+    Gs[(col + 1) * GS + row + 8] = acc[t][3];
+  }
+  __syncthreads();
+  return KS;
+}
+
 template <typename S, Cell C>
 __device__ __forceinline__ void fwd_persistent_mma(const FwdSeqParams& p) {
   static_assert(std::is_same_v<S, float> || std::is_same_v<S, __half> || std::is_same_v<S, __nv_bfloat16>,
                 "tensor cores: bf16, fp16, TF32 (float); float64 stays on the FMA kernel");
   using A = acc_t<S>;
   using Tr = FwdPersistentMmaTraitsFor<S, C>;
-  constexpr int G = Tr::kGates;
+  constexpr int G = gates_of(C);
   constexpr int R = Tr::kRowsPerThread;
-  constexpr int kK = Tr::kK;
-  constexpr int HSW = Tr::kHStrideWords;
-  constexpr int kWordsPerStep = kK * Tr::kElemBytes / 4;  // b32 words of one k-step of one h row (8 for both)
 
   const int U = p.units;
   const int NG = Tr::groups(U);
@@ -376,13 +523,9 @@ __device__ __forceinline__ void fwd_persistent_mma(const FwdSeqParams& p) {
   const int64_t KT = Tr::k_steps(K);
 
   FASTRNN_DYNAMIC_SMEM(std::uint32_t, smem);
-  std::uint32_t* Wf = smem;                                // [MT][KT][32][4]
-  std::uint32_t* Hs = smem + int64_t(MT) * KT * 128;       // [kMaxCols][HSW]
-  float* Gs = reinterpret_cast<float*>(Hs + Tr::kMaxCols * HSW);  // [kMaxCols][GS]
+  const MmaSmem sm = mma_smem<Tr>(smem, MT, KT);
 
   const int tid = static_cast<int>(threadIdx.x);
-  const int warp = tid / 32, lane = tid % 32;
-  const int fg = lane / 4, fq = lane % 4;  // the fragment coordinates of the PTX ISA (groupID, threadID_in_group)
   const int u = tid % U;
   const int bg = tid / U;
   const int64_t j0 = int64_t(blockIdx.x) * U;
@@ -394,23 +537,10 @@ __device__ __forceinline__ void fwd_persistent_mma(const FwdSeqParams& p) {
   const S* out = static_cast<const S*>(p.out);
 
   // ---- W_slice in A-fragment order, once for the whole sequence (zeros outside the M x K slice).
-  auto w_at = [&](int r, int64_t k) -> S {
+  load_a_fragments<Tr, S>(sm.Wf, MT, KT, [&](int r, int64_t k) -> S {
     const int64_t jj = j0 + r % U;
     return (r < M && jj < H && k < K) ? w[((r / U) * H + jj) * K + k] : from_float<S>(A(0));
-  };
-  for (int64_t idx = tid; idx < int64_t(MT) * KT * 128; idx += Tr::kThreads) {
-    const int i = static_cast<int>(idx & 3), l = static_cast<int>((idx >> 2) & 31);
-    const int64_t tk = idx >> 7, kt = tk % KT;
-    const int mt = static_cast<int>(tk / KT);
-    const int r = mt * 16 + (l >> 2) + 8 * (i & 1);
-    if constexpr (Tr::kTf32) {
-      const int64_t k = kt * kK + (l & 3) + 4 * (i >> 1);
-      Wf[idx] = ::fastrnn::f32_to_tf32(w_at(r, k));
-    } else {
-      const int64_t k = kt * kK + 2 * (l & 3) + 8 * (i >> 1);
-      Wf[idx] = operand_bits(w_at(r, k)) | (operand_bits(w_at(r, k + 1)) << 16);
-    }
-  }
+  });
   __syncthreads();
 
   A bias[G];
@@ -423,90 +553,25 @@ __device__ __forceinline__ void fwd_persistent_mma(const FwdSeqParams& p) {
   for (int64_t s = 0; s < p.T; ++s) {
     const FwdSeqStep st = p.steps[s];
     const S* hp = out + st.off_prev * ld;  // the previous step's rows (read only for b < st.n_prev)
-    auto h_at = [&](int64_t b, int64_t k) -> S {  // h_{t-1}[b][k], zero outside the step's rows and K
-      if (b >= st.bs || k >= K) return from_float<S>(A(0));
+    auto h_at = [&](int64_t b, int64_t k) -> S {  // h_{t-1}[b][k] of a staged row b < st.bs, zero past K
+      if (k >= K) return from_float<S>(A(0));
       return b < st.n_prev ? load_cg(hp + b * ld + k) : h0[b * K + k];
     };
     for (int64_t c0 = 0; c0 < st.bs; c0 += chunk) {
       const int ncols = st.bs - c0 < chunk ? static_cast<int>(st.bs - c0) : chunk;
-      const int NT = (ncols + 7) / 8;
-      const int tiles = MT * NT;
-      // Split K between warps while the output tiles leave warps idle (KS a power of two, tiles * KS <= 8).
-      int KS = 1;
-      while (2 * KS * tiles <= Tr::kWarps && 2 * KS <= KT) KS *= 2;
-      const int items = tiles * KS;
-
-      // This warp's output tiles: items warp, warp + 8, ... (with KS > 1 only the first, at k-step phase ks_w).
-      const int mine = warp < items ? (items - warp + Tr::kWarps - 1) / Tr::kWarps : 0;
-      const int ks_w = warp / tiles;  // 0 when KS == 1 and the warp has tiles
-      int wa_off[Tr::kMaxTilesPerWarp], hb_off[Tr::kMaxTilesPerWarp];  // b32 offsets of its A / B fragments
-#pragma unroll
-      for (int t = 0; t < Tr::kMaxTilesPerWarp; ++t) {
-        const int tile = t < mine ? (warp + Tr::kWarps * t) % tiles : 0;
-        wa_off[t] = ((tile % MT) * static_cast<int>(KT) * 32 + lane) * 4;
-        hb_off[t] = ((tile / MT) * 8 + fg) * HSW + fq;
-      }
-      float acc[Tr::kMaxTilesPerWarp][4];
-#pragma unroll
-      for (int t = 0; t < Tr::kMaxTilesPerWarp; ++t)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc[t][e] = 0.f;
-
-      for (int64_t k0 = 0; k0 < K; k0 += Tr::kTileK) {
-        const int kn = K - k0 < Tr::kTileK ? static_cast<int>(K - k0) : Tr::kTileK;
-        const int nsteps = (kn + kK - 1) / kK;
-        const int wn = nsteps * kWordsPerStep;  // words of each staged row this pass
-        // Stage h_{t-1}[c0 .., k0 ..): consecutive threads, consecutive words of one row (coalesced, no conflicts).
-        for (int idx = tid; idx < NT * 8 * wn; idx += Tr::kThreads) {
-          const int c = idx / wn, wd = idx % wn;
-          const int64_t b = c0 + c;
-          if constexpr (Tr::kTf32) {
-            Hs[c * HSW + wd] = ::fastrnn::f32_to_tf32(h_at(b, k0 + wd));
-          } else {
-            const int64_t k = k0 + 2 * wd;
-            if (pairs) {  // both values with one 32-bit load (k is even, K and the row strides are even)
-              Hs[c * HSW + wd] = (b >= st.bs || k >= K) ? 0u
-                                 : b < st.n_prev    ? load_cg_b32(hp + b * ld + k)
-                                                    : load_b32(h0 + b * K + k);
-            } else {
-              Hs[c * HSW + wd] = operand_bits(h_at(b, k)) | (operand_bits(h_at(b, k + 1)) << 16);
-            }
-          }
+      const int KS = mma_chunk_partials<Tr, S>(sm, MT, KT, K, GS, ncols,
+                                               [&](int c, int wd, int64_t k0) -> std::uint32_t {
+        const int64_t b = c0 + c;
+        if constexpr (Tr::kTf32) {
+          return ::fastrnn::f32_to_tf32(h_at(b, k0 + wd));
+        } else {
+          const int64_t k = k0 + 2 * wd;
+          if (pairs)  // both values with one 32-bit load (k is even, K and the row strides are even)
+            return k >= K ? 0u : b < st.n_prev ? load_cg_b32(hp + b * ld + k) : load_b32(h0 + b * K + k);
+          return operand_bits(h_at(b, k)) | (operand_bits(h_at(b, k + 1)) << 16);
         }
-        __syncthreads();
-        const int kt0 = static_cast<int>(k0 / kK);  // a multiple of KS (kTileK / kK is a multiple of 8)
-        // k-steps outer, the warp's tiles inner: up to 4 independent mma chains in flight.
-        for (int kk = ks_w; kk < nsteps; kk += KS) {
-          const int a_off = (kt0 + kk) * 128, b_off = kk * kWordsPerStep;
-#pragma unroll
-          for (int t = 0; t < Tr::kMaxTilesPerWarp; ++t) {
-            if (t < mine) {  // warp-uniform: every lane of the warp takes part in each mma or none
-              std::uint32_t a[4], bfrag[2];
-              load_a_fragment(Wf + wa_off[t] + a_off, a);
-              bfrag[0] = Hs[hb_off[t] + b_off];
-              bfrag[1] = Hs[hb_off[t] + b_off + 4];
-              mma_fp32_acc<S>(acc[t], a, bfrag);
-            }
-          }
-        }
-        __syncthreads();  // every warp is done with this Hs tile before the next one is staged
-      }
-
-      // ---- partial tiles to Gs[ks][col][row] (the previous chunk's epilogue reads of Gs ended before the last
-      // barrier above)
-#pragma unroll
-      for (int t = 0; t < Tr::kMaxTilesPerWarp; ++t) {
-        const int it = warp + Tr::kWarps * t;
-        if (it >= items) break;
-        const int tile = it % tiles, ks = it / tiles;
-        const int row = (tile % MT) * 16 + fg;
-        const int col = ks * NT * 8 + (tile / MT) * 8 + 2 * fq;
-        Gs[col * GS + row] = acc[t][0];
-        Gs[(col + 1) * GS + row] = acc[t][1];
-        Gs[col * GS + row + 8] = acc[t][2];
-        Gs[(col + 1) * GS + row + 8] = acc[t][3];
-      }
-      __syncthreads();
+      });
+      const int NT8 = (ncols + 7) / 8 * 8;
 
       // ---- epilogue: the cell of (b, j), the same code as the FMA kernel's
       if (j < H) {
@@ -518,7 +583,7 @@ __device__ __forceinline__ void fwd_persistent_mma(const FwdSeqParams& p) {
 #pragma unroll
           for (int g = 0; g < G; ++g) {
             float sum = 0.f;
-            for (int ks = 0; ks < KS; ++ks) sum += Gs[(ks * NT * 8 + bl) * GS + g * U + u];
+            for (int ks = 0; ks < KS; ++ks) sum += sm.Gs[(ks * NT8 + bl) * GS + g * U + u];
             ph[g] = sum + bias[g];
           }
           fwd_cell_epilogue<S, C>(p, st, c0 + bl, j, ph);

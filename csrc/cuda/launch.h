@@ -48,11 +48,12 @@ template <DType D>
 cudaError_t launch_fwd_persistent(Cell cell, const FwdSeqParams& p, const PersistentConfig& config,
                                   cudaStream_t stream);
 
-// The persistent backward kernel (bwd_persistent_kernel.cuh; FMA for every dtype): its configuration on the current
-// device (units 0 when it cannot run there) and one cooperative launch of the whole backward recurrence, returning
-// the launch's error without raising. Instantiated for every DType in pbwd_<dtype>.cu.
+// The persistent backward kernels (bwd_persistent_kernel.cuh; tensor cores for bf16/fp16, and for float32 when tf32,
+// where they fit; FMA otherwise): the configuration on the current device (units 0 when neither can run there; mma:
+// which kernel) and one cooperative launch of the whole backward recurrence, returning the launch's error without
+// raising. Instantiated for every DType in pbwd_<dtype>.cu.
 template <DType D>
-PersistentConfig bwd_persistent_config(Cell cell, int64_t H);
+PersistentConfig bwd_persistent_config(Cell cell, int64_t H, bool tf32);
 template <DType D>
 cudaError_t launch_bwd_persistent(Cell cell, const BwdSeqParams& p, const PersistentConfig& config,
                                   cudaStream_t stream);

@@ -1,6 +1,7 @@
 // Choice between the per-step kernels and the persistent kernels for a forward or a backward pass, and the persistent
 // runs themselves (host code of the ATen drivers lstm_cuda.cpp / gru_cuda.cpp / rnn_cuda.cpp). The backward's
-// persistent kernel (bwd_persistent_kernel.cuh) is FMA for every dtype and follows the same FASTRNN_CUDA_ALGO rules.
+// persistent kernels (bwd_persistent_kernel.cuh) have the same precision and follow the same FASTRNN_CUDA_ALGO rules
+// (tensor cores where their shared memory fits, else the FMA kernel).
 //
 // FASTRNN_CUDA_ALGO (read at every call, for tests and benchmarks):
 // Precision of the persistent kernel (fwd_persistent_kernel.cuh): bf16/fp16 on tensor cores (mma.sync m16n8k16, fp32
@@ -39,6 +40,12 @@ inline Algo requested_algo() {
   return Algo::kAuto;
 }
 
+// float32 on TF32 tensor cores exactly when torch.nn's cuDNN RNN would use them (torch.backends.cudnn.allow_tf32,
+// True by default; read per call).
+inline bool allow_tf32(DType dt) {
+  return dt == DType::kFloat && at::globalContext().allowTF32CuDNN(at::Float32Op::RNN);
+}
+
 inline PersistentConfig fwd_persistent_config(DType d, Cell cell, int64_t H, int64_t K, bool tf32) {
   switch (d) {
     case DType::kFloat: return fwd_persistent_config<DType::kFloat>(cell, H, K, tf32);
@@ -75,10 +82,7 @@ inline bool run_fwd_persistent(const char* op, DType dt, Cell cell, const SeqLay
                       "LSTM projection (proj_size > 0); unset FASTRNN_CUDA_ALGO or set it to step");
     return false;
   }
-  // float32: TF32 tensor cores exactly when torch.nn's cuDNN RNN would use them (torch.backends.cudnn.allow_tf32,
-  // True by default; read per call), exact fp32 FMA otherwise.
-  const bool tf32 = dt == DType::kFloat && at::globalContext().allowTF32CuDNN(at::Float32Op::RNN);
-  const PersistentConfig config = fwd_persistent_config(dt, cell, H, h0.size(1), tf32);
+  const PersistentConfig config = fwd_persistent_config(dt, cell, H, h0.size(1), allow_tf32(dt));
   if (config.units == 0) {
     TORCH_CHECK(!forced, op, ": FASTRNN_CUDA_ALGO=persistent, but the persistent kernel cannot run hidden_size ",
                 H, " on this device (no cooperative launch, or no grid of it fits the device at once); unset "
@@ -112,12 +116,12 @@ inline bool run_fwd_persistent(const char* op, DType dt, Cell cell, const SeqLay
   return false;
 }
 
-inline PersistentConfig bwd_persistent_config(DType d, Cell cell, int64_t H) {
+inline PersistentConfig bwd_persistent_config(DType d, Cell cell, int64_t H, bool tf32) {
   switch (d) {
-    case DType::kFloat: return bwd_persistent_config<DType::kFloat>(cell, H);
-    case DType::kDouble: return bwd_persistent_config<DType::kDouble>(cell, H);
-    case DType::kHalf: return bwd_persistent_config<DType::kHalf>(cell, H);
-    case DType::kBFloat16: return bwd_persistent_config<DType::kBFloat16>(cell, H);
+    case DType::kFloat: return bwd_persistent_config<DType::kFloat>(cell, H, tf32);
+    case DType::kDouble: return bwd_persistent_config<DType::kDouble>(cell, H, tf32);
+    case DType::kHalf: return bwd_persistent_config<DType::kHalf>(cell, H, tf32);
+    case DType::kBFloat16: return bwd_persistent_config<DType::kBFloat16>(cell, H, tf32);
   }
   return PersistentConfig{};
 }
@@ -159,7 +163,8 @@ inline bool run_bwd_persistent(const char* op, DType dt, Cell cell, const SeqLay
                       "LSTM projection (proj_size > 0); unset FASTRNN_CUDA_ALGO or set it to step");
     return false;
   }
-  const PersistentConfig config = bwd_persistent_config(dt, cell, H);
+  // float32: TF32 tensor cores exactly when the forward would use them (torch.backends.cudnn.allow_tf32).
+  const PersistentConfig config = bwd_persistent_config(dt, cell, H, allow_tf32(dt));
   if (config.units == 0) {
     TORCH_CHECK(!forced, op, ": FASTRNN_CUDA_ALGO=persistent, but the persistent backward kernel cannot run "
                 "hidden_size ", H, " on this device (no cooperative launch, or no grid of it fits the device at once); "

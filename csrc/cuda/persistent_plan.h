@@ -79,4 +79,22 @@ int choose_units(int64_t H, int64_t num_sms, BlocksPerSm&& blocks_per_sm) {
   return 0;
 }
 
+// The persistent backward's kernel: the tensor-core kernel where the caller allows it (bf16/fp16 always, float32 with
+// TF32 allowed) and choose_units finds it a grid, else the FMA kernel (the tensor-core kernel's shared memory holds
+// W_hh's columns padded to m-tiles of 16 units, so it fits fewer large H: LSTM TF32 at H = 1024 takes the FMA
+// kernel). units 0: neither fits (the step kernels). mma_blocks_per_sm / fma_blocks_per_sm: as choose_units'.
+struct BwdKernelChoice {
+  int units = 0;
+  bool mma = false;
+};
+template <class MmaBlocksPerSm, class FmaBlocksPerSm>
+BwdKernelChoice choose_bwd_kernel(int64_t H, int64_t num_sms, bool mma_allowed, MmaBlocksPerSm&& mma_blocks_per_sm,
+                                  FmaBlocksPerSm&& fma_blocks_per_sm) {
+  if (mma_allowed) {
+    const int u = choose_units(H, num_sms, mma_blocks_per_sm);
+    if (u > 0) return BwdKernelChoice{u, true};
+  }
+  return BwdKernelChoice{choose_units(H, num_sms, fma_blocks_per_sm), false};
+}
+
 }  // namespace fastrnn::cuda

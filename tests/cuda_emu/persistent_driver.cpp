@@ -20,10 +20,13 @@
 //                 (the forward's output), ws [N, 5H | 4H] (LSTM/GRU: the forward's workspace), cx [B, H] (LSTM),
 //                 grad_out ([N, H] packed, or [T, B, H] with go_dense = 1), grad_hy [B, H], grad_cy [B, H] (LSTM)
 //            out: err, dg [N, G*H] (GRU: dG_x), dph_n [N, H] (GRU), grad_hx [B, H], grad_cx [B, H] (LSTM)
-//            The persistent backward kernel (bwd_persistent_kernel.cuh; FMA for every dtype). Transcribed: the
-//            ATen driver's c_prev (cuda_common.h gather_prev).
-//   bplan    in: storage, cell, H, num_sms; out: units, grid, smem of the backward kernel
+//            mma (optional): 1 the tensor-core kernel (float32 as TF32, float16, bfloat16), 0 the FMA kernel.
+//            The persistent backward kernels (bwd_persistent_kernel.cuh). Transcribed: the ATen driver's c_prev
+//            (cuda_common.h gather_prev).
+//   bplan    in: storage, cell, H, num_sms, mma (optional: tensor cores allowed); out: units, mma (the kernel
+//            persistent_plan.h choose_bwd_kernel picks), grid, smem
 //   bchunk   in: nothing; out: the backward kernel's chunk plans for every unit and row count (bchunk above)
+//   mtile    in: nothing; out: the tensor-core kernels' K pass for every chunk's staged rows (mtile above)
 //   batch    several forward/backward sub-cases in one process ("k.<name>" arrays, `n` sub-cases; a sub-case with
 //            an array "backward" runs the backward case).
 #include <algorithm>
@@ -210,17 +213,29 @@ void plan(const emu_io::Arrays& in, emu_io::Arrays& out) {
   throw std::runtime_error("storage must be 0 (float32), 1 (float64), 2 (float16) or 3 (bfloat16)");
 }
 
-template <class S, Cell C>
+// The backward kernel of (storage, cell, tensor cores): persistent_bwd_launcher.cuh's choice is made by the test here
+// (mma = 1: the tensor-core kernel, bf16/fp16/TF32 float; 0: the FMA kernel, every dtype).
+template <class S, Cell C, bool kMma>
 void (*bwd_kernel_of())(fastrnn::cuda::BwdSeqParams) {
-  if constexpr (C == Cell::kLstm) return fastrnn::cuda::lstm_bwd_persistent_kernel<S>;
-  else if constexpr (C == Cell::kGru) return fastrnn::cuda::gru_bwd_persistent_kernel<S>;
-  else return fastrnn::cuda::rnn_bwd_persistent_kernel<S>;
+  if constexpr (kMma) {
+    if constexpr (C == Cell::kLstm) return fastrnn::cuda::lstm_bwd_persistent_mma_kernel<S>;
+    else if constexpr (C == Cell::kGru) return fastrnn::cuda::gru_bwd_persistent_mma_kernel<S>;
+    else return fastrnn::cuda::rnn_bwd_persistent_mma_kernel<S>;
+  } else {
+    if constexpr (C == Cell::kLstm) return fastrnn::cuda::lstm_bwd_persistent_kernel<S>;
+    else if constexpr (C == Cell::kGru) return fastrnn::cuda::gru_bwd_persistent_kernel<S>;
+    else return fastrnn::cuda::rnn_bwd_persistent_kernel<S>;
+  }
 }
 
-template <class S, class IO, Cell C>
+template <class S, Cell C, bool kMma>
+using BwdTraitsOf = std::conditional_t<kMma, fastrnn::cuda::BwdPersistentMmaTraitsFor<S, C>,
+                                       fastrnn::cuda::BwdPersistentTraitsFor<S, C>>;
+
+template <class S, class IO, Cell C, bool kMma>
 void backward(const emu_io::Arrays& in, emu_io::Arrays& out) {
   using A = acc_t<S>;
-  using Tr = fastrnn::cuda::BwdPersistentTraitsFor<S, C>;
+  using Tr = BwdTraitsOf<S, C, kMma>;
   constexpr int G = gates_of(C);
   const int64_t H = in.scalar<int64_t>("H");
   const bool reverse = in.scalar<int>("reverse") != 0;
@@ -284,7 +299,7 @@ void backward(const emu_io::Arrays& in, emu_io::Arrays& out) {
   const cudaError_t err =
       T > 0 && H > 0 ? ::cuda_emu::launch_cooperative(dim3(static_cast<unsigned>(Tr::grid(H, units))),
                                                       dim3(Tr::kThreads), static_cast<size_t>(Tr::smem_bytes(units, H)),
-                                                      bwd_kernel_of<S, C>(), p)
+                                                      bwd_kernel_of<S, C, kMma>(), p)
                      : cudaSuccess;
   out.put("err", std::vector<int64_t>{static_cast<int64_t>(err)});
   out.put("dg", to_io<IO>(dg), {N, G * H});
@@ -293,38 +308,53 @@ void backward(const emu_io::Arrays& in, emu_io::Arrays& out) {
   if (C == Cell::kLstm) out.put("grad_cx", to_io<IO>(dc), {B, H});
 }
 
-template <class S, class IO>
+template <class S, class IO, bool kMma>
 void backward_cell(const emu_io::Arrays& in, emu_io::Arrays& out) {
   switch (in.scalar<int>("cell")) {
-    case 0: return backward<S, IO, Cell::kLstm>(in, out);
-    case 1: return backward<S, IO, Cell::kGru>(in, out);
-    case 2: return backward<S, IO, Cell::kRnn>(in, out);
+    case 0: return backward<S, IO, Cell::kLstm, kMma>(in, out);
+    case 1: return backward<S, IO, Cell::kGru, kMma>(in, out);
+    case 2: return backward<S, IO, Cell::kRnn, kMma>(in, out);
   }
   throw std::runtime_error("cell must be 0 (LSTM), 1 (GRU) or 2 (RNN)");
 }
 
+bool mma_of(const emu_io::Arrays& in) { return in.has("mma") && in.scalar<int>("mma") != 0; }
+
+template <class S, class IO>
+void backward_mma_or_fma(const emu_io::Arrays& in, emu_io::Arrays& out) {
+  return mma_of(in) ? backward_cell<S, IO, true>(in, out) : backward_cell<S, IO, false>(in, out);
+}
+
 void backward_any(const emu_io::Arrays& in, emu_io::Arrays& out) {
   switch (in.scalar<int>("storage")) {
-    case 0: return backward_cell<float, float>(in, out);
-    case 1: return backward_cell<double, double>(in, out);
-    case 2: return backward_cell<__half, float>(in, out);
-    case 3: return backward_cell<__nv_bfloat16, float>(in, out);
+    case 0: return backward_mma_or_fma<float, float>(in, out);
+    case 1:
+      if (mma_of(in)) throw std::runtime_error("float64 has no tensor-core backward (mma must be 0)");
+      return backward_cell<double, double, false>(in, out);
+    case 2: return backward_mma_or_fma<__half, float>(in, out);
+    case 3: return backward_mma_or_fma<__nv_bfloat16, float>(in, out);
   }
   throw std::runtime_error("storage must be 0 (float32), 1 (float64), 2 (float16) or 3 (bfloat16)");
 }
 
 template <class S, Cell C>
 void bplan_for(const emu_io::Arrays& in, emu_io::Arrays& out) {
-  using Tr = fastrnn::cuda::BwdPersistentTraitsFor<S, C>;
+  using Fma = fastrnn::cuda::BwdPersistentTraitsFor<S, C>;
+  using Mma = fastrnn::cuda::BwdPersistentMmaTraitsFor<S, C>;
   const int64_t H = in.scalar<int64_t>("H");
   ::cuda_emu::device().num_sms = static_cast<unsigned>(in.scalar<int64_t>("num_sms"));
-  const int u = fastrnn::cuda::choose_units(H, ::cuda_emu::device().num_sms, [&](int units) {
-    return static_cast<int>(::cuda_emu::occupancy_max_active_blocks_per_sm(
-        Tr::kThreads, static_cast<size_t>(Tr::smem_bytes(units, H))));
-  });
+  auto occupancy = [&](int threads, int64_t smem) {
+    return static_cast<int>(::cuda_emu::occupancy_max_active_blocks_per_sm(threads, static_cast<size_t>(smem)));
+  };
+  const fastrnn::cuda::BwdKernelChoice c = fastrnn::cuda::choose_bwd_kernel(
+      H, ::cuda_emu::device().num_sms, mma_of(in) && !std::is_same_v<S, double>,
+      [&](int units) { return occupancy(Mma::kThreads, Mma::smem_bytes(units, H)); },
+      [&](int units) { return occupancy(Fma::kThreads, Fma::smem_bytes(units, H)); });
+  const int u = c.units;
   out.put("units", std::vector<int64_t>{u});
-  out.put("grid", std::vector<int64_t>{u > 0 ? Tr::grid(H, u) : 0});
-  out.put("smem", std::vector<int64_t>{u > 0 ? Tr::smem_bytes(u, H) : 0});
+  out.put("mma", std::vector<int64_t>{c.mma ? 1 : 0});
+  out.put("grid", std::vector<int64_t>{u > 0 ? Fma::grid(H, u) : 0});
+  out.put("smem", std::vector<int64_t>{u == 0 ? 0 : c.mma ? Mma::smem_bytes(u, H) : Fma::smem_bytes(u, H)});
 }
 
 template <class S>
@@ -373,7 +403,29 @@ void batch(const emu_io::Arrays& in, emu_io::Arrays& out) {
 
 }  // namespace
 
+// The tensor-core kernels' K passes (PersistentMmaTraits::tile_words) for every chunk of 8 .. kMaxCols staged rows:
+// arrays over rows, for TF32 (4-byte operands) and the 16-bit types; plus the staging buffer's size in words.
+void mtile(const emu_io::Arrays&, emu_io::Arrays& out) {
+  using T32 = fastrnn::cuda::PersistentMmaTraits<1, float>;
+  using T16 = fastrnn::cuda::PersistentMmaTraits<1, __nv_bfloat16>;
+  std::vector<int64_t> rows, words32, stride32, words16, stride16;
+  for (int r = 8; r <= T32::kMaxCols; r += 8) {
+    rows.push_back(r);
+    words32.push_back(T32::tile_words(r));
+    stride32.push_back(T32::h_stride_words(r));
+    words16.push_back(T16::tile_words(r));
+    stride16.push_back(T16::h_stride_words(r));
+  }
+  out.put("rows", rows);
+  out.put("tile_words_tf32", words32);
+  out.put("stride_tf32", stride32);
+  out.put("tile_words_16", words16);
+  out.put("stride_16", stride16);
+  out.put("buffer_words", std::vector<int64_t>{int64_t(T32::kMaxCols) * T32::kHStrideWords});
+  out.put("k_per_word", std::vector<int64_t>{1, 2});  // TF32: one k per word; 16-bit: a pair
+}
+
 int main(int argc, char** argv) {
   return emu_io::run_cases(argc, argv, {{"forward", forward_any}, {"plan", plan}, {"backward", backward_any}, {"bplan", bplan},
-                                        {"bchunk", bchunk}, {"batch", batch}});
+                                        {"bchunk", bchunk}, {"mtile", mtile}, {"batch", batch}});
 }
