@@ -512,7 +512,9 @@ def _persistent_units(gpu: Gpu, probe: Probe, k: KernelInfo, query: str, threads
     unit_counts = [1 << i for i in range(6)]
     plans = {u: probe.one(f"{query} {u} {H}") for u in unit_counts}
     bpsm_of = {u: blocks_per_sm(lim, k.regs, threads, plans[u]["smem"] + k.smem_static) for u in unit_counts}
-    units = probe.one(f"plan {H} {gpu.sms} " + " ".join(str(bpsm_of[u]) for u in unit_counts))["units"]
+    min_units = plans[1].get("min_units", 1)  # the tensor-core backward's planner starts at a full n-tile
+    units = probe.one(f"plan {H} {gpu.sms} " + " ".join(str(bpsm_of[u]) for u in unit_counts)
+                      + f" {min_units}")["units"]
     return units, plans, bpsm_of
 
 
@@ -528,43 +530,48 @@ def _persistent_plan(gpu: Gpu, probe: Probe, k: KernelInfo, query: str,
     return units, p, threads, p["grid"], p["smem"] + k.smem_static, bpsm_of[units]
 
 
-def _mma_step_clk(gpu: Gpu, probe: Probe, p: dict, dtype: str, s: int, K: int, bs: int) -> Tuple[float, float]:
-    """(SM clocks, FLOPs per block) of one step's products on the tensor cores (mma_chunk_partials, shared by the
-    forward and the backward kernels; p: the probe's "pmma"/"pbwdmma" traits at the chosen units): per chunk of up to
-    chunk_cols rows, K in passes staged from L2 (one L2 latency each; tile_words: 256 B of each row at 64 rows, wider
-    for fewer rows), m_tiles x ceil(rows/8) output tiles of mma.sync (k = 16 bf16/fp16, 8 tf32) spread over the warps
-    (split-K when fewer tiles than warps), then the partial tiles through shared memory."""
-    cols, mt, kk, eb = p["chunk_cols"], p["m_tiles"], p["k"], p["elem_bytes"]
+def _mma_step_clk(gpu: Gpu, dtype: str, s: int, K: int, bs: int, cols: int, kk: int, eb: int,
+                  chunk_tiling) -> Tuple[float, float]:
+    """(SM clocks, FLOPs per block) of one step's products on the tensor cores, the forward's (mma_chunk_partials) and
+    the backward's (bwd_mma_chunk_partials) alike: per chunk of up to `cols` rows, K in passes staged from L2 (one L2
+    latency each; 256 B of each row at 64 staged rows, wider for fewer), the chunk's output tiles of mma.sync (k = 16
+    bf16/fp16, 8 tf32) spread over the warps (split-K when fewer tiles than warps), then the partial tiles through
+    shared memory. chunk_tiling(rows) -> (output tiles, staged rows, k per pass, shared bytes read per mma), from the
+    kernels' traits through the probe."""
     op = "tf32" if dtype == "float32" else dtype
     flops, clk = 0.0, 0.0
     for c in range(-(-bs // cols)):
         rows = min(cols, bs - c * cols)
-        tk = probe.one(f"mmatile {dtype} {rows}")["tile_k"]
+        tiles, staged, tk, frag_bytes = chunk_tiling(rows)
         passes = -(-K // tk)
-        nt = -(-rows // 8)
         width = K / passes  # k per pass, a partial last pass averaged in
-        mmas = mt * nt * width / kk  # per pass
+        mmas = tiles * width / kk  # per pass
         mma_clk = mmas * 16 * 8 * kk / (gpu.tc_fma_per_clk[op] * gpu.mma_sync_fraction)
-        # A fragments 512 B and B fragments 256 B per mma (no reuse assumed), the staged rows written once
-        smem_clk = (mmas * (512 + 256) + rows * width * eb) / 128
+        # the fragments read per mma (no reuse assumed), the staged rows written once
+        smem_clk = (mmas * frag_bytes + staged * width * eb) / 128
         issue = max(mma_clk, smem_clk)
         clk += passes * (gpu.l2_latency_clk + max(issue, rows * width * s / gpu.sm_l2_bytes_per_clk))
-        clk += 2 * mt * 16 * rows * 4 / 128  # partial tiles to shared memory and back (the split-K sum)
-        flops += 2.0 * mt * 16 * nt * 8 * K
+        clk += 2 * tiles * 16 * 8 * 4 / 128  # partial tiles to shared memory and back (the split-K sum)
+        flops += 2.0 * tiles * 16 * 8 * K
     return clk, flops
 
 
 def persistent_mma_model(gpu: Gpu, tr: dict, probe: Probe, k: KernelInfo, cell: str, dtype: str, H: int, bs: int,
                          T: int, train: bool) -> Optional[Launch]:
     """One step of the tensor-core persistent kernel ({cell}_fwd_persistent_mma_kernel, FwdPersistentMmaTraits): the
-    product h_{t-1} @ W_slice^T (_mma_step_clk, K = H), then the cell epilogue."""
+    product W_slice @ h_{t-1}^T (_mma_step_clk: M = G*units, N = the chunk's rows, K = H), then the cell epilogue."""
     G, s, a = tr["gates"], tr["storage_bytes"], tr["acc_bytes"]
     K = H
     placed = _persistent_plan(gpu, probe, k, f"pmma {dtype} {cell}", H)
     if placed is None:
         return None
     units, p, threads, grid, smem, bpsm = placed
-    step_clk, flops = _mma_step_clk(gpu, probe, p, dtype, s, K, bs)
+    mt = p["m_tiles"]
+
+    def tiling(rows):  # A = W (m-tiles of the block's G*units rows, 512 B of fragment), B = h rows (n-tiles of 8)
+        return mt * -(-rows // 8), -(-rows // 8) * 8, probe.one(f"mmatile {dtype} {rows}")["tile_k"], 512 + 256
+
+    step_clk, flops = _mma_step_clk(gpu, dtype, s, K, bs, p["chunk_cols"], p["k"], p["elem_bytes"], tiling)
     step_clk += gpu.hbm_latency_clk  # the epilogue's gx/c loads
     epi_l2, epi_hbm = _epilogue_bytes(cell, G, H, bs, s, a, train)
     l2 = grid * bs * K * s + epi_l2
@@ -577,8 +584,8 @@ def persistent_mma_model(gpu: Gpu, tr: dict, probe: Probe, k: KernelInfo, cell: 
 def persistent_bwd_mma_model(gpu: Gpu, tr: dict, probe: Probe, k: KernelInfo, cell: str, dtype: str, H: int,
                              bs: int) -> Optional[Launch]:
     """One step of the tensor-core persistent backward ({cell}_bwd_persistent_mma_kernel, BwdPersistentMmaTraits): the
-    product dG_next @ W_hh[:, units] (_mma_step_clk, M = units padded to an m-tile of 16, K = G*H), then the backward
-    cell; None when no grid fits (the drivers then take the FMA persistent kernel). Every block reads every row of
+    product dG_next @ W_hh[:, units] (_mma_step_clk: M = the chunk's rows, N = units padded to an n-tile of 8,
+    K = G*H), then the backward cell; None when no grid fits (the drivers then take the FMA persistent kernel). Every block reads every row of
     dG_next, as the FMA kernel: grid x rows x G*H elements of L2 traffic per step."""
     G, s, a = tr["gates"], tr["storage_bytes"], tr["acc_bytes"]
     GH = G * H
@@ -586,7 +593,13 @@ def persistent_bwd_mma_model(gpu: Gpu, tr: dict, probe: Probe, k: KernelInfo, ce
     if placed is None:
         return None
     units, p, threads, grid, smem, bpsm = placed
-    step_clk, flops = _mma_step_clk(gpu, probe, p, dtype, s, GH, bs)
+    nt = p["n_tiles"]
+
+    def tiling(rows):  # A = dG rows (m-tiles of 16; up to 8 rows: half the loads), B = W (n-tiles of 8 units)
+        c = probe.one(f"bmmachunk {dtype} {rows}")
+        return c["m_tiles"] * nt, c["staged"], c["tile_k"], (256 if rows <= 8 else 512) + 256
+
+    step_clk, flops = _mma_step_clk(gpu, dtype, s, GH, bs, p["chunk_cols"], p["k"], p["elem_bytes"], tiling)
     step_clk += gpu.hbm_latency_clk  # the epilogue's workspace and grad_output loads
     epi_l2, epi_hbm = _bwd_epilogue_bytes(cell, G, H, bs, s, a)
     l2 = grid * bs * GH * s + epi_l2

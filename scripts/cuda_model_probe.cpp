@@ -13,10 +13,12 @@
 //   pbwd <dtype> <cell> <units> <H>             the persistent backward kernel (BwdPersistentTraits): dynamic shared
 //                                               memory, grid, threads, rows per chunk and per thread, K tile
 //   pbwdmma <dtype> <cell> <units> <H>          the tensor-core persistent backward (BwdPersistentMmaTraits; not float64):
-//                                               the fields of pmma, K = G*H
+//                                               smem, grid, threads, chunk_cols, n_tiles (units), k_steps (K = G*H),
+//                                               min_units (the planner's least units per block)
+//   bmmachunk <dtype> <rows>                    its tiling of a chunk of 1..64 rows: m_tiles, staged rows, K pass
 //   mmatile <dtype> <rows>                      the tensor-core kernels' K pass (elements) for a chunk of 1..64 rows
 //   pbwdtile <dtype> <cell> <units> <rows>      its chunk_plan for a chunk of `rows` rows (split-K, slots, K tile)
-//   plan <H> <num_sms> <bpsm_1> <bpsm_2> <bpsm_4> <bpsm_8> <bpsm_16> <bpsm_32>
+//   plan <H> <num_sms> <bpsm_1> <bpsm_2> <bpsm_4> <bpsm_8> <bpsm_16> <bpsm_32> [<min_units>]
 //                                               choose_units given the blocks per SM of each power-of-two unit count
 // <dtype>: float32 | float64 | float16 | bfloat16; <cell>: lstm | gru | rnn.
 #include <cstdint>
@@ -114,11 +116,20 @@ template <class S, Cell C>
 void pbwdmma(int units, int64_t H) {
   using P = fastrnn::cuda::BwdPersistentMmaTraitsFor<S, C>;
   std::printf(
-      "{\"smem\": %lld, \"grid\": %lld, \"threads\": %d, \"warps\": %d, \"chunk_cols\": %d, \"m_tiles\": %d,"
-      " \"k_steps\": %lld, \"tile_k\": %d, \"k\": %d, \"elem_bytes\": %d}\n",
+      "{\"smem\": %lld, \"grid\": %lld, \"threads\": %d, \"warps\": %d, \"chunk_cols\": %d, \"n_tiles\": %d,"
+      " \"k_steps\": %lld, \"k\": %d, \"elem_bytes\": %d, \"min_units\": %d}\n",
       static_cast<long long>(P::smem_bytes(units, H)), static_cast<long long>(P::grid(H, units)), P::kThreads,
-      P::kWarps, P::chunk_cols(units), P::m_tiles(units), static_cast<long long>(P::k_steps(P::kGates * H)),
-      P::kTileK, P::kK, P::kElemBytes);
+      P::kWarps, P::chunk_cols(units), P::n_tiles(units), static_cast<long long>(P::k_steps(P::kGates * H)), P::kK,
+      P::kElemBytes, P::kMinUnits);
+}
+
+// The tensor-core backward's tiling of a chunk of `rows` rows: m-tiles, the rows it stages, its K pass (elements).
+template <class S>
+void bmmachunk(int rows) {
+  using P = fastrnn::cuda::BwdPersistentMmaTraits<1, S>;
+  const int staged = P::staged_rows(rows);
+  std::printf("{\"m_tiles\": %d, \"staged\": %d, \"tile_k\": %d}\n", P::m_tiles(rows), staged,
+              P::Staging::tile_words(staged) * 4 / P::kElemBytes);
 }
 
 // The tensor-core kernels' K pass for a chunk of `rows` rows (PersistentMmaTraits::tile_words; rows padded to 8).
@@ -194,6 +205,11 @@ int main() {
       in >> dtype >> cell >> units >> H;
       ok = bool(in) && dtype != "float64" &&
            dispatch(dtype, cell, [&]<class S, Cell C>() { pbwdmma<S, C>(units, H); });
+    } else if (q == "bmmachunk") {
+      int rows = 0;
+      in >> dtype >> rows;
+      ok = bool(in) && rows >= 1 && rows <= 64 && dtype != "float64" &&
+           dispatch(dtype, "rnn", [&]<class S, Cell>() { bmmachunk<S>(rows); });
     } else if (q == "mmatile") {
       int rows = 0;
       in >> dtype >> rows;
@@ -209,12 +225,17 @@ int main() {
       in >> H >> sms;
       for (int& b : bpsm) in >> b;
       ok = bool(in);
+      int min_units = 1;  // optional
+      if (!(in >> min_units)) min_units = 1;
       if (ok) {
-        const int units = fastrnn::cuda::choose_units(H, sms, [&](int u) {
-          int i = 0;
-          while ((1 << i) < u) ++i;
-          return bpsm[i];
-        });
+        const int units = fastrnn::cuda::choose_units(
+            H, sms,
+            [&](int u) {
+              int i = 0;
+              while ((1 << i) < u) ++i;
+              return bpsm[i];
+            },
+            min_units);
         std::printf("{\"units\": %d}\n", units);
       }
     } else {

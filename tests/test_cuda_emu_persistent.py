@@ -636,21 +636,24 @@ def test_backward_chunk_plans_cover_each_product_once_without_bank_conflicts():
             assert _wavefronts(ws_words) == 1, (where, "Ws", w)
 
 
-@pytest.mark.parametrize("H,num_sms", [(512, 132), (1024, 132), (40, 132), (13, 4)])
+@pytest.mark.parametrize("H,num_sms", [(512, 132), (1024, 132), (40, 132), (13, 4), (2048, 512)])
 @pytest.mark.parametrize("storage,mma", [(0, 0), (0, 1), (1, 0), (2, 1), (3, 1)])
 def test_backward_planner_spreads_units_over_the_sms(H, num_sms, storage, mma):
     """choose_bwd_kernel (persistent_plan.h) with the backward kernels' occupancy: a grid of at most one block per SM
     where W_hh fits the device's shared memory; none (the step kernels) for the float64 LSTM at H = 1024, whose W_hh
     (4H x H x 8 bytes = 32 MiB) exceeds 132 SMs' 227 KiB. With tensor cores allowed (bf16/fp16; float32 with TF32)
-    the tensor-core kernel, except the TF32 LSTM at H = 1024: its fragments (a 16-unit m-tile per 8 units, 4-byte
-    elements: 256 KiB) fit no unit count, and the FMA kernel serves it."""
+    the tensor-core kernel with at least 8 units per block, except where its fragments fit no grid but the FMA
+    kernel's slice does: the TF32 LSTM at H = 2048 on 512 SMs (8 units per block: 256 KiB of B fragments; the FMA
+    kernel's 4 units: 128 KiB + 33 KiB)."""
     out = emu.run_driver(SRC, "bplan", {"storage": storage, "cell": 0, "H": H, "num_sms": num_sms, "mma": mma})
     units = int(out["units"][0])
-    if storage == 1 and H == 1024:
+    if storage == 1 and H >= 1024:
         assert units == 0
         return
     assert units > 0 and int(out["grid"][0]) == -(-H // units) <= num_sms
-    assert int(out["mma"][0]) == int(mma and not (storage == 0 and H == 1024)), (storage, H)
+    assert int(out["mma"][0]) == int(mma and not (storage == 0 and H == 2048)), (storage, H)
+    if int(out["mma"][0]):
+        assert units >= 8, "the tensor-core backward is planned with a full n-tile of 8 units at least"
 
 
 def test_tf32_backward_rounds_its_operands(binaries):

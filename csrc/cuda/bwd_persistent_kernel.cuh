@@ -287,29 +287,166 @@ __global__ void FASTRNN_PERSISTENT_BWD_BOUNDS rnn_bwd_persistent_kernel(const Bw
 
 // ================================================================================ tensor-core (mma.sync) kernels
 // {lstm,gru,rnn}_bwd_persistent_mma_kernel<S>: the same recurrence, split, rows and barrier as above, with the
-// product dG_next @ W_hh[:, units] on the tensor cores through the forward's machinery (fwd_persistent_kernel.cuh
-// load_a_fragments, mma_chunk_partials): A = the block's columns of W_hh transposed (M = units rows, padded to an
-// m-tile of 16 with zeros; K = G*H), B = the chunk's rows of dG_next as stored (each row's G*H values contiguous; GRU:
-// [dr, dz] from dG_x, then dph_n), so a batch of up to 8 rows is one n-tile. S = __nv_bfloat16 / __half: m16n8k16
-// on the stored 16-bit values of W and dG (the FMA kernel multiplies the same values: both store dG in S), fp32
-// accumulation; S = float: m16n8k8 .tf32 (W and dG rounded to TF32 by cvt.rna), only when the host allows TF32
-// (torch.backends.cudnn.allow_tf32, as for the forward); otherwise, and for float64, the FMA kernel above.
+// product dG_next @ W_hh[:, units] on the tensor cores. The operands are the other way round from the forward's:
+// A = the chunk's rows of dG_next as stored (M = rows, m-tiles of 16; each row's G*H values contiguous; GRU: [dr, dz]
+// from dG_x, then dph_n), B = the block's columns of W_hh (N = units, n-tiles of 8), resident in B-fragment order.
+// With the units as N a block of 4 units pads its product 2x (to an n-tile of 8) instead of 4x (to an m-tile of 16),
+// and the resident fragments are half the forward's layout's size. A chunk of at most 8 rows stages 8 rows and
+// feeds zeros as the upper half of each A fragment, so a small batch stages passes as wide as the forward's.
+// S = __nv_bfloat16 / __half: m16n8k16 on the stored 16-bit values of W and dG (the FMA kernel multiplies the same
+// values: both store dG in S), fp32 accumulation; S = float: m16n8k8 .tf32 (W and dG rounded to TF32 by cvt.rna),
+// only when the host allows TF32 (torch.backends.cudnn.allow_tf32, as for the forward); otherwise, and for float64,
+// the FMA kernel above.
 //
 // Launch contract: as the FMA kernel, with Tr = BwdPersistentMmaTraitsFor<S, C> (grid, kThreads = 256,
 // smem_bytes(units, H)); p.units a power of two in [1, 32].
 //
-// Shared memory: the forward's layout (Wf [MT][KT][32][4] b32 in A-fragment order, KT = ceil(G*H / kK); Hs, Gs).
-// At units < 16 the m-tile's rows past `units` are zeros in Wf too (units = 4: three quarters of it), which caps the
-// unit count choose_units can give a large H (LSTM TF32 at H = 1024 does not fit: the host takes the FMA kernel).
+// Shared memory (b32 words):
+//   Wb  [NT][KT][32 lanes][2]: W_hh[:, units] once per launch in the B-fragment order of the PTX ISA (m16n8k16:
+//       register i of lane (g, q) holds k = 2q + 8i and the next k as a 16-bit pair, n = g; m16n8k8 .tf32:
+//       k = q + 4i, n = g), one 64-bit load per lane, 256 contiguous bytes per warp; KT = ceil(G*H / kK); zeros past
+//       the block's units, H and G*H.
+//   Hs  the forward's staging buffer (PersistentMmaTraits: rows at stride tile_words(rows) + 4 = 4 (mod 32): the
+//       A-fragment loads (lane (g, q): word g * stride + q, and + 4, and the rows 8 further) hit 32 distinct banks.
+//   Gs  [kGsRows][g_stride] fp32: the partial tiles, [ks][row][unit]; g_stride = 8 (mod 32) makes the fragment
+//       stores (lane (g, q): units 2q and 2q + 1 as one 64-bit store, rows g and g + 8) conflict-free.
 template <int kGates_, typename S>
-struct BwdPersistentMmaTraits : PersistentMmaTraits<1, S> {
-  using Base = PersistentMmaTraits<1, S>;
+struct BwdPersistentMmaTraits {
   static constexpr int kGates = kGates_;
-  static constexpr int64_t smem_bytes(int units, int64_t H) { return Base::smem_bytes(units, kGates * H); }
+  static constexpr int kThreads = kPersistentThreads;
+  static constexpr int kWarps = kThreads / 32;
+  static constexpr int kRowsPerThread = 4;
+  using Staging = PersistentMmaTraits<1, S>;  // the staging buffer and its K passes (tile_words, h_stride_words)
+  static constexpr bool kTf32 = Staging::kTf32;
+  static constexpr int kElemBytes = Staging::kElemBytes;
+  static constexpr int kK = Staging::kK;
+  static constexpr int kMaxCols = Staging::kMaxCols;  // rows per chunk
+  static constexpr int kHsWords = Staging::kMaxCols * Staging::kHStrideWords;
+  static constexpr int kMaxTilesPerWarp = 4;
+  static constexpr int kMaxUnits = 32;
+  static constexpr int kMinUnits = 8;  // the planner's least units per block: one full n-tile (persistent_plan.h)
+  // split-K partials: KS * m-tiles * 16 rows, at most 2 * kMaxCols (tiles * KS <= kWarps whenever KS > 1)
+  static constexpr int kGsRows = 2 * kMaxCols;
+
+  static constexpr int groups(int units) { return kThreads / units; }
+  static constexpr int chunk_cols(int units) {
+    return groups(units) * kRowsPerThread < kMaxCols ? groups(units) * kRowsPerThread : kMaxCols;
+  }
+  static constexpr int n_tiles(int units) { return (units + 7) / 8; }
+  // m-tiles of a chunk of `rows` rows, and the rows it stages (8 when at most 8: the fragments' upper halves are zeros)
+  static constexpr int m_tiles(int rows) { return (rows + 15) / 16; }
+  static constexpr int staged_rows(int rows) { return rows <= 8 ? 8 : m_tiles(rows) * 16; }
+  static constexpr int64_t k_steps(int64_t K) { return (K + kK - 1) / kK; }
+  static constexpr int g_stride(int units) { return (units + 31) / 32 * 32 + 8; }
+  static constexpr int64_t smem_bytes(int units, int64_t H) {
+    return int64_t(n_tiles(units)) * k_steps(kGates * H) * 32 * 8 + int64_t(kHsWords) * 4 +
+           int64_t(kGsRows) * g_stride(units) * 4;
+  }
+  static constexpr int64_t grid(int64_t H, int units) { return (H + units - 1) / units; }
+  static constexpr bool tiles_fit() {
+    for (int u = 1; u <= kMaxUnits; u *= 2)
+      for (int rows = 1; rows <= chunk_cols(u); ++rows) {
+        const int tiles = m_tiles(rows) * n_tiles(u);
+        if (tiles > kWarps * kMaxTilesPerWarp || staged_rows(rows) > kMaxCols) return false;
+        int ks = 1;
+        while (2 * ks * tiles <= kWarps) ks *= 2;
+        if (ks * m_tiles(rows) * 16 > kGsRows) return false;
+      }
+    return true;
+  }
+  static_assert(tiles_fit(), "every chunk's output tiles fit the warps' accumulators and its partials Gs");
+  static_assert(g_stride(1) % 32 == 8 && g_stride(32) % 32 == 8, "Gs fragment stores: stride = 8 (mod 32) words");
 };
 
 template <typename S, Cell C>
 using BwdPersistentMmaTraitsFor = BwdPersistentMmaTraits<gates_of(C), S>;
+
+// One chunk's dG_next @ W_hh[:, units] on the tensor cores: the fp32 partial tiles go to Gs[ks][row][unit] (row <
+// ks_rows, the chunk's m-tiles x 16; returned with KS). stage(c, wd, k0): the b32 word wd of row c < nrows in the pass
+// from k0, as mma_chunk_partials' (fwd_persistent_kernel.cuh). Every thread of the block calls it; it ends with a
+// barrier (Gs readable by any thread), and its first barrier comes before any store to Gs.
+struct BwdMmaPartials {
+  int ks, ks_rows;
+};
+template <class Tr, typename S, class Stage>
+__device__ __forceinline__ BwdMmaPartials bwd_mma_chunk_partials(const MmaSmem& sm, int NT, int64_t KT, int64_t K,
+                                                                 int GS, int nrows, Stage&& stage) {
+  constexpr int kK = Tr::kK;
+  constexpr int kWordsPerStep = kK * Tr::kElemBytes / 4;  // b32 words of one k-step of one row (8 for both)
+  const std::uint32_t* Wb = sm.Wf;
+  std::uint32_t* Hs = sm.Hs;
+  float* Gs = sm.Gs;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int warp = tid / 32, lane = tid % 32;
+  const int fg = lane / 4, fq = lane % 4;
+  const bool half = nrows <= 8;  // one m-tile of which only rows 0..7 exist: zeros in a[1], a[3]
+  const int MT = Tr::m_tiles(nrows);
+  const int staged = Tr::staged_rows(nrows);
+  const int HSW = Tr::Staging::h_stride_words(staged);
+  const int tile_k = Tr::Staging::tile_words(staged) * 4 / Tr::kElemBytes;
+  const int tiles = MT * NT;
+  int KS = 1;
+  while (2 * KS * tiles <= Tr::kWarps && 2 * KS <= KT) KS *= 2;
+  const int items = tiles * KS;
+  const int mine = warp < items ? (items - warp + Tr::kWarps - 1) / Tr::kWarps : 0;
+  const int ks_w = warp / tiles;
+  int ha_off[Tr::kMaxTilesPerWarp], wb_off[Tr::kMaxTilesPerWarp];  // b32 offsets of its A rows / B fragments
+#pragma unroll
+  for (int t = 0; t < Tr::kMaxTilesPerWarp; ++t) {
+    const int tile = t < mine ? (warp + Tr::kWarps * t) % tiles : 0;
+    ha_off[t] = ((tile % MT) * 16 + fg) * HSW + fq;
+    wb_off[t] = ((tile / MT) * static_cast<int>(KT) * 32 + lane) * 2;
+  }
+  float acc[Tr::kMaxTilesPerWarp][4];
+#pragma unroll
+  for (int t = 0; t < Tr::kMaxTilesPerWarp; ++t)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[t][e] = 0.f;
+
+  for (int64_t k0 = 0; k0 < K; k0 += tile_k) {
+    const int kn = K - k0 < tile_k ? static_cast<int>(K - k0) : tile_k;
+    const int nsteps = (kn + kK - 1) / kK;
+    const int wn = nsteps * kWordsPerStep;
+    for (int idx = tid; idx < staged * wn; idx += Tr::kThreads) {
+      const int c = idx / wn, wd = idx % wn;
+      Hs[c * HSW + wd] = c < nrows ? stage(c, wd, k0) : 0u;
+    }
+    __syncthreads();
+    const int kt0 = static_cast<int>(k0 / kK);
+    for (int kk = ks_w; kk < nsteps; kk += KS) {
+      const int a_off = kk * kWordsPerStep, b_off = (kt0 + kk) * 64;
+#pragma unroll
+      for (int t = 0; t < Tr::kMaxTilesPerWarp; ++t) {
+        if (t < mine) {  // warp-uniform
+          std::uint32_t a[4], b[2];
+          a[0] = Hs[ha_off[t] + a_off];
+          a[2] = Hs[ha_off[t] + a_off + 4];
+          a[1] = half ? 0u : Hs[ha_off[t] + 8 * HSW + a_off];
+          a[3] = half ? 0u : Hs[ha_off[t] + 8 * HSW + a_off + 4];
+          load_b_fragment(Wb + wb_off[t] + b_off, b);
+          mma_fp32_acc<S>(acc[t], a, b);
+        }
+      }
+    }
+    __syncthreads();  // every warp is done with this Hs tile before the next one is staged
+  }
+
+  // ---- partial tiles to Gs[ks][row][unit]: units 2q, 2q + 1 of rows g and g + 8 (any earlier reads of Gs ended
+  // before the barriers above)
+  const int ks_rows = MT * 16;
+#pragma unroll
+  for (int t = 0; t < Tr::kMaxTilesPerWarp; ++t) {
+    const int it = warp + Tr::kWarps * t;
+    if (it >= items) break;
+    const int tile = it % tiles, ks = it / tiles;
+    const int row = ks * ks_rows + (tile % MT) * 16 + fg;
+    const int unit = (tile / MT) * 8 + 2 * fq;
+    store_float2(Gs + row * GS + unit, acc[t][0], acc[t][1]);
+    store_float2(Gs + (row + 8) * GS + unit, acc[t][2], acc[t][3]);
+  }
+  __syncthreads();
+  return BwdMmaPartials{KS, ks_rows};
+}
 
 template <typename S, Cell C>
 __device__ __forceinline__ void bwd_persistent_mma(const BwdSeqParams& p) {
@@ -319,17 +456,19 @@ __device__ __forceinline__ void bwd_persistent_mma(const BwdSeqParams& p) {
   using Tr = BwdPersistentMmaTraitsFor<S, C>;
   constexpr int G = gates_of(C);
   constexpr int R = Tr::kRowsPerThread;
+  constexpr int kK = Tr::kK;
 
   const int U = p.units;
   const int NG = Tr::groups(U);
   const int chunk = Tr::chunk_cols(U);
-  const int MT = Tr::m_tiles(U);
+  const int NT = Tr::n_tiles(U);
   const int GS = Tr::g_stride(U);
   const int64_t H = p.H, GH = int64_t(G) * p.H;
   const int64_t KT = Tr::k_steps(GH);
 
   FASTRNN_DYNAMIC_SMEM(std::uint32_t, smem);
-  const MmaSmem sm = mma_smem<Tr>(smem, MT, KT);
+  std::uint32_t* Hs = smem + int64_t(NT) * KT * 64;
+  const MmaSmem sm{smem, Hs, reinterpret_cast<float*>(Hs + Tr::kHsWords)};  // Wb, Hs, Gs
 
   const int tid = static_cast<int>(threadIdx.x);
   const int u = tid % U;
@@ -341,11 +480,23 @@ __device__ __forceinline__ void bwd_persistent_mma(const BwdSeqParams& p) {
   const S* dgx = static_cast<const S*>(p.dg);
   const S* dphn = static_cast<const S*>(p.dph_n);
 
-  // ---- A[r][k] = W_hh[k][j0 + r], once for the whole sequence (zeros past the block's units, H and G*H)
-  load_a_fragments<Tr, S>(sm.Wf, MT, KT, [&](int r, int64_t k) -> S {
-    const int64_t jj = j0 + r;
-    return (r < U && jj < H && k < GH) ? w[k * H + jj] : from_float<S>(A(0));
-  });
+  // ---- B[k][n] = W_hh[k][j0 + n] in B-fragment order, once for the whole sequence (zeros past the block's units,
+  // H and G*H)
+  auto w_at = [&](int n, int64_t k) -> S {
+    const int64_t jj = j0 + n;
+    return (n < U && jj < H && k < GH) ? w[k * H + jj] : from_float<S>(A(0));
+  };
+  for (int64_t idx = tid; idx < int64_t(NT) * KT * 64; idx += Tr::kThreads) {
+    const int i = static_cast<int>(idx & 1), l = static_cast<int>((idx >> 1) & 31);
+    const int64_t tk = idx >> 6, kt = tk % KT;
+    const int n = static_cast<int>(tk / KT) * 8 + (l >> 2);
+    if constexpr (Tr::kTf32) {
+      sm.Wf[idx] = ::fastrnn::f32_to_tf32(w_at(n, kt * kK + (l & 3) + 4 * i));
+    } else {
+      const int64_t k = kt * kK + 2 * (l & 3) + 8 * i;
+      sm.Wf[idx] = operand_bits(w_at(n, k)) | (operand_bits(w_at(n, k + 1)) << 16);
+    }
+  }
   __syncthreads();
 
   // 16-bit dG: a pair of k values in one 32-bit load when every pair is 4-byte aligned (H even: the pairs of a GRU's
@@ -362,10 +513,10 @@ __device__ __forceinline__ void bwd_persistent_mma(const BwdSeqParams& p) {
       // the chunk's rows of `next` (block-uniform; none: every product of the chunk is zero)
       const int64_t live = st.bs_next - c0;
       const int nnext = live <= 0 ? 0 : live < ncols ? static_cast<int>(live) : ncols;
-      int KS = 0;
+      BwdMmaPartials part{0, 0};
       if (nnext > 0) {
-        KS = mma_chunk_partials<Tr, S>(sm, MT, KT, GH, GS, nnext,
-                                       [&](int c, int wd, int64_t k0) -> std::uint32_t {
+        part = bwd_mma_chunk_partials<Tr, S>(sm, NT, KT, GH, GS, nnext,
+                                             [&](int c, int wd, int64_t k0) -> std::uint32_t {
           const int64_t row = st.off_next + c0 + c;
           auto dg_at = [&](int64_t k) -> S {  // the h side of dG_next[row][k], zero past G*H
             if (k >= GH) return from_float<S>(A(0));
@@ -386,7 +537,6 @@ __device__ __forceinline__ void bwd_persistent_mma(const BwdSeqParams& p) {
           }
         });
       }
-      const int NT8 = (nnext + 7) / 8 * 8;
 
       // ---- epilogue (no early return: every thread reaches grid_sync)
       if (j < H) {
@@ -396,7 +546,7 @@ __device__ __forceinline__ void bwd_persistent_mma(const BwdSeqParams& p) {
           if (bl >= ncols) break;
           float prod = 0.f;  // the KS partials in a fixed order (deterministic)
           if (bl < nnext)
-            for (int ks = 0; ks < KS; ++ks) prod += sm.Gs[(ks * NT8 + bl) * GS + u];
+            for (int ks = 0; ks < part.ks; ++ks) prod += sm.Gs[(ks * part.ks_rows + bl) * GS + u];
           bwd_persistent_row<S, C>(p, q, st, c0 + bl, j, prod);
         }
       }

@@ -382,6 +382,28 @@ __device__ __forceinline__ void load_a_fragment(const std::uint32_t* p, std::uin
 #endif
 }
 
+// One lane's B fragment (m16n8k16 / m16n8k8): two b32 words, one 64-bit shared-memory load on the GPU; p 8-byte aligned.
+__device__ __forceinline__ void load_b_fragment(const std::uint32_t* p, std::uint32_t b[2]) {
+#if defined(__CUDACC__)
+  const uint2 v = *reinterpret_cast<const uint2*>(p);
+  b[0] = v.x;
+  b[1] = v.y;
+#else
+  b[0] = p[0];
+  b[1] = p[1];
+#endif
+}
+
+// Two adjacent fp32 values with one 64-bit shared-memory store on the GPU; p 8-byte aligned.
+__device__ __forceinline__ void store_float2(float* p, float x, float y) {
+#if defined(__CUDACC__)
+  *reinterpret_cast<float2*>(p) = make_float2(x, y);
+#else
+  p[0] = x;
+  p[1] = y;
+#endif
+}
+
 // The tensor-core kernels' shared memory, in the order of the layout above: Wf (MT m-tiles x KT k-steps of A
 // fragments), Hs (the staging buffer of B rows), Gs (the fp32 partial tiles).
 struct MmaSmem {

@@ -60,7 +60,7 @@ PersistentConfig bwd_persistent_config_for(int64_t H, bool tf32) {
   if (!coop) return PersistentConfig{};
   const bool mma_allowed = has_bwd_mma<S>() && (!std::is_same_v<S, float> || tf32);
   const BwdKernelChoice choice = choose_bwd_kernel(
-      H, sms, mma_allowed,
+      H, sms, mma_allowed, BwdPersistentMmaTraitsFor<S, C>::kMinUnits,
       [&](int u) {
         if constexpr (has_bwd_mma<S>()) return bwd_blocks_per_sm<S, C, true>(u, H, optin);
         else return 0;

@@ -69,29 +69,34 @@ inline std::vector<BwdSeqStep> bwd_seq_steps(const std::vector<int64_t>& batch_s
 // (ceil(H / u) <= num_sms * blocks_per_sm(u)). 0 when no u fits: the caller runs the step kernels.
 // blocks_per_sm(u): the occupancy of the kernel with u units per block (0 when its shared memory does not fit).
 // Not tuned on hardware (no GPU has run it yet): see csrc/cuda/README.md.
+// min_units: the smallest unit count the kernel is planned with (a power of two; the tensor-core backward's is 8, a
+// full n-tile).
 template <class BlocksPerSm>
-int choose_units(int64_t H, int64_t num_sms, BlocksPerSm&& blocks_per_sm) {
+int choose_units(int64_t H, int64_t num_sms, BlocksPerSm&& blocks_per_sm, int min_units = 1) {
   if (H <= 0 || num_sms <= 0) return 0;
-  for (int u = 1; u <= 32; u *= 2)
+  for (int u = min_units; u <= 32; u *= 2)
     if ((H + u - 1) / u <= num_sms && blocks_per_sm(u) >= 1) return u;
-  for (int u = 1; u <= 32; u *= 2)
+  for (int u = min_units; u <= 32; u *= 2)
     if ((H + u - 1) / u <= num_sms * static_cast<int64_t>(blocks_per_sm(u))) return u;
   return 0;
 }
 
 // The persistent backward's kernel: the tensor-core kernel where the caller allows it (bf16/fp16 always, float32 with
-// TF32 allowed) and choose_units finds it a grid, else the FMA kernel (the tensor-core kernel's shared memory holds
-// W_hh's columns padded to m-tiles of 16 units, so it fits fewer large H: LSTM TF32 at H = 1024 takes the FMA
-// kernel). units 0: neither fits (the step kernels). mma_blocks_per_sm / fma_blocks_per_sm: as choose_units'.
+// TF32 allowed) and choose_units finds it a grid, else the FMA kernel (the tensor-core kernel holds W_hh's columns
+// padded to n-tiles of 8 units: in TF32 at 4 units per block twice the FMA kernel's slice, so a TF32 LSTM at
+// H = 2048 on a device of 512 SMs would take the FMA kernel). units 0: neither fits (the step kernels). mma_blocks_per_sm / fma_blocks_per_sm: as choose_units'.
 struct BwdKernelChoice {
   int units = 0;
   bool mma = false;
 };
+// The tensor-core kernel is planned with at least mma_min_units units per block (BwdPersistentMmaTraits::kMinUnits:
+// its B operand's n-tile of 8 units filled, where fewer units per block pad the product and multiply the blocks that
+// each read all of dG_next from L2; the model, csrc/cuda/README.md, has 8 units at least as fast at every shape).
 template <class MmaBlocksPerSm, class FmaBlocksPerSm>
-BwdKernelChoice choose_bwd_kernel(int64_t H, int64_t num_sms, bool mma_allowed, MmaBlocksPerSm&& mma_blocks_per_sm,
-                                  FmaBlocksPerSm&& fma_blocks_per_sm) {
+BwdKernelChoice choose_bwd_kernel(int64_t H, int64_t num_sms, bool mma_allowed, int mma_min_units,
+                                  MmaBlocksPerSm&& mma_blocks_per_sm, FmaBlocksPerSm&& fma_blocks_per_sm) {
   if (mma_allowed) {
-    const int u = choose_units(H, num_sms, mma_blocks_per_sm);
+    const int u = choose_units(H, num_sms, mma_blocks_per_sm, mma_min_units);
     if (u > 0) return BwdKernelChoice{u, true};
   }
   return BwdKernelChoice{choose_units(H, num_sms, fma_blocks_per_sm), false};

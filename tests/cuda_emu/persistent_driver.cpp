@@ -347,7 +347,7 @@ void bplan_for(const emu_io::Arrays& in, emu_io::Arrays& out) {
     return static_cast<int>(::cuda_emu::occupancy_max_active_blocks_per_sm(threads, static_cast<size_t>(smem)));
   };
   const fastrnn::cuda::BwdKernelChoice c = fastrnn::cuda::choose_bwd_kernel(
-      H, ::cuda_emu::device().num_sms, mma_of(in) && !std::is_same_v<S, double>,
+      H, ::cuda_emu::device().num_sms, mma_of(in) && !std::is_same_v<S, double>, Mma::kMinUnits,
       [&](int units) { return occupancy(Mma::kThreads, Mma::smem_bytes(units, H)); },
       [&](int units) { return occupancy(Fma::kThreads, Fma::smem_bytes(units, H)); });
   const int u = c.units;
