@@ -384,16 +384,12 @@ __device__ __forceinline__ BwdMmaPartials bwd_mma_chunk_partials(const MmaSmem& 
   const int staged = Tr::staged_rows(nrows);
   const int HSW = Tr::Staging::h_stride_words(staged);
   const int tile_k = Tr::Staging::tile_words(staged) * 4 / Tr::kElemBytes;
-  const int tiles = MT * NT;
-  int KS = 1;
-  while (2 * KS * tiles <= Tr::kWarps && 2 * KS <= KT) KS *= 2;
-  const int items = tiles * KS;
-  const int mine = warp < items ? (items - warp + Tr::kWarps - 1) / Tr::kWarps : 0;
-  const int ks_w = warp / tiles;
+  const WarpTiles<Tr::kWarps> wt(MT * NT, KT, warp);
+  const int mine = wt.mine;
   int ha_off[Tr::kMaxTilesPerWarp], wb_off[Tr::kMaxTilesPerWarp];  // b32 offsets of its A rows / B fragments
 #pragma unroll
   for (int t = 0; t < Tr::kMaxTilesPerWarp; ++t) {
-    const int tile = t < mine ? (warp + Tr::kWarps * t) % tiles : 0;
+    const int tile = wt.tile(t);
     ha_off[t] = ((tile % MT) * 16 + fg) * HSW + fq;
     wb_off[t] = ((tile / MT) * static_cast<int>(KT) * 32 + lane) * 2;
   }
@@ -413,7 +409,7 @@ __device__ __forceinline__ BwdMmaPartials bwd_mma_chunk_partials(const MmaSmem& 
     }
     __syncthreads();
     const int kt0 = static_cast<int>(k0 / kK);
-    for (int kk = ks_w; kk < nsteps; kk += KS) {
+    for (int kk = wt.ks_w; kk < nsteps; kk += wt.ks) {
       const int a_off = kk * kWordsPerStep, b_off = (kt0 + kk) * 64;
 #pragma unroll
       for (int t = 0; t < Tr::kMaxTilesPerWarp; ++t) {
@@ -437,15 +433,15 @@ __device__ __forceinline__ BwdMmaPartials bwd_mma_chunk_partials(const MmaSmem& 
 #pragma unroll
   for (int t = 0; t < Tr::kMaxTilesPerWarp; ++t) {
     const int it = warp + Tr::kWarps * t;
-    if (it >= items) break;
-    const int tile = it % tiles, ks = it / tiles;
+    if (it >= wt.items) break;
+    const int tile = it % wt.tiles, ks = it / wt.tiles;
     const int row = ks * ks_rows + (tile % MT) * 16 + fg;
     const int unit = (tile / MT) * 8 + 2 * fq;
     store_float2(Gs + row * GS + unit, acc[t][0], acc[t][1]);
     store_float2(Gs + (row + 8) * GS + unit, acc[t][2], acc[t][3]);
   }
   __syncthreads();
-  return BwdMmaPartials{KS, ks_rows};
+  return BwdMmaPartials{wt.ks, ks_rows};
 }
 
 template <typename S, Cell C>

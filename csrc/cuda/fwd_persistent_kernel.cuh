@@ -404,6 +404,22 @@ __device__ __forceinline__ void store_float2(float* p, float x, float y) {
 #endif
 }
 
+// How one chunk's output tiles go to the block's warps, in both tensor-core products: K is split between the warps
+// while the tiles leave warps idle (ks a power of two, tiles * ks <= kWarps, at most one per k-step); warp w takes the
+// items w, w + kWarps, .. (item = k phase * tiles + tile: with ks > 1 only the first, at k-step phase ks_w).
+template <int kWarps>
+struct WarpTiles {
+  int tiles, ks, items, mine, ks_w, warp;
+  __device__ __forceinline__ WarpTiles(int tiles_, int64_t k_steps, int warp_) : tiles(tiles_), ks(1), warp(warp_) {
+    while (2 * ks * tiles <= kWarps && 2 * ks <= k_steps) ks *= 2;
+    items = tiles * ks;
+    mine = warp < items ? (items - warp + kWarps - 1) / kWarps : 0;
+    ks_w = warp / tiles;  // 0 when ks == 1 and the warp has tiles
+  }
+  // the tile of the warp's t-th item (0 past its items: an offset to a valid fragment, never used)
+  __device__ __forceinline__ int tile(int t) const { return t < mine ? (warp + kWarps * t) % tiles : 0; }
+};
+
 // The tensor-core kernels' shared memory, in the order of the layout above: Wf (MT m-tiles x KT k-steps of A
 // fragments), Hs (the staging buffer of B rows), Gs (the fp32 partial tiles).
 struct MmaSmem {
@@ -459,19 +475,12 @@ __device__ __forceinline__ int mma_chunk_partials(const MmaSmem& sm, int MT, int
   const int NT = (ncols + 7) / 8;
   const int HSW = Tr::h_stride_words(NT * 8);                   // this chunk's K pass (Traits::tile_words)
   const int tile_k = Tr::tile_words(NT * 8) * 4 / Tr::kElemBytes;  // k elements per pass, a multiple of 8 k-steps
-  const int tiles = MT * NT;
-  // Split K between warps while the output tiles leave warps idle (KS a power of two, tiles * KS <= 8).
-  int KS = 1;
-  while (2 * KS * tiles <= Tr::kWarps && 2 * KS <= KT) KS *= 2;
-  const int items = tiles * KS;
-
-  // This warp's output tiles: items warp, warp + 8, ... (with KS > 1 only the first, at k-step phase ks_w).
-  const int mine = warp < items ? (items - warp + Tr::kWarps - 1) / Tr::kWarps : 0;
-  const int ks_w = warp / tiles;  // 0 when KS == 1 and the warp has tiles
+  const WarpTiles<Tr::kWarps> wt(MT * NT, KT, warp);
+  const int mine = wt.mine;
   int wa_off[Tr::kMaxTilesPerWarp], hb_off[Tr::kMaxTilesPerWarp];  // b32 offsets of its A / B fragments
 #pragma unroll
   for (int t = 0; t < Tr::kMaxTilesPerWarp; ++t) {
-    const int tile = t < mine ? (warp + Tr::kWarps * t) % tiles : 0;
+    const int tile = wt.tile(t);
     wa_off[t] = ((tile % MT) * static_cast<int>(KT) * 32 + lane) * 4;
     hb_off[t] = ((tile / MT) * 8 + fg) * HSW + fq;
   }
@@ -493,7 +502,7 @@ __device__ __forceinline__ int mma_chunk_partials(const MmaSmem& sm, int MT, int
     __syncthreads();
     const int kt0 = static_cast<int>(k0 / kK);
     // k-steps outer, the warp's tiles inner: up to 4 independent mma chains in flight.
-    for (int kk = ks_w; kk < nsteps; kk += KS) {
+    for (int kk = wt.ks_w; kk < nsteps; kk += wt.ks) {
       const int a_off = (kt0 + kk) * 128, b_off = kk * kWordsPerStep;
 #pragma unroll
       for (int t = 0; t < Tr::kMaxTilesPerWarp; ++t) {
@@ -513,8 +522,8 @@ __device__ __forceinline__ int mma_chunk_partials(const MmaSmem& sm, int MT, int
 #pragma unroll
   for (int t = 0; t < Tr::kMaxTilesPerWarp; ++t) {
     const int it = warp + Tr::kWarps * t;
-    if (it >= items) break;
-    const int tile = it % tiles, ks = it / tiles;
+    if (it >= wt.items) break;
+    const int tile = it % wt.tiles, ks = it / wt.tiles;
     const int row = (tile % MT) * 16 + fg;
     const int col = ks * NT * 8 + (tile / MT) * 8 + 2 * fq;
     Gs[col * GS + row] = acc[t][0];
@@ -523,7 +532,7 @@ __device__ __forceinline__ int mma_chunk_partials(const MmaSmem& sm, int MT, int
     Gs[(col + 1) * GS + row + 8] = acc[t][3];
   }
   __syncthreads();
-  return KS;
+  return wt.ks;
 }
 
 template <typename S, Cell C>
