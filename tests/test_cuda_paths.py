@@ -3,6 +3,8 @@ kernels and the persistent cooperative kernels give the same numbers as each oth
 cell, dtype, direction and layout; a forced persistent path that cannot serve a call raises instead of silently
 stepping.
 Needs a GPU (the kernels' device code is also executed without one by tests/test_cuda_emu_persistent.py)."""
+import contextlib
+
 import pytest
 import torch
 
@@ -123,27 +125,39 @@ def _tf32_tol(H):
     return dict(rtol=4 * U_TF32 * H ** 0.5, atol=4 * U_TF32 * H ** 0.5)
 
 
+def _tf32_layers(cell, monkeypatch, H=256, I=64):
+    """torch.nn's layer and fastrnn's with the same weights, fastrnn forced onto the persistent kernels."""
+    monkeypatch.setenv("FASTRNN_CUDA_ALGO", "persistent")
+    ref = getattr(torch.nn, cell)(I, H, device="cuda")
+    mod = getattr(fastrnn, cell)(I, H, device="cuda")
+    mod.load_state_dict(ref.state_dict())
+    return ref, mod
+
+
+@contextlib.contextmanager
+def _tf32_flags(tf32):
+    """Both TF32 flags set alike (fastrnn's input GEMM is a cuBLAS matmul: the matmul flag; cuDNN follows the cuDNN
+    flag), restored afterwards."""
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
 def test_tf32_on_and_off_against_torch_nn(cell, monkeypatch):
     """float32 on the persistent kernel against torch.nn (cuDNN). allow_tf32 False: exact fp32 on both sides, the
     float32 tolerance. allow_tf32 True (torch's default; cuDNN then uses TF32 too): the TF32 tolerance, and fastrnn's
     output differs from its exact one by more than the float32 tolerance (the flag reaches the kernel)."""
-    monkeypatch.setenv("FASTRNN_CUDA_ALGO", "persistent")
     H, I, T, B = 256, 64, 20, 8
-    ref = getattr(torch.nn, cell)(I, H, device="cuda")
-    mod = getattr(fastrnn, cell)(I, H, device="cuda")
-    mod.load_state_dict(ref.state_dict())
+    ref, mod = _tf32_layers(cell, monkeypatch, H, I)
     x = torch.randn(T, B, I, device="cuda")
-    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     outs = {}
-    try:
-        for tf32 in (False, True):
-            # fastrnn's input GEMM is a cuBLAS matmul (matmul flag); cuDNN's follows the cuDNN flag: set both alike.
-            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
-            with torch.no_grad():
-                outs[tf32] = (mod(x)[0], ref(x)[0])
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    for tf32 in (False, True):
+        with _tf32_flags(tf32), torch.no_grad():
+            outs[tf32] = (mod(x)[0], ref(x)[0])
     torch.testing.assert_close(outs[False][0], outs[False][1], **TOL[torch.float32])
     torch.testing.assert_close(outs[True][0], outs[True][1], **_tf32_tol(H))
     torch.testing.assert_close(outs[True][0], outs[False][1], **_tf32_tol(H))
@@ -157,25 +171,18 @@ def test_tf32_backward_on_and_off_against_torch_nn(cell, monkeypatch):
     True: each backward step's dh moves by at most 2u * sqrt(G) * max|dG| per side (test_cuda_emu_persistent.py's
     bound) on top of the forward's movement, so the gradients are held to twice the forward's TF32 tolerance; and
     fastrnn's TF32 gradients differ from its exact ones (the flag reaches the backward)."""
-    monkeypatch.setenv("FASTRNN_CUDA_ALGO", "persistent")
     H, I, T, B = 256, 64, 20, 8
-    ref = getattr(torch.nn, cell)(I, H, device="cuda")
-    mod = getattr(fastrnn, cell)(I, H, device="cuda")
-    mod.load_state_dict(ref.state_dict())
+    ref, mod = _tf32_layers(cell, monkeypatch, H, I)
     x = torch.randn(T, B, I, device="cuda")
     go = torch.randn(T, B, H, device="cuda")
-    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     grads = {}
-    try:
-        for tf32 in (False, True):
-            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+    for tf32 in (False, True):
+        with _tf32_flags(tf32):
             for name, m in (("fast", mod), ("ref", ref)):
                 xr = x.clone().requires_grad_()
                 (m(xr)[0] * go).sum().backward()
                 grads[tf32, name] = (xr.grad, m.weight_hh_l0.grad.clone())
                 m.zero_grad()
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
     tol = {k: 2 * v for k, v in _tf32_tol(H).items()}
     for a, b in zip(grads[False, "fast"], grads[False, "ref"]):
         torch.testing.assert_close(a, b, **TOL[torch.float32])
