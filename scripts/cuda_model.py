@@ -585,8 +585,8 @@ def persistent_bwd_mma_model(gpu: Gpu, tr: dict, probe: Probe, k: KernelInfo, ce
                              bs: int) -> Optional[Launch]:
     """One step of the tensor-core persistent backward ({cell}_bwd_persistent_mma_kernel, BwdPersistentMmaTraits): the
     product dG_next @ W_hh[:, units] (_mma_step_clk: M = the chunk's rows, N = units padded to an n-tile of 8,
-    K = G*H), then the backward cell; None when no grid fits (the drivers then take the FMA persistent kernel). Every block reads every row of
-    dG_next, as the FMA kernel: grid x rows x G*H elements of L2 traffic per step."""
+    K = G*H), then the backward cell; None when no grid fits (the drivers then take the FMA persistent kernel). Every
+    block reads every row of dG_next, as the FMA kernel: grid x rows x G*H elements of L2 traffic per step."""
     G, s, a = tr["gates"], tr["storage_bytes"], tr["acc_bytes"]
     GH = G * H
     placed = _persistent_plan(gpu, probe, k, f"pbwdmma {dtype} {cell}", H)

@@ -12,7 +12,8 @@
 //                                               with its tiling; {"missing": true} when the headers have no such kernel
 //   pbwd <dtype> <cell> <units> <H>             the persistent backward kernel (BwdPersistentTraits): dynamic shared
 //                                               memory, grid, threads, rows per chunk and per thread, K tile
-//   pbwdmma <dtype> <cell> <units> <H>          the tensor-core persistent backward (BwdPersistentMmaTraits; not float64):
+//   pbwdmma <dtype> <cell> <units> <H>          the tensor-core persistent backward (BwdPersistentMmaTraits; not
+//                                               float64):
 //                                               smem, grid, threads, chunk_cols, n_tiles (units), k_steps (K = G*H),
 //                                               min_units (the planner's least units per block)
 //   bmmachunk <dtype> <rows>                    its tiling of a chunk of 1..64 rows: m_tiles, staged rows, K pass

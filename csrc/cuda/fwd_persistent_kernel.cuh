@@ -266,8 +266,9 @@ __global__ void FASTRNN_LAUNCH_BOUNDS(kPersistentThreads) rnn_fwd_persistent_ker
 //   Gs  [kMaxCols][g_stride] fp32: the partial tiles; g_stride = 4 (mod 32) makes the fragment stores (lane (g, q):
 //       column 2q (+1), row g (+8)) conflict-free; the epilogue's reads are at most 2-way conflicted.
 //
-// The traits serve the tensor-core backward too (bwd_persistent_kernel.cuh): kRowsPerUnit is the A operand's rows per
-// hidden unit (the forward: the unit's G gate rows of W_hh; the backward: its one column of W_hh, K = G*H).
+// kRowsPerUnit: the A operand's rows per hidden unit (the forward's G gate rows of W_hh). The tensor-core backward
+// (bwd_persistent_kernel.cuh) takes only the staging buffer and its K passes from here (PersistentMmaTraits<1, S>:
+// kMaxCols, kHStrideWords, tile_words, h_stride_words, which do not depend on kRowsPerUnit).
 template <int kRowsPerUnit_, typename S>
 struct PersistentMmaTraits {
   static constexpr int kRowsPerUnit = kRowsPerUnit_;
@@ -382,7 +383,8 @@ __device__ __forceinline__ void load_a_fragment(const std::uint32_t* p, std::uin
 #endif
 }
 
-// One lane's B fragment (m16n8k16 / m16n8k8): two b32 words, one 64-bit shared-memory load on the GPU; p 8-byte aligned.
+// One lane's B fragment (m16n8k16 / m16n8k8): two b32 words, one 64-bit shared-memory load on the GPU (p 8-byte
+// aligned).
 __device__ __forceinline__ void load_b_fragment(const std::uint32_t* p, std::uint32_t b[2]) {
 #if defined(__CUDACC__)
   const uint2 v = *reinterpret_cast<const uint2*>(p);
@@ -454,13 +456,15 @@ __device__ __forceinline__ void load_a_fragments(std::uint32_t* Wf, int MT, int6
   }
 }
 
-// One chunk's product on the tensor cores, shared by the forward and the backward: the fp32 partial tiles of
-// D = A (sm.Wf: MT m-tiles x KT k-steps, resident) x B^T, B the chunk's ncols (1 .. chunk_cols) rows of K elements,
-// go to sm.Gs[ks][col][row] (ks < KS, col < NT * 8, NT = ceil(ncols / 8)); returns KS. B is staged tile_words(NT * 8)
-// words of each row per pass (Traits::tile_words: wider for fewer rows): stage(c, wd, k0) is the b32 word wd of row c < ncols in the pass from k0 (a pair of 16-bit
-// values, the lower k in the low half, or the TF32 bits of one float), zero past K; rows c >= ncols are zeros here.
-// Every thread of the block calls it (it holds block barriers) and it ends with one: on return any thread may read Gs.
-// Gs may still be read by a previous epilogue when it is called: its first barrier comes before any store to Gs.
+// One chunk's product of the forward on the tensor cores (the backward's, with the operands the other way round, is
+// bwd_mma_chunk_partials in bwd_persistent_kernel.cuh): the fp32 partial tiles of D = A
+// (sm.Wf: MT m-tiles x KT k-steps, resident) x B^T, B the chunk's ncols (1 .. chunk_cols) rows of K elements, go to
+// sm.Gs[ks][col][row] (ks < KS, col < NT * 8, NT = ceil(ncols / 8)); returns KS. B is staged tile_words(NT * 8) words
+// of each row per pass (Traits::tile_words: wider for fewer rows): stage(c, wd, k0) is the b32 word wd of row c < ncols
+// in the pass from k0 (a pair of 16-bit values, the lower k in the low half, or the TF32 bits of one float), zero past
+// K; rows c >= ncols are zeros here. Every thread of the block calls it (it holds block barriers) and it ends with one:
+// on return any thread may read Gs. Gs may still be read by a previous epilogue when it is called: its first barrier
+// comes before any store to Gs.
 template <class Tr, typename S, class Stage>
 __device__ __forceinline__ int mma_chunk_partials(const MmaSmem& sm, int MT, int64_t KT, int64_t K, int GS,
                                                   int ncols, Stage&& stage) {

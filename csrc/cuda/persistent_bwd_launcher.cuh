@@ -1,7 +1,8 @@
 // Host launchers of the persistent backward kernels (bwd_persistent_kernel.cuh; nvcc only): which kernel (tensor
 // cores for bf16/fp16 and for float32 with TF32 allowed where they fit, FMA otherwise: persistent_plan.h
 // choose_bwd_kernel), the unit count from the device's SM count and the kernel's occupancy (choose_units, as the
-// forward), the shared-memory opt-in, and cudaLaunchCooperativeKernel on the caller's stream. Included by the pbwd_<dtype>.cu files, each of which instantiates one dtype.
+// forward), the shared-memory opt-in, and cudaLaunchCooperativeKernel on the caller's stream. Included by the
+// pbwd_<dtype>.cu files, each of which instantiates one dtype.
 #pragma once
 
 #include <c10/cuda/CUDAException.h>

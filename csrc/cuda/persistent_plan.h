@@ -84,7 +84,8 @@ int choose_units(int64_t H, int64_t num_sms, BlocksPerSm&& blocks_per_sm, int mi
 // The persistent backward's kernel: the tensor-core kernel where the caller allows it (bf16/fp16 always, float32 with
 // TF32 allowed) and choose_units finds it a grid, else the FMA kernel (the tensor-core kernel holds W_hh's columns
 // padded to n-tiles of 8 units: in TF32 at 4 units per block twice the FMA kernel's slice, so a TF32 LSTM at
-// H = 2048 on a device of 512 SMs would take the FMA kernel). units 0: neither fits (the step kernels). mma_blocks_per_sm / fma_blocks_per_sm: as choose_units'.
+// H = 2048 on a device of 512 SMs would take the FMA kernel). units 0: neither fits (the step kernels).
+// mma_blocks_per_sm / fma_blocks_per_sm: as choose_units'.
 struct BwdKernelChoice {
   int units = 0;
   bool mma = false;

@@ -426,6 +426,7 @@ void mtile(const emu_io::Arrays&, emu_io::Arrays& out) {
 }
 
 int main(int argc, char** argv) {
-  return emu_io::run_cases(argc, argv, {{"forward", forward_any}, {"plan", plan}, {"backward", backward_any}, {"bplan", bplan},
+  return emu_io::run_cases(argc, argv, {{"forward", forward_any}, {"plan", plan}, {"backward", backward_any},
+                                        {"bplan", bplan},
                                         {"bchunk", bchunk}, {"mtile", mtile}, {"batch", batch}});
 }
