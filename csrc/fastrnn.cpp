@@ -63,7 +63,8 @@ TORCH_LIBRARY(fastrnn, m) {
 
   // Both directions of a bidirectional layer in one call: exactly the two one-direction ops above (forward
   // reverse=false with the first set of arguments, reverse=true with the `_r` set), in one call so that the
-  // CPU can run them at once, a thread each (cpu/bidir_cpu.cpp). Results: the forward direction's, then the
+  // CPU can run them at once, a thread each (cpu/bidir_cpu.cpp), and CUDA their recurrences in one persistent
+  // launch (cuda/persistent.h FASTRNN_CUDA_BIDIR). Results: the forward direction's, then the
   // reverse direction's, each as its one-direction op returns them, except that the backward returns one
   // grad_input, the input's whole gradient (the sum of the two directions' parts), first.
   m.def(

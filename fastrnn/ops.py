@@ -483,7 +483,8 @@ _register_autocast("gru_ext_backward", cast=False)
 
 # ------------------------------------------------------------------------------ bidirectional layers
 # fastrnn::{lstm,gru,rnn}_bidir_{forward,backward} are two calls of the one-direction op (forward direction,
-# then reverse) in one, so that the CPU kernel can run them at once (csrc/cpu/bidir_cpu.cpp); the backward
+# then reverse) in one, so that the CPU kernel can run them at once (csrc/cpu/bidir_cpu.cpp) and the CUDA kernel
+# their recurrences in one persistent launch (csrc/cuda/persistent.h); the backward
 # returns the input's whole gradient (both directions' parts summed) in place of two. Their arguments: the
 # shared ones (input, batch_sizes; the backward's gradients of each direction first), the forward direction's,
 # the reverse direction's, then the flags (csrc/fastrnn.cpp). Everything here (fakes, the kernel of devices
@@ -532,7 +533,7 @@ class _Bidir:
             (tuple(self.fake_fwd(*d)) for d in self.forward_args(a)), ()), lib=_lib)
         torch.library.register_fake(f"fastrnn::{bwd}", lambda *a: self._join_grads(
             *(self.fake_bwd(*d) for d in self.backward_args(a)), add=False), lib=_lib)
-        # Devices without a kernel of their own (CUDA): the two directions in turn.
+        # Devices without a kernel of their own (CPU and CUDA have theirs): the two directions in turn.
         _lib.impl(fwd, lambda *a: sum((tuple(self.single_fwd(*d)) for d in self.forward_args(a)), ()),
                   "CompositeExplicitAutograd")
         _lib.impl(bwd, lambda *a: self._join_grads(*(self.single_bwd(*d) for d in self.backward_args(a))),

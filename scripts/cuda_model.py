@@ -408,14 +408,15 @@ def step_bwd_model(gpu: Gpu, tr: dict, cfg: dict, k: KernelInfo, cell: str, H: i
 
 
 def persistent_fwd_model(gpu: Gpu, tr: dict, probe: Probe, k: KernelInfo, cell: str, dtype: str, H: int, bs: int,
-                         T: int, train: bool, math_path: str) -> Optional[Launch]:
+                         T: int, train: bool, math_path: str, dirs: int = 1) -> Optional[Launch]:
     """One step of the persistent forward kernel, at the units per block choose_units picks for this GPU; None when
-    no grid fits (the drivers then run the step kernels)."""
+    no grid fits (the drivers then run the step kernels). dirs = 2: a step of both directions of a layer in one launch
+    (each direction's blocks as modelled here, the L2 and HBM traffic of both)."""
     p = tr["persistent_fwd"]
     G, s, a = tr["gates"], tr["storage_bytes"], tr["acc_bytes"]
     R, tk, thr = p["rows_per_thread"], p["tile_k"], p["threads"]
     K = H
-    units, plans, bpsm_of = _persistent_units(gpu, probe, k, f"psmem {dtype} {cell}", thr, H)
+    units, plans, bpsm_of = _persistent_units(gpu, probe, k, f"psmem {dtype} {cell}", thr, H, dirs)
     if units == 0:
         return None
     grid, chunk = plans[units]["grid"], plans[units]["chunk_rows"]
@@ -447,9 +448,9 @@ def persistent_fwd_model(gpu: Gpu, tr: dict, probe: Probe, k: KernelInfo, cell: 
     step_clk += gpu.hbm_latency_clk  # the epilogue's gx/c loads
     epi_l2, epi_hbm = _epilogue_bytes(cell, G, H, bs, s, a, train)
     l2 = grid * bs * K * s + epi_l2  # every block reads every row of h_{t-1}
-    gx_total = T * bs * G * H * s
+    gx_total = dirs * T * bs * G * H * s
     hbm = epi_hbm + (bs * G * H * s if gx_total > gpu.l2_bytes / 2 else 0)
-    t = max(step_clk / gpu.clock_hz, l2 / gpu.l2_bw, hbm / gpu.hbm_bw) + gpu.grid_sync_s
+    t = max(step_clk / gpu.clock_hz, dirs * l2 / gpu.l2_bw, dirs * hbm / gpu.hbm_bw) + gpu.grid_sync_s
     return Launch(grid, bpsm, smem, l2, hbm, flops * grid, t, units=units, math=math_path)
 
 
@@ -465,7 +466,7 @@ def _bwd_epilogue_bytes(cell: str, G: int, H: int, bs: int, s: int, a: int) -> T
 
 
 def persistent_bwd_model(gpu: Gpu, tr: dict, probe: Probe, k: KernelInfo, cell: str, dtype: str, H: int,
-                         bs: int) -> Optional[Launch]:
+                         bs: int, dirs: int = 1) -> Optional[Launch]:
     """One step of the persistent backward kernel ({cell}_bwd_persistent_kernel, BwdPersistentTraits, FMA for every
     dtype), at the units per block choose_units picks with this kernel's occupancy; None when no grid fits (the
     drivers then run the step kernels). Per chunk of chunk_rows rows, its chunk_plan (split of the K loop between
@@ -477,7 +478,7 @@ def persistent_bwd_model(gpu: Gpu, tr: dict, probe: Probe, k: KernelInfo, cell: 
     grows with the grid."""
     G, s, a = tr["gates"], tr["storage_bytes"], tr["acc_bytes"]
     GH = G * H
-    placed = _persistent_plan(gpu, probe, k, f"pbwd {dtype} {cell}", H)
+    placed = _persistent_plan(gpu, probe, k, f"pbwd {dtype} {cell}", H, dirs)
     if placed is None:
         return None
     units, p, threads, grid, smem, bpsm = placed
@@ -500,30 +501,31 @@ def persistent_bwd_model(gpu: Gpu, tr: dict, probe: Probe, k: KernelInfo, cell: 
     step_clk += gpu.hbm_latency_clk  # the epilogue's workspace and grad_output loads
     epi_l2, epi_hbm = _bwd_epilogue_bytes(cell, G, H, bs, s, a)
     l2 = grid * bs * GH * s + epi_l2
-    t = max(step_clk / gpu.clock_hz, l2 / gpu.l2_bw, epi_hbm / gpu.hbm_bw) + gpu.grid_sync_s
+    t = max(step_clk / gpu.clock_hz, dirs * l2 / gpu.l2_bw, dirs * epi_hbm / gpu.hbm_bw) + gpu.grid_sync_s
     return Launch(grid, bpsm, smem, l2, epi_hbm, flops * grid, t, units=units, math="fma")
 
 
 def _persistent_units(gpu: Gpu, probe: Probe, k: KernelInfo, query: str, threads: int,
-                      H: int) -> Tuple[int, Dict[int, dict], Dict[int, int]]:
+                      H: int, dirs: int = 1) -> Tuple[int, Dict[int, dict], Dict[int, int]]:
     """choose_units (persistent_plan.h, through the probe) with this GPU's SM count and the kernel's occupancy for
-    each power-of-two unit count; `query` is the probe's traits query ("psmem ..." / "pmma ...") without units/K."""
+    each power-of-two unit count; `query` is the probe's traits query ("psmem ..." / "pmma ...") without units/K;
+    dirs = 2: both directions of a bidirectional layer in one launch (twice the blocks co-resident)."""
     lim = ARCH_LIMITS[gpu.arch]
     unit_counts = [1 << i for i in range(6)]
     plans = {u: probe.one(f"{query} {u} {H}") for u in unit_counts}
     bpsm_of = {u: blocks_per_sm(lim, k.regs, threads, plans[u]["smem"] + k.smem_static) for u in unit_counts}
     min_units = plans[1].get("min_units", 1)  # the tensor-core backward's planner starts at a full n-tile
     units = probe.one(f"plan {H} {gpu.sms} " + " ".join(str(bpsm_of[u]) for u in unit_counts)
-                      + f" {min_units}")["units"]
+                      + f" {min_units} {dirs}")["units"]
     return units, plans, bpsm_of
 
 
 def _persistent_plan(gpu: Gpu, probe: Probe, k: KernelInfo, query: str,
-                     H: int) -> Optional[Tuple[int, dict, int, int, int, int]]:
+                     H: int, dirs: int = 1) -> Optional[Tuple[int, dict, int, int, int, int]]:
     """(units, the probe's traits at those units, threads, grid, shared memory per block, blocks per SM) of a
     persistent kernel whose probe query ("pmma ..." / "pbwd ...") reports its threads; None when no grid fits."""
     threads = probe.one(f"{query} 1 {H}")["threads"]
-    units, plans, bpsm_of = _persistent_units(gpu, probe, k, query, threads, H)
+    units, plans, bpsm_of = _persistent_units(gpu, probe, k, query, threads, H, dirs)
     if units == 0:
         return None
     p = plans[units]
@@ -557,12 +559,12 @@ def _mma_step_clk(gpu: Gpu, dtype: str, s: int, K: int, bs: int, cols: int, kk: 
 
 
 def persistent_mma_model(gpu: Gpu, tr: dict, probe: Probe, k: KernelInfo, cell: str, dtype: str, H: int, bs: int,
-                         T: int, train: bool) -> Optional[Launch]:
+                         T: int, train: bool, dirs: int = 1) -> Optional[Launch]:
     """One step of the tensor-core persistent kernel ({cell}_fwd_persistent_mma_kernel, FwdPersistentMmaTraits): the
     product W_slice @ h_{t-1}^T (_mma_step_clk: M = G*units, N = the chunk's rows, K = H), then the cell epilogue."""
     G, s, a = tr["gates"], tr["storage_bytes"], tr["acc_bytes"]
     K = H
-    placed = _persistent_plan(gpu, probe, k, f"pmma {dtype} {cell}", H)
+    placed = _persistent_plan(gpu, probe, k, f"pmma {dtype} {cell}", H, dirs)
     if placed is None:
         return None
     units, p, threads, grid, smem, bpsm = placed
@@ -575,21 +577,21 @@ def persistent_mma_model(gpu: Gpu, tr: dict, probe: Probe, k: KernelInfo, cell: 
     step_clk += gpu.hbm_latency_clk  # the epilogue's gx/c loads
     epi_l2, epi_hbm = _epilogue_bytes(cell, G, H, bs, s, a, train)
     l2 = grid * bs * K * s + epi_l2
-    gx_total = T * bs * G * H * s
+    gx_total = dirs * T * bs * G * H * s
     hbm = epi_hbm + (bs * G * H * s if gx_total > gpu.l2_bytes / 2 else 0)
-    t = max(step_clk / gpu.clock_hz, l2 / gpu.l2_bw, hbm / gpu.hbm_bw) + gpu.grid_sync_s
+    t = max(step_clk / gpu.clock_hz, dirs * l2 / gpu.l2_bw, dirs * hbm / gpu.hbm_bw) + gpu.grid_sync_s
     return Launch(grid, bpsm, smem, l2, hbm, flops * grid, t, units=units, math="tc (mma kernel)")
 
 
 def persistent_bwd_mma_model(gpu: Gpu, tr: dict, probe: Probe, k: KernelInfo, cell: str, dtype: str, H: int,
-                             bs: int) -> Optional[Launch]:
+                             bs: int, dirs: int = 1) -> Optional[Launch]:
     """One step of the tensor-core persistent backward ({cell}_bwd_persistent_mma_kernel, BwdPersistentMmaTraits): the
     product dG_next @ W_hh[:, units] (_mma_step_clk: M = the chunk's rows, N = units padded to an n-tile of 8,
     K = G*H), then the backward cell; None when no grid fits (the drivers then take the FMA persistent kernel). Every
     block reads every row of dG_next, as the FMA kernel: grid x rows x G*H elements of L2 traffic per step."""
     G, s, a = tr["gates"], tr["storage_bytes"], tr["acc_bytes"]
     GH = G * H
-    placed = _persistent_plan(gpu, probe, k, f"pbwdmma {dtype} {cell}", H)
+    placed = _persistent_plan(gpu, probe, k, f"pbwdmma {dtype} {cell}", H, dirs)
     if placed is None:
         return None
     units, p, threads, grid, smem, bpsm = placed
@@ -603,18 +605,21 @@ def persistent_bwd_mma_model(gpu: Gpu, tr: dict, probe: Probe, k: KernelInfo, ce
     step_clk += gpu.hbm_latency_clk  # the epilogue's workspace and grad_output loads
     epi_l2, epi_hbm = _bwd_epilogue_bytes(cell, G, H, bs, s, a)
     l2 = grid * bs * GH * s + epi_l2
-    t = max(step_clk / gpu.clock_hz, l2 / gpu.l2_bw, epi_hbm / gpu.hbm_bw) + gpu.grid_sync_s
+    t = max(step_clk / gpu.clock_hz, dirs * l2 / gpu.l2_bw, dirs * epi_hbm / gpu.hbm_bw) + gpu.grid_sync_s
     return Launch(grid, bpsm, smem, l2, epi_hbm, flops * grid, t, units=units, math="tc (mma kernel)")
 
 
-def cudnn_model(gpu: Gpu, mode: str, G: int, H: int, I: int, B: int, T: int) -> Tuple[float, float]:
-    """(forward, forward+backward) seconds of torch.nn on cuDNN, as modelled (see the module docstring)."""
+def cudnn_model(gpu: Gpu, mode: str, G: int, H: int, I: int, B: int, T: int, dirs: int = 1) -> Tuple[float, float]:
+    """(forward, forward+backward) seconds of torch.nn on cuDNN, as modelled (see the module docstring). dirs = 2:
+    a bidirectional layer, its two directions' recurrences at once (a floor: each direction's GEMMs counted, the
+    steps of one direction only)."""
     prec = {"fp32-tf32": "tf32", "fp32-exact": "fp32", "bf16": "bfloat16"}[mode]
     peak = gpu.sms * 2 * gpu.clock_hz * (gpu.ffma_per_clk if prec == "fp32" else gpu.tc_fma_per_clk[prec])
-    step = max(gpu.cudnn_step_s, 2.0 * B * G * H * H / (0.5 * peak))
+    step = max(gpu.cudnn_step_s, 2.0 * dirs * B * G * H * H / (0.5 * peak))
     N = T * B
-    fwd = gemm_time(gpu, 2.0 * N * G * H * I, prec) + T * step
-    bwd = 2 * T * step + gemm_time(gpu, 2.0 * N * G * H * H, prec) + 2 * gemm_time(gpu, 2.0 * N * G * H * I, prec)
+    fwd = dirs * gemm_time(gpu, 2.0 * N * G * H * I, prec) + T * step
+    bwd = 2 * T * step + dirs * (gemm_time(gpu, 2.0 * N * G * H * H, prec) + 2 * gemm_time(gpu, 2.0 * N * G * H * I,
+                                                                                               prec))
     return fwd, fwd + bwd
 
 
@@ -626,85 +631,164 @@ def math_path_for(k: KernelInfo, mode: str, override: str) -> str:
     return "tc" if k.hmma else "fma"
 
 
-def model_rows(kernels, probe: Probe, math_override: str = "auto") -> List[dict]:
+def _persistent_steps(gpu: Gpu, tr: dict, probe: Probe, kernels, cell: str, dtype: str, mode: str, H: int, B: int,
+                      T: int, math_override: str, dirs: int = 1):
+    """(forward step in training, forward step in inference, backward step) of the persistent kernels the drivers
+    pick, each None where no grid of it fits (the step kernels then run it); dirs = 2: both directions of a
+    bidirectional layer in one launch."""
+    kp = kernels.get((cell, "persistent_fwd", dtype, gpu.arch))
+    km = kernels.get((cell, "persistent_mma_fwd", dtype, gpu.arch))
+    kpb = kernels.get((cell, "persistent_bwd", dtype, gpu.arch))
+    kmb = kernels.get((cell, "persistent_mma_bwd", dtype, gpu.arch))
+    # The backward the drivers run (persistent.h run_bwd_persistent, persistent_plan.h choose_bwd_kernel): the
+    # tensor-core persistent kernel where allowed (bf16/fp16, TF32 float32; not --math fma) and a grid of it fits, else
+    # the FMA persistent kernel where a grid fits (these shapes have no projection), else the step kernels.
+    pb = None
+    if kmb is not None and mode != "fp32-exact" and math_override != "fma":
+        pb = persistent_bwd_mma_model(gpu, tr, probe, kmb, cell, dtype, H, B, dirs)
+    if pb is None and kpb is not None:
+        pb = persistent_bwd_model(gpu, tr, probe, kpb, cell, dtype, H, B, dirs)
+    # The persistent kernel the launcher picks (persistent_launcher.cuh): the tensor-core kernel for bf16/fp16 and
+    # TF32 float32, the FMA kernel for exact float32 (and float64); --math fma forces the FMA kernel, --math tc
+    # without a tensor-core kernel models the FMA kernel's tiling on mma.
+    if km is not None and mode != "fp32-exact" and math_override != "fma":
+        pf = persistent_mma_model(gpu, tr, probe, km, cell, dtype, H, B, T, True, dirs)
+        pf_inf = persistent_mma_model(gpu, tr, probe, km, cell, dtype, H, B, T, False, dirs)
+    else:
+        k_fma = kp if kp is not None else km
+        path = math_path_for(k_fma, mode, math_override)
+        pf = persistent_fwd_model(gpu, tr, probe, k_fma, cell, dtype, H, B, T, True, path, dirs)
+        pf_inf = persistent_fwd_model(gpu, tr, probe, k_fma, cell, dtype, H, B, T, False, path, dirs)
+    return pf, pf_inf, pb
+
+
+def _model_cases(probe: Probe, shapes):
+    """(gpu, shape, bench kind, kernel cell, bench case, dtype, mode, the cell's traits, its step kernels' config) for
+    every GPU, shape, cell and dtype mode the model covers."""
     from fastrnn.bench.cases import CASES_BY_NAME  # noqa: PLC0415
 
-    rows = []
     for gpu in GPUS:
-        for shape in SHAPES:
+        for shape in shapes:
             for kind, cell in CELLS.items():
                 case = CASES_BY_NAME[f"{kind}-{shape}"]
-                T, B, I, H = case.T, case.B, case.I, case.H
                 for dtype, mode in MODES:
                     tr = probe.one(f"traits {dtype} {cell}")
-                    cfg = probe.one(f"step {dtype} {cell} {H} {H} {B}")
-                    G = tr["gates"]
-                    kf = kernels.get((cell, "step_fwd", dtype, gpu.arch))
-                    kb = kernels.get((cell, "step_bwd", dtype, gpu.arch))
-                    kp = kernels.get((cell, "persistent_fwd", dtype, gpu.arch))
-                    km = kernels.get((cell, "persistent_mma_fwd", dtype, gpu.arch))
-                    kpb = kernels.get((cell, "persistent_bwd", dtype, gpu.arch))
-                    kmb = kernels.get((cell, "persistent_mma_bwd", dtype, gpu.arch))
-                    if kf is None or kb is None or (kp is None and km is None):
-                        raise SystemExit(f"{cell} {dtype}: a kernel is missing from the {gpu.arch} cubin")
-                    sf = step_fwd_model(gpu, tr, cfg, kf, cell, H, H, B, T, train=True)
-                    sb = step_bwd_model(gpu, tr, cfg, kb, cell, H, B)
-                    # The backward the drivers run (persistent.h run_bwd_persistent, persistent_plan.h
-                    # choose_bwd_kernel): the tensor-core persistent kernel where allowed (bf16/fp16, TF32 float32;
-                    # not --math fma) and a grid of it fits, else the FMA persistent kernel where a grid fits (these
-                    # shapes have no projection), else the step kernels.
-                    pb = None
-                    if kmb is not None and mode != "fp32-exact" and math_override != "fma":
-                        pb = persistent_bwd_mma_model(gpu, tr, probe, kmb, cell, dtype, H, B)
-                    if pb is None and kpb is not None:
-                        pb = persistent_bwd_model(gpu, tr, probe, kpb, cell, dtype, H, B)
-                    # The persistent kernel the launcher picks (persistent_launcher.cuh): the tensor-core kernel for
-                    # bf16/fp16 and TF32 float32, the FMA kernel for exact float32 (and float64); --math fma forces
-                    # the FMA kernel, --math tc without a tensor-core kernel models the FMA kernel's tiling on mma.
-                    use_mma = km is not None and mode != "fp32-exact" and math_override != "fma"
-                    if use_mma:
-                        pf = persistent_mma_model(gpu, tr, probe, km, cell, dtype, H, B, T, True)
-                        pf_inf = persistent_mma_model(gpu, tr, probe, km, cell, dtype, H, B, T, False)
-                    else:
-                        k_fma = kp if kp is not None else km
-                        path = math_path_for(k_fma, mode, math_override)
-                        pf = persistent_fwd_model(gpu, tr, probe, k_fma, cell, dtype, H, B, T, True, path)
-                        pf_inf = persistent_fwd_model(gpu, tr, probe, k_fma, cell, dtype, H, B, T, False, path)
-                    sf_inf = step_fwd_model(gpu, tr, cfg, kf, cell, H, H, B, T, train=False)
-                    gemm_prec = "bfloat16" if dtype == "bfloat16" else "fp32"  # cuBLAS under torch's defaults
-                    N = T * B
-                    t_in = gemm_time(gpu, 2.0 * N * G * H * I, gemm_prec)
-                    if pf is not None:
-                        fwd = t_in + gpu.coop_launch_s + T * pf_inf.time_s
-                        fwd_train = t_in + gpu.coop_launch_s + T * pf.time_s
-                    else:
-                        fwd = t_in + T * sf_inf.time_s
-                        fwd_train = t_in + T * sf.time_s
-                    # persistent: T steps and the iteration past the last that turns the carry into grad_hx (counted as
-                    # a whole step), one cooperative launch
-                    recur = (gpu.coop_launch_s + (T + 1) * pb.time_s) if pb is not None else T * sb.time_s
-                    bwd = (recur + gemm_time(gpu, 2.0 * N * G * H * H, gemm_prec)
-                           + 2 * gemm_time(gpu, 2.0 * N * G * H * I, gemm_prec))
-                    c_fwd, c_train = cudnn_model(gpu, mode, G, H, I, B, T)
-                    auto = pf if pf is not None else sf
-                    rows.append({
-                        "gpu": gpu.name, "arch": gpu.arch, "shape": shape, "cell": kind, "mode": mode, "T": T,
-                        "B": B, "I": I, "H": H, "path": "persistent" if pf is not None else "step",
-                        "math": pf.math if pf is not None else "fma", "units": pf.units if pf is not None else 32,
-                        "blocks": auto.blocks, "blocks_per_sm": auto.bpsm, "smem": auto.smem,
-                        "l2_mb_step": auto.l2_bytes / 1e6, "hbm_mb_step": auto.hbm_bytes / 1e6,
-                        "mflop_step": auto.flops / 1e6,
-                        "persistent_us": pf.time_s * 1e6 if pf is not None else None,
-                        "step_fwd_us": sf.time_s * 1e6, "step_bwd_us": sb.time_s * 1e6,
-                        "bwd_path": "persistent" if pb is not None else "step",
-                        "bwd_math": "tc" if pb is not None and pb.math.startswith("tc") else "fma",
-                        "bwd_units": pb.units if pb is not None else None,
-                        "persistent_bwd_us": pb.time_s * 1e6 if pb is not None else None,
-                        "bwd_l2_mb_step": (pb if pb is not None else sb).l2_bytes / 1e6,
-                        "input_gemm_ms": t_in * 1e3, "fwd_ms": fwd * 1e3, "train_ms": (fwd_train + bwd) * 1e3,
-                        "cudnn_fwd_ms": c_fwd * 1e3, "cudnn_train_ms": c_train * 1e3,
-                        "speedup_fwd": c_fwd / fwd, "speedup_train": c_train / (fwd_train + bwd),
-                    })
+                    cfg = probe.one(f"step {dtype} {cell} {case.H} {case.H} {case.B}")
+                    yield gpu, shape, kind, cell, case, dtype, mode, tr, cfg
+
+
+def model_rows(kernels, probe: Probe, math_override: str = "auto") -> List[dict]:
+    rows = []
+    for gpu, shape, kind, cell, case, dtype, mode, tr, cfg in _model_cases(probe, SHAPES):
+        T, B, I, H = case.T, case.B, case.I, case.H
+        G = tr["gates"]
+        kf = kernels.get((cell, "step_fwd", dtype, gpu.arch))
+        kb = kernels.get((cell, "step_bwd", dtype, gpu.arch))
+        kp = kernels.get((cell, "persistent_fwd", dtype, gpu.arch))
+        km = kernels.get((cell, "persistent_mma_fwd", dtype, gpu.arch))
+        if kf is None or kb is None or (kp is None and km is None):
+            raise SystemExit(f"{cell} {dtype}: a kernel is missing from the {gpu.arch} cubin")
+        sf = step_fwd_model(gpu, tr, cfg, kf, cell, H, H, B, T, train=True)
+        sb = step_bwd_model(gpu, tr, cfg, kb, cell, H, B)
+        pf, pf_inf, pb = _persistent_steps(gpu, tr, probe, kernels, cell, dtype, mode, H, B, T,
+                                           math_override)
+        sf_inf = step_fwd_model(gpu, tr, cfg, kf, cell, H, H, B, T, train=False)
+        gemm_prec = "bfloat16" if dtype == "bfloat16" else "fp32"  # cuBLAS under torch's defaults
+        N = T * B
+        t_in = gemm_time(gpu, 2.0 * N * G * H * I, gemm_prec)
+        if pf is not None:
+            fwd = t_in + gpu.coop_launch_s + T * pf_inf.time_s
+            fwd_train = t_in + gpu.coop_launch_s + T * pf.time_s
+        else:
+            fwd = t_in + T * sf_inf.time_s
+            fwd_train = t_in + T * sf.time_s
+        # persistent: T steps and the iteration past the last that turns the carry into grad_hx (counted as
+        # a whole step), one cooperative launch
+        recur = (gpu.coop_launch_s + (T + 1) * pb.time_s) if pb is not None else T * sb.time_s
+        bwd = (recur + gemm_time(gpu, 2.0 * N * G * H * H, gemm_prec)
+               + 2 * gemm_time(gpu, 2.0 * N * G * H * I, gemm_prec))
+        c_fwd, c_train = cudnn_model(gpu, mode, G, H, I, B, T)
+        auto = pf if pf is not None else sf
+        rows.append({
+            "gpu": gpu.name, "arch": gpu.arch, "shape": shape, "cell": kind, "mode": mode, "T": T,
+            "B": B, "I": I, "H": H, "path": "persistent" if pf is not None else "step",
+            "math": pf.math if pf is not None else "fma", "units": pf.units if pf is not None else 32,
+            "blocks": auto.blocks, "blocks_per_sm": auto.bpsm, "smem": auto.smem,
+            "l2_mb_step": auto.l2_bytes / 1e6, "hbm_mb_step": auto.hbm_bytes / 1e6,
+            "mflop_step": auto.flops / 1e6,
+            "persistent_us": pf.time_s * 1e6 if pf is not None else None,
+            "step_fwd_us": sf.time_s * 1e6, "step_bwd_us": sb.time_s * 1e6,
+            "bwd_path": "persistent" if pb is not None else "step",
+            "bwd_math": "tc" if pb is not None and pb.math.startswith("tc") else "fma",
+            "bwd_units": pb.units if pb is not None else None,
+            "persistent_bwd_us": pb.time_s * 1e6 if pb is not None else None,
+            "bwd_l2_mb_step": (pb if pb is not None else sb).l2_bytes / 1e6,
+            "input_gemm_ms": t_in * 1e3, "fwd_ms": fwd * 1e3, "train_ms": (fwd_train + bwd) * 1e3,
+            "cudnn_fwd_ms": c_fwd * 1e3, "cudnn_train_ms": c_train * 1e3,
+            "speedup_fwd": c_fwd / fwd, "speedup_train": c_train / (fwd_train + bwd),
+        })
+    return rows
+
+
+# Bidirectional stacks of fastrnn/bench/cases.py: both directions of a layer in one persistent launch (persistent.h
+# run_*_persistent with n = 2, FASTRNN_CUDA_BIDIR) against the same kernels run one direction after the other.
+BIDIR_SHAPES = ("bidir2", "bidir2-b1")
+
+
+def bidir_rows(kernels, probe: Probe, math_override: str = "auto") -> List[dict]:
+    """Per bidirectional stack: forward (inference) and forward+backward ms with the directions in turn and in one
+    launch, and cuDNN's model with its directions at once. Per layer: each direction's input GEMM (input width I, then
+    2H), the recurrences (persistent where a grid fits, else the step kernels; in one launch where a grid of both
+    fits, else in turn), the backward's gradient GEMMs."""
+    rows = []
+    for gpu, shape, kind, cell, case, dtype, mode, tr, cfg in _model_cases(probe, BIDIR_SHAPES):
+        T, B, H, L = case.T, case.B, case.H, case.layers
+        G = tr["gates"]
+        kf = kernels[(cell, "step_fwd", dtype, gpu.arch)]
+        kb = kernels[(cell, "step_bwd", dtype, gpu.arch)]
+        gemm_prec = "bfloat16" if dtype == "bfloat16" else "fp32"
+        N = T * B
+        one = _persistent_steps(gpu, tr, probe, kernels, cell, dtype, mode, H, B, T, math_override, 1)
+        both = _persistent_steps(gpu, tr, probe, kernels, cell, dtype, mode, H, B, T, math_override, 2)
+
+        # In turn: each direction's own launch (persistent where its grid fits, else the step kernels).
+        # In one launch: each pass (the forward, the backward) whose grid of both directions fits; a pass
+        # whose does not runs in turn (the drivers fall back per pass).
+        step_fwd_inf = step_fwd_model(gpu, tr, cfg, kf, cell, H, H, B, T, False).time_s
+        step_fwd_tr = step_fwd_model(gpu, tr, cfg, kf, cell, H, H, B, T, True).time_s
+        step_bwd = step_bwd_model(gpu, tr, cfg, kb, cell, H, B).time_s
+        seq = [2 * (gpu.coop_launch_s + T * x.time_s) if x is not None else 2 * T * st
+               for x, st in ((one[1], step_fwd_inf), (one[0], step_fwd_tr))]
+        seq.append(2 * (gpu.coop_launch_s + (T + 1) * one[2].time_s) if one[2] is not None
+                   else 2 * T * step_bwd)
+        joint = [gpu.coop_launch_s + T * both[1].time_s if both[1] is not None else seq[0],
+                 gpu.coop_launch_s + T * both[0].time_s if both[0] is not None else seq[1],
+                 gpu.coop_launch_s + (T + 1) * both[2].time_s if both[2] is not None else seq[2]]
+        res = {}
+        for name, (f_inf, f_tr, b) in (("seq", seq), ("joint", joint)):
+            fwd = train = 0.0
+            for layer in range(L):
+                I = case.I if layer == 0 else 2 * H
+                t_in = 2 * gemm_time(gpu, 2.0 * N * G * H * I, gemm_prec)
+                grads = 2 * (gemm_time(gpu, 2.0 * N * G * H * H, gemm_prec)
+                             + 2 * gemm_time(gpu, 2.0 * N * G * H * I, gemm_prec))
+                fwd += t_in + f_inf
+                train += t_in + f_tr + b + grads
+            res[name] = (fwd, train)
+        c_fwd = c_train = 0.0
+        for layer in range(L):
+            cf, ct = cudnn_model(gpu, mode, G, H, case.I if layer == 0 else 2 * H, B, T, dirs=2)
+            c_fwd, c_train = c_fwd + cf, c_train + ct
+        rows.append({
+            "gpu": gpu.name, "shape": shape, "cell": kind, "mode": mode, "T": T, "B": B, "H": H,
+            "layers": L,
+            "units_one": one[0].units if one[0] is not None else None,
+            "units_both": both[0].units if both[0] is not None else None,
+            "bwd_units_both": both[2].units if both[2] is not None else None,
+            "fwd_seq_ms": res["seq"][0] * 1e3, "fwd_joint_ms": res["joint"][0] * 1e3,
+            "train_seq_ms": res["seq"][1] * 1e3, "train_joint_ms": res["joint"][1] * 1e3,
+            "cudnn_fwd_ms": c_fwd * 1e3, "cudnn_train_ms": c_train * 1e3,
+        })
     return rows
 
 
@@ -747,7 +831,7 @@ def _f(v, fmt="{:.3g}"):
     return "—" if v is None else fmt.format(v)
 
 
-def markdown(krows: List[dict], mrows: List[dict], math_override: str) -> str:
+def markdown(krows: List[dict], mrows: List[dict], math_override: str, brows: Optional[List[dict]] = None) -> str:
     out = []
     out.append("Every number below is a prediction of `scripts/cuda_model.py`, not a measurement (no GPU has run "
                "these kernels). Regenerate after any kernel or build change:")
@@ -811,6 +895,27 @@ def markdown(krows: List[dict], mrows: List[dict], math_override: str) -> str:
                 f"{_f(r['persistent_bwd_us'])} | {r['step_bwd_us']:.3g} | {r['fwd_ms']:.3g} | "
                 f"{r['train_ms']:.3g} | {r['cudnn_fwd_ms']:.3g} | {r['cudnn_train_ms']:.3g} | "
                 f"{r['speedup_fwd']:.2f}x / {r['speedup_train']:.2f}x |")
+    for g in GPUS:
+        rows = [r for r in (brows or []) if r["gpu"] == g.name]
+        if not rows:
+            continue
+        out.append("")
+        out.append(f"### {g.name}: bidirectional stacks, both directions in one launch (model)")
+        out.append("")
+        out.append("Per layer both directions' recurrences in one persistent launch (`FASTRNN_CUDA_BIDIR`, each "
+                   "direction on its own blocks) against the same kernels one direction after the other; cuDNN's "
+                   "model runs its directions at once.")
+        out.append("")
+        out.append("| shape | cell | dtype | units/block fwd: one direction / both | fwd ms in turn / one launch | "
+                   "fwd+bwd ms in turn / one launch | cuDNN fwd / fwd+bwd ms (model) | speedup fwd / fwd+bwd |")
+        out.append("|" + "---|" * 8)
+        for r in rows:
+            shape = f"{r['shape']} T={r['T']} B={r['B']} H={r['H']} L={r['layers']}"
+            out.append(
+                f"| {shape} | {r['cell']} | {r['mode']} | {_f(r['units_one'], '{}')} / {_f(r['units_both'], '{}')} | "
+                f"{r['fwd_seq_ms']:.3g} / {r['fwd_joint_ms']:.3g} | {r['train_seq_ms']:.3g} / "
+                f"{r['train_joint_ms']:.3g} | {r['cudnn_fwd_ms']:.3g} / {r['cudnn_train_ms']:.3g} | "
+                f"{r['cudnn_fwd_ms'] / r['fwd_joint_ms']:.2f}x / {r['cudnn_train_ms'] / r['train_joint_ms']:.2f}x |")
     return "\n".join(out) + "\n"
 
 
@@ -852,12 +957,13 @@ def main(argv=None) -> int:
     try:
         krows = kernel_rows(kernels, probe)
         mrows = model_rows(kernels, probe, args.math)
+        brows = bidir_rows(kernels, probe, args.math)
     finally:
         probe.close()
     if args.json:
-        print(json.dumps({"kernels": krows, "model": mrows}, indent=1))
+        print(json.dumps({"kernels": krows, "model": mrows, "bidirectional": brows}, indent=1))
         return 0
-    text = markdown(krows, mrows, args.math)
+    text = markdown(krows, mrows, args.math, brows)
     if args.update_readme:
         update_readme(text)
     else:

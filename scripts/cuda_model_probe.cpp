@@ -19,8 +19,9 @@
 //   bmmachunk <dtype> <rows>                    its tiling of a chunk of 1..64 rows: m_tiles, staged rows, K pass
 //   mmatile <dtype> <rows>                      the tensor-core kernels' K pass (elements) for a chunk of 1..64 rows
 //   pbwdtile <dtype> <cell> <units> <rows>      its chunk_plan for a chunk of `rows` rows (split-K, slots, K tile)
-//   plan <H> <num_sms> <bpsm_1> <bpsm_2> <bpsm_4> <bpsm_8> <bpsm_16> <bpsm_32> [<min_units>]
+//   plan <H> <num_sms> <bpsm_1> <bpsm_2> <bpsm_4> <bpsm_8> <bpsm_16> <bpsm_32> [<min_units> [<directions>]]
 //                                               choose_units given the blocks per SM of each power-of-two unit count
+//                                               (directions 2: both directions of a layer in one launch)
 // <dtype>: float32 | float64 | float16 | bfloat16; <cell>: lstm | gru | rnn.
 #include <cstdint>
 #include <cstdio>
@@ -226,8 +227,9 @@ int main() {
       in >> H >> sms;
       for (int& b : bpsm) in >> b;
       ok = bool(in);
-      int min_units = 1;  // optional
+      int min_units = 1, directions = 1;  // optional
       if (!(in >> min_units)) min_units = 1;
+      else if (!(in >> directions)) directions = 1;
       if (ok) {
         const int units = fastrnn::cuda::choose_units(
             H, sms,
@@ -236,7 +238,7 @@ int main() {
               while ((1 << i) < u) ++i;
               return bpsm[i];
             },
-            min_units);
+            min_units, directions);
         std::printf("{\"units\": %d}\n", units);
       }
     } else {

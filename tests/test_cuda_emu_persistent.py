@@ -682,3 +682,127 @@ def test_dropped_grid_sync_is_a_tsan_race_backward(binaries, case):
     emu.require_variant("tsan")
     _, proc, _ = run_bwd_batch([case], "tsan", (DROP_GRID_SYNC,))
     assert proc.returncode != 0 and "ThreadSanitizer: data race" in proc.stderr, proc.stderr[-4000:]
+
+
+# ======================================================================= both directions of a layer in one launch
+# A bidirectional layer's two directions run in ONE cooperative launch (params.h FwdSeqLaunch / BwdSeqLaunch: grid
+# row blockIdx.y = the direction, both meeting the same grid barrier once per step; persistent.h run_*_persistent
+# with n = 2). The joint launch must give each direction exactly what its own launch gives (the same kernel code on
+# the same units: bit for bit), and each against the oracle; the planner must fit twice the blocks.
+_DIR_ARRAYS = ("w_hh", "hx", "gx", "b_hh", "cx", "out", "ws", "grad_out", "grad_hy", "grad_cy")
+
+
+def _joint(d0: dict, d1: dict) -> dict:
+    """The driver's inputs of one launch of both directions: d0's, and d1's per-direction arrays named with "_r"
+    (d1 runs the other way in time), on a device of twice the SMs."""
+    joint = {**d0, "directions": 2, "num_sms": 2 * int(d0["num_sms"])}
+    joint.update({f"{k}_r": v for k, v in d1.items() if k in _DIR_ARRAYS})
+    return joint
+
+
+def _flip(case):
+    return type(case)(**{**case.__dict__, "reverse": not case.reverse})
+
+
+def _as64(a):
+    return torch.as_tensor(np.asarray(a)).to(torch.float64)
+
+
+# At most 8 blocks a direction: the emulator runs 4096 threads at once.
+BIDIR_FWD = {"plain": [Case("lstm", 40, (5, 5, 3, 1), 8), Case("gru", 33, (6, 4, 1), 8, **BF16),
+                       Case("rnn_relu", 13, (4, 2, 2), 2, **F64), Case("lstm", 13, (5, 3, 1), 4, **TF32)],
+             "tsan": [Case("gru", 13, (4, 2), 4, **F16)]}
+BIDIR_BWD = {"plain": [BwdCase("lstm", 40, (5, 5, 3, 1), 8), BwdCase("gru", 40, (70, 40, 7), 8, mma=True),
+                       BwdCase("rnn_tanh", 13, (4, 2, 2), 2, dtype=torch.float64),
+                       BwdCase("lstm", 33, (6, 4, 1), 8, dtype=torch.bfloat16, mma=True)],
+             "tsan": [BwdCase("lstm", 13, (5, 3, 1), 8, dtype=torch.float16, mma=True)]}
+
+
+@pytest.mark.parametrize("variant", ["plain", "tsan"])
+def test_both_directions_in_one_launch_forward(binaries, variant):
+    """Each case's layer run forward and reverse (packed batch sizes: the reverse direction starts rows mid-sequence)
+    in one launch, against the same directions in launches of their own (identical bits) and the oracle."""
+    emu.require_variant(variant)
+    subs, expect = [], []
+    for k, case in enumerate(BIDIR_FWD[variant]):
+        d0, d1 = make_problem(case, seed=2 * k), make_problem(_flip(case), seed=2 * k + 1)
+        subs += [_joint(d0, d1), d0, d1]
+        expect.append((case, d0, d1))
+    _, proc, outputs = run_batch([None] * len(subs), variant, problems=subs)
+    assert proc.returncode == 0 and not emu.sanitizer_report(proc.stderr) and outputs is not None, \
+        proc.stderr[-8000:]
+    for k, (case, d0, d1) in enumerate(expect):
+        j, s0, s1 = 3 * k, 3 * k + 1, 3 * k + 2
+        assert int(outputs[f"{j}.err"][0]) == 0, case.id
+        names = ["output", "hy"] + (["cy"] if case.cell == "lstm" else []) + \
+            (["ws"] if case.cell in ("lstm", "gru") else [])
+        for name in names:
+            for sfx, single in (("", s0), ("_r", s1)):
+                assert torch.equal(_as64(outputs[f"{j}.{name}{sfx}"]), _as64(outputs[f"{single}.{name}"])), \
+                    f"{case.id}: {name}{sfx}: the joint launch differs from the direction's own launch"
+        check(case, d0, {n[len(f"{j}."):]: v for n, v in outputs.items()
+                         if n.startswith(f"{j}.") and not n.endswith("_r")})
+        check(_flip(case), d1, {n[len(f"{j}."):-2]: v for n, v in outputs.items()
+                                if n.startswith(f"{j}.") and n.endswith("_r")} | {"err": outputs[f"{j}.err"]})
+
+
+@pytest.mark.parametrize("variant", ["plain", "tsan"])
+def test_both_directions_in_one_launch_backward(binaries, variant):
+    """As the forward's: the backward of both directions in one launch (FMA and tensor-core kernels) against their own
+    launches (identical bits) and the oracle's gradients."""
+    emu.require_variant(variant)
+    subs, expect = [], []
+    for k, case in enumerate(BIDIR_BWD[variant]):
+        (d0, e0), (d1, e1) = bwd_problem(case, seed=2 * k), bwd_problem(_flip(case), seed=2 * k + 1)
+        subs += [_joint(d0, d1), d0, d1]
+        expect.append((case, e0, e1))
+    inputs = {"n": len(subs)}
+    for k, d in enumerate(subs):
+        inputs.update({f"{k}.{name}": v for name, v in d.items()})
+    proc, outputs = emu.run_raw(emu.compile_driver(SRC, variant), "batch", inputs, variant, None, RUN_TIMEOUT_S)
+    assert proc.returncode == 0 and not emu.sanitizer_report(proc.stderr) and outputs is not None, \
+        proc.stderr[-8000:]
+    for k, (case, e0, e1) in enumerate(expect):
+        j = 3 * k
+        assert int(outputs[f"{j}.err"][0]) == 0, case.id
+        for sfx, single, expected, c in (("", j + 1, e0, case), ("_r", j + 2, e1, _flip(case))):
+            for name, want in expected.items():
+                got = _as64(outputs[f"{j}.{name}{sfx}"])
+                assert torch.equal(got, _as64(outputs[f"{single}.{name}"])), \
+                    f"{c.id}: {name}{sfx}: the joint launch differs from the direction's own launch"
+                torch.testing.assert_close(got, want.detach(), **c.tol, msg=lambda m, n=name, c=c: f"{c.id}: {n}: {m}")
+
+
+def test_both_directions_need_twice_the_resident_blocks(binaries):
+    """A joint launch is refused where only one direction's grid fits (as cudaLaunchCooperativeKernel refuses it):
+    the host then runs the directions one after the other. One emulated SM holds 8 blocks of 256 threads of the
+    LSTM's FMA kernel at 8 units (about 23 KB of shared memory each): 2 x 2 blocks (H = 13) run, 5 blocks (H = 40)
+    of one direction run, 2 x 5 do not."""
+    exe = emu.compile_driver(SRC, "plain")
+    for H, joint_fits in ((13, True), (40, False)):
+        case = Case("lstm", H, (3, 2), 8)
+        d0, d1 = make_problem(case), make_problem(_flip(case), seed=1)
+        proc, alone = emu.run_raw(exe, "forward", {**d0, "num_sms": 1}, "plain", None, RUN_TIMEOUT_S)
+        assert proc.returncode == 0 and int(alone["err"][0]) == 0, proc.stderr[-4000:]
+        proc, out = emu.run_raw(exe, "forward", {**_joint(d0, d1), "num_sms": 1}, "plain", None, RUN_TIMEOUT_S)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        if joint_fits:
+            assert int(out["err"][0]) == 0 and np.array_equal(out["output"], alone["output"])
+            assert not np.isnan(out["output_r"]).any()
+        else:
+            assert int(out["err"][0]) == COOPERATIVE_LAUNCH_TOO_LARGE
+            assert np.isnan(out["output"]).all() and np.isnan(out["output_r"]).all(), "a refused launch runs nothing"
+
+
+@pytest.mark.parametrize("kind,H,num_sms,one,both", [("plan", 512, 132, 4, 8), ("plan", 40, 132, 1, 1),
+                                                     ("plan", 13, 4, 4, 8), ("bplan", 512, 132, 4, 8),
+                                                     ("bplan", 1024, 132, 8, 0)])
+def test_planner_fits_both_directions(kind, H, num_sms, one, both):
+    """choose_units / choose_bwd_kernel with directions = 2: twice ceil(H / units) blocks on the SMs (float32, exact:
+    the FMA kernels), so a bidirectional layer takes units that spread both directions' blocks over the device; none
+    where the two directions' W_hh exceed the device's shared memory (the FMA backward's float32 LSTM at H = 1024:
+    2 x 16 MiB against 132 x 227 KiB), and the directions run one after the other."""
+    for dirs, units in ((1, one), (2, both)):
+        out = emu.run_driver(SRC, kind, {"storage": 0, "cell": 0, "H": H, "num_sms": num_sms, "directions": dirs})
+        assert int(out["units"][0]) == units, (dirs, out)
+        assert dirs * int(out["grid"][0]) <= num_sms

@@ -135,10 +135,33 @@ def test_math_path_is_a_parameter(model):
             assert b["math"].startswith("tc") and b["persistent_us"] <= a["persistent_us"] * (1 + 1e-9), (a, b)
 
 
-def test_readme_section_is_current(model):
+@pytest.fixture(scope="module")
+def bidir(model):
+    """The model's rows of the bidirectional stacks (scripts/cuda_model.py bidir_rows)."""
+    probe = cm.Probe()
+    try:
+        return cm.bidir_rows(model[0], probe, "auto")
+    finally:
+        probe.close()
+
+
+def test_bidirectional_layers_gain_from_one_launch(bidir):
+    """Both directions in one launch (the planner fits twice the blocks, at twice the units per block where needed)
+    never loses against the directions in turn, and at B = 1, where a step is latency-bound, gains at least 1.5x on
+    the forward (per layer the recurrences take one launch's steps instead of two; the input GEMMs are the same)."""
+    assert bidir
+    for r in bidir:
+        assert r["units_both"] is not None and r["units_both"] >= r["units_one"], r
+        assert r["fwd_joint_ms"] <= r["fwd_seq_ms"] * (1 + 1e-9) and r["train_joint_ms"] <= r["train_seq_ms"] * (
+            1 + 1e-9), r
+        if r["B"] == 1:
+            assert r["fwd_seq_ms"] / r["fwd_joint_ms"] >= 1.5, r
+
+
+def test_readme_section_is_current(model, bidir):
     _, krows, mrows, _ = model
     current = cm.readme_section()
     assert current is not None, "csrc/cuda/README.md lost its generated performance-model section"
-    assert current == cm.markdown(krows, mrows, "auto"), (
+    assert current == cm.markdown(krows, mrows, "auto", bidir), (
         "csrc/cuda/README.md's performance model is stale for the built library: run "
         "`python scripts/cuda_model.py --update-readme`")

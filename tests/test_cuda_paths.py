@@ -190,3 +190,40 @@ def test_tf32_backward_on_and_off_against_torch_nn(cell, monkeypatch):
         torch.testing.assert_close(a, b, **tol)
     assert (grads[True, "fast"][0] - grads[False, "fast"][0]).abs().max() > TOL[torch.float32]["atol"], \
         "TF32 mode left no trace in the input gradient"
+
+
+# ---------------------------------------------------------------- both directions of a layer in one launch
+def _bidir_run(cell, dtype, packed, monkeypatch, mode):
+    """A two-layer bidirectional module's outputs and gradients with FASTRNN_CUDA_BIDIR=mode, on the persistent
+    kernels (the same weights and inputs for every mode)."""
+    monkeypatch.setenv("FASTRNN_CUDA_ALGO", "persistent")
+    monkeypatch.setenv("FASTRNN_CUDA_BIDIR", mode)
+    torch.manual_seed(0)
+    m = getattr(fastrnn, cell)(7, 40, num_layers=2, bidirectional=True).to("cuda", dtype)
+    x = torch.randn(6, 4, 7, device="cuda", dtype=dtype, requires_grad=True)
+    inp = torch.nn.utils.rnn.pack_padded_sequence(x, [6, 5, 5, 2]) if packed else x
+    out, state = m(inp)
+    out = out.data if packed else out
+    h = state[0] if cell == "LSTM" else state
+    (out.float().square().sum() + h.float().sum()).backward()
+    return [out, h, x.grad] + [p.grad for p in m.parameters()]
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+def test_both_directions_in_one_launch_equal_in_turn(cell, dtype, packed, monkeypatch):
+    """FASTRNN_CUDA_BIDIR=concurrent (both directions' recurrences in one persistent launch, forward and backward)
+    against sequential (one launch per direction): the same numbers within the dtype's tolerance (the joint plan may
+    take more units per block: another accumulation order). float32 exact (TF32 off)."""
+    with _tf32_flags(False):
+        joint = _bidir_run(cell, dtype, packed, monkeypatch, "concurrent")
+        turn = _bidir_run(cell, dtype, packed, monkeypatch, "sequential")
+    for a, b in zip(joint, turn):
+        torch.testing.assert_close(a, b, **TOL[dtype])
+
+
+def test_bad_bidir_value_raises(monkeypatch):
+    monkeypatch.setenv("FASTRNN_CUDA_BIDIR", "parallel")
+    with pytest.raises(ValueError, match="FASTRNN_CUDA_BIDIR"):
+        _bidir_run("GRU", torch.float32, False, monkeypatch, "parallel")

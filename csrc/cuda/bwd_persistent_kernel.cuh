@@ -11,10 +11,12 @@
 //
 // Launch contract (lstm/gru/rnn_bwd_persistent_kernel<S>; Tr = BwdPersistentTraitsFor<S, C>):
 //   cooperative launch (cudaLaunchCooperativeKernel): every block resident at once, or the launch fails
-//   grid   = dim3(Tr::grid(p.H, p.units), 1, 1)    -- blockIdx.x: tile of p.units hidden units
+//   grid   = dim3(Tr::grid(p.H, p.units), D, 1)    -- blockIdx.x: tile of p.units hidden units; blockIdx.y: the
+//                                                     direction, D = 1 or 2 (a bidirectional layer in one launch)
 //   block  = dim3(Tr::kThreads, 1, 1)              -- 256 threads
 //   dynamic shared memory = Tr::smem_bytes(p.units, p.H)
-//   args   = one BwdSeqParams (params.h); p.units a power of two in [1, 32]; p.T >= 1; p.steps has T + 1 rows
+//   args   = one BwdSeqLaunch (params.h): p = dir[blockIdx.y]; p.units a power of two in [1, 32]; p.T >= 1; p.steps
+//            has T + 1 rows; with D = 2 both directions have the same T, H and units
 //            (persistent_plan.h bwd_seq_steps). No LSTM projection (the host keeps the step path for it).
 //
 // Work split inside a block, as the forward's FMA kernel: thread tid owns unit u = tid % units and batch group
@@ -270,18 +272,18 @@ __device__ __forceinline__ void bwd_persistent(const BwdSeqParams& p) {
 #endif
 
 template <typename S>
-__global__ void FASTRNN_PERSISTENT_BWD_BOUNDS lstm_bwd_persistent_kernel(const BwdSeqParams p) {
-  bwd_persistent<S, Cell::kLstm>(p);
+__global__ void FASTRNN_PERSISTENT_BWD_BOUNDS lstm_bwd_persistent_kernel(const BwdSeqLaunch a) {
+  bwd_persistent<S, Cell::kLstm>(a.dir[blockIdx.y]);
 }
 
 template <typename S>
-__global__ void FASTRNN_PERSISTENT_BWD_BOUNDS gru_bwd_persistent_kernel(const BwdSeqParams p) {
-  bwd_persistent<S, Cell::kGru>(p);
+__global__ void FASTRNN_PERSISTENT_BWD_BOUNDS gru_bwd_persistent_kernel(const BwdSeqLaunch a) {
+  bwd_persistent<S, Cell::kGru>(a.dir[blockIdx.y]);
 }
 
 template <typename S>
-__global__ void FASTRNN_PERSISTENT_BWD_BOUNDS rnn_bwd_persistent_kernel(const BwdSeqParams p) {
-  bwd_persistent<S, Cell::kRnn>(p);
+__global__ void FASTRNN_PERSISTENT_BWD_BOUNDS rnn_bwd_persistent_kernel(const BwdSeqLaunch a) {
+  bwd_persistent<S, Cell::kRnn>(a.dir[blockIdx.y]);
 }
 
 
@@ -556,18 +558,18 @@ __device__ __forceinline__ void bwd_persistent_mma(const BwdSeqParams& p) {
 }
 
 template <typename S>
-__global__ void FASTRNN_PERSISTENT_MMA_BOUNDS lstm_bwd_persistent_mma_kernel(const BwdSeqParams p) {
-  bwd_persistent_mma<S, Cell::kLstm>(p);
+__global__ void FASTRNN_PERSISTENT_MMA_BOUNDS lstm_bwd_persistent_mma_kernel(const BwdSeqLaunch a) {
+  bwd_persistent_mma<S, Cell::kLstm>(a.dir[blockIdx.y]);
 }
 
 template <typename S>
-__global__ void FASTRNN_PERSISTENT_MMA_BOUNDS gru_bwd_persistent_mma_kernel(const BwdSeqParams p) {
-  bwd_persistent_mma<S, Cell::kGru>(p);
+__global__ void FASTRNN_PERSISTENT_MMA_BOUNDS gru_bwd_persistent_mma_kernel(const BwdSeqLaunch a) {
+  bwd_persistent_mma<S, Cell::kGru>(a.dir[blockIdx.y]);
 }
 
 template <typename S>
-__global__ void FASTRNN_PERSISTENT_MMA_BOUNDS rnn_bwd_persistent_mma_kernel(const BwdSeqParams p) {
-  bwd_persistent_mma<S, Cell::kRnn>(p);
+__global__ void FASTRNN_PERSISTENT_MMA_BOUNDS rnn_bwd_persistent_mma_kernel(const BwdSeqLaunch a) {
+  bwd_persistent_mma<S, Cell::kRnn>(a.dir[blockIdx.y]);
 }
 
 }  // namespace fastrnn::cuda

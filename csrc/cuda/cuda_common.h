@@ -7,6 +7,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <tuple>
 #include <vector>
 
 #include "../sequence.h"
@@ -117,6 +118,13 @@ inline at::Tensor sequence_rows(const SeqLayout& L, bool last, const at::Device&
 inline int64_t next_step(const SeqLayout& L, int64_t t, bool reverse) {
   const int64_t s = reverse ? t - 1 : t + 1;
   return (s >= 0 && s < L.T) ? s : -1;
+}
+
+// The elements of a tuple after its first (a bidirectional backward's second direction: its input gradient is
+// added into the first's).
+template <class First, class... Rest>
+std::tuple<Rest...> drop_first(const std::tuple<First, Rest...>& t) {
+  return std::apply([](const First&, const Rest&... rest) { return std::tuple<Rest...>(rest...); }, t);
 }
 
 }  // namespace fastrnn::cuda

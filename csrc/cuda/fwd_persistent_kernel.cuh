@@ -9,10 +9,12 @@
 // Launch contract (lstm/gru/rnn_fwd_persistent_kernel<S>; Tr = FwdPersistentTraits<gates_of(cell), acc_t<S>>;
 // persistent_launcher.cuh does exactly this):
 //   cooperative launch (cudaLaunchCooperativeKernel): every block resident at once, or the launch fails
-//   grid   = dim3(Tr::grid(p.H, p.units), 1, 1)    -- blockIdx.x: tile of p.units hidden units
+//   grid   = dim3(Tr::grid(p.H, p.units), D, 1)    -- blockIdx.x: tile of p.units hidden units; blockIdx.y: the
+//                                                     direction, D = 1 or 2 (a bidirectional layer in one launch)
 //   block  = dim3(Tr::kThreads, 1, 1)              -- 256 threads
 //   dynamic shared memory = Tr::smem_bytes(p.units, p.K)
-//   args   = one FwdSeqParams (params.h); p.units a power of two in [1, 32]; p.K == p.H; p.T >= 1
+//   args   = one FwdSeqLaunch (params.h): p = dir[blockIdx.y]; p.units a power of two in [1, 32]; p.K == p.H;
+//            p.T >= 1; with D = 2 both directions have the same T, H and units (the barrier counts steps of both)
 //
 // Work split inside a block: thread tid owns unit u = tid % units and batch group bg = tid / units of
 // groups = 256 / units; per chunk of groups * kRowsPerThread batch rows it accumulates rows
@@ -219,19 +221,29 @@ __device__ __forceinline__ void fwd_persistent(const FwdSeqParams& p) {
   }
 }
 
+// __launch_bounds__(256, 2): at most 128 registers, the budget (register_budget.txt), which still keeps 2 blocks per SM
+// for the planner's fallback of several blocks per SM. With __launch_bounds__(256) alone ptxas held the float32 GRU
+// (sm_80) and the float64 RNN kernels at 64-80 registers with an 8-40 byte stack once the direction came from the
+// launch's grid row (FwdSeqLaunch).
+#if defined(__CUDACC__)
+#define FASTRNN_PERSISTENT_FWD_BOUNDS __launch_bounds__(kPersistentThreads, 2)
+#else
+#define FASTRNN_PERSISTENT_FWD_BOUNDS
+#endif
+
 template <typename S>
-__global__ void FASTRNN_LAUNCH_BOUNDS(kPersistentThreads) lstm_fwd_persistent_kernel(const FwdSeqParams p) {
-  fwd_persistent<S, Cell::kLstm>(p);
+__global__ void FASTRNN_PERSISTENT_FWD_BOUNDS lstm_fwd_persistent_kernel(const FwdSeqLaunch a) {
+  fwd_persistent<S, Cell::kLstm>(a.dir[blockIdx.y]);
 }
 
 template <typename S>
-__global__ void FASTRNN_LAUNCH_BOUNDS(kPersistentThreads) gru_fwd_persistent_kernel(const FwdSeqParams p) {
-  fwd_persistent<S, Cell::kGru>(p);
+__global__ void FASTRNN_PERSISTENT_FWD_BOUNDS gru_fwd_persistent_kernel(const FwdSeqLaunch a) {
+  fwd_persistent<S, Cell::kGru>(a.dir[blockIdx.y]);
 }
 
 template <typename S>
-__global__ void FASTRNN_LAUNCH_BOUNDS(kPersistentThreads) rnn_fwd_persistent_kernel(const FwdSeqParams p) {
-  fwd_persistent<S, Cell::kRnn>(p);
+__global__ void FASTRNN_PERSISTENT_FWD_BOUNDS rnn_fwd_persistent_kernel(const FwdSeqLaunch a) {
+  fwd_persistent<S, Cell::kRnn>(a.dir[blockIdx.y]);
 }
 
 // ================================================================================ tensor-core (mma.sync) kernels
@@ -643,18 +655,18 @@ __device__ __forceinline__ void fwd_persistent_mma(const FwdSeqParams& p) {
 #endif
 
 template <typename S>
-__global__ void FASTRNN_PERSISTENT_MMA_BOUNDS lstm_fwd_persistent_mma_kernel(const FwdSeqParams p) {
-  fwd_persistent_mma<S, Cell::kLstm>(p);
+__global__ void FASTRNN_PERSISTENT_MMA_BOUNDS lstm_fwd_persistent_mma_kernel(const FwdSeqLaunch a) {
+  fwd_persistent_mma<S, Cell::kLstm>(a.dir[blockIdx.y]);
 }
 
 template <typename S>
-__global__ void FASTRNN_PERSISTENT_MMA_BOUNDS gru_fwd_persistent_mma_kernel(const FwdSeqParams p) {
-  fwd_persistent_mma<S, Cell::kGru>(p);
+__global__ void FASTRNN_PERSISTENT_MMA_BOUNDS gru_fwd_persistent_mma_kernel(const FwdSeqLaunch a) {
+  fwd_persistent_mma<S, Cell::kGru>(a.dir[blockIdx.y]);
 }
 
 template <typename S>
-__global__ void FASTRNN_PERSISTENT_MMA_BOUNDS rnn_fwd_persistent_mma_kernel(const FwdSeqParams p) {
-  fwd_persistent_mma<S, Cell::kRnn>(p);
+__global__ void FASTRNN_PERSISTENT_MMA_BOUNDS rnn_fwd_persistent_mma_kernel(const FwdSeqLaunch a) {
+  fwd_persistent_mma<S, Cell::kRnn>(a.dir[blockIdx.y]);
 }
 
 }  // namespace fastrnn::cuda

@@ -34,18 +34,22 @@ void launch_bwd_step(Cell cell, const BwdStepParams& p, cudaStream_t stream);
 // dynamic shared memory. Instantiated for every DType in pfwd_<dtype>.cu.
 // tf32 (float32 only): torch.backends.cudnn.allow_tf32 of the call; with it the tensor-core (TF32) kernel, without
 // it the exact FMA kernel. bf16/fp16 always take the tensor-core kernel, float64 the FMA kernel; `mma` says which.
+// directions: 1, or 2 for both directions of a bidirectional layer in one launch (grid rows, params.h FwdSeqLaunch):
+// the plan then needs a co-resident grid of twice the blocks. grid: the blocks of one direction.
 struct PersistentConfig {
   int units = 0;
   bool mma = false;
+  int directions = 1;
   int64_t grid = 0, threads = 0, smem_bytes = 0;
 };
 template <DType D>
-PersistentConfig fwd_persistent_config(Cell cell, int64_t H, int64_t K, bool tf32);
-// One cooperative launch of the whole sequence; returns the launch's error (cudaErrorCooperativeLaunchTooLarge
-// when the grid cannot be resident, e.g. under MPS or on a busy device) without raising, so that the caller can
-// take the step kernels instead. p.units must be config.units.
+PersistentConfig fwd_persistent_config(Cell cell, int64_t H, int64_t K, bool tf32, int directions);
+// One cooperative launch of the whole sequence (config.directions of them, a.dir[0..directions)); returns the
+// launch's error (cudaErrorCooperativeLaunchTooLarge when the grid cannot be resident, e.g. under MPS or on a busy
+// device) without raising, so that the caller can take the step kernels instead. a.dir[d].units must be
+// config.units.
 template <DType D>
-cudaError_t launch_fwd_persistent(Cell cell, const FwdSeqParams& p, const PersistentConfig& config,
+cudaError_t launch_fwd_persistent(Cell cell, const FwdSeqLaunch& a, const PersistentConfig& config,
                                   cudaStream_t stream);
 
 // The persistent backward kernels (bwd_persistent_kernel.cuh; tensor cores for bf16/fp16, and for float32 when tf32,
@@ -53,9 +57,9 @@ cudaError_t launch_fwd_persistent(Cell cell, const FwdSeqParams& p, const Persis
 // which kernel) and one cooperative launch of the whole backward recurrence, returning the launch's error without
 // raising. Instantiated for every DType in pbwd_<dtype>.cu.
 template <DType D>
-PersistentConfig bwd_persistent_config(Cell cell, int64_t H, bool tf32);
+PersistentConfig bwd_persistent_config(Cell cell, int64_t H, bool tf32, int directions);
 template <DType D>
-cudaError_t launch_bwd_persistent(Cell cell, const BwdSeqParams& p, const PersistentConfig& config,
+cudaError_t launch_bwd_persistent(Cell cell, const BwdSeqLaunch& a, const PersistentConfig& config,
                                   cudaStream_t stream);
 
 }  // namespace fastrnn::cuda

@@ -23,100 +23,187 @@ namespace {
 
 constexpr const char* kFwd = "fastrnn::lstm_forward";
 constexpr const char* kBwd = "fastrnn::lstm_backward";
+constexpr const char* kBidirFwd = "fastrnn::lstm_bidir_forward";
+constexpr const char* kBidirBwd = "fastrnn::lstm_bidir_backward";
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
-    const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
-    const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh_, const std::optional<at::Tensor>& b_ih,
-    const std::optional<at::Tensor>& b_hh_, const std::optional<at::Tensor>& w_hr_, bool reverse, bool train) {
-  const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
+// One direction's forward in two parts: begin (checks, allocations, the input GEMM, the persistent run's arguments)
+// and end (the recurrence, unless a launch of both directions already ran it, and the final states), so that
+// lstm_bidir_forward can run the recurrences of both directions in one persistent launch between them.
+struct LstmFwd {
+  SeqLayout L;
+  int64_t H = 0;
+  bool proj = false, reverse = false, train = false;
+  DType dt = DType::kFloat;
+  at::Tensor input, cx, w_hh, w_hr, output, out, h0, c_state, ws, gx, r;
+  std::optional<at::Tensor> b_hh;
+  FwdPersistentRun run;
+};
+
+LstmFwd lstm_fwd_begin(const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
+                       const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh_,
+                       const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh_,
+                       const std::optional<at::Tensor>& w_hr_, bool reverse, bool train) {
   check_cuda(kFwd, "input", input);
   const CellShape s = check_forward_args(kFwd, 4, input, batch_sizes, hx, &cx, w_ih, w_hh_, b_ih, b_hh_, w_hr_);
-  const c10::cuda::CUDAGuard guard(input.device());
-  const SeqLayout L = make_layout(input, batch_sizes);
-  const int64_t H = s.hidden_size, P = s.state_size;
-  const bool proj = w_hr_.has_value();
-  const at::Tensor w_hh = w_hh_.contiguous();
-  const at::Tensor w_hr = proj ? w_hr_->contiguous() : at::Tensor();
-  const std::optional<at::Tensor> b_hh =
-      b_hh_.has_value() ? std::optional<at::Tensor>(b_hh_->contiguous()) : std::nullopt;
+  LstmFwd f;
+  f.L = make_layout(input, batch_sizes);
+  f.H = s.hidden_size;
+  f.proj = w_hr_.has_value();
+  f.reverse = reverse;
+  f.train = train;
+  f.dt = dtype_of(kFwd, input.scalar_type());
+  f.input = input;
+  f.cx = cx;
+  f.w_hh = w_hh_.contiguous();
+  f.w_hr = f.proj ? w_hr_->contiguous() : at::Tensor();
+  f.b_hh = b_hh_.has_value() ? std::optional<at::Tensor>(b_hh_->contiguous()) : std::nullopt;
   const auto acc_opts = input.options().dtype(acc_dtype(input.scalar_type()));
-  const DType dt = dtype_of(kFwd, input.scalar_type());
+  const SeqLayout& L = f.L;
+  const int64_t H = f.H;
 
   auto out_sizes = input.sizes().vec();
-  out_sizes.back() = P;
-  at::Tensor output = at::empty(out_sizes, input.options());
-  const at::Tensor out = rows2d(output);
-  const at::Tensor h0 = hx.contiguous();
-  at::Tensor c_state = cx.to(acc_opts, /*non_blocking=*/false, /*copy=*/true).contiguous();
-  at::Tensor ws = at::empty({train ? L.N : 0, train ? 5 * H : 0}, acc_opts);
-  const at::Tensor gx = input_gates(rows2d(input.contiguous()), w_ih, b_ih).contiguous();
-  const at::Tensor r = proj ? at::empty({L.B, H}, input.options()) : at::Tensor();
-  if (L.T == 0) return {output, h0.clone(), cx.contiguous().clone(), ws};
+  out_sizes.back() = s.state_size;
+  f.output = at::empty(out_sizes, input.options());
+  f.out = rows2d(f.output);
+  f.h0 = hx.contiguous();
+  f.c_state = cx.to(acc_opts, /*non_blocking=*/false, /*copy=*/true).contiguous();
+  f.ws = at::empty({train ? L.N : 0, train ? 5 * H : 0}, acc_opts);
+  f.gx = input_gates(rows2d(input.contiguous()), w_ih, b_ih).contiguous();
+  f.r = f.proj ? at::empty({L.B, H}, input.options()) : at::Tensor();
+  f.run = fwd_persistent_run(kFwd, L, reverse, H, f.gx, f.b_hh, f.w_hh, f.out, f.h0, f.c_state.data_ptr(),
+                             train ? f.ws.data_ptr() : nullptr, 0, f.proj);
+  return f;
+}
 
-  const bool persistent = run_fwd_persistent(kFwd, dt, Cell::kLstm, L, reverse, H, gx, b_hh, w_hh, out, h0,
-                                             c_state.data_ptr(), train ? ws.data_ptr() : nullptr, 0, proj);
+// The recurrence (the persistent kernel or the step kernels; none when `done`: a joint launch ran it) and the results.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_fwd_end(LstmFwd& f, bool done) {
+  const SeqLayout& L = f.L;
+  const int64_t H = f.H;
+  const bool reverse = f.reverse, proj = f.proj;
+  const at::Tensor& out = f.out;
+  if (L.T == 0) return {f.output, f.h0.clone(), f.cx.contiguous().clone(), f.ws};
+
+  const bool persistent = done || run_fwd_persistent(kFwd, f.dt, Cell::kLstm, &f.run, 1);
   if (!persistent && L.B > 0 && H > 0)
-    check_launch(kFwd, "lstm_fwd_step_kernel", fwd_launch_config(dt, Cell::kLstm, H, L.B));
+    check_launch(kFwd, "lstm_fwd_step_kernel", fwd_launch_config(f.dt, Cell::kLstm, H, L.B));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   for (int64_t k = 0; k < (persistent ? 0 : L.T); ++k) {
     const int64_t t = L.step(k, reverse), bs = L.batch_sizes[t], off = L.offsets[t];
-    FwdStepParams p = fwd_step_params(L, t, reverse, H, gx, b_hh, w_hh, out, h0);
-    p.c_state = c_state.data_ptr();
-    p.ws = train ? row_ptr(ws, off) : nullptr;
+    FwdStepParams p = fwd_step_params(L, t, reverse, H, f.gx, f.b_hh, f.w_hh, out, f.h0);
+    p.c_state = f.c_state.data_ptr();
+    p.ws = f.train ? row_ptr(f.ws, off) : nullptr;
     if (proj) {  // the kernel writes r = o*tanh(c); the GEMM below projects it into the output rows
-      p.h_out = r.data_ptr();
+      p.h_out = f.r.data_ptr();
       p.ld_out = H;
     }
-    launch_fwd_step(dt, Cell::kLstm, p, stream);
+    launch_fwd_step(f.dt, Cell::kLstm, p, stream);
     if (proj) {
       // The projection h = r @ W_hr^T as a cuBLAS GEMM into the step's output rows.
-      mm_into(out.narrow(0, off, bs), r.narrow(0, 0, bs), w_hr.t());
+      mm_into(out.narrow(0, off, bs), f.r.narrow(0, 0, bs), f.w_hr.t());
     }
   }
-  const at::Tensor hy = out.index_select(0, sequence_rows(L, /*last=*/!reverse, input.device()));
-  return {output, hy, c_state.to(input.scalar_type()), ws};
+  const at::Tensor hy = out.index_select(0, sequence_rows(L, /*last=*/!reverse, f.input.device()));
+  return {f.output, hy, f.c_state.to(f.input.scalar_type()), f.ws};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
+    const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
+    const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+    const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& w_hr, bool reverse, bool train) {
+  const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
+  const c10::cuda::CUDAGuard guard(input.device());
+  LstmFwd f = lstm_fwd_begin(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, train);
+  return lstm_fwd_end(f, false);
+}
+
+// Both directions of a bidirectional layer: their recurrences in one persistent launch where it fits
+// (persistent.h FASTRNN_CUDA_BIDIR), else one after the other; the results of two lstm_forward calls.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lstm_bidir_forward(const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
+                   const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                   const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+                   const std::optional<at::Tensor>& w_hr, const at::Tensor& hx_r, const at::Tensor& cx_r,
+                   const at::Tensor& w_ih_r, const at::Tensor& w_hh_r, const std::optional<at::Tensor>& b_ih_r,
+                   const std::optional<at::Tensor>& b_hh_r, const std::optional<at::Tensor>& w_hr_r, bool train) {
+  const NoAutocast no_autocast;
+  const c10::cuda::CUDAGuard guard(input.device());
+  LstmFwd d[2] = {lstm_fwd_begin(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, false, train),
+                  lstm_fwd_begin(input, batch_sizes, hx_r, cx_r, w_ih_r, w_hh_r, b_ih_r, b_hh_r, w_hr_r, true, train)};
+  return bidir_forward(kBidirFwd, Cell::kLstm, d, lstm_fwd_end);
+}
+
+// One direction's backward in two parts (as LstmFwd): begin (checks, buffers, the persistent run's arguments) and end
+// (the recurrence unless a joint launch ran it, then the whole-sequence gradients).
+struct LstmBwd {
+  SeqLayout L;
+  int64_t H = 0;
+  bool proj = false, reverse = false, has_bias = false;
+  DType dt = DType::kFloat;
+  at::Tensor input, grad_hy, hx, w_ih, w_hh, w_hr, output, ws, dc_state, c_prev, dh_all, r_all, carry;
+  std::optional<StepRows> go;
+  GateGradBuffer dg;
+  BwdPersistentRun run;
+};
+
+LstmBwd lstm_bwd_begin(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& grad_cy,
+                       const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
+                       const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh_,
+                       const std::optional<at::Tensor>& w_hr_, const at::Tensor& output, const at::Tensor& workspace,
+                       bool reverse, bool has_bias) {
+  check_cuda(kBwd, "input", input);
+  const CellShape s = check_forward_args(kBwd, 4, input, batch_sizes, hx, &cx, w_ih, w_hh_, {}, {}, w_hr_);
+  LstmBwd b;
+  b.L = make_layout(input, batch_sizes);
+  const SeqLayout& L = b.L;
+  const int64_t H = b.H = s.hidden_size, P = s.state_size;
+  check_backward_args(kBwd, input, s.state_size, grad_output, output, grad_hy, hx, &workspace, {L.N, 5 * H});
+  check_like(kBwd, "grad_cy", grad_cy, cx.sizes(), cx);
+  b.proj = w_hr_.has_value();
+  b.reverse = reverse;
+  b.has_bias = has_bias;
+  b.dt = dtype_of(kBwd, input.scalar_type());
+  b.input = input;
+  b.grad_hy = grad_hy;
+  b.hx = hx;
+  b.w_ih = w_ih;
+  b.output = output;
+  b.w_hh = w_hh_.contiguous();
+  b.w_hr = b.proj ? w_hr_->contiguous() : at::Tensor();
+  const auto acc_opts = input.options().dtype(acc_dtype(input.scalar_type()));
+
+  b.ws = workspace.contiguous();
+  b.go.emplace(grad_output, batch_sizes.has_value());  // read in place (a transposed or sliced gradient too)
+  b.dc_state = grad_cy.to(acc_opts, false, /*copy=*/true).contiguous();
+  b.c_prev = gather_prev(b.ws.narrow(1, 4 * H, H), cx.to(acc_opts), L, reverse).contiguous();
+  b.dg = gate_grad_buffer(L.N, 4 * H, input);
+  b.dh_all = b.proj ? at::empty({L.N, P}, input.options()) : at::Tensor();
+  b.r_all = b.proj ? at::empty({L.N, H}, input.options()) : at::Tensor();
+
+  // The persistent backward (one cooperative launch; no projection): carry leaves as grad_hx.
+  b.carry = b.proj ? at::Tensor() : grad_hy.to(acc_opts, false, /*copy=*/true).contiguous();
+  BwdPersistentArgs pa;
+  pa.dg = b.dg.dgx.data_ptr();
+  pa.ws = b.ws.data_ptr();
+  pa.c_prev = b.c_prev.data_ptr();
+  pa.dc_state = b.dc_state.data_ptr();
+  b.run = bwd_persistent_run(kBwd, L, reverse, H, *b.go, b.w_hh, b.carry, pa, b.proj);
+  return b;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& grad_cy,
-              const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
-              const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh_,
-              const std::optional<at::Tensor>& w_hr_, const at::Tensor& output, const at::Tensor& workspace,
-              bool reverse, bool has_bias) {
-  const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
-  check_cuda(kBwd, "input", input);
-  const CellShape s = check_forward_args(kBwd, 4, input, batch_sizes, hx, &cx, w_ih, w_hh_, {}, {}, w_hr_);
-  const c10::cuda::CUDAGuard guard(input.device());
-  const SeqLayout L = make_layout(input, batch_sizes);
-  const int64_t H = s.hidden_size, P = s.state_size;
-  check_backward_args(kBwd, input, s.state_size, grad_output, output, grad_hy, hx, &workspace, {L.N, 5 * H});
-  check_like(kBwd, "grad_cy", grad_cy, cx.sizes(), cx);
-  const bool proj = w_hr_.has_value();
-  const at::Tensor w_hh = w_hh_.contiguous();
-  const at::Tensor w_hr = proj ? w_hr_->contiguous() : at::Tensor();
-  const auto acc_opts = input.options().dtype(acc_dtype(input.scalar_type()));
-  const DType dt = dtype_of(kBwd, input.scalar_type());
-
-  const at::Tensor ws = workspace.contiguous();
-  const StepRows go(grad_output, batch_sizes.has_value());  // read in place (a transposed or sliced gradient too)
-  at::Tensor dc_state = grad_cy.to(acc_opts, false, /*copy=*/true).contiguous();
-  const at::Tensor c_prev = gather_prev(ws.narrow(1, 4 * H, H), cx.to(acc_opts), L, reverse).contiguous();
-  const GateGradBuffer dg = gate_grad_buffer(L.N, 4 * H, input);
-  const at::Tensor& dgates = dg.dgx;
+lstm_bwd_end(LstmBwd& b, bool done) {
+  const SeqLayout& L = b.L;
+  const int64_t H = b.H;
+  const bool reverse = b.reverse, proj = b.proj;
+  const at::Tensor& input = b.input;
+  const at::Tensor& dgates = b.dg.dgx;
+  const StepRows& go = *b.go;
+  at::Tensor& carry = b.carry;
   at::Tensor grad_hx;
-  at::Tensor dh_all = proj ? at::empty({L.N, P}, input.options()) : at::Tensor();
-  at::Tensor r_all = proj ? at::empty({L.N, H}, input.options()) : at::Tensor();
 
-  // The persistent backward (one cooperative launch; no projection): carry leaves as grad_hx.
-  at::Tensor carry = proj ? at::Tensor() : grad_hy.to(acc_opts, false, /*copy=*/true).contiguous();
-  BwdPersistentArgs pa;
-  pa.dg = dgates.data_ptr();
-  pa.ws = ws.data_ptr();
-  pa.c_prev = c_prev.data_ptr();
-  pa.dc_state = dc_state.data_ptr();
-  const bool persistent = run_bwd_persistent(kBwd, dt, Cell::kLstm, L, reverse, H, go, w_hh, carry, pa, proj);
+  const bool persistent = done || run_bwd_persistent(kBwd, b.dt, Cell::kLstm, &b.run, 1);
   if (!persistent && L.B > 0 && H > 0)
-    check_launch(kBwd, "lstm_bwd_step_kernel", bwd_launch_config(dt, Cell::kLstm, H, L.B));
+    check_launch(kBwd, "lstm_bwd_step_kernel", bwd_launch_config(b.dt, Cell::kLstm, H, L.B));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   if (persistent) {
     grad_hx = carry.to(input.scalar_type());
@@ -128,52 +215,86 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at
       const int64_t n_next = nxt < 0 ? 0 : L.rows_with_prev(nxt, reverse);
       BwdStepParams p;
       p.dg_next = n_next > 0 ? row_ptr(dgates, L.offsets[nxt]) : nullptr;
-      p.w_hh = w_hh.data_ptr();
+      p.w_hh = b.w_hh.data_ptr();
       p.grad_out = go.ptr(L, t);
       p.ld_grad_out = go.ld;
       p.carry = carry.data_ptr();
-      p.ws = row_ptr(ws, off);
-      p.c_prev = row_ptr(c_prev, off);
-      p.dc_state = dc_state.data_ptr();
+      p.ws = row_ptr(b.ws, off);
+      p.c_prev = row_ptr(b.c_prev, off);
+      p.dc_state = b.dc_state.data_ptr();
       p.dg = row_ptr(dgates, off);
       p.n_next = n_next;
       p.bs = bs;
       p.H = H;
-      launch_bwd_step(dt, Cell::kLstm, p, stream);
+      launch_bwd_step(b.dt, Cell::kLstm, p, stream);
     }
     // The gradient reaching hx[b] through W_hh, from the step that started from it (carry is 0 by now).
-    grad_hx = L.T == 0 ? grad_hy.contiguous().clone()
-                       : at::mm(dgates.index_select(0, sequence_rows(L, /*last=*/reverse, input.device())), w_hh);
+    grad_hx = L.T == 0 ? b.grad_hy.contiguous().clone()
+                       : at::mm(dgates.index_select(0, sequence_rows(L, /*last=*/reverse, input.device())), b.w_hh);
   } else {
-    at::Tensor dh_state = grad_hy.contiguous().clone();
+    at::Tensor dh_state = b.grad_hy.contiguous().clone();
     at::Tensor dr = at::empty({L.B, H}, input.options());
     for (int64_t k = 0; k < L.T; ++k) {
       const int64_t t = L.step(k, !reverse), bs = L.batch_sizes[t], off = L.offsets[t];
-      at::Tensor dh_t = dh_all.narrow(0, off, bs);
+      at::Tensor dh_t = b.dh_all.narrow(0, off, bs);
       at::add_out(dh_t, dh_state.narrow(0, 0, bs), go.rows(L, t));
-      mm_into(dr.narrow(0, 0, bs), dh_t, w_hr);
+      mm_into(dr.narrow(0, 0, bs), dh_t, b.w_hr);
       BwdStepParams p;
-      p.w_hh = w_hh.data_ptr();
+      p.w_hh = b.w_hh.data_ptr();
       p.dh_ext = dr.data_ptr();
-      p.ws = row_ptr(ws, off);
-      p.c_prev = row_ptr(c_prev, off);
-      p.dc_state = dc_state.data_ptr();
+      p.ws = row_ptr(b.ws, off);
+      p.c_prev = row_ptr(b.c_prev, off);
+      p.dc_state = b.dc_state.data_ptr();
       p.dg = row_ptr(dgates, off);
-      p.r_out = row_ptr(r_all, off);
+      p.r_out = row_ptr(b.r_all, off);
       p.bs = bs;
       p.H = H;
-      launch_bwd_step(dt, Cell::kLstm, p, stream);
-      mm_into(dh_state.narrow(0, 0, bs), dgates.narrow(0, off, bs), w_hh);
+      launch_bwd_step(b.dt, Cell::kLstm, p, stream);
+      mm_into(dh_state.narrow(0, 0, bs), dgates.narrow(0, off, bs), b.w_hh);
     }
     grad_hx = dh_state;
   }
 
   // The weight gradient against the states each step started from reads them in place from output and hx.
-  SequenceGrads g = sequence_grads(dg, at::Tensor(), rows2d(input.contiguous()), rows2d(output.contiguous()),
-                                   hx, L, reverse, w_ih, has_bias, input.sizes());
-  at::Tensor grad_w_hr = proj ? at::mm(dh_all.t(), r_all) : at::empty({0}, input.options());
-  return {g.grad_input, grad_hx, dc_state.to(input.scalar_type()), g.grad_w_ih, g.grad_w_hh,
+  SequenceGrads g = sequence_grads(b.dg, at::Tensor(), rows2d(input.contiguous()), rows2d(b.output.contiguous()),
+                                   b.hx, L, reverse, b.w_ih, b.has_bias, input.sizes());
+  at::Tensor grad_w_hr = proj ? at::mm(b.dh_all.t(), b.r_all) : at::empty({0}, input.options());
+  return {g.grad_input, grad_hx, b.dc_state.to(input.scalar_type()), g.grad_w_ih, g.grad_w_hh,
           g.grad_b_ih, g.grad_b_hh, grad_w_hr};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& grad_cy,
+              const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
+              const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+              const std::optional<at::Tensor>& w_hr, const at::Tensor& output, const at::Tensor& workspace,
+              bool reverse, bool has_bias) {
+  const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
+  const c10::cuda::CUDAGuard guard(input.device());
+  LstmBwd b = lstm_bwd_begin(grad_output, grad_hy, grad_cy, input, batch_sizes, hx, cx, w_ih, w_hh, w_hr, output,
+                             workspace, reverse, has_bias);
+  return lstm_bwd_end(b, false);
+}
+
+// Both directions' backward recurrences in one persistent launch where it fits (as lstm_bidir_forward); the results
+// of two lstm_backward calls, except that the input gradient is one (the sum of both directions' parts), first.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+           at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lstm_bidir_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& grad_cy,
+                    const at::Tensor& grad_output_r, const at::Tensor& grad_hy_r, const at::Tensor& grad_cy_r,
+                    const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
+                    const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                    const std::optional<at::Tensor>& w_hr, const at::Tensor& output, const at::Tensor& workspace,
+                    const at::Tensor& hx_r, const at::Tensor& cx_r, const at::Tensor& w_ih_r,
+                    const at::Tensor& w_hh_r, const std::optional<at::Tensor>& w_hr_r, const at::Tensor& output_r,
+                    const at::Tensor& workspace_r, bool has_bias) {
+  const NoAutocast no_autocast;
+  const c10::cuda::CUDAGuard guard(input.device());
+  LstmBwd d[2] = {lstm_bwd_begin(grad_output, grad_hy, grad_cy, input, batch_sizes, hx, cx, w_ih, w_hh, w_hr, output,
+                                 workspace, false, has_bias),
+                  lstm_bwd_begin(grad_output_r, grad_hy_r, grad_cy_r, input, batch_sizes, hx_r, cx_r, w_ih_r, w_hh_r,
+                                 w_hr_r, output_r, workspace_r, true, has_bias)};
+  return bidir_backward(kBidirBwd, Cell::kLstm, d, lstm_bwd_end);
 }
 
 }  // namespace
@@ -181,6 +302,8 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at
 TORCH_LIBRARY_IMPL(fastrnn, CUDA, m) {
   m.impl("lstm_forward", &lstm_forward);
   m.impl("lstm_backward", &lstm_backward);
+  m.impl("lstm_bidir_forward", &lstm_bidir_forward);
+  m.impl("lstm_bidir_backward", &lstm_bidir_backward);
 }
 
 }  // namespace fastrnn::cuda

@@ -92,6 +92,15 @@ struct FwdSeqParams {
   int relu = 0;
 };
 
+// The argument of a persistent forward launch: the directions it runs, one per grid row (blockIdx.y). A one-direction
+// launch (gridDim.y = 1) reads dir[0] only; a bidirectional layer runs both directions in ONE launch (gridDim.y = 2:
+// both directions' steps at once on their own blocks, one launch's overhead). Every block meets the grid barrier once
+// per step, so both directions must have the same T (the same batch_sizes, as a layer's two directions do) and the
+// same units; persistent.h checks that before it launches.
+struct FwdSeqLaunch {
+  FwdSeqParams dir[2];
+};
+
 // The persistent backward kernel (bwd_persistent_kernel.cuh) runs every step of a backward recurrence in one
 // cooperative launch, visiting the steps in the opposite order of the forward. Row s < T of its table describes
 // the step processed at iteration s, and its neighbours: `next` is the step processed just before it (the one that
@@ -128,6 +137,11 @@ struct BwdSeqParams {
   int64_t ld_grad_out = 0;
   int units = 0;                   // hidden units per block (a power of two <= 32)
   int relu = 0;
+};
+
+// The argument of a persistent backward launch: as FwdSeqLaunch, one direction per grid row (blockIdx.y).
+struct BwdSeqLaunch {
+  BwdSeqParams dir[2];
 };
 
 }  // namespace fastrnn::cuda

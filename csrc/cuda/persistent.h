@@ -21,6 +21,7 @@
 #include <cstring>
 #include <optional>
 #include <string>
+#include <tuple>
 
 #include "cuda_common.h"
 #include "persistent_plan.h"
@@ -40,60 +41,112 @@ inline Algo requested_algo() {
   return Algo::kAuto;
 }
 
+// FASTRNN_CUDA_BIDIR (read at every call): the two directions of a bidirectional layer (the *_bidir_* ops)
+//   unset or "auto"  in one persistent launch (each direction on its own blocks, both at once) where a grid of both
+//                    is co-resident; otherwise each direction on its own path, one after the other
+//   "sequential"     always one after the other (A/B measurement)
+//   "concurrent"     in one launch, or a clear error saying why not
+enum class Bidir { kAuto, kSequential, kConcurrent };
+
+inline Bidir requested_bidir() {
+  const char* v = std::getenv("FASTRNN_CUDA_BIDIR");
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return Bidir::kAuto;
+  if (std::strcmp(v, "sequential") == 0) return Bidir::kSequential;
+  if (std::strcmp(v, "concurrent") == 0) return Bidir::kConcurrent;
+  TORCH_CHECK_VALUE(false, "FASTRNN_CUDA_BIDIR must be auto, sequential or concurrent, got '", v, "'");
+  return Bidir::kAuto;
+}
+
 // float32 on TF32 tensor cores exactly when torch.nn's cuDNN RNN would use them (torch.backends.cudnn.allow_tf32,
 // True by default; read per call).
 inline bool allow_tf32(DType dt) {
   return dt == DType::kFloat && at::globalContext().allowTF32CuDNN(at::Float32Op::RNN);
 }
 
-inline PersistentConfig fwd_persistent_config(DType d, Cell cell, int64_t H, int64_t K, bool tf32) {
+inline PersistentConfig fwd_persistent_config(DType d, Cell cell, int64_t H, int64_t K, bool tf32, int dirs) {
   switch (d) {
-    case DType::kFloat: return fwd_persistent_config<DType::kFloat>(cell, H, K, tf32);
-    case DType::kDouble: return fwd_persistent_config<DType::kDouble>(cell, H, K, tf32);
-    case DType::kHalf: return fwd_persistent_config<DType::kHalf>(cell, H, K, tf32);
-    case DType::kBFloat16: return fwd_persistent_config<DType::kBFloat16>(cell, H, K, tf32);
+    case DType::kFloat: return fwd_persistent_config<DType::kFloat>(cell, H, K, tf32, dirs);
+    case DType::kDouble: return fwd_persistent_config<DType::kDouble>(cell, H, K, tf32, dirs);
+    case DType::kHalf: return fwd_persistent_config<DType::kHalf>(cell, H, K, tf32, dirs);
+    case DType::kBFloat16: return fwd_persistent_config<DType::kBFloat16>(cell, H, K, tf32, dirs);
   }
   return PersistentConfig{};
 }
-inline cudaError_t launch_fwd_persistent(DType d, Cell cell, const FwdSeqParams& p, const PersistentConfig& c,
+inline cudaError_t launch_fwd_persistent(DType d, Cell cell, const FwdSeqLaunch& a, const PersistentConfig& c,
                                          cudaStream_t stream) {
   switch (d) {
-    case DType::kFloat: return launch_fwd_persistent<DType::kFloat>(cell, p, c, stream);
-    case DType::kDouble: return launch_fwd_persistent<DType::kDouble>(cell, p, c, stream);
-    case DType::kHalf: return launch_fwd_persistent<DType::kHalf>(cell, p, c, stream);
-    case DType::kBFloat16: return launch_fwd_persistent<DType::kBFloat16>(cell, p, c, stream);
+    case DType::kFloat: return launch_fwd_persistent<DType::kFloat>(cell, a, c, stream);
+    case DType::kDouble: return launch_fwd_persistent<DType::kDouble>(cell, a, c, stream);
+    case DType::kHalf: return launch_fwd_persistent<DType::kHalf>(cell, a, c, stream);
+    case DType::kBFloat16: return launch_fwd_persistent<DType::kBFloat16>(cell, a, c, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+inline PersistentConfig bwd_persistent_config(DType d, Cell cell, int64_t H, bool tf32, int dirs) {
+  switch (d) {
+    case DType::kFloat: return bwd_persistent_config<DType::kFloat>(cell, H, tf32, dirs);
+    case DType::kDouble: return bwd_persistent_config<DType::kDouble>(cell, H, tf32, dirs);
+    case DType::kHalf: return bwd_persistent_config<DType::kHalf>(cell, H, tf32, dirs);
+    case DType::kBFloat16: return bwd_persistent_config<DType::kBFloat16>(cell, H, tf32, dirs);
+  }
+  return PersistentConfig{};
+}
+inline cudaError_t launch_bwd_persistent(DType d, Cell cell, const BwdSeqLaunch& a, const PersistentConfig& c,
+                                         cudaStream_t stream) {
+  switch (d) {
+    case DType::kFloat: return launch_bwd_persistent<DType::kFloat>(cell, a, c, stream);
+    case DType::kDouble: return launch_bwd_persistent<DType::kDouble>(cell, a, c, stream);
+    case DType::kHalf: return launch_bwd_persistent<DType::kHalf>(cell, a, c, stream);
+    case DType::kBFloat16: return launch_bwd_persistent<DType::kBFloat16>(cell, a, c, stream);
   }
   return cudaErrorInvalidValue;
 }
 
-// Runs the whole forward of one direction through the persistent kernel and returns true, or returns false when
-// the step kernels must run it instead (auto mode only; a forced persistent path raises instead). gx [N, G*H],
-// out [N, H] (rows of every step; also the state the next step reads), h0 [B, H]; c_state (LSTM) [B, H] and ws
-// (train) in the accumulation dtype, updated/written as the step path does.
-inline bool run_fwd_persistent(const char* op, DType dt, Cell cell, const SeqLayout& L, bool reverse, int64_t H,
-                               const at::Tensor& gx, const std::optional<at::Tensor>& b_hh, const at::Tensor& w_hh,
-                               const at::Tensor& out, const at::Tensor& h0, void* c_state, void* ws, int relu,
-                               bool projection) {
+// One direction's persistent run: the kernel's arguments (units are set when it is planned) and the device copy of
+// its step table, which must outlive the launch. `none` when the persistent kernel does not serve it at all (the step
+// path runs it): an empty sequence (nothing to launch), or `why` (FASTRNN_CUDA_ALGO=step, an LSTM projection).
+template <class Params>
+struct PersistentRun {
+  bool none = true;
+  const char* why = nullptr;
+  Params p;
+  at::Tensor table;
+};
+using FwdPersistentRun = PersistentRun<FwdSeqParams>;
+using BwdPersistentRun = PersistentRun<BwdSeqParams>;
+
+// Whether the persistent kernel serves a direction's call; if not, r stays `none` with the reason in r.why (none for
+// an empty sequence). A forced persistent path (FASTRNN_CUDA_ALGO=persistent) raises for an LSTM projection instead.
+template <class Run>
+bool serves_persistent(Run& r, const char* op, const SeqLayout& L, int64_t H, bool projection) {
   const Algo algo = requested_algo();
-  if (algo == Algo::kStep || L.T == 0 || L.B == 0 || H == 0) return false;
-  const bool forced = algo == Algo::kPersistent;
+  if (L.T == 0 || L.B == 0 || H == 0) return false;
+  if (algo == Algo::kStep) {
+    r.why = "FASTRNN_CUDA_ALGO=step";
+    return false;
+  }
   if (projection) {
-    TORCH_CHECK_VALUE(!forced, op, ": FASTRNN_CUDA_ALGO=persistent, but the persistent kernel does not serve an "
-                      "LSTM projection (proj_size > 0); unset FASTRNN_CUDA_ALGO or set it to step");
+    TORCH_CHECK_VALUE(algo != Algo::kPersistent, op, ": FASTRNN_CUDA_ALGO=persistent, but the persistent kernel does "
+                      "not serve an LSTM projection (proj_size > 0); unset FASTRNN_CUDA_ALGO or set it to step");
+    r.why = "an LSTM projection (proj_size > 0)";
     return false;
   }
-  const PersistentConfig config = fwd_persistent_config(dt, cell, H, h0.size(1), allow_tf32(dt));
-  if (config.units == 0) {
-    TORCH_CHECK(!forced, op, ": FASTRNN_CUDA_ALGO=persistent, but the persistent kernel cannot run hidden_size ",
-                H, " on this device (no cooperative launch, or no grid of it fits the device at once); unset "
-                "FASTRNN_CUDA_ALGO or set it to step");
-    return false;
-  }
+  return true;
+}
+
+// The forward's run of one direction. gx [N, G*H], out [N, H] (rows of every step; also the state the next step
+// reads), h0 [B, H]; c_state (LSTM) [B, H] and ws (train) in the accumulation dtype, updated/written as the step path
+// does.
+inline FwdPersistentRun fwd_persistent_run(const char* op, const SeqLayout& L, bool reverse, int64_t H,
+                                           const at::Tensor& gx, const std::optional<at::Tensor>& b_hh,
+                                           const at::Tensor& w_hh, const at::Tensor& out, const at::Tensor& h0,
+                                           void* c_state, void* ws, int relu, bool projection) {
+  FwdPersistentRun r;
+  if (!serves_persistent(r, op, L, H, projection)) return r;
   const std::vector<FwdSeqStep> steps = fwd_seq_steps(L.batch_sizes, reverse);
-  const at::Tensor table =
-      at::from_blob(const_cast<FwdSeqStep*>(steps.data()), {static_cast<int64_t>(steps.size() * 4)}, at::kLong)
-          .to(gx.device(), /*non_blocking=*/false, /*copy=*/true);
-  FwdSeqParams p;
+  r.table = at::from_blob(const_cast<FwdSeqStep*>(steps.data()), {static_cast<int64_t>(steps.size() * 4)}, at::kLong)
+                .to(gx.device(), /*non_blocking=*/false, /*copy=*/true);
+  FwdSeqParams& p = r.p;
   p.gx = gx.data_ptr();
   p.b_hh = ptr_or_null(b_hh);
   p.w_hh = w_hh.data_ptr();
@@ -101,39 +154,14 @@ inline bool run_fwd_persistent(const char* op, DType dt, Cell cell, const SeqLay
   p.c_state = c_state;
   p.out = out.data_ptr();
   p.ws = ws;
-  p.steps = static_cast<const FwdSeqStep*>(table.data_ptr());
+  p.steps = static_cast<const FwdSeqStep*>(r.table.data_ptr());
   p.T = L.T;
   p.H = H;
   p.K = h0.size(1);
   p.ld_out = out.size(1);
-  p.units = config.units;
   p.relu = relu;
-  const cudaError_t err = launch_fwd_persistent(dt, cell, p, config, at::cuda::getCurrentCUDAStream());
-  if (err == cudaSuccess) return true;
-  (void)cudaGetLastError();  // clear the refused launch's error before the step kernels run
-  TORCH_CHECK(!forced, op, ": FASTRNN_CUDA_ALGO=persistent, but the cooperative launch of ", config.grid,
-              " blocks was refused: ", cudaGetErrorString(err));
-  return false;
-}
-
-inline PersistentConfig bwd_persistent_config(DType d, Cell cell, int64_t H, bool tf32) {
-  switch (d) {
-    case DType::kFloat: return bwd_persistent_config<DType::kFloat>(cell, H, tf32);
-    case DType::kDouble: return bwd_persistent_config<DType::kDouble>(cell, H, tf32);
-    case DType::kHalf: return bwd_persistent_config<DType::kHalf>(cell, H, tf32);
-    case DType::kBFloat16: return bwd_persistent_config<DType::kBFloat16>(cell, H, tf32);
-  }
-  return PersistentConfig{};
-}
-inline cudaError_t launch_bwd_persistent(DType d, Cell cell, const BwdSeqParams& p, const PersistentConfig& c,
-                                         cudaStream_t stream) {
-  switch (d) {
-    case DType::kFloat: return launch_bwd_persistent<DType::kFloat>(cell, p, c, stream);
-    case DType::kDouble: return launch_bwd_persistent<DType::kDouble>(cell, p, c, stream);
-    case DType::kHalf: return launch_bwd_persistent<DType::kHalf>(cell, p, c, stream);
-    case DType::kBFloat16: return launch_bwd_persistent<DType::kBFloat16>(cell, p, c, stream);
-  }
-  return cudaErrorInvalidValue;
+  r.none = false;
+  return r;
 }
 
 // The pointers of one persistent backward run (params.h BwdSeqParams; the caller's tensors, already contiguous).
@@ -148,35 +176,18 @@ struct BwdPersistentArgs {
   int relu = 0;
 };
 
-// Runs the whole backward recurrence of one direction through the persistent kernel and returns true, or returns
-// false when the step kernels must run it (auto mode only; a forced persistent path raises instead). carry [B, H] in
-// the accumulation dtype holds grad_hy and, after a true return, grad_hx (the step path's carry + dG @ W_hh of each
-// sequence's first step). go: grad_output read in place.
-inline bool run_bwd_persistent(const char* op, DType dt, Cell cell, const SeqLayout& L, bool reverse, int64_t H,
-                               const StepRows& go, const at::Tensor& w_hh, const at::Tensor& carry,
-                               const BwdPersistentArgs& a, bool projection) {
-  const Algo algo = requested_algo();
-  if (algo == Algo::kStep || L.T == 0 || L.B == 0 || H == 0) return false;
-  const bool forced = algo == Algo::kPersistent;
-  if (projection) {
-    TORCH_CHECK_VALUE(!forced, op, ": FASTRNN_CUDA_ALGO=persistent, but the persistent kernel does not serve an "
-                      "LSTM projection (proj_size > 0); unset FASTRNN_CUDA_ALGO or set it to step");
-    return false;
-  }
-  // float32: TF32 tensor cores exactly when the forward would use them (torch.backends.cudnn.allow_tf32).
-  const PersistentConfig config = bwd_persistent_config(dt, cell, H, allow_tf32(dt));
-  if (config.units == 0) {
-    TORCH_CHECK(!forced, op, ": FASTRNN_CUDA_ALGO=persistent, but the persistent backward kernel cannot run "
-                "hidden_size ", H, " on this device (no cooperative launch, or no grid of it fits the device at once); "
-                "unset FASTRNN_CUDA_ALGO or set it to step");
-    return false;
-  }
+// The backward's run of one direction. go: grad_output read in place; carry [B, H] in the accumulation dtype holds
+// grad_hy and, after the launch, grad_hx (the step path's carry + dG @ W_hh of each sequence's first step).
+inline BwdPersistentRun bwd_persistent_run(const char* op, const SeqLayout& L, bool reverse, int64_t H,
+                                           const StepRows& go, const at::Tensor& w_hh, const at::Tensor& carry,
+                                           const BwdPersistentArgs& a, bool projection) {
+  BwdPersistentRun r;
+  if (!serves_persistent(r, op, L, H, projection)) return r;
   static_assert(sizeof(BwdSeqStep) == 8 * sizeof(int64_t), "the step table travels as an int64 tensor");
   const std::vector<BwdSeqStep> steps = bwd_seq_steps(L.batch_sizes, reverse, go.packed, go.t.stride(0));
-  const at::Tensor table =
-      at::from_blob(const_cast<BwdSeqStep*>(steps.data()), {static_cast<int64_t>(steps.size() * 8)}, at::kLong)
-          .to(w_hh.device(), /*non_blocking=*/false, /*copy=*/true);
-  BwdSeqParams p;
+  r.table = at::from_blob(const_cast<BwdSeqStep*>(steps.data()), {static_cast<int64_t>(steps.size() * 8)}, at::kLong)
+                .to(w_hh.device(), /*non_blocking=*/false, /*copy=*/true);
+  BwdSeqParams& p = r.p;
   p.dg = a.dg;
   p.dph_n = a.dph_n;
   p.w_hh = w_hh.data_ptr();
@@ -187,18 +198,97 @@ inline bool run_bwd_persistent(const char* op, DType dt, Cell cell, const SeqLay
   p.out = a.out;
   p.h_init = a.h_init;
   p.carry = carry.data_ptr();
-  p.steps = static_cast<const BwdSeqStep*>(table.data_ptr());
+  p.steps = static_cast<const BwdSeqStep*>(r.table.data_ptr());
   p.T = L.T;
   p.H = H;
   p.ld_grad_out = go.ld;
-  p.units = config.units;
   p.relu = a.relu;
-  const cudaError_t err = launch_bwd_persistent(dt, cell, p, config, at::cuda::getCurrentCUDAStream());
+  r.none = false;
+  return r;
+}
+
+// Plans and launches one direction (n = 1) or both directions of a layer at once (n = 2), the kernel's params and
+// config from the directions' runs; true when the launch was accepted. One direction: false when the step kernels
+// must run it instead (auto mode only; FASTRNN_CUDA_ALGO=persistent raises instead). Both: false whenever the pair
+// cannot run in one launch (a direction the persistent kernel does not serve, no co-resident grid of both, a refused
+// launch, FASTRNN_CUDA_BIDIR=sequential), never an error except with FASTRNN_CUDA_BIDIR=concurrent: the caller then
+// runs each direction on its own.
+template <class Launch, class Run, class Config, class LaunchFn>
+bool launch_persistent(const char* op, const char* what, Run* runs, int n, Config&& config_of, LaunchFn&& launch) {
+  const bool forced = n == 1 ? requested_algo() == Algo::kPersistent : requested_bidir() == Bidir::kConcurrent;
+  const char* knob = n == 1 ? "FASTRNN_CUDA_ALGO=persistent" : "FASTRNN_CUDA_BIDIR=concurrent";
+  for (int d = 0; d < n; ++d) {
+    if (!runs[d].none) continue;
+    TORCH_CHECK_VALUE(!(forced && n == 2 && runs[d].why != nullptr), op, ": ", knob, ", but the persistent ", what,
+                      " kernel does not serve this call (", runs[d].why, "); unset FASTRNN_CUDA_BIDIR");
+    return false;
+  }
+  if (n == 2) {
+    if (requested_bidir() == Bidir::kSequential) return false;
+    // Both directions step in lockstep (one grid barrier per step): the same steps and shape, or no joint launch.
+    TORCH_CHECK(runs[0].p.T == runs[1].p.T && runs[0].p.H == runs[1].p.H, op, ": the two directions of a "
+                "bidirectional layer must have the same sequence length and hidden size");
+  }
+  const PersistentConfig config = config_of(n);
+  if (config.units == 0) {
+    TORCH_CHECK(!forced, op, ": ", knob, ", but the persistent ", what, " kernel cannot run hidden_size ",
+                runs[0].p.H, n == 2 ? " for both directions at once" : "", " on this device (no cooperative "
+                "launch, or no grid of it fits the device at once); unset the variable");
+    return false;
+  }
+  Launch a;
+  for (int d = 0; d < n; ++d) {
+    a.dir[d] = runs[d].p;
+    a.dir[d].units = config.units;
+  }
+  const cudaError_t err = launch(a, config);
   if (err == cudaSuccess) return true;
-  (void)cudaGetLastError();  // clear the refused launch's error before the step kernels run
-  TORCH_CHECK(!forced, op, ": FASTRNN_CUDA_ALGO=persistent, but the cooperative launch of ", config.grid,
-              " blocks was refused: ", cudaGetErrorString(err));
+  (void)cudaGetLastError();  // clear the refused launch's error before another path runs
+  TORCH_CHECK(!forced, op, ": ", knob, ", but the cooperative launch of ", config.grid * n, " blocks was refused: ",
+              cudaGetErrorString(err));
   return false;
+}
+
+inline bool run_fwd_persistent(const char* op, DType dt, Cell cell, FwdPersistentRun* runs, int n) {
+  const int64_t H = runs[0].p.H, K = runs[0].p.K;
+  return launch_persistent<FwdSeqLaunch>(
+      op, "forward", runs, n, [&](int dirs) { return fwd_persistent_config(dt, cell, H, K, allow_tf32(dt), dirs); },
+      [&](const FwdSeqLaunch& a, const PersistentConfig& c) {
+        return launch_fwd_persistent(dt, cell, a, c, at::cuda::getCurrentCUDAStream());
+      });
+}
+
+// float32: TF32 tensor cores exactly when the forward would use them (torch.backends.cudnn.allow_tf32).
+inline bool run_bwd_persistent(const char* op, DType dt, Cell cell, BwdPersistentRun* runs, int n) {
+  const int64_t H = runs[0].p.H;
+  return launch_persistent<BwdSeqLaunch>(
+      op, "backward", runs, n, [&](int dirs) { return bwd_persistent_config(dt, cell, H, allow_tf32(dt), dirs); },
+      [&](const BwdSeqLaunch& a, const PersistentConfig& c) {
+        return launch_bwd_persistent(dt, cell, a, c, at::cuda::getCurrentCUDAStream());
+      });
+}
+
+// A bidirectional layer's two directions (the *_bidir_* ops of lstm_cuda.cpp, gru_cuda.cpp, rnn_cuda.cpp): each
+// direction's driver in two parts, begin (checks, buffers, its PersistentRun `run` and DType `dt`) already run into
+// d[0] (forward in time) and d[1] (reverse), and end(d, done), which runs the direction's recurrence unless `done` and
+// returns its results. Both recurrences in one launch where it fits (FASTRNN_CUDA_BIDIR), else one after the other;
+// the results of both directions in a row.
+template <class Dir, class End>
+auto bidir_forward(const char* op, Cell cell, Dir (&d)[2], End&& end) {
+  FwdPersistentRun runs[2] = {d[0].run, d[1].run};
+  const bool joint = run_fwd_persistent(op, d[0].dt, cell, runs, 2);
+  return std::tuple_cat(end(d[0], joint), end(d[1], joint));
+}
+// The backward's: as bidir_forward, except that the input's gradient (each direction's first result) is one, the
+// sum of both directions' parts.
+template <class Dir, class End>
+auto bidir_backward(const char* op, Cell cell, Dir (&d)[2], End&& end) {
+  BwdPersistentRun runs[2] = {d[0].run, d[1].run};
+  const bool joint = run_bwd_persistent(op, d[0].dt, cell, runs, 2);
+  auto f = end(d[0], joint);
+  auto r = end(d[1], joint);
+  std::get<0>(f).add_(std::get<0>(r));
+  return std::tuple_cat(f, drop_first(r));
 }
 
 }  // namespace fastrnn::cuda

@@ -18,7 +18,7 @@ namespace fastrnn::cuda {
 
 // The kernel of (storage, cell, tensor cores): the mma kernels exist for bf16/fp16 and float (TF32), not float64.
 template <typename S, Cell C, bool kMma>
-void (*bwd_persistent_kernel_of())(BwdSeqParams) {
+void (*bwd_persistent_kernel_of())(BwdSeqLaunch) {
   if constexpr (kMma) {
     static_assert(!std::is_same_v<S, double>, "float64 has no tensor-core backward");
     if constexpr (C == Cell::kLstm) return lstm_bwd_persistent_mma_kernel<S>;
@@ -52,7 +52,7 @@ constexpr bool has_bwd_mma() {
 }
 
 template <typename S, Cell C>
-PersistentConfig bwd_persistent_config_for(int64_t H, bool tf32) {
+PersistentConfig bwd_persistent_config_for(int64_t H, bool tf32, int directions) {
   int dev = 0, sms = 0, optin = 0, coop = 0;
   C10_CUDA_CHECK(cudaGetDevice(&dev));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev));
@@ -66,11 +66,12 @@ PersistentConfig bwd_persistent_config_for(int64_t H, bool tf32) {
         if constexpr (has_bwd_mma<S>()) return bwd_blocks_per_sm<S, C, true>(u, H, optin);
         else return 0;
       },
-      [&](int u) { return bwd_blocks_per_sm<S, C, false>(u, H, optin); });
+      [&](int u) { return bwd_blocks_per_sm<S, C, false>(u, H, optin); }, directions);
   PersistentConfig c;
   if (choice.units == 0) return c;
   c.units = choice.units;
   c.mma = choice.mma;
+  c.directions = directions;
   c.grid = BwdPersistentTraitsFor<S, C>::grid(H, c.units);
   c.threads = kPersistentThreads;
   if constexpr (has_bwd_mma<S>())
@@ -83,18 +84,18 @@ PersistentConfig bwd_persistent_config_for(int64_t H, bool tf32) {
 }
 
 template <DType D>
-PersistentConfig bwd_persistent_config(Cell cell, int64_t H, bool tf32) {
+PersistentConfig bwd_persistent_config(Cell cell, int64_t H, bool tf32, int dirs) {
   using S = typename StorageOf<D>::type;
   switch (cell) {
-    case Cell::kLstm: return bwd_persistent_config_for<S, Cell::kLstm>(H, tf32);
-    case Cell::kGru: return bwd_persistent_config_for<S, Cell::kGru>(H, tf32);
-    case Cell::kRnn: return bwd_persistent_config_for<S, Cell::kRnn>(H, tf32);
+    case Cell::kLstm: return bwd_persistent_config_for<S, Cell::kLstm>(H, tf32, dirs);
+    case Cell::kGru: return bwd_persistent_config_for<S, Cell::kGru>(H, tf32, dirs);
+    case Cell::kRnn: return bwd_persistent_config_for<S, Cell::kRnn>(H, tf32, dirs);
   }
   return PersistentConfig{};
 }
 
 template <typename S, bool kMma>
-void (*bwd_persistent_kernel_cell(Cell cell))(BwdSeqParams) {
+void (*bwd_persistent_kernel_cell(Cell cell))(BwdSeqLaunch) {
   switch (cell) {
     case Cell::kLstm: return bwd_persistent_kernel_of<S, Cell::kLstm, kMma>();
     case Cell::kGru: return bwd_persistent_kernel_of<S, Cell::kGru, kMma>();
@@ -104,23 +105,24 @@ void (*bwd_persistent_kernel_cell(Cell cell))(BwdSeqParams) {
 }
 
 template <DType D>
-cudaError_t launch_bwd_persistent(Cell cell, const BwdSeqParams& p, const PersistentConfig& c, cudaStream_t stream) {
+cudaError_t launch_bwd_persistent(Cell cell, const BwdSeqLaunch& a, const PersistentConfig& c, cudaStream_t stream) {
   using S = typename StorageOf<D>::type;
-  if (p.T <= 0 || p.H <= 0) return cudaSuccess;
-  void (*kernel)(BwdSeqParams) = bwd_persistent_kernel_cell<S, false>(cell);
+  if (a.dir[0].T <= 0 || a.dir[0].H <= 0) return cudaSuccess;
+  void (*kernel)(BwdSeqLaunch) = bwd_persistent_kernel_cell<S, false>(cell);
   if constexpr (has_bwd_mma<S>())
     if (c.mma) kernel = bwd_persistent_kernel_cell<S, true>(cell);
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(c.smem_bytes)));
-  BwdSeqParams args = p;
+  BwdSeqLaunch args = a;
   void* argv[] = {&args};
-  return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(static_cast<unsigned>(c.grid)),
-                                     dim3(static_cast<unsigned>(c.threads)), argv, static_cast<size_t>(c.smem_bytes),
-                                     stream);
+  return cudaLaunchCooperativeKernel(
+      reinterpret_cast<const void*>(kernel),
+      dim3(static_cast<unsigned>(c.grid), static_cast<unsigned>(c.directions)), dim3(static_cast<unsigned>(c.threads)),
+      argv, static_cast<size_t>(c.smem_bytes), stream);
 }
 
 #define FASTRNN_INSTANTIATE_PERSISTENT_BWD(D)                                                          \
-  template PersistentConfig bwd_persistent_config<D>(Cell, int64_t, bool);                             \
-  template cudaError_t launch_bwd_persistent<D>(Cell, const BwdSeqParams&, const PersistentConfig&, cudaStream_t)
+  template PersistentConfig bwd_persistent_config<D>(Cell, int64_t, bool, int);                        \
+  template cudaError_t launch_bwd_persistent<D>(Cell, const BwdSeqLaunch&, const PersistentConfig&, cudaStream_t)
 
 }  // namespace fastrnn::cuda

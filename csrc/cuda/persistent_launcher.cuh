@@ -18,7 +18,7 @@ namespace fastrnn::cuda {
 // The kernel of (storage, cell, tensor cores): the mma kernels for bf16/fp16 and TF32 float, the FMA kernels for
 // float64 and exact float32 (fwd_persistent_kernel.cuh).
 template <typename S, Cell C, bool kMma>
-void (*persistent_kernel_of())(FwdSeqParams) {
+void (*persistent_kernel_of())(FwdSeqLaunch) {
   if constexpr (kMma) {
     if constexpr (C == Cell::kLstm) return lstm_fwd_persistent_mma_kernel<S>;
     else if constexpr (C == Cell::kGru) return gru_fwd_persistent_mma_kernel<S>;
@@ -31,7 +31,7 @@ void (*persistent_kernel_of())(FwdSeqParams) {
 }
 
 template <typename S, Cell C, bool kMma>
-PersistentConfig persistent_config_for(int64_t H, int64_t K) {
+PersistentConfig persistent_config_for(int64_t H, int64_t K, int directions) {
   using Tr = std::conditional_t<kMma, FwdPersistentMmaTraitsFor<S, C>, FwdPersistentTraitsFor<S, C>>;
   int dev = 0, sms = 0, optin = 0, coop = 0;
   C10_CUDA_CHECK(cudaGetDevice(&dev));
@@ -47,11 +47,12 @@ PersistentConfig persistent_config_for(int64_t H, int64_t K) {
     int n = 0;
     C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, Tr::kThreads, static_cast<size_t>(smem)));
     return n;
-  });
+  }, 1, directions);
   PersistentConfig c;
   if (units == 0) return c;
   c.units = units;
   c.mma = kMma;
+  c.directions = directions;
   c.grid = Tr::grid(H, units);
   c.threads = Tr::kThreads;
   c.smem_bytes = Tr::smem_bytes(units, K);
@@ -65,26 +66,27 @@ constexpr bool always_mma() {
 }
 
 template <typename S, bool kMma>
-PersistentConfig persistent_config_cell(Cell cell, int64_t H, int64_t K) {
+PersistentConfig persistent_config_cell(Cell cell, int64_t H, int64_t K, int dirs) {
   switch (cell) {
-    case Cell::kLstm: return persistent_config_for<S, Cell::kLstm, kMma>(H, K);
-    case Cell::kGru: return persistent_config_for<S, Cell::kGru, kMma>(H, K);
-    case Cell::kRnn: return persistent_config_for<S, Cell::kRnn, kMma>(H, K);
+    case Cell::kLstm: return persistent_config_for<S, Cell::kLstm, kMma>(H, K, dirs);
+    case Cell::kGru: return persistent_config_for<S, Cell::kGru, kMma>(H, K, dirs);
+    case Cell::kRnn: return persistent_config_for<S, Cell::kRnn, kMma>(H, K, dirs);
   }
   return PersistentConfig{};
 }
 
 template <DType D>
-PersistentConfig fwd_persistent_config(Cell cell, int64_t H, int64_t K, bool tf32) {
+PersistentConfig fwd_persistent_config(Cell cell, int64_t H, int64_t K, bool tf32, int dirs) {
   using S = typename StorageOf<D>::type;
-  if constexpr (always_mma<S>()) return persistent_config_cell<S, true>(cell, H, K);
+  if constexpr (always_mma<S>()) return persistent_config_cell<S, true>(cell, H, K, dirs);
   else if constexpr (std::is_same_v<S, float>)
-    return tf32 ? persistent_config_cell<S, true>(cell, H, K) : persistent_config_cell<S, false>(cell, H, K);
-  else return persistent_config_cell<S, false>(cell, H, K);
+    return tf32 ? persistent_config_cell<S, true>(cell, H, K, dirs)
+                : persistent_config_cell<S, false>(cell, H, K, dirs);
+  else return persistent_config_cell<S, false>(cell, H, K, dirs);
 }
 
 template <typename S, bool kMma>
-void (*persistent_kernel_cell(Cell cell))(FwdSeqParams) {
+void (*persistent_kernel_cell(Cell cell))(FwdSeqLaunch) {
   switch (cell) {
     case Cell::kLstm: return persistent_kernel_of<S, Cell::kLstm, kMma>();
     case Cell::kGru: return persistent_kernel_of<S, Cell::kGru, kMma>();
@@ -94,26 +96,27 @@ void (*persistent_kernel_cell(Cell cell))(FwdSeqParams) {
 }
 
 template <DType D>
-cudaError_t launch_fwd_persistent(Cell cell, const FwdSeqParams& p, const PersistentConfig& c, cudaStream_t stream) {
+cudaError_t launch_fwd_persistent(Cell cell, const FwdSeqLaunch& a, const PersistentConfig& c, cudaStream_t stream) {
   using S = typename StorageOf<D>::type;
-  if (p.T <= 0 || p.H <= 0) return cudaSuccess;
-  void (*kernel)(FwdSeqParams) = nullptr;
+  if (a.dir[0].T <= 0 || a.dir[0].H <= 0) return cudaSuccess;
+  void (*kernel)(FwdSeqLaunch) = nullptr;
   if constexpr (always_mma<S>()) kernel = persistent_kernel_cell<S, true>(cell);
   else if constexpr (std::is_same_v<S, float>)
     kernel = c.mma ? persistent_kernel_cell<S, true>(cell) : persistent_kernel_cell<S, false>(cell);
   else kernel = persistent_kernel_cell<S, false>(cell);
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(c.smem_bytes)));
-  FwdSeqParams args = p;
+  FwdSeqLaunch args = a;
   void* argv[] = {&args};
-  return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(static_cast<unsigned>(c.grid)),
-                                     dim3(static_cast<unsigned>(c.threads)), argv, static_cast<size_t>(c.smem_bytes),
-                                     stream);
+  return cudaLaunchCooperativeKernel(
+      reinterpret_cast<const void*>(kernel),
+      dim3(static_cast<unsigned>(c.grid), static_cast<unsigned>(c.directions)), dim3(static_cast<unsigned>(c.threads)),
+      argv, static_cast<size_t>(c.smem_bytes), stream);
 }
 
 #define FASTRNN_INSTANTIATE_PERSISTENT(D)                                                        \
-  template PersistentConfig fwd_persistent_config<D>(Cell, int64_t, int64_t, bool);              \
-  template cudaError_t launch_fwd_persistent<D>(Cell, const FwdSeqParams&, const PersistentConfig&, \
+  template PersistentConfig fwd_persistent_config<D>(Cell, int64_t, int64_t, bool, int);         \
+  template cudaError_t launch_fwd_persistent<D>(Cell, const FwdSeqLaunch&, const PersistentConfig&, \
                                                 cudaStream_t)
 
 }  // namespace fastrnn::cuda

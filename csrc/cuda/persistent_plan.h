@@ -70,14 +70,15 @@ inline std::vector<BwdSeqStep> bwd_seq_steps(const std::vector<int64_t>& batch_s
 // blocks_per_sm(u): the occupancy of the kernel with u units per block (0 when its shared memory does not fit).
 // Not tuned on hardware (no GPU has run it yet): see csrc/cuda/README.md.
 // min_units: the smallest unit count the kernel is planned with (a power of two; the tensor-core backward's is 8, a
-// full n-tile).
+// full n-tile). directions: 2 plans both directions of a bidirectional layer in one launch (params.h FwdSeqLaunch):
+// twice ceil(H / u) blocks must be co-resident.
 template <class BlocksPerSm>
-int choose_units(int64_t H, int64_t num_sms, BlocksPerSm&& blocks_per_sm, int min_units = 1) {
-  if (H <= 0 || num_sms <= 0) return 0;
+int choose_units(int64_t H, int64_t num_sms, BlocksPerSm&& blocks_per_sm, int min_units = 1, int directions = 1) {
+  if (H <= 0 || num_sms <= 0 || directions < 1) return 0;
   for (int u = min_units; u <= 32; u *= 2)
-    if ((H + u - 1) / u <= num_sms && blocks_per_sm(u) >= 1) return u;
+    if (directions * ((H + u - 1) / u) <= num_sms && blocks_per_sm(u) >= 1) return u;
   for (int u = min_units; u <= 32; u *= 2)
-    if ((H + u - 1) / u <= num_sms * static_cast<int64_t>(blocks_per_sm(u))) return u;
+    if (directions * ((H + u - 1) / u) <= num_sms * static_cast<int64_t>(blocks_per_sm(u))) return u;
   return 0;
 }
 
@@ -95,12 +96,13 @@ struct BwdKernelChoice {
 // each read all of dG_next from L2; the model, csrc/cuda/README.md, has 8 units at least as fast at every shape).
 template <class MmaBlocksPerSm, class FmaBlocksPerSm>
 BwdKernelChoice choose_bwd_kernel(int64_t H, int64_t num_sms, bool mma_allowed, int mma_min_units,
-                                  MmaBlocksPerSm&& mma_blocks_per_sm, FmaBlocksPerSm&& fma_blocks_per_sm) {
+                                  MmaBlocksPerSm&& mma_blocks_per_sm, FmaBlocksPerSm&& fma_blocks_per_sm,
+                                  int directions = 1) {
   if (mma_allowed) {
-    const int u = choose_units(H, num_sms, mma_blocks_per_sm, mma_min_units);
+    const int u = choose_units(H, num_sms, mma_blocks_per_sm, mma_min_units, directions);
     if (u > 0) return BwdKernelChoice{u, true};
   }
-  return BwdKernelChoice{choose_units(H, num_sms, fma_blocks_per_sm), false};
+  return BwdKernelChoice{choose_units(H, num_sms, fma_blocks_per_sm, 1, directions), false};
 }
 
 }  // namespace fastrnn::cuda

@@ -14,17 +14,21 @@
 //                 16-bit types always take the tensor-core kernel, float64 the FMA kernel), batch_sizes int64 [T],
 //                 w_hh [G*H, H], hx [B, H], gx [N, G*H], b_hh [G*H] (optional), cx [B, H] (LSTM)
 //            out: err (the launch's cudaError_t), output [N, H], hy [B, H], cy [B, H] (LSTM), ws (train)
-//   plan     in:  storage, cell, H, num_sms, tf32 (optional)
-//            out: units (choose_units with the emulated occupancy), grid, smem
+//            directions (optional, default 1): 2 runs both directions of a bidirectional layer in ONE launch (grid
+//            rows, params.h FwdSeqLaunch): the first as `reverse` says, the second the other way in time, from
+//            the arrays named with "_r" (w_hh_r, hx_r, gx_r, b_hh_r, cx_r); its results named so too
+//   plan     in:  storage, cell, H, num_sms, tf32 (optional), directions (optional)
+//            out: units (choose_units with the emulated occupancy), grid (of one direction), smem
 //   backward in:  storage, cell, relu, reverse, units, num_sms, batch_sizes, w_hh [G*H, H], hx [B, H], out [N, H]
 //                 (the forward's output), ws [N, 5H | 4H] (LSTM/GRU: the forward's workspace), cx [B, H] (LSTM),
 //                 grad_out ([N, H] packed, or [T, B, H] with go_dense = 1), grad_hy [B, H], grad_cy [B, H] (LSTM)
 //            out: err, dg [N, G*H] (GRU: dG_x), dph_n [N, H] (GRU), grad_hx [B, H], grad_cx [B, H] (LSTM)
 //            mma (optional): 1 the tensor-core kernel (float32 as TF32, float16, bfloat16), 0 the FMA kernel.
+//            directions (optional): as the forward's (the second direction's arrays and results named with "_r").
 //            The persistent backward kernels (bwd_persistent_kernel.cuh). Transcribed: the ATen driver's c_prev
 //            (cuda_common.h gather_prev).
-//   bplan    in: storage, cell, H, num_sms, mma (optional: tensor cores allowed); out: units, mma (the kernel
-//            persistent_plan.h choose_bwd_kernel picks), grid, smem
+//   bplan    in: storage, cell, H, num_sms, mma (optional: tensor cores allowed), directions (optional); out: units,
+//            mma (the kernel persistent_plan.h choose_bwd_kernel picks), grid, smem
 //   bchunk   in: nothing; out: the backward kernel's chunk plans for every unit and row count (bchunk above)
 //   mtile    in: nothing; out: the tensor-core kernels' K pass for every chunk's staged rows (mtile above)
 //   batch    several forward/backward sub-cases in one process ("k.<name>" arrays, `n` sub-cases; a sub-case with
@@ -58,7 +62,7 @@ using std::int64_t;
 // The kernel the host launcher picks (persistent_launcher.cuh): tensor cores for bf16/fp16 and for float32 with
 // TF32 allowed (kMma), FMA for float64 and exact float32.
 template <class S, Cell C, bool kMma>
-void (*kernel_of())(FwdSeqParams) {
+void (*kernel_of())(fastrnn::cuda::FwdSeqLaunch) {
   if constexpr (kMma) {
     if constexpr (C == Cell::kLstm) return fastrnn::cuda::lstm_fwd_persistent_mma_kernel<S>;
     else if constexpr (C == Cell::kGru) return fastrnn::cuda::gru_fwd_persistent_mma_kernel<S>;
@@ -88,72 +92,104 @@ std::vector<IO> to_io(const std::vector<T>& v) {
   return r;
 }
 
+// One direction of a forward case: its inputs as the storage type, what the kernel writes, and its kernel arguments.
+// suffix: "" (the first direction) or "_r" (a bidirectional case's second direction, the other way in time).
+template <class S, Cell C>
+struct FwdDir {
+  using A = acc_t<S>;
+  std::vector<S> w_hh, hx, gx, b_hh, output;
+  std::vector<A> c_state, ws;
+  std::vector<FwdSeqStep> steps;
+  FwdSeqParams p;
+  bool reverse = false;
+
+  template <class IO>
+  void load(const emu_io::Arrays& in, const std::string& sfx, bool rev, int units) {
+    const int64_t H = in.scalar<int64_t>("H");
+    const bool train = in.scalar<int>("train") != 0;
+    const std::vector<int64_t> bsz = in.get<int64_t>("batch_sizes");
+    int64_t N = 0;
+    for (int64_t b : bsz) N += b;
+    reverse = rev;
+    w_hh = to_storage<S>(in.get<IO>("w_hh" + sfx)), hx = to_storage<S>(in.get<IO>("hx" + sfx));
+    gx = to_storage<S>(in.get<IO>("gx" + sfx));
+    if (in.has("b_hh" + sfx)) b_hh = to_storage<S>(in.get<IO>("b_hh" + sfx));
+    if (C == Cell::kLstm)
+      for (IO x : in.get<IO>("cx" + sfx)) c_state.push_back(static_cast<A>(x));
+    const int64_t ws_width = C == Cell::kLstm ? 5 * H : C == Cell::kGru ? 4 * H : 0;
+    // What the kernel writes starts as NaN, so a row it fails to write shows up.
+    output.assign(static_cast<size_t>(N * H), from_float<S>(std::numeric_limits<A>::quiet_NaN()));
+    ws.assign(train ? static_cast<size_t>(N * ws_width) : 0, std::numeric_limits<A>::quiet_NaN());
+    steps = fastrnn::cuda::fwd_seq_steps(bsz, reverse);
+    p.gx = gx.data();
+    p.b_hh = b_hh.empty() ? nullptr : b_hh.data();
+    p.w_hh = w_hh.data();
+    p.h_init = hx.data();
+    p.c_state = c_state.empty() ? nullptr : c_state.data();
+    p.out = output.data();
+    p.ws = ws.empty() ? nullptr : ws.data();
+    p.steps = steps.data();
+    p.T = static_cast<int64_t>(bsz.size());
+    p.H = H;
+    p.K = H;
+    p.ld_out = H;
+    p.units = units;
+    p.relu = in.scalar<int>("relu");
+  }
+
+  template <class IO>
+  void put(emu_io::Arrays& out, const std::string& sfx, const std::vector<int64_t>& bsz, bool train) const {
+    const int64_t H = p.H, T = p.T, B = T > 0 ? bsz[0] : 0;
+    const int64_t N = static_cast<int64_t>(output.size()) / (H > 0 ? H : 1);
+    // h_n: each sequence's row at its last processed step (forward: time len_b - 1; reverse: time 0).
+    std::vector<int64_t> rows(static_cast<size_t>(B));
+    for (int64_t b = 0; b < B; ++b) rows[b] = b;
+    if (!reverse) {
+      int64_t off = 0;
+      for (int64_t t = 0; t < T; ++t) {
+        for (int64_t b = 0; b < bsz[t]; ++b) rows[b] = off + b;
+        off += bsz[t];
+      }
+    }
+    std::vector<S> hy(static_cast<size_t>(B * H));
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t j = 0; j < H; ++j) hy[b * H + j] = output[rows[b] * H + j];
+    out.put("output" + sfx, to_io<IO>(output), {N, H});
+    out.put("hy" + sfx, to_io<IO>(hy), {B, H});
+    if (C == Cell::kLstm) out.put("cy" + sfx, to_io<IO>(c_state), {B, H});
+    const int64_t ws_width = C == Cell::kLstm ? 5 * H : C == Cell::kGru ? 4 * H : 0;
+    if (train) out.put("ws" + sfx, to_io<IO>(ws), {N, ws_width});
+  }
+};
+
+// directions (optional, default 1): 2 runs a bidirectional layer in ONE launch (grid rows, params.h FwdSeqLaunch): the
+// first direction as `reverse` says, the second the other way in time, from the arrays named with "_r".
+int directions_of(const emu_io::Arrays& in) { return in.has("directions") ? in.scalar<int>("directions") : 1; }
+
 template <class S, class IO, Cell C, bool kMma>
 void forward(const emu_io::Arrays& in, emu_io::Arrays& out) {
-  using A = acc_t<S>;
   using Tr = TraitsOf<S, C, kMma>;
-  constexpr int G = gates_of(C);
   const int64_t H = in.scalar<int64_t>("H");
   const bool reverse = in.scalar<int>("reverse") != 0, train = in.scalar<int>("train") != 0;
-  const int units = in.scalar<int>("units");
+  const int units = in.scalar<int>("units"), D = directions_of(in);
   const std::vector<int64_t> bsz = in.get<int64_t>("batch_sizes");
-  const int64_t T = static_cast<int64_t>(bsz.size()), B = T > 0 ? bsz[0] : 0;
-  int64_t N = 0;
-  for (int64_t b : bsz) N += b;
-
-  const std::vector<S> w_hh = to_storage<S>(in.get<IO>("w_hh")), hx = to_storage<S>(in.get<IO>("hx"));
-  const std::vector<S> gx = to_storage<S>(in.get<IO>("gx"));
-  const std::vector<S> b_hh = in.has("b_hh") ? to_storage<S>(in.get<IO>("b_hh")) : std::vector<S>{};
-  std::vector<A> c_state;
-  if (C == Cell::kLstm)
-    for (IO x : in.get<IO>("cx")) c_state.push_back(static_cast<A>(x));
-  const int64_t ws_width = C == Cell::kLstm ? 5 * H : C == Cell::kGru ? 4 * H : 0;
-  // What the kernel writes starts as NaN, so a row it fails to write shows up.
-  std::vector<S> output(static_cast<size_t>(N * H), from_float<S>(std::numeric_limits<A>::quiet_NaN()));
-  std::vector<A> ws(train ? static_cast<size_t>(N * ws_width) : 0, std::numeric_limits<A>::quiet_NaN());
-  const std::vector<FwdSeqStep> steps = fastrnn::cuda::fwd_seq_steps(bsz, reverse);
-
-  FwdSeqParams p;
-  p.gx = gx.data();
-  p.b_hh = b_hh.empty() ? nullptr : b_hh.data();
-  p.w_hh = w_hh.data();
-  p.h_init = hx.data();
-  p.c_state = c_state.empty() ? nullptr : c_state.data();
-  p.out = output.data();
-  p.ws = ws.empty() ? nullptr : ws.data();
-  p.steps = steps.data();
-  p.T = T;
-  p.H = H;
-  p.K = H;
-  p.ld_out = H;
-  p.units = units;
-  p.relu = in.scalar<int>("relu");
+  const int64_t T = static_cast<int64_t>(bsz.size());
+  std::vector<FwdDir<S, C>> dirs(static_cast<size_t>(D));
+  fastrnn::cuda::FwdSeqLaunch a;
+  for (int d = 0; d < D; ++d) {
+    dirs[d].template load<IO>(in, d == 0 ? "" : "_r", reverse != (d == 1), units);
+    a.dir[d] = dirs[d].p;
+  }
 
   ::cuda_emu::device().num_sms = static_cast<unsigned>(in.scalar<int64_t>("num_sms"));
   const cudaError_t err =
-      T > 0 && H > 0 ? ::cuda_emu::launch_cooperative(dim3(static_cast<unsigned>(Tr::grid(H, units))),
-                                                      dim3(Tr::kThreads), static_cast<size_t>(Tr::smem_bytes(units, H)),
-                                                      kernel_of<S, C, kMma>(), p)
-                     : cudaSuccess;
+      T > 0 && H > 0
+          ? ::cuda_emu::launch_cooperative(dim3(static_cast<unsigned>(Tr::grid(H, units)), static_cast<unsigned>(D)),
+                                           dim3(Tr::kThreads), static_cast<size_t>(Tr::smem_bytes(units, H)),
+                                           kernel_of<S, C, kMma>(), a)
+          : cudaSuccess;
   out.put("err", std::vector<int64_t>{static_cast<int64_t>(err)});
-
-  // h_n: each sequence's row at its last processed step (forward: time len_b - 1; reverse: time 0).
-  std::vector<int64_t> rows(static_cast<size_t>(B));
-  for (int64_t b = 0; b < B; ++b) rows[b] = b;
-  if (!reverse) {
-    int64_t off = 0;
-    for (int64_t t = 0; t < T; ++t) {
-      for (int64_t b = 0; b < bsz[t]; ++b) rows[b] = off + b;
-      off += bsz[t];
-    }
-  }
-  std::vector<S> hy(static_cast<size_t>(B * H));
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t j = 0; j < H; ++j) hy[b * H + j] = output[rows[b] * H + j];
-  out.put("output", to_io<IO>(output), {N, H});
-  out.put("hy", to_io<IO>(hy), {B, H});
-  if (C == Cell::kLstm) out.put("cy", to_io<IO>(c_state), {B, H});
-  if (train) out.put("ws", to_io<IO>(ws), {N, ws_width});
+  for (int d = 0; d < D; ++d) dirs[d].template put<IO>(out, d == 0 ? "" : "_r", bsz, train);
 }
 
 template <class S, class IO, bool kMma>
@@ -187,7 +223,7 @@ void plan_for(const emu_io::Arrays& in, emu_io::Arrays& out) {
   const int u = fastrnn::cuda::choose_units(H, ::cuda_emu::device().num_sms, [&](int units) {
     return static_cast<int>(::cuda_emu::occupancy_max_active_blocks_per_sm(
         Tr::kThreads, static_cast<size_t>(Tr::smem_bytes(units, H))));
-  });
+  }, 1, directions_of(in));
   out.put("units", std::vector<int64_t>{u});
   out.put("grid", std::vector<int64_t>{u > 0 ? Tr::grid(H, u) : 0});
   out.put("smem", std::vector<int64_t>{u > 0 ? Tr::smem_bytes(u, H) : 0});
@@ -216,7 +252,7 @@ void plan(const emu_io::Arrays& in, emu_io::Arrays& out) {
 // The backward kernel of (storage, cell, tensor cores): persistent_bwd_launcher.cuh's choice is made by the test here
 // (mma = 1: the tensor-core kernel, bf16/fp16/TF32 float; 0: the FMA kernel, every dtype).
 template <class S, Cell C, bool kMma>
-void (*bwd_kernel_of())(fastrnn::cuda::BwdSeqParams) {
+void (*bwd_kernel_of())(fastrnn::cuda::BwdSeqLaunch) {
   if constexpr (kMma) {
     if constexpr (C == Cell::kLstm) return fastrnn::cuda::lstm_bwd_persistent_mma_kernel<S>;
     else if constexpr (C == Cell::kGru) return fastrnn::cuda::gru_bwd_persistent_mma_kernel<S>;
@@ -232,80 +268,106 @@ template <class S, Cell C, bool kMma>
 using BwdTraitsOf = std::conditional_t<kMma, fastrnn::cuda::BwdPersistentMmaTraitsFor<S, C>,
                                        fastrnn::cuda::BwdPersistentTraitsFor<S, C>>;
 
+// One direction of a backward case (as FwdDir): inputs, what the kernel writes, kernel arguments.
+template <class S, Cell C>
+struct BwdDir {
+  using A = acc_t<S>;
+  std::vector<S> w_hh, hx, output, go, dg, dph_n;
+  std::vector<A> ws, c_prev, dc, carry;
+  std::vector<fastrnn::cuda::BwdSeqStep> steps;
+  fastrnn::cuda::BwdSeqParams p;
+
+  template <class IO>
+  void load(const emu_io::Arrays& in, const std::string& sfx, bool reverse, int units) {
+    constexpr int G = gates_of(C);
+    const int64_t H = in.scalar<int64_t>("H");
+    const bool dense = in.has("go_dense") && in.scalar<int>("go_dense") != 0;
+    const std::vector<int64_t> bsz = in.get<int64_t>("batch_sizes");
+    const int64_t T = static_cast<int64_t>(bsz.size()), B = T > 0 ? bsz[0] : 0;
+    int64_t N = 0;
+    for (int64_t b : bsz) N += b;
+    std::vector<int64_t> offs(static_cast<size_t>(T) + 1, 0);
+    for (int64_t t = 0; t < T; ++t) offs[t + 1] = offs[t] + bsz[t];
+
+    w_hh = to_storage<S>(in.get<IO>("w_hh" + sfx)), hx = to_storage<S>(in.get<IO>("hx" + sfx));
+    output = to_storage<S>(in.get<IO>("out" + sfx));
+    go = to_storage<S>(in.get<IO>("grad_out" + sfx));
+    const int64_t ws_width = C == Cell::kLstm ? 5 * H : C == Cell::kGru ? 4 * H : 0;
+    if (ws_width > 0)
+      for (IO x : in.get<IO>("ws" + sfx)) ws.push_back(static_cast<A>(x));
+    for (IO x : in.get<IO>("grad_hy" + sfx)) carry.push_back(static_cast<A>(x));
+    if (C == Cell::kLstm) {
+      for (IO x : in.get<IO>("grad_cy" + sfx)) dc.push_back(static_cast<A>(x));
+      // c_prev (transcribed from the ATen driver's gather_prev): row b of step t started from the c of the forward's
+      // previous step (rows b < rows_with_prev) or from cx.
+      const std::vector<IO> cx = in.get<IO>("cx" + sfx);
+      c_prev.assign(static_cast<size_t>(N * H), A(0));
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t prev = reverse ? (t + 1 < T ? t + 1 : -1) : t - 1;
+        const int64_t n_prev = prev >= 0 ? std::min(bsz[t], bsz[prev]) : 0;
+        for (int64_t b = 0; b < bsz[t]; ++b)
+          for (int64_t j = 0; j < H; ++j)
+            c_prev[(offs[t] + b) * H + j] =
+                b < n_prev ? ws[(offs[prev] + b) * ws_width + 4 * H + j] : static_cast<A>(cx[b * H + j]);
+      }
+    }
+    dg.assign(static_cast<size_t>(N * G * H), from_float<S>(std::numeric_limits<A>::quiet_NaN()));
+    dph_n.assign(C == Cell::kGru ? static_cast<size_t>(N * H) : 0, from_float<S>(std::numeric_limits<A>::quiet_NaN()));
+    steps = fastrnn::cuda::bwd_seq_steps(bsz, reverse, !dense, dense ? B * H : H);
+
+    p.dg = dg.data();
+    p.dph_n = dph_n.empty() ? nullptr : dph_n.data();
+    p.w_hh = w_hh.data();
+    p.grad_out = go.data();
+    p.ws = ws.empty() ? nullptr : ws.data();
+    p.c_prev = c_prev.empty() ? nullptr : c_prev.data();
+    p.dc_state = dc.empty() ? nullptr : dc.data();
+    p.out = output.data();
+    p.h_init = hx.data();
+    p.carry = carry.data();
+    p.steps = steps.data();
+    p.T = T;
+    p.H = H;
+    p.ld_grad_out = H;
+    p.units = units;
+    p.relu = in.scalar<int>("relu");
+  }
+
+  template <class IO>
+  void put(emu_io::Arrays& out, const std::string& sfx) const {
+    constexpr int G = gates_of(C);
+    const int64_t H = p.H, B = static_cast<int64_t>(carry.size()) / (H > 0 ? H : 1);
+    const int64_t N = static_cast<int64_t>(dg.size()) / (G * H > 0 ? G * H : 1);
+    out.put("dg" + sfx, to_io<IO>(dg), {N, G * H});
+    if (C == Cell::kGru) out.put("dph_n" + sfx, to_io<IO>(dph_n), {N, H});
+    out.put("grad_hx" + sfx, to_io<IO>(carry), {B, H});
+    if (C == Cell::kLstm) out.put("grad_cx" + sfx, to_io<IO>(dc), {B, H});
+  }
+};
+
 template <class S, class IO, Cell C, bool kMma>
 void backward(const emu_io::Arrays& in, emu_io::Arrays& out) {
-  using A = acc_t<S>;
   using Tr = BwdTraitsOf<S, C, kMma>;
-  constexpr int G = gates_of(C);
   const int64_t H = in.scalar<int64_t>("H");
   const bool reverse = in.scalar<int>("reverse") != 0;
-  const bool dense = in.has("go_dense") && in.scalar<int>("go_dense") != 0;
-  const int units = in.scalar<int>("units");
-  const std::vector<int64_t> bsz = in.get<int64_t>("batch_sizes");
-  const int64_t T = static_cast<int64_t>(bsz.size()), B = T > 0 ? bsz[0] : 0;
-  int64_t N = 0;
-  for (int64_t b : bsz) N += b;
-  std::vector<int64_t> offs(static_cast<size_t>(T) + 1, 0);
-  for (int64_t t = 0; t < T; ++t) offs[t + 1] = offs[t] + bsz[t];
-
-  const std::vector<S> w_hh = to_storage<S>(in.get<IO>("w_hh")), hx = to_storage<S>(in.get<IO>("hx"));
-  const std::vector<S> output = to_storage<S>(in.get<IO>("out"));
-  const std::vector<S> go = to_storage<S>(in.get<IO>("grad_out"));
-  const int64_t ws_width = C == Cell::kLstm ? 5 * H : C == Cell::kGru ? 4 * H : 0;
-  std::vector<A> ws, c_prev, dc, carry;
-  if (ws_width > 0)
-    for (IO x : in.get<IO>("ws")) ws.push_back(static_cast<A>(x));
-  for (IO x : in.get<IO>("grad_hy")) carry.push_back(static_cast<A>(x));
-  if (C == Cell::kLstm) {
-    for (IO x : in.get<IO>("grad_cy")) dc.push_back(static_cast<A>(x));
-    // c_prev (transcribed from the ATen driver's gather_prev): row b of step t started from the c of the forward's
-    // previous step (rows b < rows_with_prev) or from cx.
-    const std::vector<IO> cx = in.get<IO>("cx");
-    c_prev.assign(static_cast<size_t>(N * H), A(0));
-    for (int64_t t = 0; t < T; ++t) {
-      const int64_t prev = reverse ? (t + 1 < T ? t + 1 : -1) : t - 1;
-      const int64_t n_prev = prev >= 0 ? std::min(bsz[t], bsz[prev]) : 0;
-      for (int64_t b = 0; b < bsz[t]; ++b)
-        for (int64_t j = 0; j < H; ++j)
-          c_prev[(offs[t] + b) * H + j] =
-              b < n_prev ? ws[(offs[prev] + b) * ws_width + 4 * H + j] : static_cast<A>(cx[b * H + j]);
-    }
+  const int units = in.scalar<int>("units"), D = directions_of(in);
+  const int64_t T = static_cast<int64_t>(in.get<int64_t>("batch_sizes").size());
+  std::vector<BwdDir<S, C>> dirs(static_cast<size_t>(D));
+  fastrnn::cuda::BwdSeqLaunch a;
+  for (int d = 0; d < D; ++d) {
+    dirs[d].template load<IO>(in, d == 0 ? "" : "_r", reverse != (d == 1), units);
+    a.dir[d] = dirs[d].p;
   }
-  std::vector<S> dg(static_cast<size_t>(N * G * H), from_float<S>(std::numeric_limits<A>::quiet_NaN()));
-  std::vector<S> dph_n(C == Cell::kGru ? static_cast<size_t>(N * H) : 0,
-                       from_float<S>(std::numeric_limits<A>::quiet_NaN()));
-  const std::vector<fastrnn::cuda::BwdSeqStep> steps =
-      fastrnn::cuda::bwd_seq_steps(bsz, reverse, !dense, dense ? B * H : H);
-
-  fastrnn::cuda::BwdSeqParams p;
-  p.dg = dg.data();
-  p.dph_n = dph_n.empty() ? nullptr : dph_n.data();
-  p.w_hh = w_hh.data();
-  p.grad_out = go.data();
-  p.ws = ws.empty() ? nullptr : ws.data();
-  p.c_prev = c_prev.empty() ? nullptr : c_prev.data();
-  p.dc_state = dc.empty() ? nullptr : dc.data();
-  p.out = output.data();
-  p.h_init = hx.data();
-  p.carry = carry.data();
-  p.steps = steps.data();
-  p.T = T;
-  p.H = H;
-  p.ld_grad_out = H;
-  p.units = units;
-  p.relu = in.scalar<int>("relu");
 
   ::cuda_emu::device().num_sms = static_cast<unsigned>(in.scalar<int64_t>("num_sms"));
   const cudaError_t err =
-      T > 0 && H > 0 ? ::cuda_emu::launch_cooperative(dim3(static_cast<unsigned>(Tr::grid(H, units))),
-                                                      dim3(Tr::kThreads), static_cast<size_t>(Tr::smem_bytes(units, H)),
-                                                      bwd_kernel_of<S, C, kMma>(), p)
-                     : cudaSuccess;
+      T > 0 && H > 0
+          ? ::cuda_emu::launch_cooperative(dim3(static_cast<unsigned>(Tr::grid(H, units)), static_cast<unsigned>(D)),
+                                           dim3(Tr::kThreads), static_cast<size_t>(Tr::smem_bytes(units, H)),
+                                           bwd_kernel_of<S, C, kMma>(), a)
+          : cudaSuccess;
   out.put("err", std::vector<int64_t>{static_cast<int64_t>(err)});
-  out.put("dg", to_io<IO>(dg), {N, G * H});
-  if (C == Cell::kGru) out.put("dph_n", to_io<IO>(dph_n), {N, H});
-  out.put("grad_hx", to_io<IO>(carry), {B, H});
-  if (C == Cell::kLstm) out.put("grad_cx", to_io<IO>(dc), {B, H});
+  for (int d = 0; d < D; ++d) dirs[d].template put<IO>(out, d == 0 ? "" : "_r");
 }
 
 template <class S, class IO, bool kMma>
@@ -349,7 +411,7 @@ void bplan_for(const emu_io::Arrays& in, emu_io::Arrays& out) {
   const fastrnn::cuda::BwdKernelChoice c = fastrnn::cuda::choose_bwd_kernel(
       H, ::cuda_emu::device().num_sms, mma_of(in) && !std::is_same_v<S, double>, Mma::kMinUnits,
       [&](int units) { return occupancy(Mma::kThreads, Mma::smem_bytes(units, H)); },
-      [&](int units) { return occupancy(Fma::kThreads, Fma::smem_bytes(units, H)); });
+      [&](int units) { return occupancy(Fma::kThreads, Fma::smem_bytes(units, H)); }, directions_of(in));
   const int u = c.units;
   out.put("units", std::vector<int64_t>{u});
   out.put("mma", std::vector<int64_t>{c.mma ? 1 : 0});
