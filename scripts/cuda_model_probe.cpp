@@ -134,10 +134,10 @@ void bmmachunk(int rows) {
               P::Staging::tile_words(staged) * 4 / P::kElemBytes);
 }
 
-// The tensor-core kernels' K pass for a chunk of `rows` rows (PersistentMmaTraits::tile_words; rows padded to 8).
+// The tensor-core kernels' K pass for a chunk of `rows` rows (MmaStaging::tile_words; rows padded to 8).
 template <class S>
 void mmatile(int rows) {
-  using P = fastrnn::cuda::PersistentMmaTraits<1, S>;
+  using P = fastrnn::cuda::MmaStaging<S>;
   const int padded = (rows + 7) / 8 * 8;
   std::printf("{\"tile_k\": %d, \"stride_words\": %d}\n", P::tile_words(padded) * 4 / P::kElemBytes,
               P::h_stride_words(padded));

@@ -355,7 +355,7 @@ def test_tensor_core_fragment_accesses_are_bank_conflict_free(cell):
 
 
 def test_tensor_core_passes_widen_for_few_rows():
-    """PersistentMmaTraits::tile_words: a chunk of up to 64 rows stages 256 bytes of each row per pass; fewer rows
+    """MmaStaging::tile_words: a chunk of up to 64 rows stages 256 bytes of each row per pass; fewer rows
     stage wider passes (2 KB at 8 rows: 8x fewer L2 round trips per step at a small batch), always whole groups of
     8 k-steps (the split-K by k-step index), and the rows at their stride fit the staging buffer."""
     out = emu.run_driver(SRC, "mtile", {})
@@ -532,7 +532,7 @@ BWD_PLAIN_CASES = [
     BwdCase("gru", 13, (6, 4, 1), 1, dtype=torch.bfloat16, mma=True),
     BwdCase("lstm", 33, (37, 37), 32, reverse=True, dtype=torch.float16, mma=True),
     BwdCase("rnn_tanh", 40, (4, 3, 3, 1), 16, mma=True),
-    # the K pass widened for fewer rows (PersistentMmaTraits::tile_words): 16 rows, TF32 passes of 256 (G*H = 320: two);
+    # the K pass widened for fewer rows (MmaStaging::tile_words): 16 rows, TF32 passes of 256 (G*H = 320: two);
     # 64 rows, bf16 passes of 128 (G*H = 300: three, across the GRU's dph_n boundary at 200), 16 and 8 rows one pass
     BwdCase("lstm", 80, (12, 5), 32, mma=True),
     BwdCase("gru", 100, (70, 9), 16, dtype=torch.bfloat16, mma=True),

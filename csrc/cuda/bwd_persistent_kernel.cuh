@@ -308,7 +308,7 @@ __global__ void FASTRNN_PERSISTENT_BWD_BOUNDS rnn_bwd_persistent_kernel(const Bw
 //       register i of lane (g, q) holds k = 2q + 8i and the next k as a 16-bit pair, n = g; m16n8k8 .tf32:
 //       k = q + 4i, n = g), one 64-bit load per lane, 256 contiguous bytes per warp; KT = ceil(G*H / kK); zeros past
 //       the block's units, H and G*H.
-//   Hs  the forward's staging buffer (PersistentMmaTraits: rows at stride tile_words(rows) + 4 = 4 (mod 32): the
+//   Hs  the forward's staging buffer (MmaStaging: rows at stride tile_words(rows) + 4 = 4 (mod 32): the
 //       A-fragment loads (lane (g, q): word g * stride + q, and + 4, and the rows 8 further) hit 32 distinct banks.
 //   Gs  [kGsRows][g_stride] fp32: the partial tiles, [ks][row][unit]; g_stride = 8 (mod 32) makes the fragment
 //       stores (lane (g, q): units 2q and 2q + 1 as one 64-bit store, rows g and g + 8) conflict-free.
@@ -318,7 +318,7 @@ struct BwdPersistentMmaTraits {
   static constexpr int kThreads = kPersistentThreads;
   static constexpr int kWarps = kThreads / 32;
   static constexpr int kRowsPerThread = 4;
-  using Staging = PersistentMmaTraits<1, S>;  // the staging buffer and its K passes (tile_words, h_stride_words)
+  using Staging = MmaStaging<S>;  // the staging buffer and its K passes (tile_words, h_stride_words)
   static constexpr bool kTf32 = Staging::kTf32;
   static constexpr int kElemBytes = Staging::kElemBytes;
   static constexpr int kK = Staging::kK;

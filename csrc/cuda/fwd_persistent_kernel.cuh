@@ -278,15 +278,12 @@ __global__ void FASTRNN_PERSISTENT_FWD_BOUNDS rnn_fwd_persistent_kernel(const Fw
 //   Gs  [kMaxCols][g_stride] fp32: the partial tiles; g_stride = 4 (mod 32) makes the fragment stores (lane (g, q):
 //       column 2q (+1), row g (+8)) conflict-free; the epilogue's reads are at most 2-way conflicted.
 //
-// kRowsPerUnit: the A operand's rows per hidden unit (the forward's G gate rows of W_hh). The tensor-core backward
-// (bwd_persistent_kernel.cuh) takes only the staging buffer and its K passes from here (PersistentMmaTraits<1, S>:
-// kMaxCols, kHStrideWords, tile_words, h_stride_words, which do not depend on kRowsPerUnit).
-template <int kRowsPerUnit_, typename S>
-struct PersistentMmaTraits {
-  static constexpr int kRowsPerUnit = kRowsPerUnit_;
+// MmaStaging<S>: the staging buffer Hs of both tensor-core products (this forward's B operand, the backward's A
+// operand: bwd_persistent_kernel.cuh) and its K passes, which depend on the operand type only.
+template <typename S>
+struct MmaStaging {
   static constexpr int kThreads = kPersistentThreads;
   static constexpr int kWarps = kThreads / 32;
-  static constexpr int kRowsPerThread = 4;
   static constexpr bool kTf32 = sizeof(S) == 4;      // float: TF32 operands; the 16-bit types: their own bits
   static constexpr int kElemBytes = kTf32 ? 4 : 2;    // bytes of one operand element in shared memory
   static constexpr int kK = kTf32 ? 8 : 16;           // k of one mma
@@ -295,13 +292,7 @@ struct PersistentMmaTraits {
   static constexpr int kTileWords = kTileK * kElemBytes / 4;         // 64
   static constexpr int kMaxTileWords = 512;  // 2 KB of each row: the widest pass (8 rows fill the staging buffer)
   static constexpr int kMaxCols = 64;                 // batch rows per chunk: 8 n-tiles
-  static constexpr int kMaxTilesPerWarp = 4;
-  static constexpr int kMaxUnits = 32;
 
-  static constexpr int groups(int units) { return kThreads / units; }
-  static constexpr int chunk_cols(int units) {
-    return groups(units) * kRowsPerThread < kMaxCols ? groups(units) * kRowsPerThread : kMaxCols;
-  }
   // The K pass of a chunk whose rows fill `rows` (a multiple of 8: its n-tiles) staged rows: kTileWords * 2^n b32
   // words of each row, as wide as the staging buffer (kMaxCols rows of kHStrideWords) holds at a row stride of
   // tile + 4 words, at most kMaxTileWords. A chunk of few rows (small batch) takes fewer, wider passes, each of which
@@ -320,6 +311,29 @@ struct PersistentMmaTraits {
         return false;
     return true;
   }
+  static_assert(kTileK % (kWarps * kK) == 0, "split-K by k-step index needs whole groups of 8 k-steps per pass");
+  static_assert(kHStrideWords % 32 == 4, "B-fragment loads: row stride = 4 (mod 32) words");
+  static_assert(tiles_of_every_chunk_fit(), "every chunk's K pass fits the staging buffer at a conflict-free stride");
+};
+
+// kRowsPerUnit: the A operand's rows per hidden unit (the forward's G gate rows of W_hh).
+template <int kRowsPerUnit_, typename S>
+struct PersistentMmaTraits : MmaStaging<S> {
+  using Staging = MmaStaging<S>;
+  static constexpr int kRowsPerUnit = kRowsPerUnit_;
+  static constexpr int kThreads = Staging::kThreads;
+  static constexpr int kWarps = Staging::kWarps;
+  static constexpr int kMaxCols = Staging::kMaxCols;
+  static constexpr int kHStrideWords = Staging::kHStrideWords;
+  static constexpr int kK = Staging::kK;
+  static constexpr int kRowsPerThread = 4;
+  static constexpr int kMaxTilesPerWarp = 4;
+  static constexpr int kMaxUnits = 32;
+
+  static constexpr int groups(int units) { return kThreads / units; }
+  static constexpr int chunk_cols(int units) {
+    return groups(units) * kRowsPerThread < kMaxCols ? groups(units) * kRowsPerThread : kMaxCols;
+  }
   static constexpr int m_tiles(int units) { return (kRowsPerUnit * units + 15) / 16; }
   static constexpr int64_t k_steps(int64_t K) { return (K + kK - 1) / kK; }
   static constexpr int g_stride(int units) { return (kRowsPerUnit * units + 31) / 32 * 32 + 4; }
@@ -335,9 +349,6 @@ struct PersistentMmaTraits {
     return true;
   }
   static_assert(tiles_fit(), "a chunk has more output tiles than the warps hold accumulators for");
-  static_assert(kTileK % (kWarps * kK) == 0, "split-K by k-step index needs whole groups of 8 k-steps per pass");
-  static_assert(kHStrideWords % 32 == 4, "B-fragment loads: row stride = 4 (mod 32) words");
-  static_assert(tiles_of_every_chunk_fit(), "every chunk's K pass fits the staging buffer at a conflict-free stride");
 };
 
 template <int kGates_, typename S>

@@ -465,11 +465,11 @@ void batch(const emu_io::Arrays& in, emu_io::Arrays& out) {
 
 }  // namespace
 
-// The tensor-core kernels' K passes (PersistentMmaTraits::tile_words) for every chunk of 8 .. kMaxCols staged rows:
+// The tensor-core kernels' K passes (MmaStaging::tile_words) for every chunk of 8 .. kMaxCols staged rows:
 // arrays over rows, for TF32 (4-byte operands) and the 16-bit types; plus the staging buffer's size in words.
 void mtile(const emu_io::Arrays&, emu_io::Arrays& out) {
-  using T32 = fastrnn::cuda::PersistentMmaTraits<1, float>;
-  using T16 = fastrnn::cuda::PersistentMmaTraits<1, __nv_bfloat16>;
+  using T32 = fastrnn::cuda::MmaStaging<float>;
+  using T16 = fastrnn::cuda::MmaStaging<__nv_bfloat16>;
   std::vector<int64_t> rows, words32, stride32, words16, stride16;
   for (int r = 8; r <= T32::kMaxCols; r += 8) {
     rows.push_back(r);
