@@ -55,6 +55,13 @@ inline void check_cuda(const char* op, const char* name, const at::Tensor& t) {
   TORCH_CHECK(t.is_cuda(), op, ": expected ", name, " on a CUDA device, got ", t.device());
 }
 
+// The device guard of an op's call on the input's device, after checking that the input is on a CUDA device (the
+// dispatcher sends a call here when any argument is: a CPU input gets this error, not the guard's).
+inline c10::cuda::CUDAGuard cuda_guard(const char* op, const at::Tensor& input) {
+  check_cuda(op, "input", input);
+  return c10::cuda::CUDAGuard(input.device());
+}
+
 // Checks a step kernel's largest launch (all B rows) against the current device's limits.
 inline void check_launch(const char* op, const char* kernel, const LaunchConfig& c) {
   const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();

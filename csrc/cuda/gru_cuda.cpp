@@ -82,7 +82,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
     const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
     const std::optional<at::Tensor>& b_hh, bool reverse, bool train) {
   const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
-  const c10::cuda::CUDAGuard guard(input.device());
+  const c10::cuda::CUDAGuard guard = cuda_guard(kFwd, input);
   GruFwd f = gru_fwd_begin(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, train);
   return gru_fwd_end(f, false);
 }
@@ -96,7 +96,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& w_hh_r, const std::optional<at::Tensor>& b_ih_r, const std::optional<at::Tensor>& b_hh_r,
     bool train) {
   const NoAutocast no_autocast;
-  const c10::cuda::CUDAGuard guard(input.device());
+  const c10::cuda::CUDAGuard guard = cuda_guard(kBidirFwd, input);
   GruFwd d[2] = {gru_fwd_begin(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, false, train),
                  gru_fwd_begin(input, batch_sizes, hx_r, w_ih_r, w_hh_r, b_ih_r, b_hh_r, true, train)};
   return bidir_forward(kBidirFwd, Cell::kGru, d, gru_fwd_end);
@@ -223,7 +223,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const at::Tensor& output, const at::Tensor& workspace, bool reverse, bool has_bias) {
   const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
-  const c10::cuda::CUDAGuard guard(input.device());
+  const c10::cuda::CUDAGuard guard = cuda_guard(kBwd, input);
   GruBwd b = gru_bwd_begin(grad_output, grad_hy, input, batch_sizes, hx, w_ih, w_hh, output, workspace, reverse,
                            has_bias);
   return gru_bwd_end(b, false);
@@ -240,7 +240,7 @@ gru_bidir_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, con
                    const at::Tensor& w_hh_r, const at::Tensor& output_r, const at::Tensor& workspace_r,
                    bool has_bias) {
   const NoAutocast no_autocast;
-  const c10::cuda::CUDAGuard guard(input.device());
+  const c10::cuda::CUDAGuard guard = cuda_guard(kBidirBwd, input);
   GruBwd d[2] = {gru_bwd_begin(grad_output, grad_hy, input, batch_sizes, hx, w_ih, w_hh, output, workspace, false,
                                has_bias),
                  gru_bwd_begin(grad_output_r, grad_hy_r, input, batch_sizes, hx_r, w_ih_r, w_hh_r, output_r,

@@ -111,7 +111,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
     const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
     const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& w_hr, bool reverse, bool train) {
   const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
-  const c10::cuda::CUDAGuard guard(input.device());
+  const c10::cuda::CUDAGuard guard = cuda_guard(kFwd, input);
   LstmFwd f = lstm_fwd_begin(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, train);
   return lstm_fwd_end(f, false);
 }
@@ -126,7 +126,7 @@ lstm_bidir_forward(const at::Tensor& input, const std::optional<at::Tensor>& bat
                    const at::Tensor& w_ih_r, const at::Tensor& w_hh_r, const std::optional<at::Tensor>& b_ih_r,
                    const std::optional<at::Tensor>& b_hh_r, const std::optional<at::Tensor>& w_hr_r, bool train) {
   const NoAutocast no_autocast;
-  const c10::cuda::CUDAGuard guard(input.device());
+  const c10::cuda::CUDAGuard guard = cuda_guard(kBidirFwd, input);
   LstmFwd d[2] = {lstm_fwd_begin(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, false, train),
                   lstm_fwd_begin(input, batch_sizes, hx_r, cx_r, w_ih_r, w_hh_r, b_ih_r, b_hh_r, w_hr_r, true, train)};
   return bidir_forward(kBidirFwd, Cell::kLstm, d, lstm_fwd_end);
@@ -270,7 +270,7 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at
               const std::optional<at::Tensor>& w_hr, const at::Tensor& output, const at::Tensor& workspace,
               bool reverse, bool has_bias) {
   const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
-  const c10::cuda::CUDAGuard guard(input.device());
+  const c10::cuda::CUDAGuard guard = cuda_guard(kBwd, input);
   LstmBwd b = lstm_bwd_begin(grad_output, grad_hy, grad_cy, input, batch_sizes, hx, cx, w_ih, w_hh, w_hr, output,
                              workspace, reverse, has_bias);
   return lstm_bwd_end(b, false);
@@ -289,7 +289,7 @@ lstm_bidir_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, co
                     const at::Tensor& w_hh_r, const std::optional<at::Tensor>& w_hr_r, const at::Tensor& output_r,
                     const at::Tensor& workspace_r, bool has_bias) {
   const NoAutocast no_autocast;
-  const c10::cuda::CUDAGuard guard(input.device());
+  const c10::cuda::CUDAGuard guard = cuda_guard(kBidirBwd, input);
   LstmBwd d[2] = {lstm_bwd_begin(grad_output, grad_hy, grad_cy, input, batch_sizes, hx, cx, w_ih, w_hh, w_hr, output,
                                  workspace, false, has_bias),
                   lstm_bwd_begin(grad_output_r, grad_hy_r, grad_cy_r, input, batch_sizes, hx_r, cx_r, w_ih_r, w_hh_r,

@@ -75,7 +75,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(const at::Tensor& input,
                                                const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
                                                const std::optional<at::Tensor>& b_hh, bool relu, bool reverse) {
   const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
-  const c10::cuda::CUDAGuard guard(input.device());
+  const c10::cuda::CUDAGuard guard = cuda_guard(kFwd, input);
   RnnFwd f = rnn_fwd_begin(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse);
   return rnn_fwd_end(f, false);
 }
@@ -89,7 +89,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_bidir_forward(
     const at::Tensor& w_hh_r, const std::optional<at::Tensor>& b_ih_r, const std::optional<at::Tensor>& b_hh_r,
     bool relu) {
   const NoAutocast no_autocast;
-  const c10::cuda::CUDAGuard guard(input.device());
+  const c10::cuda::CUDAGuard guard = cuda_guard(kBidirFwd, input);
   RnnFwd d[2] = {rnn_fwd_begin(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, false),
                  rnn_fwd_begin(input, batch_sizes, hx_r, w_ih_r, w_hh_r, b_ih_r, b_hh_r, relu, true)};
   return bidir_forward(kBidirFwd, Cell::kRnn, d, rnn_fwd_end);
@@ -187,7 +187,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const at::Tensor& output, bool relu, bool reverse, bool has_bias) {
   const NoAutocast no_autocast;  // inner ATen calls keep their inputs' dtypes (sequence.h)
-  const c10::cuda::CUDAGuard guard(input.device());
+  const c10::cuda::CUDAGuard guard = cuda_guard(kBwd, input);
   RnnBwd b = rnn_bwd_begin(grad_output, grad_hy, input, batch_sizes, hx, w_ih, w_hh, output, relu, reverse, has_bias);
   return rnn_bwd_end(b, false);
 }
@@ -202,7 +202,7 @@ rnn_bidir_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, con
                    const at::Tensor& hx_r, const at::Tensor& w_ih_r, const at::Tensor& w_hh_r,
                    const at::Tensor& output_r, bool relu, bool has_bias) {
   const NoAutocast no_autocast;
-  const c10::cuda::CUDAGuard guard(input.device());
+  const c10::cuda::CUDAGuard guard = cuda_guard(kBidirBwd, input);
   RnnBwd d[2] = {rnn_bwd_begin(grad_output, grad_hy, input, batch_sizes, hx, w_ih, w_hh, output, relu, false,
                                has_bias),
                  rnn_bwd_begin(grad_output_r, grad_hy_r, input, batch_sizes, hx_r, w_ih_r, w_hh_r, output_r, relu,
