@@ -445,7 +445,7 @@ def persistent_fwd_model(gpu: Gpu, tr: dict, probe: Probe, k: KernelInfo, cell: 
             issue = _issue_clk_fma(gpu, a, warps * tk * G * R, warps * tk * (R + G) + stage)
         flops += fl * n_kt
         step_clk += n_kt * (gpu.l2_latency_clk + max(issue, rows * tk * s / gpu.sm_l2_bytes_per_clk))
-    step_clk += gpu.hbm_latency_clk  # the epilogue's gx/c loads
+    step_clk += gpu.l2_latency_clk  # the epilogue's gx (prefetched into L2 a step ahead: prefetch_step_gx) and c loads
     epi_l2, epi_hbm = _epilogue_bytes(cell, G, H, bs, s, a, train)
     l2 = grid * bs * K * s + epi_l2  # every block reads every row of h_{t-1}
     gx_total = dirs * T * bs * G * H * s
@@ -574,7 +574,7 @@ def persistent_mma_model(gpu: Gpu, tr: dict, probe: Probe, k: KernelInfo, cell: 
         return mt * -(-rows // 8), -(-rows // 8) * 8, probe.one(f"mmatile {dtype} {rows}")["tile_k"], 512 + 256
 
     step_clk, flops = _mma_step_clk(gpu, dtype, s, K, bs, p["chunk_cols"], p["k"], p["elem_bytes"], tiling)
-    step_clk += gpu.hbm_latency_clk  # the epilogue's gx/c loads
+    step_clk += gpu.l2_latency_clk  # the epilogue's gx (prefetched into L2 a step ahead: prefetch_step_gx) and c loads
     epi_l2, epi_hbm = _epilogue_bytes(cell, G, H, bs, s, a, train)
     l2 = grid * bs * K * s + epi_l2
     gx_total = dirs * T * bs * G * H * s

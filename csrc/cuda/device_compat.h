@@ -19,6 +19,7 @@
 //   f32_to_tf32(x)                        cvt.rna.tf32.f32 (nearest, ties away), the .tf32 operand bits
 //   pack_bf16x2(lo, hi), pack_f16x2(lo, hi)   two 16-bit values in one b32 operand register (lo = lower k/col)
 //   grid_sync()                           cooperative_groups::this_grid().sync()
+//   prefetch_l2(p)                        prefetch.global.L2 (a hint; the emulation reads the byte, for ASan)
 //   ld_acquire(p), st_release(p, v), atomic_add_release(p, v)   ld.acquire.gpu / st.release.gpu /
 //                                         atom.release.gpu.add on 32/64-bit integers in global memory
 //   cp_async_ca<4|8|16>(smem, gmem), cp_async_cg16(smem, gmem), cp_async_cg16_zfill(smem, gmem, src_bytes),
@@ -178,6 +179,19 @@ __device__ __forceinline__ std::uint32_t pack_bf16x2(__nv_bfloat16 lo, __nv_bflo
 }
 __device__ __forceinline__ std::uint32_t pack_f16x2(__half lo, __half hi) {
   return static_cast<std::uint32_t>(__half_as_ushort(lo)) | (static_cast<std::uint32_t>(__half_as_ushort(hi)) << 16);
+}
+
+// prefetch.global.L2: the line holding p into L2, a hint (no register, nothing waits for it, no effect on any value).
+// Only for memory no thread of the launch writes. Under the emulation it reads the byte at p, so that ASan checks
+// that every address a kernel prefetches is one it may read.
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+#if defined(FASTRNN_CUDA_EMU)
+  (void)*static_cast<const volatile unsigned char*>(p);
+#elif defined(FASTRNN_SM80)
+  asm volatile("prefetch.global.L2 [%0];\n" : : "l"(p));
+#else
+  (void)p;
+#endif
 }
 
 // Grid-wide barrier of a cooperative launch (cudaLaunchCooperativeKernel); orders memory across the grid.

@@ -124,6 +124,27 @@ __device__ __forceinline__ void fwd_cell_epilogue(const FwdSeqParams& p, const F
   }
 }
 
+// The x-side pre-activations the epilogue of step st reads for the block's units j0 .. j0+units (G segments of at most
+// `units` elements per row), prefetched into L2, a line per segment (two where it crosses a 128-byte line) spread
+// over the block's threads. The kernels issue it for step s + 1 before the grid barrier that ends step s (and for the
+// first step before loading W), so the HBM latency of those loads overlaps the barrier and the next product instead
+// of following them (gx is written before the launch, never in it).
+template <typename S, Cell C>
+__device__ __forceinline__ void prefetch_step_gx(const FwdSeqParams& p, const FwdSeqStep& st, int64_t j0, int units,
+                                                 int tid, int threads) {
+  constexpr int G = gates_of(C);
+  const int64_t H = p.H, GH = G * p.H;
+  const int64_t n = H - j0 < units ? H - j0 : units;  // the block's units inside H (j0 < H)
+  const S* gx = static_cast<const S*>(p.gx);
+  for (int64_t idx = tid; idx < st.bs * G; idx += threads) {
+    const S* first = gx + (st.off + idx / G) * GH + (idx % G) * H + j0;
+    const S* last = first + (n - 1);
+    ::fastrnn::prefetch_l2(first);
+    if ((reinterpret_cast<std::uintptr_t>(first) >> 7) != (reinterpret_cast<std::uintptr_t>(last) >> 7))
+      ::fastrnn::prefetch_l2(last);
+  }
+}
+
 template <typename S, Cell C>
 __device__ __forceinline__ void fwd_persistent(const FwdSeqParams& p) {
   using A = acc_t<S>;
@@ -152,6 +173,7 @@ __device__ __forceinline__ void fwd_persistent(const FwdSeqParams& p) {
   const S* __restrict__ bhh = static_cast<const S*>(p.b_hh);
   const S* out = static_cast<const S*>(p.out);
 
+  prefetch_step_gx<S, C>(p, p.steps[0], j0, U, tid, Tr::kThreads);
   // ---- this block's rows of W_hh, once for the whole sequence: Ws[k][g*U + uu] = W_hh[g*H + j0 + uu][k]
   for (int64_t idx = tid; idx < int64_t(G) * U * K; idx += Tr::kThreads) {
     const int64_t r = idx / K, k = idx % K;  // consecutive threads: consecutive k of one row (coalesced)
@@ -214,6 +236,7 @@ __device__ __forceinline__ void fwd_persistent(const FwdSeqParams& p) {
         }
       }
     }
+    if (s + 1 < p.T) prefetch_step_gx<S, C>(p, p.steps[s + 1], j0, U, tid, Tr::kThreads);
     // Step s's h rows are complete grid-wide before any block stages them for step s + 1.
 #ifndef FASTRNN_EMU_DROP_GRID_SYNC
     ::fastrnn::grid_sync();
@@ -594,6 +617,7 @@ __device__ __forceinline__ void fwd_persistent_mma(const FwdSeqParams& p) {
   const S* __restrict__ bhh = static_cast<const S*>(p.b_hh);
   const S* out = static_cast<const S*>(p.out);
 
+  prefetch_step_gx<S, C>(p, p.steps[0], j0, U, tid, Tr::kThreads);
   // ---- W_slice in A-fragment order, once for the whole sequence (zeros outside the M x K slice).
   load_a_fragments<Tr, S>(sm.Wf, MT, KT, [&](int r, int64_t k) -> S {
     const int64_t jj = j0 + r % U;
@@ -648,6 +672,7 @@ __device__ __forceinline__ void fwd_persistent_mma(const FwdSeqParams& p) {
         }
       }
     }
+    if (s + 1 < p.T) prefetch_step_gx<S, C>(p, p.steps[s + 1], j0, U, tid, Tr::kThreads);
     // Step s's h rows are complete grid-wide before any block stages them for step s + 1 (the grid barrier also
     // ends this step's epilogue reads of Gs before the next step's fragment stores).
 #ifndef FASTRNN_EMU_DROP_GRID_SYNC
