@@ -498,7 +498,7 @@ def persistent_bwd_model(gpu: Gpu, tr: dict, probe: Probe, k: KernelInfo, cell: 
         if ks > 1:  # partials stored, summed by the rg owners, two barriers
             step_clk += warps + rg * units * ks / 32 + 2 * 20
         flops += 2.0 * units * slots * rg * GH
-    step_clk += gpu.hbm_latency_clk  # the epilogue's workspace and grad_output loads
+    step_clk += gpu.l2_latency_clk  # the epilogue's workspace and grad_output loads (prefetched: prefetch_bwd_step)
     epi_l2, epi_hbm = _bwd_epilogue_bytes(cell, G, H, bs, s, a)
     l2 = grid * bs * GH * s + epi_l2
     t = max(step_clk / gpu.clock_hz, dirs * l2 / gpu.l2_bw, dirs * epi_hbm / gpu.hbm_bw) + gpu.grid_sync_s
@@ -602,7 +602,7 @@ def persistent_bwd_mma_model(gpu: Gpu, tr: dict, probe: Probe, k: KernelInfo, ce
         return c["m_tiles"] * nt, c["staged"], c["tile_k"], (256 if rows <= 8 else 512) + 256
 
     step_clk, flops = _mma_step_clk(gpu, dtype, s, GH, bs, p["chunk_cols"], p["k"], p["elem_bytes"], tiling)
-    step_clk += gpu.hbm_latency_clk  # the epilogue's workspace and grad_output loads
+    step_clk += gpu.l2_latency_clk  # the epilogue's workspace and grad_output loads (prefetched: prefetch_bwd_step)
     epi_l2, epi_hbm = _bwd_epilogue_bytes(cell, G, H, bs, s, a)
     l2 = grid * bs * GH * s + epi_l2
     t = max(step_clk / gpu.clock_hz, dirs * l2 / gpu.l2_bw, dirs * epi_hbm / gpu.hbm_bw) + gpu.grid_sync_s

@@ -136,6 +136,39 @@ __device__ __forceinline__ BwdStepParams bwd_step_rows(const BwdSeqParams& p, co
   return q;
 }
 
+// What the epilogue of iteration st reads for the block's units j0 .. j0+units of each of the step's rows, prefetched
+// into L2 (as the forward's prefetch_step_gx): its workspace row (LSTM: i, f, g, o, c; GRU: r, z, n, hn), the LSTM's
+// c_prev, grad_output, the GRU's h_prev (out or hx) and the RNN's h (out), all written before the launch; a segment
+// per thread at a time. The kernels issue it for iteration s + 1 before the grid barrier that ends iteration s (and
+// for the first before loading W).
+template <typename S, Cell C>
+__device__ __forceinline__ void prefetch_bwd_step(const BwdSeqParams& p, const BwdSeqStep& st, int64_t j0, int units,
+                                                  int tid, int threads) {
+  using A = acc_t<S>;
+  constexpr int kWs = C == Cell::kLstm ? 5 : C == Cell::kGru ? 4 : 0;  // workspace segments per row
+  constexpr int kSeg = kWs + 2;  // + grad_output, + c_prev (LSTM) / h_prev (GRU) / h (RNN)
+  const int64_t H = p.H;
+  const int64_t n = H - j0 < units ? H - j0 : units;  // the block's units inside H (j0 < H)
+  for (int64_t idx = tid; idx < st.bs * kSeg; idx += threads) {
+    const int64_t b = idx / kSeg;
+    const int seg = static_cast<int>(idx % kSeg);
+    if (seg < kWs) {
+      ::fastrnn::prefetch_segment_l2(static_cast<const A*>(p.ws) + (st.off + b) * kWs * H + seg * H + j0, n);
+    } else if (seg == kWs) {
+      if (p.grad_out != nullptr)
+        ::fastrnn::prefetch_segment_l2(static_cast<const S*>(p.grad_out) + st.go_off + b * p.ld_grad_out + j0, n);
+    } else if constexpr (C == Cell::kLstm) {
+      ::fastrnn::prefetch_segment_l2(static_cast<const A*>(p.c_prev) + (st.off + b) * H + j0, n);
+    } else if constexpr (C == Cell::kGru) {
+      const S* hp = b < st.n_prev ? static_cast<const S*>(p.out) + (st.off_prev + b) * H
+                                  : static_cast<const S*>(p.h_init) + b * H;
+      ::fastrnn::prefetch_segment_l2(hp + j0, n);
+    } else {
+      ::fastrnn::prefetch_segment_l2(static_cast<const S*>(p.out) + (st.off + b) * H + j0, n);
+    }
+  }
+}
+
 // Row b (< max(bs, bs_next)) of unit j at one iteration, given prod = (dG_next @ W_hh)[b, j] (zero for rows past
 // bs_next): a row of `next` that started from hx takes grad_hx = carry + prod; a row of the step adds grad_output and
 // the carried dh and runs the pointwise backward. Shared by the FMA and the tensor-core kernels.
@@ -186,6 +219,7 @@ __device__ __forceinline__ void bwd_persistent(const BwdSeqParams& p) {
   const S* dgx = static_cast<const S*>(p.dg);
   const S* dphn = static_cast<const S*>(p.dph_n);
 
+  prefetch_bwd_step<S, C>(p, p.steps[0], j0, U, tid, Tr::kThreads);
   // ---- W_hh[:, this block's units], once for the whole sequence: Ws[g][uu] = W_hh[g][j0 + uu]
   for (int64_t idx = tid; idx < GH * U; idx += Tr::kThreads) {
     const int64_t g = idx / U, jj = j0 + idx % U;
@@ -255,6 +289,7 @@ __device__ __forceinline__ void bwd_persistent(const BwdSeqParams& p) {
         }
       }
     }
+    if (s < p.T) prefetch_bwd_step<S, C>(p, p.steps[s + 1], j0, U, tid, Tr::kThreads);
     // Step s's dG rows are complete grid-wide before any block stages them at iteration s + 1.
 #ifndef FASTRNN_EMU_DROP_GRID_SYNC
     if (s < p.T) ::fastrnn::grid_sync();
@@ -478,6 +513,7 @@ __device__ __forceinline__ void bwd_persistent_mma(const BwdSeqParams& p) {
   const S* dgx = static_cast<const S*>(p.dg);
   const S* dphn = static_cast<const S*>(p.dph_n);
 
+  prefetch_bwd_step<S, C>(p, p.steps[0], j0, U, tid, Tr::kThreads);
   // ---- B[k][n] = W_hh[k][j0 + n] in B-fragment order, once for the whole sequence (zeros past the block's units,
   // H and G*H)
   auto w_at = [&](int n, int64_t k) -> S {
@@ -549,6 +585,7 @@ __device__ __forceinline__ void bwd_persistent_mma(const BwdSeqParams& p) {
         }
       }
     }
+    if (s < p.T) prefetch_bwd_step<S, C>(p, p.steps[s + 1], j0, U, tid, Tr::kThreads);
     // Step s's dG rows are complete grid-wide before any block stages them at iteration s + 1 (the grid barrier also
     // ends this step's epilogue reads of Gs before the next step's fragment stores).
 #ifndef FASTRNN_EMU_DROP_GRID_SYNC

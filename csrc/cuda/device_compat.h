@@ -20,6 +20,7 @@
 //   pack_bf16x2(lo, hi), pack_f16x2(lo, hi)   two 16-bit values in one b32 operand register (lo = lower k/col)
 //   grid_sync()                           cooperative_groups::this_grid().sync()
 //   prefetch_l2(p)                        prefetch.global.L2 (a hint; the emulation reads the byte, for ASan)
+//   prefetch_segment_l2(first, n)         prefetch_l2 of every line of n consecutive elements
 //   ld_acquire(p), st_release(p, v), atomic_add_release(p, v)   ld.acquire.gpu / st.release.gpu /
 //                                         atom.release.gpu.add on 32/64-bit integers in global memory
 //   cp_async_ca<4|8|16>(smem, gmem), cp_async_cg16(smem, gmem), cp_async_cg16_zfill(smem, gmem, src_bytes),
@@ -192,6 +193,14 @@ __device__ __forceinline__ void prefetch_l2(const void* p) {
 #else
   (void)p;
 #endif
+}
+
+// Every 128-byte line of the n >= 1 consecutive elements at `first`, prefetched into L2 (prefetch_l2).
+template <typename T>
+__device__ __forceinline__ void prefetch_segment_l2(const T* first, int64_t n) {
+  const std::uintptr_t last = reinterpret_cast<std::uintptr_t>(first + (n - 1));
+  for (std::uintptr_t a = reinterpret_cast<std::uintptr_t>(first); (a >> 7) <= (last >> 7); a += 128)
+    prefetch_l2(reinterpret_cast<const void*>((a >> 7) == (last >> 7) ? last : a));
 }
 
 // Grid-wide barrier of a cooperative launch (cudaLaunchCooperativeKernel); orders memory across the grid.

@@ -125,8 +125,7 @@ __device__ __forceinline__ void fwd_cell_epilogue(const FwdSeqParams& p, const F
 }
 
 // The x-side pre-activations the epilogue of step st reads for the block's units j0 .. j0+units (G segments of at most
-// `units` elements per row), prefetched into L2, a line per segment (two where it crosses a 128-byte line) spread
-// over the block's threads. The kernels issue it for step s + 1 before the grid barrier that ends step s (and for the
+// `units` elements per row), prefetched into L2, a segment per thread at a time. The kernels issue it for step s + 1 before the grid barrier that ends step s (and for the
 // first step before loading W), so the HBM latency of those loads overlaps the barrier and the next product instead
 // of following them (gx is written before the launch, never in it).
 template <typename S, Cell C>
@@ -136,13 +135,8 @@ __device__ __forceinline__ void prefetch_step_gx(const FwdSeqParams& p, const Fw
   const int64_t H = p.H, GH = G * p.H;
   const int64_t n = H - j0 < units ? H - j0 : units;  // the block's units inside H (j0 < H)
   const S* gx = static_cast<const S*>(p.gx);
-  for (int64_t idx = tid; idx < st.bs * G; idx += threads) {
-    const S* first = gx + (st.off + idx / G) * GH + (idx % G) * H + j0;
-    const S* last = first + (n - 1);
-    ::fastrnn::prefetch_l2(first);
-    if ((reinterpret_cast<std::uintptr_t>(first) >> 7) != (reinterpret_cast<std::uintptr_t>(last) >> 7))
-      ::fastrnn::prefetch_l2(last);
-  }
+  for (int64_t idx = tid; idx < st.bs * G; idx += threads)
+    ::fastrnn::prefetch_segment_l2(gx + (st.off + idx / G) * GH + (idx % G) * H + j0, n);
 }
 
 template <typename S, Cell C>
