@@ -18,42 +18,22 @@ constexpr const char* kBidirBwd = "fastrnn::gru_bidir_backward";
 
 // One direction's forward in two parts, begin and end, so that gru_bidir_forward can run both directions'
 // recurrences in one persistent launch between them (as lstm_cuda.cpp LstmFwd).
-struct GruFwd {
-  SeqLayout L;
-  int64_t H = 0;
-  bool reverse = false, train = false;
-  DType dt = DType::kFloat;
-  at::Tensor input, w_hh, output, out, h0, ws, gx;
-  std::optional<at::Tensor> b_hh;
-  FwdPersistentRun run;
+struct GruFwd : DirFwd {
+  bool train = false;
+  at::Tensor ws;
 };
 
 GruFwd gru_fwd_begin(const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
-                     const at::Tensor& w_ih, const at::Tensor& w_hh_, const std::optional<at::Tensor>& b_ih,
-                     const std::optional<at::Tensor>& b_hh_, bool reverse, bool train) {
+                     const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+                     const std::optional<at::Tensor>& b_hh, bool reverse, bool train) {
   check_cuda(kFwd, "input", input);
-  const CellShape s = check_forward_args(kFwd, 3, input, batch_sizes, hx, nullptr, w_ih, w_hh_, b_ih, b_hh_, {});
+  const CellShape s = check_forward_args(kFwd, 3, input, batch_sizes, hx, nullptr, w_ih, w_hh, b_ih, b_hh, {});
   GruFwd f;
-  f.L = make_layout(input, batch_sizes);
-  const SeqLayout& L = f.L;
-  const int64_t H = f.H = s.hidden_size;
-  f.reverse = reverse;
+  begin_dir_fwd(f, kFwd, s, input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse);
+  const int64_t H = f.H;
   f.train = train;
-  f.dt = dtype_of(kFwd, input.scalar_type());
-  f.input = input;
-  f.w_hh = w_hh_.contiguous();
-  f.b_hh = b_hh_.has_value() ? std::optional<at::Tensor>(b_hh_->contiguous()) : std::nullopt;
-  const auto acc_opts = input.options().dtype(acc_dtype(input.scalar_type()));
-
-  auto out_sizes = input.sizes().vec();
-  out_sizes.back() = H;
-  f.output = at::empty(out_sizes, input.options());
-  f.out = rows2d(f.output);
-  f.h0 = hx.contiguous();
-  f.ws = at::empty({train ? L.N : 0, train ? 4 * H : 0}, acc_opts);
-  // x-side pre-activations of every step in one GEMM (no sequential dependency).
-  f.gx = input_gates(rows2d(input.contiguous()), w_ih, b_ih).contiguous();
-  f.run = fwd_persistent_run(kFwd, L, reverse, H, f.gx, f.b_hh, f.w_hh, f.out, f.h0, nullptr,
+  f.ws = at::empty({train ? f.L.N : 0, train ? 4 * H : 0}, input.options().dtype(acc_dtype(input.scalar_type())));
+  f.run = fwd_persistent_run(kFwd, f.L, reverse, H, f.gx, f.b_hh, f.w_hh, f.out, f.h0, nullptr,
                              train ? f.ws.data_ptr() : nullptr, 0, /*projection=*/false);
   return f;
 }
@@ -103,46 +83,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 }
 
 // One direction's backward in two parts (as GruFwd).
-struct GruBwd {
-  SeqLayout L;
-  int64_t H = 0;
-  bool reverse = false, has_bias = false;
-  DType dt = DType::kFloat;
-  at::Tensor input, grad_hy, hx, w_ih, w_hh, ws, out, h0, h_step, carry, dph_n, dgh_step;
-  std::optional<StepRows> go;
-  GateGradBuffer dg;
-  BwdPersistentRun run;
+struct GruBwd : DirBwd {
+  at::Tensor ws, out, h0, h_step, dph_n, dgh_step;
 };
 
 GruBwd gru_bwd_begin(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& input,
                      const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx, const at::Tensor& w_ih,
-                     const at::Tensor& w_hh_, const at::Tensor& output, const at::Tensor& workspace, bool reverse,
+                     const at::Tensor& w_hh, const at::Tensor& output, const at::Tensor& workspace, bool reverse,
                      bool has_bias) {
   check_cuda(kBwd, "input", input);
-  const CellShape s = check_forward_args(kBwd, 3, input, batch_sizes, hx, nullptr, w_ih, w_hh_, {}, {}, {});
+  const CellShape s = check_forward_args(kBwd, 3, input, batch_sizes, hx, nullptr, w_ih, w_hh, {}, {}, {});
+  const int64_t H = s.hidden_size;
   GruBwd b;
-  b.L = make_layout(input, batch_sizes);
+  begin_dir_bwd(b, kBwd, s, grad_output, grad_hy, input, batch_sizes, hx, w_ih, w_hh, reverse, has_bias, 3 * H,
+                /*with_carry=*/true, [&](const SeqLayout& L) {
+                  check_backward_args(kBwd, input, s.state_size, grad_output, output, grad_hy, hx, &workspace,
+                                      {L.N, 4 * H});
+                });
   const SeqLayout& L = b.L;
-  const int64_t H = b.H = s.hidden_size;
-  check_backward_args(kBwd, input, s.state_size, grad_output, output, grad_hy, hx, &workspace, {L.N, 4 * H});
-  b.reverse = reverse;
-  b.has_bias = has_bias;
-  b.dt = dtype_of(kBwd, input.scalar_type());
-  b.input = input;
-  b.grad_hy = grad_hy;
-  b.hx = hx;
-  b.w_ih = w_ih;
-  b.w_hh = w_hh_.contiguous();
-  const auto acc_opts = input.options().dtype(acc_dtype(input.scalar_type()));
   b.ws = workspace.contiguous();
-  b.go.emplace(grad_output, batch_sizes.has_value());  // read in place (a transposed or sliced gradient too)
   // The states the steps started from are read in place (the previous step's rows of out, or hx); only a
   // step whose rows start partly from each (reverse direction, packed) gathers its own into h_step.
   b.out = rows2d(output.contiguous());
   b.h0 = hx.contiguous();
   b.h_step = at::empty({L.B, H}, input.options());
-  b.carry = grad_hy.to(acc_opts, false, /*copy=*/true).contiguous();
-  b.dg = gate_grad_buffer(L.N, 3 * H, input);
   // The h-side gate gradients equal the x side's for r and z; only n's differs. The kernel writes a step's
   // full h-side rows [dr, dz, dph_n] into one of two one-step buffers (the next launch reads them as its
   // dG_next while writing the other) and dph_n also into dph_n [N, H], kept for the whole sequence (as on the

@@ -29,46 +29,28 @@ constexpr const char* kBidirBwd = "fastrnn::lstm_bidir_backward";
 // One direction's forward in two parts: begin (checks, allocations, the input GEMM, the persistent run's arguments)
 // and end (the recurrence, unless a launch of both directions already ran it, and the final states), so that
 // lstm_bidir_forward can run the recurrences of both directions in one persistent launch between them.
-struct LstmFwd {
-  SeqLayout L;
-  int64_t H = 0;
-  bool proj = false, reverse = false, train = false;
-  DType dt = DType::kFloat;
-  at::Tensor input, cx, w_hh, w_hr, output, out, h0, c_state, ws, gx, r;
-  std::optional<at::Tensor> b_hh;
-  FwdPersistentRun run;
+struct LstmFwd : DirFwd {
+  bool proj = false, train = false;
+  at::Tensor cx, w_hr, c_state, ws, r;
 };
 
 LstmFwd lstm_fwd_begin(const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
-                       const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh_,
-                       const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh_,
-                       const std::optional<at::Tensor>& w_hr_, bool reverse, bool train) {
+                       const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                       const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+                       const std::optional<at::Tensor>& w_hr, bool reverse, bool train) {
   check_cuda(kFwd, "input", input);
-  const CellShape s = check_forward_args(kFwd, 4, input, batch_sizes, hx, &cx, w_ih, w_hh_, b_ih, b_hh_, w_hr_);
+  const CellShape s = check_forward_args(kFwd, 4, input, batch_sizes, hx, &cx, w_ih, w_hh, b_ih, b_hh, w_hr);
   LstmFwd f;
-  f.L = make_layout(input, batch_sizes);
-  f.H = s.hidden_size;
-  f.proj = w_hr_.has_value();
-  f.reverse = reverse;
-  f.train = train;
-  f.dt = dtype_of(kFwd, input.scalar_type());
-  f.input = input;
-  f.cx = cx;
-  f.w_hh = w_hh_.contiguous();
-  f.w_hr = f.proj ? w_hr_->contiguous() : at::Tensor();
-  f.b_hh = b_hh_.has_value() ? std::optional<at::Tensor>(b_hh_->contiguous()) : std::nullopt;
-  const auto acc_opts = input.options().dtype(acc_dtype(input.scalar_type()));
+  begin_dir_fwd(f, kFwd, s, input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse);
   const SeqLayout& L = f.L;
   const int64_t H = f.H;
-
-  auto out_sizes = input.sizes().vec();
-  out_sizes.back() = s.state_size;
-  f.output = at::empty(out_sizes, input.options());
-  f.out = rows2d(f.output);
-  f.h0 = hx.contiguous();
+  const auto acc_opts = input.options().dtype(acc_dtype(input.scalar_type()));
+  f.proj = w_hr.has_value();
+  f.train = train;
+  f.cx = cx;
+  f.w_hr = f.proj ? w_hr->contiguous() : at::Tensor();
   f.c_state = cx.to(acc_opts, /*non_blocking=*/false, /*copy=*/true).contiguous();
   f.ws = at::empty({train ? L.N : 0, train ? 5 * H : 0}, acc_opts);
-  f.gx = input_gates(rows2d(input.contiguous()), w_ih, b_ih).contiguous();
   f.r = f.proj ? at::empty({L.B, H}, input.options()) : at::Tensor();
   f.run = fwd_persistent_run(kFwd, L, reverse, H, f.gx, f.b_hh, f.w_hh, f.out, f.h0, f.c_state.data_ptr(),
                              train ? f.ws.data_ptr() : nullptr, 0, f.proj);
@@ -134,53 +116,36 @@ lstm_bidir_forward(const at::Tensor& input, const std::optional<at::Tensor>& bat
 
 // One direction's backward in two parts (as LstmFwd): begin (checks, buffers, the persistent run's arguments) and end
 // (the recurrence unless a joint launch ran it, then the whole-sequence gradients).
-struct LstmBwd {
-  SeqLayout L;
-  int64_t H = 0;
-  bool proj = false, reverse = false, has_bias = false;
-  DType dt = DType::kFloat;
-  at::Tensor input, grad_hy, hx, w_ih, w_hh, w_hr, output, ws, dc_state, c_prev, dh_all, r_all, carry;
-  std::optional<StepRows> go;
-  GateGradBuffer dg;
-  BwdPersistentRun run;
+struct LstmBwd : DirBwd {
+  bool proj = false;
+  at::Tensor w_hr, output, ws, dc_state, c_prev, dh_all, r_all;
 };
 
 LstmBwd lstm_bwd_begin(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& grad_cy,
                        const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
-                       const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh_,
-                       const std::optional<at::Tensor>& w_hr_, const at::Tensor& output, const at::Tensor& workspace,
+                       const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                       const std::optional<at::Tensor>& w_hr, const at::Tensor& output, const at::Tensor& workspace,
                        bool reverse, bool has_bias) {
   check_cuda(kBwd, "input", input);
-  const CellShape s = check_forward_args(kBwd, 4, input, batch_sizes, hx, &cx, w_ih, w_hh_, {}, {}, w_hr_);
+  const CellShape s = check_forward_args(kBwd, 4, input, batch_sizes, hx, &cx, w_ih, w_hh, {}, {}, w_hr);
+  const int64_t H = s.hidden_size, P = s.state_size;
   LstmBwd b;
-  b.L = make_layout(input, batch_sizes);
+  b.proj = w_hr.has_value();
+  // The persistent backward (no projection) leaves grad_hx in the carry.
+  begin_dir_bwd(b, kBwd, s, grad_output, grad_hy, input, batch_sizes, hx, w_ih, w_hh, reverse, has_bias, 4 * H,
+                /*with_carry=*/!b.proj, [&](const SeqLayout& L) {
+                  check_backward_args(kBwd, input, P, grad_output, output, grad_hy, hx, &workspace, {L.N, 5 * H});
+                  check_like(kBwd, "grad_cy", grad_cy, cx.sizes(), cx);
+                });
   const SeqLayout& L = b.L;
-  const int64_t H = b.H = s.hidden_size, P = s.state_size;
-  check_backward_args(kBwd, input, s.state_size, grad_output, output, grad_hy, hx, &workspace, {L.N, 5 * H});
-  check_like(kBwd, "grad_cy", grad_cy, cx.sizes(), cx);
-  b.proj = w_hr_.has_value();
-  b.reverse = reverse;
-  b.has_bias = has_bias;
-  b.dt = dtype_of(kBwd, input.scalar_type());
-  b.input = input;
-  b.grad_hy = grad_hy;
-  b.hx = hx;
-  b.w_ih = w_ih;
-  b.output = output;
-  b.w_hh = w_hh_.contiguous();
-  b.w_hr = b.proj ? w_hr_->contiguous() : at::Tensor();
   const auto acc_opts = input.options().dtype(acc_dtype(input.scalar_type()));
-
+  b.output = output;
+  b.w_hr = b.proj ? w_hr->contiguous() : at::Tensor();
   b.ws = workspace.contiguous();
-  b.go.emplace(grad_output, batch_sizes.has_value());  // read in place (a transposed or sliced gradient too)
   b.dc_state = grad_cy.to(acc_opts, false, /*copy=*/true).contiguous();
   b.c_prev = gather_prev(b.ws.narrow(1, 4 * H, H), cx.to(acc_opts), L, reverse).contiguous();
-  b.dg = gate_grad_buffer(L.N, 4 * H, input);
   b.dh_all = b.proj ? at::empty({L.N, P}, input.options()) : at::Tensor();
   b.r_all = b.proj ? at::empty({L.N, H}, input.options()) : at::Tensor();
-
-  // The persistent backward (one cooperative launch; no projection): carry leaves as grad_hx.
-  b.carry = b.proj ? at::Tensor() : grad_hy.to(acc_opts, false, /*copy=*/true).contiguous();
   BwdPersistentArgs pa;
   pa.dg = b.dg.dgx.data_ptr();
   pa.ws = b.ws.data_ptr();

@@ -268,6 +268,74 @@ inline bool run_bwd_persistent(const char* op, DType dt, Cell cell, BwdPersisten
       });
 }
 
+// What each cell's one-direction forward driver (lstm/gru/rnn_cuda.cpp) holds between its begin and its end, and how
+// every cell sets it (begin_dir_fwd, after the cell's argument checks): the layout, the contiguous W_hh and b_hh, the
+// output [..., state_size] and its rows, h0, and the x-side pre-activations of every step in one GEMM (no sequential
+// dependency). The cell adds its own state and its PersistentRun.
+struct DirFwd {
+  SeqLayout L;
+  int64_t H = 0;
+  bool reverse = false;
+  DType dt = DType::kFloat;
+  at::Tensor input, w_hh, output, out, h0, gx;
+  std::optional<at::Tensor> b_hh;
+  FwdPersistentRun run;
+};
+inline void begin_dir_fwd(DirFwd& f, const char* op, const CellShape& s, const at::Tensor& input,
+                          const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx, const at::Tensor& w_ih,
+                          const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+                          const std::optional<at::Tensor>& b_hh, bool reverse) {
+  f.L = make_layout(input, batch_sizes);
+  f.H = s.hidden_size;
+  f.reverse = reverse;
+  f.dt = dtype_of(op, input.scalar_type());
+  f.input = input;
+  f.w_hh = w_hh.contiguous();
+  f.b_hh = b_hh.has_value() ? std::optional<at::Tensor>(b_hh->contiguous()) : std::nullopt;
+  auto out_sizes = input.sizes().vec();
+  out_sizes.back() = s.state_size;
+  f.output = at::empty(out_sizes, input.options());
+  f.out = rows2d(f.output);
+  f.h0 = hx.contiguous();
+  f.gx = input_gates(rows2d(input.contiguous()), w_ih, b_ih).contiguous();
+}
+
+// The backward's (begin_dir_bwd): the layout, then the cell's checks of its backward arguments against it (`check`),
+// then the fields every cell sets alike: grad_output read in place (a transposed or sliced gradient too), the gate
+// gradients' buffer of dg_width columns, and (with_carry) the carry in the accumulation dtype, grad_hy in and grad_hx
+// out.
+struct DirBwd {
+  SeqLayout L;
+  int64_t H = 0;
+  bool reverse = false, has_bias = false;
+  DType dt = DType::kFloat;
+  at::Tensor input, grad_hy, hx, w_ih, w_hh, carry;
+  std::optional<StepRows> go;
+  GateGradBuffer dg;
+  BwdPersistentRun run;
+};
+template <class Check>
+void begin_dir_bwd(DirBwd& b, const char* op, const CellShape& s, const at::Tensor& grad_output,
+                   const at::Tensor& grad_hy, const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes,
+                   const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh, bool reverse, bool has_bias,
+                   int64_t dg_width, bool with_carry, Check&& check) {
+  b.L = make_layout(input, batch_sizes);
+  b.H = s.hidden_size;
+  check(b.L);
+  b.reverse = reverse;
+  b.has_bias = has_bias;
+  b.dt = dtype_of(op, input.scalar_type());
+  b.input = input;
+  b.grad_hy = grad_hy;
+  b.hx = hx;
+  b.w_ih = w_ih;
+  b.w_hh = w_hh.contiguous();
+  b.go.emplace(grad_output, batch_sizes.has_value());
+  b.dg = gate_grad_buffer(b.L.N, dg_width, input);
+  if (with_carry)
+    b.carry = grad_hy.to(input.options().dtype(acc_dtype(input.scalar_type())), false, /*copy=*/true).contiguous();
+}
+
 // A bidirectional layer's two directions (the *_bidir_* ops of lstm_cuda.cpp, gru_cuda.cpp, rnn_cuda.cpp): each
 // direction's driver in two parts, begin (checks, buffers, its PersistentRun `run` and DType `dt`) already run into
 // d[0] (forward in time) and d[1] (reverse), and end(d, done), which runs the direction's recurrence unless `done` and

@@ -15,38 +15,19 @@ constexpr const char* kBidirBwd = "fastrnn::rnn_bidir_backward";
 
 // One direction's forward in two parts, begin and end, so that rnn_bidir_forward can run both directions'
 // recurrences in one persistent launch between them (as lstm_cuda.cpp LstmFwd).
-struct RnnFwd {
-  SeqLayout L;
-  int64_t H = 0;
-  bool relu = false, reverse = false;
-  DType dt = DType::kFloat;
-  at::Tensor input, w_hh, output, out, h0, gx;
-  std::optional<at::Tensor> b_hh;
-  FwdPersistentRun run;
+struct RnnFwd : DirFwd {
+  bool relu = false;
 };
 
 RnnFwd rnn_fwd_begin(const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
-                     const at::Tensor& w_ih, const at::Tensor& w_hh_, const std::optional<at::Tensor>& b_ih,
-                     const std::optional<at::Tensor>& b_hh_, bool relu, bool reverse) {
+                     const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+                     const std::optional<at::Tensor>& b_hh, bool relu, bool reverse) {
   check_cuda(kFwd, "input", input);
-  const CellShape s = check_forward_args(kFwd, 1, input, batch_sizes, hx, nullptr, w_ih, w_hh_, b_ih, b_hh_, {});
+  const CellShape s = check_forward_args(kFwd, 1, input, batch_sizes, hx, nullptr, w_ih, w_hh, b_ih, b_hh, {});
   RnnFwd f;
-  f.L = make_layout(input, batch_sizes);
-  const int64_t H = f.H = s.hidden_size;
+  begin_dir_fwd(f, kFwd, s, input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse);
   f.relu = relu;
-  f.reverse = reverse;
-  f.dt = dtype_of(kFwd, input.scalar_type());
-  f.input = input;
-  f.w_hh = w_hh_.contiguous();
-  f.b_hh = b_hh_.has_value() ? std::optional<at::Tensor>(b_hh_->contiguous()) : std::nullopt;
-  auto out_sizes = input.sizes().vec();
-  out_sizes.back() = H;
-  f.output = at::empty(out_sizes, input.options());
-  f.out = rows2d(f.output);
-  f.h0 = hx.contiguous();
-  // x-side pre-activations of every step in one GEMM (no sequential dependency).
-  f.gx = input_gates(rows2d(input.contiguous()), w_ih, b_ih).contiguous();
-  f.run = fwd_persistent_run(kFwd, f.L, reverse, H, f.gx, f.b_hh, f.w_hh, f.out, f.h0, nullptr, nullptr,
+  f.run = fwd_persistent_run(kFwd, f.L, reverse, f.H, f.gx, f.b_hh, f.w_hh, f.out, f.h0, nullptr, nullptr,
                              relu ? 1 : 0, /*projection=*/false);
   return f;
 }
@@ -96,47 +77,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_bidir_forward(
 }
 
 // One direction's backward in two parts (as RnnFwd).
-struct RnnBwd {
-  SeqLayout L;
-  int64_t H = 0;
-  bool relu = false, reverse = false, has_bias = false;
-  DType dt = DType::kFloat;
-  at::Tensor input, grad_hy, hx, w_ih, w_hh, out, carry;
-  std::optional<StepRows> go;
-  GateGradBuffer dg;
-  BwdPersistentRun run;
+struct RnnBwd : DirBwd {
+  bool relu = false;
+  at::Tensor out;
 };
 
 RnnBwd rnn_bwd_begin(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& input,
                      const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx, const at::Tensor& w_ih,
-                     const at::Tensor& w_hh_, const at::Tensor& output, bool relu, bool reverse, bool has_bias) {
+                     const at::Tensor& w_hh, const at::Tensor& output, bool relu, bool reverse, bool has_bias) {
   check_cuda(kBwd, "input", input);
-  const CellShape s = check_forward_args(kBwd, 1, input, batch_sizes, hx, nullptr, w_ih, w_hh_, {}, {}, {});
+  const CellShape s = check_forward_args(kBwd, 1, input, batch_sizes, hx, nullptr, w_ih, w_hh, {}, {}, {});
   RnnBwd b;
-  b.L = make_layout(input, batch_sizes);
-  const SeqLayout& L = b.L;
-  const int64_t H = b.H = s.hidden_size;
-  check_backward_args(kBwd, input, s.state_size, grad_output, output, grad_hy, hx, nullptr, {});
+  // dg lives in grad_input's storage when I >= H (gate_grad_buffer)
+  begin_dir_bwd(b, kBwd, s, grad_output, grad_hy, input, batch_sizes, hx, w_ih, w_hh, reverse, has_bias,
+                s.hidden_size, /*with_carry=*/true, [&](const SeqLayout&) {
+                  check_backward_args(kBwd, input, s.state_size, grad_output, output, grad_hy, hx, nullptr, {});
+                });
   b.relu = relu;
-  b.reverse = reverse;
-  b.has_bias = has_bias;
-  b.dt = dtype_of(kBwd, input.scalar_type());
-  b.input = input;
-  b.grad_hy = grad_hy;
-  b.hx = hx;
-  b.w_ih = w_ih;
-  b.w_hh = w_hh_.contiguous();
-  const auto acc_opts = input.options().dtype(acc_dtype(input.scalar_type()));
   b.out = rows2d(output.contiguous());
-  b.go.emplace(grad_output, batch_sizes.has_value());  // read in place (a transposed or sliced gradient too)
-  b.carry = grad_hy.to(acc_opts, false, /*copy=*/true).contiguous();
-  b.dg = gate_grad_buffer(L.N, H, input);  // in grad_input's storage when I >= H
-
   BwdPersistentArgs pa;  // the persistent backward (one cooperative launch) leaves grad_hx in carry
   pa.dg = b.dg.dgx.data_ptr();
   pa.out = b.out.data_ptr();
   pa.relu = relu ? 1 : 0;
-  b.run = bwd_persistent_run(kBwd, L, reverse, H, *b.go, b.w_hh, b.carry, pa, /*projection=*/false);
+  b.run = bwd_persistent_run(kBwd, b.L, reverse, b.H, *b.go, b.w_hh, b.carry, pa, /*projection=*/false);
   return b;
 }
 
