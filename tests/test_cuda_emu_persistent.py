@@ -711,14 +711,17 @@ def _as64(a):
 # At most 8 blocks a direction: the emulator runs 4096 threads at once.
 BIDIR_FWD = {"plain": [Case("lstm", 40, (5, 5, 3, 1), 8), Case("gru", 33, (6, 4, 1), 8, **BF16),
                        Case("rnn_relu", 13, (4, 2, 2), 2, **F64), Case("lstm", 13, (5, 3, 1), 4, **TF32)],
+             "asan": [Case("lstm", 13, (5, 3, 1), 4, **BF16), Case("rnn_tanh", 40, (4, 3, 1), 8)],
              "tsan": [Case("gru", 13, (4, 2), 4, **F16)]}
 BIDIR_BWD = {"plain": [BwdCase("lstm", 40, (5, 5, 3, 1), 8), BwdCase("gru", 40, (70, 40, 7), 8, mma=True),
                        BwdCase("rnn_tanh", 13, (4, 2, 2), 2, dtype=torch.float64),
                        BwdCase("lstm", 33, (6, 4, 1), 8, dtype=torch.bfloat16, mma=True)],
+             "asan": [BwdCase("gru", 13, (5, 3, 1), 8, dtype=torch.bfloat16, mma=True),
+                      BwdCase("lstm", 40, (4, 3, 1), 8, reverse=True)],
              "tsan": [BwdCase("lstm", 13, (5, 3, 1), 8, dtype=torch.float16, mma=True)]}
 
 
-@pytest.mark.parametrize("variant", ["plain", "tsan"])
+@pytest.mark.parametrize("variant", ["plain", "asan", "tsan"])
 def test_both_directions_in_one_launch_forward(binaries, variant):
     """Each case's layer run forward and reverse (packed batch sizes: the reverse direction starts rows mid-sequence)
     in one launch, against the same directions in launches of their own (identical bits) and the oracle."""
@@ -746,7 +749,7 @@ def test_both_directions_in_one_launch_forward(binaries, variant):
                                 if n.startswith(f"{j}.") and n.endswith("_r")} | {"err": outputs[f"{j}.err"]})
 
 
-@pytest.mark.parametrize("variant", ["plain", "tsan"])
+@pytest.mark.parametrize("variant", ["plain", "asan", "tsan"])
 def test_both_directions_in_one_launch_backward(binaries, variant):
     """As the forward's: the backward of both directions in one launch (FMA and tensor-core kernels) against their own
     launches (identical bits) and the oracle's gradients."""
