@@ -22,6 +22,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "cuda_common.h"
 #include "persistent_plan.h"
@@ -102,16 +103,27 @@ inline cudaError_t launch_bwd_persistent(DType d, Cell cell, const BwdSeqLaunch&
   return cudaErrorInvalidValue;
 }
 
-// One direction's persistent run: the kernel's arguments (units are set when it is planned) and the device copy of
-// its step table, which must outlive the launch. `none` when the persistent kernel does not serve it at all (the step
-// path runs it): an empty sequence (nothing to launch), or `why` (FASTRNN_CUDA_ALGO=step, an LSTM projection).
+// One direction's persistent run: the kernel's arguments (units and the step table's device pointer are set when it is
+// launched) and its step table on the host (params.h FwdSeqStep / BwdSeqStep rows as int64 words), copied to `device`
+// only by a launch that goes ahead (launch_persistent), so a call the step kernels take pays no copy. `none` when the
+// persistent kernel does not serve it at all (the step path runs it): an empty sequence (nothing to launch), or `why`
+// (FASTRNN_CUDA_ALGO=step, an LSTM projection).
 template <class Params>
 struct PersistentRun {
   bool none = true;
   const char* why = nullptr;
   Params p;
-  at::Tensor table;
+  std::vector<int64_t> steps;
+  at::Device device = at::kCPU;
 };
+
+// A step table's rows as the int64 words the kernel reads.
+template <class Step>
+std::vector<int64_t> step_words(const std::vector<Step>& steps) {
+  static_assert(sizeof(Step) % sizeof(int64_t) == 0, "the step table travels as an int64 tensor");
+  const auto* w = reinterpret_cast<const int64_t*>(steps.data());
+  return std::vector<int64_t>(w, w + steps.size() * (sizeof(Step) / sizeof(int64_t)));
+}
 using FwdPersistentRun = PersistentRun<FwdSeqParams>;
 using BwdPersistentRun = PersistentRun<BwdSeqParams>;
 
@@ -143,9 +155,8 @@ inline FwdPersistentRun fwd_persistent_run(const char* op, const SeqLayout& L, b
                                            void* c_state, void* ws, int relu, bool projection) {
   FwdPersistentRun r;
   if (!serves_persistent(r, op, L, H, projection)) return r;
-  const std::vector<FwdSeqStep> steps = fwd_seq_steps(L.batch_sizes, reverse);
-  r.table = at::from_blob(const_cast<FwdSeqStep*>(steps.data()), {static_cast<int64_t>(steps.size() * 4)}, at::kLong)
-                .to(gx.device(), /*non_blocking=*/false, /*copy=*/true);
+  r.steps = step_words(fwd_seq_steps(L.batch_sizes, reverse));
+  r.device = gx.device();
   FwdSeqParams& p = r.p;
   p.gx = gx.data_ptr();
   p.b_hh = ptr_or_null(b_hh);
@@ -154,7 +165,6 @@ inline FwdPersistentRun fwd_persistent_run(const char* op, const SeqLayout& L, b
   p.c_state = c_state;
   p.out = out.data_ptr();
   p.ws = ws;
-  p.steps = static_cast<const FwdSeqStep*>(r.table.data_ptr());
   p.T = L.T;
   p.H = H;
   p.K = h0.size(1);
@@ -184,9 +194,8 @@ inline BwdPersistentRun bwd_persistent_run(const char* op, const SeqLayout& L, b
   BwdPersistentRun r;
   if (!serves_persistent(r, op, L, H, projection)) return r;
   static_assert(sizeof(BwdSeqStep) == 8 * sizeof(int64_t), "the step table travels as an int64 tensor");
-  const std::vector<BwdSeqStep> steps = bwd_seq_steps(L.batch_sizes, reverse, go.packed, go.t.stride(0));
-  r.table = at::from_blob(const_cast<BwdSeqStep*>(steps.data()), {static_cast<int64_t>(steps.size() * 8)}, at::kLong)
-                .to(w_hh.device(), /*non_blocking=*/false, /*copy=*/true);
+  r.steps = step_words(bwd_seq_steps(L.batch_sizes, reverse, go.packed, go.t.stride(0)));
+  r.device = w_hh.device();
   BwdSeqParams& p = r.p;
   p.dg = a.dg;
   p.dph_n = a.dph_n;
@@ -198,7 +207,6 @@ inline BwdPersistentRun bwd_persistent_run(const char* op, const SeqLayout& L, b
   p.out = a.out;
   p.h_init = a.h_init;
   p.carry = carry.data_ptr();
-  p.steps = static_cast<const BwdSeqStep*>(r.table.data_ptr());
   p.T = L.T;
   p.H = H;
   p.ld_grad_out = go.ld;
@@ -236,10 +244,17 @@ bool launch_persistent(const char* op, const char* what, Run* runs, int n, Confi
                 "launch, or no grid of it fits the device at once); unset the variable");
     return false;
   }
+  // The step tables on the device. Freed when this returns, as the caching allocator frees memory in use on the
+  // current stream: a later allocation reuses it only after the launch on that stream.
+  at::Tensor tables[2];
   Launch a;
   for (int d = 0; d < n; ++d) {
+    std::vector<int64_t>& steps = runs[d].steps;
+    tables[d] = at::from_blob(steps.data(), {static_cast<int64_t>(steps.size())}, at::kLong)
+                    .to(runs[d].device, /*non_blocking=*/false, /*copy=*/true);
     a.dir[d] = runs[d].p;
     a.dir[d].units = config.units;
+    a.dir[d].steps = static_cast<decltype(a.dir[d].steps)>(tables[d].data_ptr());
   }
   const cudaError_t err = launch(a, config);
   if (err == cudaSuccess) return true;
