@@ -59,6 +59,17 @@ def _tensor_arg(value, what: str, name: str) -> Tensor:
     return value
 
 
+class _FastPathRefused(Exception):
+    """A cell call outside the fast path's case (_CellBase.forward): it takes the checked path."""
+
+
+_get_tracing_state, _is_compiling = torch._C._get_tracing_state, torch.compiler.is_compiling
+
+
+def _tracing_or_compiling() -> bool:
+    return _get_tracing_state() is not None or _is_compiling()
+
+
 def _check_devices(x: Tensor, weight: Tensor, states, name: str) -> None:
     # torch.nn's kernel checks (RuntimeError), with their text
     if x.device != weight.device:
@@ -639,7 +650,52 @@ class _CellBase(_Options, nn.RNNCellBase):
         return hy if batched else hy.squeeze(0)
 
     def forward(self, input: Tensor, hx=None):
+        # The call a decoder makes once per token (2-D tensors of the module's dtype, a state given, none of
+        # fastrnn's options, no autocast, tracing or compiling) goes straight to the op: _step's checks, in
+        # torch.nn's order and with its messages, cost 20 to 30 us a call (2-core Zen 3), as much as the op.
+        # The op checks shapes, dtypes and devices itself; where it refuses, _step runs the call again and
+        # raises torch.nn's error (the forward ops change nothing before their checks pass).
+        mode = self.mode
+        if (type(input) is Tensor and input.dim() == 2 and hx is not None and not self.layer_norm
+                and self._zoneout_rates == (0.0, 0.0) and not torch._C._is_any_autocast_enabled()
+                and not _tracing_or_compiling()):
+            try:
+                return self._fast_step(mode, input, hx)
+            except _FastPathRefused:
+                pass
+            except (RuntimeError, ValueError, TypeError, IndexError):
+                pass  # _step raises torch.nn's error for it (or this one again)
         return self._step(input, hx)
+
+    def _fast_step(self, mode: str, x: Tensor, hx):
+        if mode == "LSTM":
+            if type(hx) is not tuple or len(hx) != 2:
+                raise _FastPathRefused
+            h0, c0 = hx
+            if type(h0) is not Tensor or type(c0) is not Tensor or h0.dim() != 2 or c0.dim() != 2:
+                raise _FastPathRefused
+        else:
+            if type(hx) is not Tensor or hx.dim() != 2:
+                raise _FastPathRefused
+            h0, c0 = hx, None
+            if mode[0] == "R" and self.nonlinearity not in ("tanh", "relu"):
+                raise _FastPathRefused
+        # Straight from the parameter dict: nn.Module.__getattr__ took 6 us for the four. A weight that is not
+        # there (parametrized, or replaced by a hook such as weight_norm's) sends the call to _step.
+        params = self._parameters
+        if "weight_ih" not in params or "weight_hh" not in params or "bias_ih" not in params or \
+                "bias_hh" not in params:
+            raise _FastPathRefused
+        w_ih, w_hh, b_ih, b_hh = params["weight_ih"], params["weight_hh"], params["bias_ih"], params["bias_hh"]
+        seq = x.unsqueeze(0)  # one step: [1, B, I]
+        if mode == "LSTM":
+            train = torch.is_grad_enabled() and torch._C._any_requires_grad(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+            _, hy, cy, _ = _fwd.lstm_forward(seq, None, h0, c0, w_ih, w_hh, b_ih, b_hh, None, False, train)
+            return hy, cy
+        if mode == "GRU":
+            train = torch.is_grad_enabled() and torch._C._any_requires_grad(x, h0, w_ih, w_hh, b_ih, b_hh)
+            return _fwd.gru_forward(seq, None, h0, w_ih, w_hh, b_ih, b_hh, False, train)[1]
+        return _fwd.rnn_forward(seq, None, h0, w_ih, w_hh, b_ih, b_hh, mode == "RNN_RELU", False)[1]
 
     def __prepare_scriptable__(self):
         _refuse_scripting(self)

@@ -133,6 +133,64 @@ def test_cell_parity(name, batched, with_hx, bias, dtype, device):
             assert_close(a, b, dtype, "cell vs reference")
 
 
+@pytest.mark.parametrize("device", devices)
+@pytest.mark.parametrize("name", list(CELLS))
+def test_cell_fast_path(name, device, monkeypatch):
+    """A decoder's call (2-D input, a state given, no options) goes straight to the op (fastrnn/modules.py,
+    _CellBase.forward) and equals torch.nn, gradients too; the calls it must not take (no state, a 1-D input,
+    an option, autocast, a bad call) take the checked path, _step."""
+    fast_cls, ref_cls, kw = CELLS[name]
+    is_lstm = name == "LSTMCell"
+    I, H = 7, 13
+    fast = fast_cls(I, H, **kw).to(device)
+    ref = ref_cls(I, H, **kw).to(device)
+    ref.load_state_dict(fast.state_dict(), strict=True)
+    checked = []
+    step = fastrnn.modules._CellBase._step
+
+    def spy(self, input, hx):
+        checked.append(True)
+        return step(self, input, hx)
+
+    monkeypatch.setattr(fastrnn.modules._CellBase, "_step", spy)
+    x, hx = _cell_inputs(True, True, is_lstm, I, H, torch.float32, device)
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            if grad:
+                (outs_f, grads_f), (outs_r, grads_r) = _cell_run(fast, x, hx, is_lstm), _cell_run(ref, x, hx, is_lstm)
+            else:
+                (outs_f, outs_r), grads_f, grads_r = ([list(o) if is_lstm else [o] for o in (fast(x, hx), ref(x, hx))],
+                                                      (), ())
+        for a, b in zip(outs_f, outs_r):
+            assert_close(a, b, torch.float32, "cell output")
+        for a, b in zip(grads_f, grads_r):
+            assert_close(a, b, torch.float32, "cell grad")
+    assert not checked
+    x1, hx1 = _cell_inputs(False, True, is_lstm, I, H, torch.float32, device)
+    bad_hx = (hx[0].double(), hx[1]) if is_lstm else hx.double()
+    for call in (lambda: fast(x), lambda: fast(x1, hx1), lambda: fast(x, bad_hx)):
+        checked.clear()
+        try:
+            call()
+        except (RuntimeError, ValueError):
+            pass
+        assert checked
+    with torch.autocast(device, dtype=torch.bfloat16):
+        checked.clear()
+        fast(x, hx)
+        assert checked
+    if name != "RNNCell_relu":
+        opt = fast_cls(I, H, layer_norm=True).to(device) if name != "RNNCell_tanh" else fast_cls(I, H, "relu")
+        if name == "RNNCell_tanh":
+            opt.nonlinearity = "gelu"  # refused by the fast path, raised by _step as torch.nn raises it
+        checked.clear()
+        try:
+            opt(x, hx)
+        except RuntimeError as e:
+            assert "Unknown nonlinearity" in str(e)
+        assert checked
+
+
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"])
 def test_parity_rows_split_across_threads(mode):
     """Batches large enough for the CPU kernels to split a step's rows over threads (a step runs in
