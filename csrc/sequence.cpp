@@ -191,15 +191,15 @@ GateGradBuffer gate_grad_buffer(int64_t N, int64_t gates_hidden, const at::Tenso
 SequenceGrads sequence_grads(const GateGradBuffer& dg, const at::Tensor& dgh_n, const at::Tensor& x,
                              const at::Tensor& out, const at::Tensor& hx, const SeqLayout& layout, bool reverse,
                              const at::Tensor& w_ih, bool has_bias, at::IntArrayRef input_sizes,
-                             MatMulInto mm) {
+                             MatMulInto mm, ResultEmpty weight_grad_empty) {
   const NoAutocast no_autocast;
   const at::Tensor& dgx = dg.dgx;
   const auto dt = dgx.scalar_type();
   const int64_t GH = dgx.size(1), Hn = dgh_n.defined() ? dgh_n.size(1) : 0;
   SequenceGrads g;
-  g.grad_w_ih = at::empty({GH, x.size(1)}, dgx.options());
+  g.grad_w_ih = weight_grad_empty({GH, x.size(1)}, dgx.options());
   mm(g.grad_w_ih, dgx.t(), x, false);
-  g.grad_w_hh = at::empty({GH, out.size(1)}, dgx.options());
+  g.grad_w_hh = weight_grad_empty({GH, out.size(1)}, dgx.options());
   addmm_prev(g.grad_w_hh.narrow(0, 0, GH - Hn), dgx.narrow(1, 0, GH - Hn), out, hx, layout, reverse, mm);
   if (Hn > 0) addmm_prev(g.grad_w_hh.narrow(0, GH - Hn, Hn), dgh_n, out, hx, layout, reverse, mm);
   if (has_bias) {

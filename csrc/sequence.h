@@ -121,10 +121,15 @@ GateGradBuffer gate_grad_buffer(int64_t N, int64_t gates_hidden, const at::Tenso
 struct SequenceGrads {
   at::Tensor grad_input, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh;
 };
+// Where the weight gradients are allocated (the CPU ops pass scratch_result, cpu/scratch.h).
+using ResultEmpty = at::Tensor (*)(at::IntArrayRef sizes, const at::TensorOptions& options);
+inline at::Tensor plain_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return at::empty(sizes, options);
+}
 SequenceGrads sequence_grads(const GateGradBuffer& dg, const at::Tensor& dgh_n, const at::Tensor& x,
                              const at::Tensor& out, const at::Tensor& hx, const SeqLayout& layout, bool reverse,
                              const at::Tensor& w_ih, bool has_bias, at::IntArrayRef input_sizes,
-                             MatMulInto mm = &aten_mm_into);
+                             MatMulInto mm = &aten_mm_into, ResultEmpty weight_grad_empty = &plain_empty);
 
 // The dtype in which gates are computed and the cell state and saved activations are kept.
 inline at::ScalarType acc_dtype(at::ScalarType t) {

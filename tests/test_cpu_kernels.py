@@ -124,3 +124,39 @@ def test_scratch_pool(monkeypatch):
     monkeypatch.setenv("FASTRNN_CPU_SCRATCH", "yes")
     with pytest.raises(ValueError, match="FASTRNN_CPU_SCRATCH must be 0 or 1"):
         probe(3 << 20)
+
+
+def test_weight_gradients_from_the_scratch_pool_are_never_shared():
+    """The backward ops' weight gradients come from the scratch pool (scratch_result): a result the caller
+    keeps is never handed out again (its values stay), and one it dropped is reused (a single-step training
+    loop does not fault fresh memory each step). W_ih of 256 x 512 floats: 512 KB, a pooled size."""
+    import threading
+    got = {}
+
+    def run():  # on a thread of its own: an empty pool
+        g = torch.Generator().manual_seed(0)
+        B, I, H = 8, 512, 256
+        x = torch.randn(1, B, I, generator=g)
+        hx = torch.randn(B, H, generator=g)
+        w_ih, w_hh = torch.randn(H, I, generator=g) / 20, torch.randn(H, H, generator=g) / 20
+        out, _ = torch.ops.fastrnn.rnn_forward(x, None, hx, w_ih, w_hh, None, None, False, False)
+
+        def backward(scale):
+            return torch.ops.fastrnn.rnn_backward(torch.full_like(out, scale), torch.zeros_like(hx), x, None, hx,
+                                                  w_ih, w_hh, out, False, False, False)[2]
+        kept = backward(1.0)
+        kept_values = kept.clone()
+        second = backward(2.0)
+        got["distinct"] = second.data_ptr() != kept.data_ptr()
+        got["kept_unchanged"] = torch.equal(kept, kept_values)
+        got["values"] = torch.allclose(second, 2 * kept_values, rtol=1e-5, atol=1e-6)
+        ptr = second.data_ptr()
+        del second
+        got["reused"] = backward(3.0).data_ptr() == ptr
+        got["plain"] = not kept._is_view() and kept.is_contiguous() and kept.shape == (H, I)
+
+    with torch.no_grad():
+        t = threading.Thread(target=run)
+        t.start()
+        t.join()
+    assert got == {"distinct": True, "kept_unchanged": True, "values": True, "reused": True, "plain": True}

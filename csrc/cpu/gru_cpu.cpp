@@ -6,6 +6,7 @@
 #include "brgemm_step.h"
 #include "cells_cpu.h"
 #include "huge_pages.h"
+#include "scratch.h"
 #include "seq_gemm.h"
 #include "step_gemm.h"
 #include "step_loop.h"
@@ -125,7 +126,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   }
 
   SequenceGrads g = sequence_grads(dg, dph_n, rows2d(input.contiguous()), out, hx, L, reverse, w_ih, has_bias,
-                                   input.sizes(), &seq_mm_into);
+                                   input.sizes(), &seq_mm_into, &scratch_result);
   return {g.grad_input, dh_state, g.grad_w_ih, g.grad_w_hh, g.grad_b_ih, g.grad_b_hh};
 }
 

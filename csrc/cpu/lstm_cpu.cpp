@@ -14,6 +14,7 @@
 #include "brgemm_step.h"
 #include "cells_cpu.h"
 #include "huge_pages.h"
+#include "scratch.h"
 #include "seq_gemm.h"
 #include "step_gemm.h"
 #include "step_loop.h"
@@ -153,8 +154,8 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at
 
   // The weight gradient against the states each step started from reads them in place from output and hx.
   SequenceGrads g = sequence_grads(dg, at::Tensor(), rows2d(input.contiguous()), out, hx, L, reverse, w_ih,
-                                   has_bias, input.sizes(), &seq_mm_into);
-  at::Tensor grad_w_hr = proj ? at::empty({P, H}, input.options()) : at::empty({0}, input.options());
+                                   has_bias, input.sizes(), &seq_mm_into, &scratch_result);
+  at::Tensor grad_w_hr = proj ? scratch_result({P, H}, input.options()) : at::empty({0}, input.options());
   if (proj) seq_mm_into(grad_w_hr, dh_all.t(), r_all, false);
   return {g.grad_input, dh_state, dc_state.to(input.scalar_type()), g.grad_w_ih, g.grad_w_hh,
           g.grad_b_ih, g.grad_b_hh, grad_w_hr};

@@ -1,5 +1,7 @@
 #include "scratch.h"
 
+#include <c10/util/strides.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -55,6 +57,14 @@ at::Tensor scratch_empty(int64_t numel, at::ScalarType dtype) {
     *victim = fresh;
   }  // (else not pooled: at::empty's memory, freed with the caller's tensor)
   return typed_view(fresh, numel, dtype);
+}
+
+at::Tensor scratch_result(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  TORCH_INTERNAL_ASSERT(options.device().is_cpu());
+  const at::Tensor buf = scratch_empty(c10::multiply_integers(sizes), c10::typeMetaToScalarType(options.dtype()));
+  at::Tensor out = at::empty({0}, options);
+  out.set_(buf.storage(), 0, sizes, c10::contiguous_strides(sizes));
+  return out;
 }
 
 }  // namespace fastrnn::cpu

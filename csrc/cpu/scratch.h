@@ -23,6 +23,13 @@ namespace fastrnn::cpu {
 // kept alive is simply not reused).
 at::Tensor scratch_empty(int64_t numel, at::ScalarType dtype);
 
+// The same pool for a result the op returns whose caller usually drops it soon: a weight gradient, which
+// autograd adds into .grad and frees (a decoder's single-step training loop: two 3 MB gradients per GRUCell step
+// at H = 512 were faulted in afresh at every step, half of the step's time, where torch.nn's autograd holds one
+// at a time). A plain contiguous tensor of `sizes` sharing a pooled buffer's storage (not a view: nothing links
+// it to the pool's tensor), so it is handed out again only once every tensor the caller made from it is gone.
+at::Tensor scratch_result(at::IntArrayRef sizes, const at::TensorOptions& options);
+
 constexpr int64_t kScratchMinBytes = int64_t{256} << 10;  // below: malloc's heap serves them well
 constexpr int64_t kScratchMaxBytes = int64_t{32} << 20;   // above: their own mapping (huge_pages.h)
 constexpr int64_t kScratchPoolBytes = int64_t{64} << 20;  // held per thread at most
