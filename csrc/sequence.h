@@ -144,8 +144,14 @@ inline void mm_into(at::Tensor out, const at::Tensor& a, const at::Tensor& b) { 
 // torch.autocast an at::mm would otherwise come back in the autocast dtype while the kernels read it through
 // a raw pointer as the input's dtype. The ops' own autocast kernels (fastrnn/ops.py) cast the op's inputs
 // first; this covers every other way in (C++ callers, a redispatch to the backend key).
+//
+// The same guard keeps those inner calls below autograd and below ADInplaceOrView, as ATen's own backend kernels
+// run: the ops are reached below autograd already (their Autograd kernel is fastrnn/ops.py's), but every inner
+// view (narrow, view, t) otherwise still went through ADInplaceOrView and made a differentiable view's
+// metadata, a microsecond or two each, a quarter of a decoding step's op.
 struct NoAutocast {
   c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
 };
 
 // Returns t after checking that an inner ATen call gave it the dtype the kernels will read it as.

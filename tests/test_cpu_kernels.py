@@ -160,3 +160,21 @@ def test_weight_gradients_from_the_scratch_pool_are_never_shared():
         t.start()
         t.join()
     assert got == {"distinct": True, "kept_unchanged": True, "values": True, "reused": True, "plain": True}
+
+
+@pytest.mark.parametrize("I,H", [(3, 5), (5, 3)])
+def test_op_results_are_not_views_of_internal_buffers(I, H):
+    """The ops' inner ATen calls run below ADInplaceOrView (sequence.h, NoAutocast), as ATen's own kernels do:
+    no differentiable-view metadata is made for their internal views (a microsecond or two each), and no result
+    is a view whose _base is one of the op's internal buffers (grad_input was a view of its [N, I] buffer when
+    I < H)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, I, generator=g)
+    hx = torch.randn(3, H, generator=g)
+    w_ih, w_hh = torch.randn(H, I, generator=g), torch.randn(H, H, generator=g)
+    out, hy = torch.ops.fastrnn.rnn_forward(x, None, hx, w_ih, w_hh, None, None, False, False)
+    grads = torch.ops.fastrnn.rnn_backward(torch.randn(out.shape, generator=g), torch.randn(hy.shape, generator=g),
+                                           x, None, hx, w_ih, w_hh, out, False, False, False)
+    for i, t in enumerate((out, hy) + tuple(grads)):
+        assert not t._is_view(), i
+    assert grads[0].shape == x.shape
