@@ -20,10 +20,22 @@
 // Built as the Python extension fastrnn._C (setup.py): `import fastrnn._C` loads this shared library, which
 // runs the TORCH_LIBRARY registrations below. The CMake build (a plain C++ library, no Python) omits it.
 #include <Python.h>
+namespace fastrnn {
+void add_cell_step(PyObject* module);  // cell_autograd.cpp
+}
 PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef module_def = {
       PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr, nullptr, nullptr, nullptr, nullptr};
-  return PyModule_Create(&module_def);
+  PyObject* module = PyModule_Create(&module_def);
+  if (module == nullptr) return nullptr;
+  try {
+    fastrnn::add_cell_step(module);
+  } catch (const std::exception& e) {
+    Py_DECREF(module);
+    PyErr_SetString(PyExc_ImportError, e.what());
+    return nullptr;
+  }
+  return module;
 }
 #endif
 

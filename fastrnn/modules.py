@@ -16,11 +16,12 @@ from __future__ import annotations
 from typing import Callable, Iterable, List, Optional
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import ops, reference  # ops registers the autograd and fake kernels
+from . import _C, ops, reference  # ops registers the autograd and fake kernels
 
 _ops = torch.ops.fastrnn
 _fwd = ops.fwd  # the forward ops, called below autograd when grad mode is off (ops._forward_call)
@@ -31,6 +32,8 @@ _EXT_DEVICES = frozenset(["meta"] + [
     if all(torch._C._dispatch_has_kernel_for_dispatch_key(f"fastrnn::{op}", key)
            for op in ("lstm_ext_forward", "lstm_ext_backward", "gru_ext_forward", "gru_ext_backward"))])
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+_CELL_KIND = {"LSTM": 0, "GRU": 1, "RNN_TANH": 2, "RNN_RELU": 3}  # csrc/cell_autograd.cpp's CellKind
+_cell_step = _C.cell_step
 
 
 # ------------------------------------------------------------------------------------- argument checks
@@ -687,13 +690,21 @@ class _CellBase(_Options, nn.RNNCellBase):
                 "bias_hh" not in params:
             raise _FastPathRefused
         w_ih, w_hh, b_ih, b_hh = params["weight_ih"], params["weight_hh"], params["bias_ih"], params["bias_hh"]
+        if torch.is_grad_enabled() and torch._C._any_requires_grad(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+            if fwAD._current_level < 0 and not torch._C._are_functorch_transforms_active():
+                # Training: the same ops with their autograd node in C++ (csrc/cell_autograd.cpp), not the
+                # Python autograd.Function, whose overhead was half an RNNCell step's forward.
+                if mode == "LSTM":
+                    return tuple(_cell_step(0, x, h0, c0, w_ih, w_hh, b_ih, b_hh))
+                return _cell_step(_CELL_KIND[mode], x, h0, None, w_ih, w_hh, b_ih, b_hh)[0]
+            train = True
+        else:
+            train = False
         seq = x.unsqueeze(0)  # one step: [1, B, I]
         if mode == "LSTM":
-            train = torch.is_grad_enabled() and torch._C._any_requires_grad(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
             _, hy, cy, _ = _fwd.lstm_forward(seq, None, h0, c0, w_ih, w_hh, b_ih, b_hh, None, False, train)
             return hy, cy
         if mode == "GRU":
-            train = torch.is_grad_enabled() and torch._C._any_requires_grad(x, h0, w_ih, w_hh, b_ih, b_hh)
             return _fwd.gru_forward(seq, None, h0, w_ih, w_hh, b_ih, b_hh, False, train)[1]
         return _fwd.rnn_forward(seq, None, h0, w_ih, w_hh, b_ih, b_hh, mode == "RNN_RELU", False)[1]
 

@@ -158,6 +158,8 @@ def test_cell_fast_path(name, device, monkeypatch):
         with torch.set_grad_enabled(grad):
             if grad:
                 (outs_f, grads_f), (outs_r, grads_r) = _cell_run(fast, x, hx, is_lstm), _cell_run(ref, x, hx, is_lstm)
+                # training: the autograd node in C++ (csrc/cell_autograd.cpp), not the ops' Python one
+                assert all("fastrnn::CellStep" in o.grad_fn.name() for o in outs_f), outs_f[0].grad_fn.name()
             else:
                 (outs_f, outs_r), grads_f, grads_r = ([list(o) if is_lstm else [o] for o in (fast(x, hx), ref(x, hx))],
                                                       (), ())
@@ -166,6 +168,17 @@ def test_cell_fast_path(name, device, monkeypatch):
         for a, b in zip(grads_f, grads_r):
             assert_close(a, b, torch.float32, "cell grad")
     assert not checked
+    # create_graph through that node: a gradient penalty on the input, then backward into the parameters
+    got, want = [], []
+    for module, grads in ((fast, got), (ref, want)):
+        module.zero_grad()
+        xg = x.detach().requires_grad_()
+        out = module(xg, hx)
+        g, = torch.autograd.grad((out[0] if is_lstm else out).pow(2).sum(), xg, create_graph=True)
+        g.pow(2).sum().backward()
+        grads.extend(p.grad for p in module.parameters())
+    for a, b in zip(got, want):
+        assert_close_scaled(a, b, torch.float32, "second order")
     x1, hx1 = _cell_inputs(False, True, is_lstm, I, H, torch.float32, device)
     bad_hx = (hx[0].double(), hx[1]) if is_lstm else hx.double()
     for call in (lambda: fast(x), lambda: fast(x1, hx1), lambda: fast(x, bad_hx)):
