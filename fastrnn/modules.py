@@ -33,7 +33,7 @@ _EXT_DEVICES = frozenset(["meta"] + [
            for op in ("lstm_ext_forward", "lstm_ext_backward", "gru_ext_forward", "gru_ext_backward"))])
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 _CELL_KIND = {"LSTM": 0, "GRU": 1, "RNN_TANH": 2, "RNN_RELU": 3}  # csrc/cell_autograd.cpp's CellKind
-_cell_step = _C.cell_step
+_cell_step, _cell_forward = _C.cell_step, _C.cell_forward
 
 
 # ------------------------------------------------------------------------------------- argument checks
@@ -698,6 +698,11 @@ class _CellBase(_Options, nn.RNNCellBase):
                     return tuple(_cell_step(0, x, h0, c0, w_ih, w_hh, b_ih, b_hh))
                 return _cell_step(_CELL_KIND[mode], x, h0, None, w_ih, w_hh, b_ih, b_hh)[0]
             train = True
+        elif fwAD._current_level < 0 and not torch._C._are_functorch_transforms_active():
+            # No gradient wanted (decoding): the op called from C++ below autograd, train=False.
+            if mode == "LSTM":
+                return tuple(_cell_forward(0, x, h0, c0, w_ih, w_hh, b_ih, b_hh))
+            return _cell_forward(_CELL_KIND[mode], x, h0, None, w_ih, w_hh, b_ih, b_hh)[0]
         else:
             train = False
         seq = x.unsqueeze(0)  # one step: [1, B, I]
