@@ -63,6 +63,18 @@ std::vector<Tensor> forward_op(int64_t kind, const Tensor& x, const Tensor& h, c
   return {out, hy, Tensor(), Tensor()};
 }
 
+// What a cell step returns of forward_op's results: {hy, cy} (LSTM) or {hy}.
+variable_list states(int64_t kind, const std::vector<Tensor>& r) {
+  if (kind == kLstm) return {r[1], r[2]};
+  return {r[1]};
+}
+
+// The Python entry points' arguments: a known kind, and c for the LSTM alone.
+void check_call(const char* fn, int64_t kind, const OptTensor& c) {
+  TORCH_CHECK_VALUE(kind >= kLstm && kind <= kRnnRelu, "fastrnn._C.", fn, ": kind must be 0 to 3, got ", kind);
+  TORCH_CHECK_VALUE(c.has_value() == (kind == kLstm), "fastrnn._C.", fn, ": c is given for the LSTM only");
+}
+
 using SixGrads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 }  // namespace
@@ -79,8 +91,7 @@ struct CellStep : public torch::autograd::Function<CellStep> {
     ctx->saved_data["kind"] = kind;
     ctx->save_for_backward({x, h, c_, w_ih, w_hh, b_ih.value_or(Tensor()), b_hh.value_or(Tensor()), r[0], r[3]});
     ctx->set_materialize_grads(false);  // an output left out of the loss: zeros made below only if needed
-    if (kind == kLstm) return {r[1], r[2]};
-    return {r[1]};
+    return states(kind, r);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -176,8 +187,7 @@ namespace {
 std::vector<Tensor> cell_step(int64_t kind, const Tensor& x, const Tensor& h, const OptTensor& c,
                               const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
                               const OptTensor& b_hh) {
-  TORCH_CHECK_VALUE(kind >= kLstm && kind <= kRnnRelu, "fastrnn._C.cell_step: kind must be 0 to 3, got ", kind);
-  TORCH_CHECK_VALUE(c.has_value() == (kind == kLstm), "fastrnn._C.cell_step: c is given for the LSTM only");
+  check_call("cell_step", kind, c);
   return CellStep::apply(kind, x, h, c, w_ih, w_hh, b_ih, b_hh);
 }
 
@@ -187,12 +197,8 @@ std::vector<Tensor> cell_step(int64_t kind, const Tensor& x, const Tensor& h, co
 std::vector<Tensor> cell_forward(int64_t kind, const Tensor& x, const Tensor& h, const OptTensor& c,
                                  const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
                                  const OptTensor& b_hh) {
-  TORCH_CHECK_VALUE(kind >= kLstm && kind <= kRnnRelu, "fastrnn._C.cell_forward: kind must be 0 to 3, got ", kind);
-  TORCH_CHECK_VALUE(c.has_value() == (kind == kLstm), "fastrnn._C.cell_forward: c is given for the LSTM only");
-  const std::vector<Tensor> r =
-      forward_op(kind, x, h, c.value_or(Tensor()), w_ih, w_hh, b_ih, b_hh, /*train=*/false);
-  if (kind == kLstm) return {r[1], r[2]};
-  return {r[1]};
+  check_call("cell_forward", kind, c);
+  return states(kind, forward_op(kind, x, h, c.value_or(Tensor()), w_ih, w_hh, b_ih, b_hh, /*train=*/false));
 }
 
 }  // namespace

@@ -690,21 +690,14 @@ class _CellBase(_Options, nn.RNNCellBase):
                 "bias_hh" not in params:
             raise _FastPathRefused
         w_ih, w_hh, b_ih, b_hh = params["weight_ih"], params["weight_hh"], params["bias_ih"], params["bias_hh"]
-        if torch.is_grad_enabled() and torch._C._any_requires_grad(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-            if fwAD._current_level < 0 and not torch._C._are_functorch_transforms_active():
-                # Training: the same ops with their autograd node in C++ (csrc/cell_autograd.cpp), not the
-                # Python autograd.Function, whose overhead was half an RNNCell step's forward.
-                if mode == "LSTM":
-                    return tuple(_cell_step(0, x, h0, c0, w_ih, w_hh, b_ih, b_hh))
-                return _cell_step(_CELL_KIND[mode], x, h0, None, w_ih, w_hh, b_ih, b_hh)[0]
-            train = True
-        elif fwAD._current_level < 0 and not torch._C._are_functorch_transforms_active():
-            # No gradient wanted (decoding): the op called from C++ below autograd, train=False.
-            if mode == "LSTM":
-                return tuple(_cell_forward(0, x, h0, c0, w_ih, w_hh, b_ih, b_hh))
-            return _cell_forward(_CELL_KIND[mode], x, h0, None, w_ih, w_hh, b_ih, b_hh)[0]
-        else:
-            train = False
+        train = torch.is_grad_enabled() and torch._C._any_requires_grad(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+        if fwAD._current_level < 0 and not torch._C._are_functorch_transforms_active():
+            # The ops called from C++ (csrc/cell_autograd.cpp): training with their autograd node in C++, not the
+            # Python autograd.Function, whose overhead was half an RNNCell step's forward; decoding below
+            # autograd with train=False, without torch.ops' boxed call.
+            out = (_cell_step if train else _cell_forward)(_CELL_KIND[mode], x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+            return tuple(out) if mode == "LSTM" else out[0]
+        # torch.func transforms, forward-mode AD: the ops' Python autograd (ops.py), which serves both.
         seq = x.unsqueeze(0)  # one step: [1, B, I]
         if mode == "LSTM":
             _, hy, cy, _ = _fwd.lstm_forward(seq, None, h0, c0, w_ih, w_hh, b_ih, b_hh, None, False, train)
