@@ -204,6 +204,37 @@ def test_cell_fast_path(name, device, monkeypatch):
         assert checked
 
 
+@pytest.mark.parametrize("dtype,device", half_pairs, ids=str)
+@pytest.mark.parametrize("name", list(CELLS))
+def test_cell_fast_path_half_vs_float32(name, dtype, device):
+    """The fast path's C++ calls (csrc/cell_autograd.cpp) in bfloat16 (float16 on CUDA), training and decoding,
+    against torch.nn in float32 on the same rounded weights and inputs (as test_parity_half_vs_float32)."""
+    fast_cls, ref_cls, kw = CELLS[name]
+    is_lstm = name == "LSTMCell"
+    I, H = 7, 13
+    fast = fast_cls(I, H, **kw).to(device, dtype)
+    ref = ref_cls(I, H, **kw).to(device)
+    ref.load_state_dict({k: v.float() for k, v in fast.state_dict().items()}, strict=True)
+    x, hx = _cell_inputs(True, True, is_lstm, I, H, dtype, device)
+    as32 = lambda t: t.detach().float().requires_grad_()  # noqa: E731
+    x32, hx32 = as32(x), (tuple(as32(t) for t in hx) if is_lstm else as32(hx))
+    outs_f, grads_f = _cell_run(fast, x, hx, is_lstm)
+    outs_r, grads_r = _cell_run(ref, x32, hx32, is_lstm)
+    assert all("fastrnn::CellStep" in o.grad_fn.name() for o in outs_f)
+    for a, b in zip(outs_f, outs_r):
+        assert a.dtype == dtype
+        assert_close(a, b, dtype, "cell output")
+    if name != "RNNCell_relu":  # (the kink: see test_parity_half_vs_float32)
+        for a, b in zip(grads_f, grads_r):
+            assert a.dtype == dtype
+            assert_close_scaled(a, b, dtype, "cell grad")
+    with torch.no_grad():
+        decoded = fast(x, hx)
+    for a, b in zip(list(decoded) if is_lstm else [decoded], outs_r):
+        assert a.grad_fn is None
+        assert_close(a, b, dtype, "decoding output")
+
+
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"])
 def test_parity_rows_split_across_threads(mode):
     """Batches large enough for the CPU kernels to split a step's rows over threads (a step runs in
